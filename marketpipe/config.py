@@ -1,0 +1,224 @@
+"""One typed settings object for every marketpipe command.
+
+Sources, lowest to highest priority: defaults, the TOML file (``--config`` or
+``MARKETPIPE_CONFIG``, default ``marketpipe.toml`` when present), environment
+variables with the ``MARKETPIPE_`` prefix (nested fields with ``__``, e.g.
+``MARKETPIPE_KAFKA__LINGER_MS``), and a few well-known un-prefixed variables
+(``KAFKA_BOOTSTRAP_SERVERS``, ``SCHEMA_REGISTRY_URL``, ``CLICKHOUSE_DSN``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx")
+DEFAULT_INTERVALS = ("1s", "1m", "5m", "15m", "1h", "4h", "1d")
+_SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}$")
+_INTERVAL_RE = re.compile(r"^(\d+)([smhd])$")
+_INTERVAL_UNIT_US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message says which setting and how to fix it."""
+
+
+def interval_to_us(interval: str) -> int:
+    match = _INTERVAL_RE.match(interval)
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(f"interval {interval!r} must look like 1s, 5m, 1h or 1d")
+    return int(match.group(1)) * _INTERVAL_UNIT_US[match.group(2)]
+
+
+class LocalBrokerSettings(BaseModel):
+    """The single-node KRaft broker that `marketpipe kafka start` runs from Maven jars."""
+
+    kafka_version: str = "4.3.1"
+    host: str = "127.0.0.1"
+    port: int = Field(9092, ge=1, le=65535)
+    controller_port: int = Field(9093, ge=1, le=65535)
+    heap: str = "1g"
+    start_timeout_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> LocalBrokerSettings:
+        if self.port == self.controller_port:
+            raise ValueError("kafka.local.port and kafka.local.controller_port must differ")
+        return self
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str | None = Field(
+        None, description="Existing cluster to use; when unset, commands use the local broker."
+    )
+    # Passed through verbatim to every librdkafka / aiokafka client, e.g.
+    # {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", ...}
+    client: dict[str, str] = Field(default_factory=dict)
+    topic_prefix: str = ""
+    replication_factor: int = Field(1, ge=1)
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
+    linger_ms: int = Field(20, ge=0)
+    local: LocalBrokerSettings = Field(default_factory=LocalBrokerSettings)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_chars(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9._-]+", value):
+            raise ValueError("kafka.topic_prefix may only use letters, digits, '.', '_' and '-'")
+        return value
+
+
+class ClickHouseSettings(BaseModel):
+    dsn: str | None = Field(
+        None, description="chdb:///path (embedded) or http(s)://user:pass@host:8123/db; default embedded."
+    )
+
+
+class StreamSettings(BaseModel):
+    ohlcv_intervals: list[str] = Field(default_factory=lambda: list(DEFAULT_INTERVALS))
+    ohlcv_update_interval_s: float = Field(1.0, gt=0)
+    ohlcv_grace_s: float = Field(2.0, ge=0)
+    bucket_interval_s: float = Field(1.0, gt=0)
+    bucket_max_distance_pct: float = Field(5.0, gt=0, le=100)
+    bucket_sizes: dict[str, float] = Field(default_factory=dict, description="symbol -> bucket size")
+    quote_equivalents: list[list[str]] = Field(
+        default_factory=list, description='e.g. [["USD", "USDT", "USDC"]]; off when empty'
+    )
+
+    @field_validator("ohlcv_intervals")
+    @classmethod
+    def _intervals_parse(cls, value: list[str]) -> list[str]:
+        for interval in value:
+            interval_to_us(interval)
+        return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MARKETPIPE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Path(".marketpipe")
+    exchanges: list[str] = Field(default_factory=lambda: list(EXCHANGES))
+    symbols: list[str] = Field(default_factory=lambda: ["BTC-USDT", "ETH-USDT", "BTC-USD", "ETH-USD"])
+    schema_registry_url: str | None = Field(
+        None, validation_alias=AliasChoices("schema_registry_url", "SCHEMA_REGISTRY_URL")
+    )
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
+    streams: StreamSettings = Field(default_factory=StreamSettings)
+
+    @field_validator("exchanges", "symbols", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("exchanges")
+    @classmethod
+    def _known_exchanges(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in EXCHANGES]
+        if unknown:
+            raise ValueError(f"unknown exchange(s) {unknown}; choose from {', '.join(EXCHANGES)}")
+        return value
+
+    @field_validator("symbols")
+    @classmethod
+    def _normalised_symbols(cls, value: list[str]) -> list[str]:
+        bad = [symbol for symbol in value if not _SYMBOL_RE.match(symbol)]
+        if bad:
+            raise ValueError(f"symbols {bad} must be normalised BASE-QUOTE in capitals, e.g. BTC-USDT")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    # -- derived values -------------------------------------------------------------
+
+    @property
+    def bootstrap_servers(self) -> str:
+        if self.kafka.bootstrap_servers:
+            return self.kafka.bootstrap_servers
+        return f"{self.kafka.local.host}:{self.kafka.local.port}"
+
+    @property
+    def uses_local_broker(self) -> bool:
+        return not self.kafka.bootstrap_servers
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        return self.clickhouse.dsn or f"chdb:///{self.data_dir.resolve() / 'clickhouse'}"
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka configuration shared by every confluent-kafka client."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.kafka.client}
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get("MARKETPIPE_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"MARKETPIPE_CONFIG points at {path}, which is not a file")
+        return path
+    default = Path("marketpipe.toml")
+    return default if default.is_file() else None
+
+
+_UNPREFIXED_ENV = {
+    "KAFKA_BOOTSTRAP_SERVERS": ("kafka", "bootstrap_servers"),
+    "CLICKHOUSE_DSN": ("clickhouse", "dsn"),
+}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build and validate the settings; raise ConfigError with a readable message."""
+    nested: dict[str, dict[str, Any]] = {}
+    for env_name, (section, field) in _UNPREFIXED_ENV.items():
+        if os.environ.get(env_name):
+            nested.setdefault(section, {})[field] = os.environ[env_name]
+    for section, fields in nested.items():
+        base = overrides.get(section)
+        if isinstance(base, BaseModel):
+            base = base.model_dump()
+        overrides[section] = {**fields, **(base or {})}
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(root)"
+        env = "MARKETPIPE_" + "__".join(str(part) for part in error["loc"]).upper()
+        lines.append(f"  - {where}: {error['msg']} (set it in marketpipe.toml or {env})")
+    return "\n".join(lines)

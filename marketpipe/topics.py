@@ -1,0 +1,195 @@
+"""Declarative topology: every topic marketpipe uses, with its configuration.
+
+``marketpipe topics apply`` creates what is missing and reconciles the configs of
+what exists (incrementally, so settings we do not manage are left alone); running it
+twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+)
+
+from marketpipe.config import Settings
+
+DAY_MS = 86_400_000
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    key: str
+    value: str
+    compacted: bool = False
+    retention_ms: int = 7 * DAY_MS
+    max_message_bytes: int = 1 * MiB
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def configs(self) -> dict[str, str]:
+        configs = {
+            "cleanup.policy": "compact" if self.compacted else "delete",
+            "retention.ms": str(self.retention_ms),
+            "max.message.bytes": str(self.max_message_bytes),
+        }
+        if self.compacted:
+            # Keep every record uncompacted long enough for sinks and late consumers
+            # to see it; only then may compaction drop superseded versions.
+            configs["min.compaction.lag.ms"] = str(1 * 3_600_000)
+            configs["segment.ms"] = str(6 * 3_600_000)
+        return {**configs, **self.extra}
+
+
+@dataclass(frozen=True)
+class Topology:
+    prefix: str = ""
+    exchanges: tuple[str, ...] = ()
+    partitions: int = 6
+
+    def name(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    def raw(self, exchange: str) -> str:
+        return self.name(f"raw.{exchange}")
+
+    @property
+    def trades(self) -> str:
+        return self.name("md.trades")
+
+    @property
+    def book(self) -> str:
+        return self.name("md.book")
+
+    @property
+    def bbo(self) -> str:
+        return self.name("md.bbo")
+
+    @property
+    def book_buckets(self) -> str:
+        return self.name("md.book-buckets")
+
+    @property
+    def ohlcv(self) -> str:
+        return self.name("md.ohlcv")
+
+    @property
+    def status(self) -> str:
+        return self.name("md.status")
+
+    @property
+    def control(self) -> str:
+        return self.name("md.control")
+
+    @property
+    def dlq(self) -> str:
+        return self.name("md.dlq")
+
+    def specs(self) -> list[TopicSpec]:
+        n = self.partitions
+        raw = [
+            TopicSpec(
+                self.raw(exchange),
+                n,
+                key="connection id",
+                value="raw frame bytes",
+                retention_ms=30 * DAY_MS,
+                max_message_bytes=16 * MiB,  # Coinbase full-book snapshots are ~5 MB
+            )
+            for exchange in self.exchanges
+        ]
+        return [
+            *raw,
+            TopicSpec(self.trades, n, key="exchange:symbol", value="Trade", retention_ms=30 * DAY_MS),
+            TopicSpec(self.book, n, key="exchange:symbol", value="BookChange", max_message_bytes=16 * MiB),
+            TopicSpec(self.bbo, n, key="exchange:symbol", value="BBO", compacted=True),
+            TopicSpec(self.book_buckets, n, key="exchange:symbol", value="BookBuckets", compacted=True),
+            TopicSpec(
+                self.ohlcv,
+                n,
+                key="exchange:symbol:interval:open_time",
+                value="Candle",
+                compacted=True,
+                retention_ms=-1,
+            ),
+            TopicSpec(self.status, n, key="exchange:symbol", value="StatusEvent", compacted=True),
+            TopicSpec(self.control, 1, key="exchange:symbol", value="ControlRequest", retention_ms=1 * DAY_MS),
+            TopicSpec(self.dlq, 1, key="exchange:conn", value="DeadLetter", retention_ms=30 * DAY_MS,
+                      max_message_bytes=16 * MiB),
+        ]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topology:
+        return cls(prefix=settings.kafka.topic_prefix, exchanges=tuple(settings.exchanges))
+
+
+@dataclass
+class ApplyReport:
+    created: list[str] = field(default_factory=list)
+    reconfigured: dict[str, dict[str, str]] = field(default_factory=dict)
+    repartitioned: dict[str, int] = field(default_factory=dict)
+    unchanged: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.reconfigured or self.repartitioned)
+
+
+def apply_topology(
+    admin: AdminClient, specs: Iterable[TopicSpec], replication_factor: int = 1, timeout: float = 30.0
+) -> ApplyReport:
+    specs = list(specs)
+    report = ApplyReport()
+    existing = admin.list_topics(timeout=timeout).topics
+    missing = [spec for spec in specs if spec.name not in existing]
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(s.name, s.partitions, replication_factor, config=s.configs()) for s in missing],
+            operation_timeout=timeout,
+        )
+        for name, future in futures.items():
+            future.result()
+            report.created.append(name)
+
+    present = [spec for spec in specs if spec.name in existing]
+    grow = {
+        s.name: s.partitions for s in present if len(existing[s.name].partitions) < s.partitions
+    }
+    if grow:
+        for future in admin.create_partitions([NewPartitions(t, n) for t, n in grow.items()]).values():
+            future.result()
+        report.repartitioned = grow
+
+    current = describe_configs(admin, [s.name for s in present], timeout)
+    to_alter: list[ConfigResource] = []
+    for spec in present:
+        diff = {k: v for k, v in spec.configs().items() if current[spec.name].get(k) != v}
+        if not diff:
+            report.unchanged.append(spec.name)
+            continue
+        report.reconfigured[spec.name] = diff
+        entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in diff.items()]
+        to_alter.append(ConfigResource(ConfigResource.Type.TOPIC, spec.name, incremental_configs=entries))
+    if to_alter:
+        for future in admin.incremental_alter_configs(to_alter).values():
+            future.result()
+    return report
+
+
+def describe_configs(admin: AdminClient, topics: list[str], timeout: float = 30.0) -> dict[str, dict[str, str]]:
+    if not topics:
+        return {}
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics]
+    result: dict[str, dict[str, str]] = {}
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+        result[resource.name] = {name: entry.value for name, entry in future.result().items()}
+    return result
