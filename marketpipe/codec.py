@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import fastavro
 import msgspec
+from fastavro.read import SchemaResolutionError
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from marketpipe.records import RECORD_TYPES, Record
@@ -115,7 +116,7 @@ class AvroCodec:
         try:
             value = fastavro.schemaless_reader(io.BytesIO(body), writer.parsed, reader.parsed)
             return msgspec.convert(value, type=target)  # type: ignore[return-value]
-        except (msgspec.ValidationError, EOFError, ValueError, TypeError, IndexError) as exc:
+        except (msgspec.ValidationError, SchemaResolutionError, EOFError, ValueError, TypeError, IndexError) as exc:
             raise DecodeError(f"cannot decode {writer.name} as {target.__name__}: {exc}") from exc
 
     def _writer_of(self, data: bytes) -> tuple[AvroSchema, bytes]:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -112,8 +113,9 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path(".marketpipe")
-    exchanges: list[str] = Field(default_factory=lambda: list(EXCHANGES))
-    symbols: list[str] = Field(default_factory=lambda: ["BTC-USDT", "ETH-USDT", "BTC-USD", "ETH-USD"])
+    # NoDecode: comma-separated in the environment (MARKETPIPE_SYMBOLS=BTC-USDT,ETH-USDT)
+    exchanges: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(EXCHANGES))
+    symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTC-USDT", "ETH-USDT", "BTC-USD", "ETH-USD"])
     schema_registry_url: str | None = Field(
         None, validation_alias=AliasChoices("schema_registry_url", "SCHEMA_REGISTRY_URL")
     )
@@ -125,6 +127,10 @@ class Settings(BaseSettings):
     @field_validator("exchanges", "symbols", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            import json
+
+            return json.loads(value)
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

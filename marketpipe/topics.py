@@ -7,9 +7,12 @@ twice changes nothing the second time.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
+from typing import Any
 from dataclasses import dataclass, field
 
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -157,10 +160,16 @@ def apply_topology(
             operation_timeout=timeout,
         )
         for name, future in futures.items():
-            future.result()
-            report.created.append(name)
+            try:
+                future.result()
+                report.created.append(name)
+            except KafkaException as exc:
+                # a broker's metadata can lag a topic created moments ago: reconcile it below
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+        existing = _wait_until_visible(admin, [s.name for s in missing], timeout)
 
-    present = [spec for spec in specs if spec.name in existing]
+    present = [spec for spec in specs if spec.name in existing and spec.name not in report.created]
     grow = {
         s.name: s.partitions for s in present if len(existing[s.name].partitions) < s.partitions
     }
@@ -183,6 +192,21 @@ def apply_topology(
         for future in admin.incremental_alter_configs(to_alter).values():
             future.result()
     return report
+
+
+def _wait_until_visible(admin: AdminClient, names: list[str], timeout: float) -> dict[str, Any]:
+    """Topic metadata once every named topic has its partitions on the broker.
+
+    KRaft brokers learn about new topics asynchronously; waiting here means a caller can
+    produce or alter configs right after `apply` returns.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = admin.list_topics(timeout=timeout).topics
+        ready = all(name in topics and topics[name].partitions and topics[name].error is None for name in names)
+        if ready or time.monotonic() > deadline:
+            return topics
+        time.sleep(0.1)
 
 
 def describe_configs(admin: AdminClient, topics: list[str], timeout: float = 30.0) -> dict[str, dict[str, str]]:

@@ -1,0 +1,86 @@
+"""Settings: defaults, TOML, environment overrides, and errors that say what to fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from marketpipe.config import ConfigError, interval_to_us, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("MARKETPIPE_") or name in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL",
+                                                      "CLICKHOUSE_DSN"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults_use_local_broker_and_embedded_clickhouse(tmp_path: Path) -> None:
+    settings = load_settings()
+    assert settings.uses_local_broker and settings.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.clickhouse_dsn == f"chdb:///{tmp_path / '.marketpipe' / 'clickhouse'}"
+    assert settings.exchanges == ["binance", "coinbase", "kraken", "bybit", "okx"]
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker-a:9092,broker-b:9092")
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", "http://registry:8081")
+    monkeypatch.setenv("MARKETPIPE_DATA_DIR", "/srv/mp")
+    monkeypatch.setenv("MARKETPIPE_SYMBOLS", "BTC-USDT, SOL-USDT")
+    monkeypatch.setenv("MARKETPIPE_KAFKA__TOPIC_PREFIX", "staging.")
+    monkeypatch.setenv("MARKETPIPE_KAFKA__CLIENT", '{"security.protocol": "SASL_SSL"}')
+    settings = load_settings()
+    assert not settings.uses_local_broker
+    assert settings.bootstrap_servers == "broker-a:9092,broker-b:9092"
+    assert settings.schema_registry_url == "http://registry:8081"
+    assert settings.data_dir == Path("/srv/mp")
+    assert settings.symbols == ["BTC-USDT", "SOL-USDT"]
+    assert settings.kafka.topic_prefix == "staging."
+    assert settings.kafka_client_config()["security.protocol"] == "SASL_SSL"
+
+
+def test_toml_file_and_env_priority(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "marketpipe.toml").write_text(
+        'exchanges = ["okx", "bybit"]\n[kafka]\nlinger_ms = 5\n[streams]\nohlcv_intervals = ["1m", "1h"]\n'
+    )
+    monkeypatch.setenv("MARKETPIPE_KAFKA__LINGER_MS", "50")
+    settings = load_settings()
+    assert settings.exchanges == ["okx", "bybit"]
+    assert settings.streams.ohlcv_intervals == ["1m", "1h"]
+    assert settings.kafka.linger_ms == 50  # the environment wins over the file
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "message"),
+    [
+        ("MARKETPIPE_EXCHANGES", "binance,ftx", "unknown exchange"),
+        ("MARKETPIPE_SYMBOLS", "btcusdt", "BASE-QUOTE"),
+        ("MARKETPIPE_KAFKA__LOCAL__PORT", "99999", "MARKETPIPE_KAFKA__LOCAL__PORT"),
+        ("MARKETPIPE_STREAMS__OHLCV_INTERVALS", '["1m", "7x"]', "1s, 5m, 1h or 1d"),
+        ("MARKETPIPE_KAFKA__TOPIC_PREFIX", "bad prefix!", "topic_prefix"),
+    ],
+)
+def test_bad_config_fails_with_a_message_that_says_what_to_fix(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError, match=message):
+        load_settings()
+
+
+def test_missing_config_file_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARKETPIPE_CONFIG", "/nonexistent/marketpipe.toml")
+    with pytest.raises(ConfigError, match="not a file"):
+        load_settings()
+
+
+def test_interval_parsing() -> None:
+    assert interval_to_us("1s") == 1_000_000
+    assert interval_to_us("4h") == 4 * 3_600_000_000
+    with pytest.raises(ValueError):
+        interval_to_us("0m")
