@@ -60,10 +60,20 @@ def settings_from(ctx: click.Context) -> Settings:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--data-dir", type=click.Path(path_type=Path), envvar="MARKETPIPE_DATA_DIR", default=None,
-              help="State directory (broker data, embedded ClickHouse, logs). Default .marketpipe/")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="TOML settings file (default: marketpipe.toml when present).")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    envvar="MARKETPIPE_DATA_DIR",
+    default=None,
+    help="State directory (broker data, embedded ClickHouse, logs). Default .marketpipe/",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="TOML settings file (default: marketpipe.toml when present).",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.pass_context
 def main(ctx: click.Context, data_dir: Path | None, config_file: str | None, verbose: int) -> None:
@@ -73,7 +83,9 @@ def main(ctx: click.Context, data_dir: Path | None, config_file: str | None, ver
     if config_file:
         os.environ["MARKETPIPE_CONFIG"] = config_file
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+    )
     ctx.ensure_object(dict)
     ctx.obj["overrides"] = {"data_dir": data_dir} if data_dir else {}
 

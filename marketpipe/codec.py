@@ -51,7 +51,7 @@ class AvroSchema:
         parsed = fastavro.parse_schema(raw, _write_hint=False)
         canonical = to_parsing_canonical_form(raw)
         return cls(
-            name=parsed["name"],
+            name=_full_name(raw),
             raw=raw,
             parsed=parsed,
             fingerprint=bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")),
@@ -60,6 +60,11 @@ class AvroSchema:
     @classmethod
     def load(cls, path: Path) -> AvroSchema:
         return cls.from_dict(json.loads(path.read_text()))
+
+
+def _full_name(raw: dict[str, Any]) -> str:
+    namespace = raw.get("namespace")
+    return f"{namespace}.{raw['name']}" if namespace else str(raw["name"])
 
 
 def load_schemas(schema_dir: Path = SCHEMA_DIR) -> dict[str, AvroSchema]:
@@ -116,7 +121,14 @@ class AvroCodec:
         try:
             value = fastavro.schemaless_reader(io.BytesIO(body), writer.parsed, reader.parsed)
             return msgspec.convert(value, type=target)  # type: ignore[return-value]
-        except (msgspec.ValidationError, SchemaResolutionError, EOFError, ValueError, TypeError, IndexError) as exc:
+        except (
+            msgspec.ValidationError,
+            SchemaResolutionError,
+            EOFError,
+            ValueError,
+            TypeError,
+            IndexError,
+        ) as exc:
             raise DecodeError(f"cannot decode {writer.name} as {target.__name__}: {exc}") from exc
 
     def _writer_of(self, data: bytes) -> tuple[AvroSchema, bytes]:
@@ -163,5 +175,7 @@ class _Registry:
     def schema_by_id(self, schema_id: int) -> AvroSchema:
         if schema_id not in self._by_id:
             registered = self._client.get_schema(schema_id)
+            if registered.schema_str is None:
+                raise DecodeError(f"schema registry has no schema text for id {schema_id}")
             self._by_id[schema_id] = AvroSchema.from_dict(json.loads(registered.schema_str))
         return self._by_id[schema_id]

@@ -69,7 +69,7 @@ class KafkaSettings(BaseModel):
     replication_factor: int = Field(1, ge=1)
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
     linger_ms: int = Field(20, ge=0)
-    local: LocalBrokerSettings = Field(default_factory=LocalBrokerSettings)
+    local: LocalBrokerSettings = Field(default_factory=lambda: LocalBrokerSettings())
 
     @field_validator("topic_prefix")
     @classmethod
@@ -115,14 +115,16 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".marketpipe")
     # NoDecode: comma-separated in the environment (MARKETPIPE_SYMBOLS=BTC-USDT,ETH-USDT)
     exchanges: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(EXCHANGES))
-    symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["BTC-USDT", "ETH-USDT", "BTC-USD", "ETH-USD"])
+    symbols: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["BTC-USDT", "ETH-USDT", "BTC-USD", "ETH-USD"]
+    )
     schema_registry_url: str | None = Field(
         None, validation_alias=AliasChoices("schema_registry_url", "SCHEMA_REGISTRY_URL")
     )
     metrics_port: int = Field(9464, ge=0, le=65535)
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
-    streams: StreamSettings = Field(default_factory=StreamSettings)
+    kafka: KafkaSettings = Field(default_factory=lambda: KafkaSettings())
+    clickhouse: ClickHouseSettings = Field(default_factory=lambda: ClickHouseSettings())
+    streams: StreamSettings = Field(default_factory=lambda: StreamSettings())
 
     @field_validator("exchanges", "symbols", mode="before")
     @classmethod

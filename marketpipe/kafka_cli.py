@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
+from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.table import Table
 
@@ -28,7 +31,8 @@ def start(ctx: click.Context) -> None:
     settings = settings_from(ctx)
     if not settings.uses_local_broker:
         raise click.UsageError(
-            f"KAFKA_BOOTSTRAP_SERVERS points at {settings.bootstrap_servers}; unset it to use the local broker"
+            f"KAFKA_BOOTSTRAP_SERVERS points at {settings.bootstrap_servers}; "
+            "unset it to use the local broker"
         )
     broker = local_broker(settings)
     was_running = broker.pid() is not None
@@ -37,7 +41,9 @@ def start(ctx: click.Context) -> None:
     except LocalKafkaError as exc:
         raise click.ClickException(str(exc)) from None
     verb = "already running" if was_running else f"started in {seconds:.1f}s"
-    click.echo(f"kafka {settings.kafka.local.kafka_version} {verb} on {broker.bootstrap} (log: {broker.log_file})")
+    click.echo(
+        f"kafka {settings.kafka.local.kafka_version} {verb} on {broker.bootstrap} (log: {broker.log_file})"
+    )
 
 
 @kafka.command()
@@ -74,10 +80,9 @@ def topics() -> None:
     """Provision and inspect the declared topics."""
 
 
-def _admin(settings: Settings):  # type: ignore[no-untyped-def]
-    from confluent_kafka.admin import AdminClient
-
-    return AdminClient(settings.kafka_client_config())
+def _admin(settings: Settings) -> AdminClient:
+    config: dict[str, Any] = dict(settings.kafka_client_config())
+    return AdminClient(config)
 
 
 @topics.command("apply")
@@ -89,7 +94,9 @@ def apply_cmd(ctx: click.Context) -> None:
     try:
         report = apply_topology(_admin(settings), topology.specs(), settings.kafka.replication_factor)
     except Exception as exc:
-        raise click.ClickException(f"topics apply failed against {settings.bootstrap_servers}: {exc}") from None
+        raise click.ClickException(
+            f"topics apply failed against {settings.bootstrap_servers}: {exc}"
+        ) from None
     for name in report.created:
         click.echo(f"created      {name}")
     for name, partitions in report.repartitioned.items():
@@ -116,11 +123,25 @@ def list_cmd(ctx: click.Context) -> None:
     table = Table("topic", "partitions", "cleanup", "retention.ms", "key", "value", "state")
     for spec in specs:
         if spec.name not in existing:
-            table.add_row(spec.name, str(spec.partitions), spec.configs()["cleanup.policy"], "", spec.key,
-                          spec.value, "[red]missing[/]")
+            table.add_row(
+                spec.name,
+                str(spec.partitions),
+                spec.configs()["cleanup.policy"],
+                "",
+                spec.key,
+                spec.value,
+                "[red]missing[/]",
+            )
             continue
         config = configs[spec.name]
         drift = any(config.get(k) != v for k, v in spec.configs().items())
-        table.add_row(spec.name, str(len(existing[spec.name].partitions)), config.get("cleanup.policy", ""),
-                      config.get("retention.ms", ""), spec.key, spec.value, "[yellow]drift[/]" if drift else "ok")
+        table.add_row(
+            spec.name,
+            str(len(existing[spec.name].partitions)),
+            config.get("cleanup.policy", ""),
+            config.get("retention.ms", ""),
+            spec.key,
+            spec.value,
+            "[yellow]drift[/]" if drift else "ok",
+        )
     Console().print(table)

@@ -20,6 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from marketpipe.config import LocalBrokerSettings
 
@@ -63,8 +64,16 @@ def fetch_jars(version: str, quiet: bool = True) -> Path:
         raise LocalKafkaError(f"{POM} is missing; run marketpipe from a checkout of the repository")
     if libs.exists():
         shutil.rmtree(libs)
-    cmd = [mvn, "-B", *(["-q"] if quiet else []), "-f", str(POM), f"-Dkafka.version={version}",
-           "dependency:copy-dependencies", f"-DoutputDirectory={libs}"]
+    cmd = [
+        mvn,
+        "-B",
+        *(["-q"] if quiet else []),
+        "-f",
+        str(POM),
+        f"-Dkafka.version={version}",
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={libs}",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         errors = [line for line in result.stdout.splitlines() if "ERROR" in line][:5]
@@ -137,7 +146,8 @@ class LocalKafka:
             if port_open(self.settings.host, port):
                 raise LocalKafkaError(
                     f"port {port} on {self.settings.host} is already in use by another process; "
-                    "choose others with MARKETPIPE_KAFKA__LOCAL__PORT / MARKETPIPE_KAFKA__LOCAL__CONTROLLER_PORT"
+                    "choose others with MARKETPIPE_KAFKA__LOCAL__PORT / "
+                    "MARKETPIPE_KAFKA__LOCAL__CONTROLLER_PORT"
                 )
         self.home.mkdir(parents=True, exist_ok=True)
         self._write_configs()
@@ -146,10 +156,23 @@ class LocalKafka:
             self._format(java, classpath)
         with self.log_file.open("ab") as log:
             process = subprocess.Popen(
-                [java, f"-Xmx{self.settings.heap}", f"-Xms{self.settings.heap}", "-XX:+UseG1GC",
-                 "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={self.log_config}",
-                 f"-Dmarketpipe.home={self.home}", "-cp", classpath, "kafka.Kafka", str(self.config_file)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                [
+                    java,
+                    f"-Xmx{self.settings.heap}",
+                    f"-Xms{self.settings.heap}",
+                    "-XX:+UseG1GC",
+                    "-Djava.awt.headless=true",
+                    f"-Dlog4j2.configurationFile={self.log_config}",
+                    f"-Dmarketpipe.home={self.home}",
+                    "-cp",
+                    classpath,
+                    "kafka.Kafka",
+                    str(self.config_file),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         self.pid_file.write_text(f"{process.pid}\n")
         self.wait_until_ready(began, process)
@@ -196,7 +219,8 @@ class LocalKafka:
             if process is not None and process.poll() is not None:
                 self.pid_file.unlink(missing_ok=True)
                 raise LocalKafkaError(
-                    f"Kafka exited with code {process.returncode} during start; last log lines:\n{self.log_tail()}"
+                    f"Kafka exited with code {process.returncode} during start; "
+                    f"last log lines:\n{self.log_tail()}"
                 )
             if port_open(self.settings.host, self.settings.port, 0.2) and self._answers_metadata(2.0):
                 return
@@ -217,7 +241,12 @@ class LocalKafka:
     def _answers_metadata(self, timeout: float) -> bool:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": "0", "logger": _null_logger()})
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            "log_level": 0,
+            "logger": _null_logger(),
+        }
+        admin = AdminClient(config)
         try:
             metadata = admin.list_topics(timeout=timeout)
         except Exception:
@@ -227,9 +256,21 @@ class LocalKafka:
     def _format(self, java: str, classpath: str) -> None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
-            [java, f"-Dlog4j2.configurationFile={self.log_config}", "-cp", classpath,
-             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file)],
-            capture_output=True, text=True, check=False,
+            [
+                java,
+                f"-Dlog4j2.configurationFile={self.log_config}",
+                "-cp",
+                classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.config_file),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise LocalKafkaError(f"formatting Kafka storage failed:\n{result.stdout}\n{result.stderr}")
@@ -237,32 +278,34 @@ class LocalKafka:
     def _write_configs(self) -> None:
         s = self.settings
         self.config_file.write_text(
-            "\n".join([
-                "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@{s.host}:{s.controller_port}",
-                f"listeners=PLAINTEXT://{s.host}:{s.port},CONTROLLER://{s.host}:{s.controller_port}",
-                f"advertised.listeners=PLAINTEXT://{s.host}:{s.port}",
-                "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-                "inter.broker.listener.name=PLAINTEXT",
-                f"log.dirs={self.storage}",
-                "num.partitions=6",
-                # topics come from `marketpipe topics apply`; an auto-created topic would
-                # silently get the wrong partition count and config
-                "auto.create.topics.enable=false",
-                "offsets.topic.replication.factor=1",
-                "offsets.topic.num.partitions=6",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
-                "group.initial.rebalance.delay.ms=0",
-                "message.max.bytes=16777216",
-                "replica.fetch.max.bytes=16777216",
-                "log.cleaner.enable=true",
-                "",
-            ])
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@{s.host}:{s.controller_port}",
+                    f"listeners=PLAINTEXT://{s.host}:{s.port},CONTROLLER://{s.host}:{s.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://{s.host}:{s.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    f"log.dirs={self.storage}",
+                    "num.partitions=6",
+                    # topics come from `marketpipe topics apply`; an auto-created topic would
+                    # silently get the wrong partition count and config
+                    "auto.create.topics.enable=false",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=6",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "message.max.bytes=16777216",
+                    "replica.fetch.max.bytes=16777216",
+                    "log.cleaner.enable=true",
+                    "",
+                ]
+            )
         )
         self.log_config.write_text(LOG4J2_YAML)
 

@@ -13,7 +13,7 @@ import gzip
 import io
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal, cast
 
 import msgspec
 
@@ -50,10 +50,11 @@ class RawRecord(msgspec.Struct, frozen=True):
         return headers
 
     @classmethod
-    def from_kafka(
-        cls, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None
-    ) -> RawRecord:
-        """Rebuild a raw record from a Kafka value and headers (raises ValueError if they break the contract)."""
+    def from_kafka(cls, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None) -> RawRecord:
+        """Rebuild a raw record from a Kafka value and headers.
+
+        Raises ValueError when they break the contract.
+        """
         found = {name: (raw or b"").decode() for name, raw in headers or ()}
         missing = [name for name in ("exchange", "conn", "seq", "recv_ns", "kind") if name not in found]
         if missing:
@@ -102,7 +103,9 @@ def to_capture_line(record: RawRecord) -> bytes:
             data, b64 = base64.b64encode(record.data).decode(), True
     else:
         data, b64 = record.data, False
-    line = _CaptureLine(record.recv_ns, record.exchange, record.conn, record.seq, record.kind, record.url, data, b64)
+    line = _CaptureLine(
+        record.recv_ns, record.exchange, record.conn, record.seq, record.kind, record.url, data, b64
+    )
     return _line_encoder.encode(line) + b"\n"
 
 
@@ -116,14 +119,14 @@ def from_capture_line(line: bytes | str) -> RawRecord:
 
 def _open(path: Path, mode: Literal["rb", "wb"]) -> IO[bytes]:
     if path.suffix == ".gz":
-        return gzip.open(path, mode)  # type: ignore[return-value]
+        return cast(IO[bytes], gzip.open(path, mode))
     if path.suffix == ".zst":
         import zstandard
 
         raw = path.open(mode)
         if mode == "rb":
-            return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)  # type: ignore[return-value]
-        return zstandard.ZstdCompressor(level=6).stream_writer(raw, closefd=True)  # type: ignore[return-value]
+            return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+        return cast(IO[bytes], zstandard.ZstdCompressor(level=6).stream_writer(raw, closefd=True))
     return path.open(mode)
 
 
@@ -131,7 +134,7 @@ def read_capture(path: str | Path) -> Iterator[RawRecord]:
     """Records of a capture file (.jsonl, .jsonl.gz or .jsonl.zst), in file order."""
     path = Path(path)
     with _open(path, "rb") as handle:
-        for number, line in enumerate(io.BufferedReader(handle), start=1):  # type: ignore[arg-type]
+        for number, line in enumerate(io.BufferedReader(cast(Any, handle)), start=1):
             if not line.strip():
                 continue
             try:

@@ -20,7 +20,7 @@ class Record(msgspec.Struct, kw_only=True, frozen=True):
     schema_name: ClassVar[str]
 
     def to_dict(self) -> dict[str, object]:
-        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+        return msgspec.to_builtins(self)
 
     def key(self) -> str:
         """The Kafka key records of this type are published under."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
@@ -125,9 +125,17 @@ class Topology:
                 retention_ms=-1,
             ),
             TopicSpec(self.status, n, key="exchange:symbol", value="StatusEvent", compacted=True),
-            TopicSpec(self.control, 1, key="exchange:symbol", value="ControlRequest", retention_ms=1 * DAY_MS),
-            TopicSpec(self.dlq, 1, key="exchange:conn", value="DeadLetter", retention_ms=30 * DAY_MS,
-                      max_message_bytes=16 * MiB),
+            TopicSpec(
+                self.control, 1, key="exchange:symbol", value="ControlRequest", retention_ms=1 * DAY_MS
+            ),
+            TopicSpec(
+                self.dlq,
+                1,
+                key="exchange:conn",
+                value="DeadLetter",
+                retention_ms=30 * DAY_MS,
+                max_message_bytes=16 * MiB,
+            ),
         ]
 
     @classmethod
@@ -170,9 +178,7 @@ def apply_topology(
         existing = _wait_until_visible(admin, [s.name for s in missing], timeout)
 
     present = [spec for spec in specs if spec.name in existing and spec.name not in report.created]
-    grow = {
-        s.name: s.partitions for s in present if len(existing[s.name].partitions) < s.partitions
-    }
+    grow = {s.name: s.partitions for s in present if len(existing[s.name].partitions) < s.partitions}
     if grow:
         for future in admin.create_partitions([NewPartitions(t, n) for t, n in grow.items()]).values():
             future.result()
@@ -203,13 +209,17 @@ def _wait_until_visible(admin: AdminClient, names: list[str], timeout: float) ->
     deadline = time.monotonic() + timeout
     while True:
         topics = admin.list_topics(timeout=timeout).topics
-        ready = all(name in topics and topics[name].partitions and topics[name].error is None for name in names)
+        ready = all(
+            name in topics and topics[name].partitions and topics[name].error is None for name in names
+        )
         if ready or time.monotonic() > deadline:
             return topics
         time.sleep(0.1)
 
 
-def describe_configs(admin: AdminClient, topics: list[str], timeout: float = 30.0) -> dict[str, dict[str, str]]:
+def describe_configs(
+    admin: AdminClient, topics: list[str], timeout: float = 30.0
+) -> dict[str, dict[str, str]]:
     if not topics:
         return {}
     resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics]

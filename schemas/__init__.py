@@ -3,4 +3,3 @@
 from pathlib import Path
 
 SCHEMA_DIR = Path(__file__).resolve().parent
-

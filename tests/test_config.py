@@ -14,8 +14,11 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import os
 
     for name in list(os.environ):
-        if name.startswith("MARKETPIPE_") or name in ("KAFKA_BOOTSTRAP_SERVERS", "SCHEMA_REGISTRY_URL",
-                                                      "CLICKHOUSE_DSN"):
+        if name.startswith("MARKETPIPE_") or name in (
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "SCHEMA_REGISTRY_URL",
+            "CLICKHOUSE_DSN",
+        ):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 

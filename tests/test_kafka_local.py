@@ -15,7 +15,11 @@ from marketpipe.kafka_local import free_port, port_open
 def _marketpipe(data_dir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "marketpipe.cli", "--data-dir", str(data_dir), *args],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
 
 
@@ -36,8 +40,11 @@ def _broker_pids(data_dir: Path) -> list[int]:
 def test_start_twice_is_one_broker_and_stop_leaves_nothing(tmp_path: Path) -> None:
     port, controller = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
-    env |= {"MARKETPIPE_KAFKA__LOCAL__PORT": str(port), "MARKETPIPE_KAFKA__LOCAL__CONTROLLER_PORT": str(controller),
-            "MARKETPIPE_KAFKA__LOCAL__HEAP": "512m"}
+    env |= {
+        "MARKETPIPE_KAFKA__LOCAL__PORT": str(port),
+        "MARKETPIPE_KAFKA__LOCAL__CONTROLLER_PORT": str(controller),
+        "MARKETPIPE_KAFKA__LOCAL__HEAP": "512m",
+    }
     try:
         first = _marketpipe(tmp_path, env, "kafka", "start")
         assert first.returncode == 0, first.stderr
@@ -66,8 +73,10 @@ def test_port_in_use_is_refused_with_a_clear_message(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
-        env |= {"MARKETPIPE_KAFKA__LOCAL__PORT": str(busy.getsockname()[1]),
-                "MARKETPIPE_KAFKA__LOCAL__CONTROLLER_PORT": str(free_port())}
+        env |= {
+            "MARKETPIPE_KAFKA__LOCAL__PORT": str(busy.getsockname()[1]),
+            "MARKETPIPE_KAFKA__LOCAL__CONTROLLER_PORT": str(free_port()),
+        }
         result = _marketpipe(tmp_path, env, "kafka", "start")
     assert result.returncode != 0
     assert "already in use" in result.stderr

@@ -13,16 +13,32 @@ from marketpipe.topics import Topology
 
 def _trades(n: int) -> list[Trade]:
     return [
-        Trade(exchange="okx", symbol="BTC-USDT", exchange_symbol="BTC-USDT", trade_id=str(1000 + i),
-              price=30236.0 + i / 10, size=0.0002 * (i + 1), side="buy" if i % 2 else "sell",
-              ts=1_652_459_224_818_000 + i, recv_ts=1_652_459_224_900_000 + i, conn="okx.t.0", seq=i)
+        Trade(
+            exchange="okx",
+            symbol="BTC-USDT",
+            exchange_symbol="BTC-USDT",
+            trade_id=str(1000 + i),
+            price=30236.0 + i / 10,
+            size=0.0002 * (i + 1),
+            side="buy" if i % 2 else "sell",
+            ts=1_652_459_224_818_000 + i,
+            recv_ts=1_652_459_224_900_000 + i,
+            conn="okx.t.0",
+            seq=i,
+        )
         for i in range(n)
     ]
 
 
 def _consume_all(bootstrap: str, topic: str, expected: int) -> list[bytes]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"rt-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"rt-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     values: list[bytes] = []
     try:

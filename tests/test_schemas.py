@@ -12,7 +12,13 @@ import pytest
 from marketpipe.records import RECORD_TYPES, Record
 from schemas import SCHEMA_DIR
 
-AVRO_PRIMITIVE = {int: {"long", "int"}, float: {"double"}, str: {"string"}, bool: {"boolean"}, bytes: {"bytes"}}
+AVRO_PRIMITIVE = {
+    int: {"long", "int"},
+    float: {"double"},
+    str: {"string"},
+    bool: {"boolean"},
+    bytes: {"bytes"},
+}
 
 
 def _avro_kind(avro_type: object) -> str:
