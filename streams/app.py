@@ -138,7 +138,9 @@ def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
         broker=faust_broker_url(settings.bootstrap_servers),
         store="memory://",
         datadir=str(settings.data_dir / "faust"),
-        topic_allow_declare=False,  # topics come from `marketpipe topics apply`
+        # Faust declares only its own internal topics (table changelogs); ours come
+        # from `marketpipe topics apply` and already exist.
+        topic_allow_declare=True,
         topic_disable_leader=True,
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
@@ -179,7 +181,7 @@ def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
             normaliser.process(events, emit)
 
     @app.on_partitions_assigned.connect
-    async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+    async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         normaliser.reset()
 
     return app

@@ -1,0 +1,66 @@
+"""``marketpipe normalize`` (offline) and, added by the stream agents' owner, ``marketpipe stream``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command("stream")
+@click.option("--loglevel", type=click.Choice(["crit", "error", "warn", "info", "debug"]), default="warn")
+@click.pass_context
+def stream(ctx: click.Context, loglevel: str) -> None:
+    """Run a Faust streams worker (several workers share the raw partitions)."""
+    from marketpipe.cli import settings_from
+    from streams.app import run_worker
+
+    run_worker(settings_from(ctx), loglevel)
+
+
+
+@click.command("normalize")
+@click.argument(
+    "captures", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write per-exchange counters (frames, trades, checksums, gaps, ...) as JSON here.",
+)
+@click.option(
+    "--errors",
+    "errors_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write frames that could not be normalised (capture lines plus 'reason') here.",
+)
+def normalize(captures: tuple[Path, ...], report_path: Path | None, errors_path: Path | None) -> None:
+    """Normalise capture files (.jsonl, .jsonl.gz, .jsonl.zst) to JSON Lines on stdout.
+
+    One line per trade, validated book change and BBO change, in frame order, using the
+    same parsers and book validation as the stream processors.
+    """
+    from streams.normalize import normalize_captures
+
+    sink = sys.stdout.buffer
+    errors = errors_path.open("wb") if errors_path else None
+    try:
+        report = normalize_captures(captures, sink, errors)
+    except ValueError as exc:  # an unreadable capture line (read_capture names file and line)
+        raise click.ClickException(str(exc)) from None
+    finally:
+        sink.flush()
+        if errors is not None:
+            errors.close()
+    if report_path is not None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps(report, indent=2) + "\n")
+    failed = sum(int(stats["parse_errors"]) for stats in report["exchanges"].values())
+    if failed:
+        hint = f" (see {errors_path})" if errors_path else " (use --errors FILE to keep them)"
+        click.echo(f"normalize: {failed} frame(s) could not be normalised{hint}", err=True)

@@ -1,0 +1,177 @@
+"""Helpers shared by the exchange modules: JSON decoding, timestamps, level lists, checksums."""
+
+from __future__ import annotations
+
+import calendar
+import zlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from marketpipe.records import Level
+from streams.book import BookSide, OrderBook
+from streams.feed import (
+    BookState,
+    Connection,
+    FeedCounters,
+    FeedOutput,
+    FeedProcessor,
+    ParseError,
+)
+
+__all__ = [
+    "BookState",
+    "Connection",
+    "FeedCounters",
+    "FeedOutput",
+    "FeedProcessor",
+    "ParseError",
+    "apply_levels",
+    "apply_text_levels",
+    "decode_json",
+    "json_object",
+    "kraken_levels",
+    "levels",
+    "ms_to_us",
+    "okx_levels",
+    "rfc3339_to_us",
+    "seconds_text_to_us",
+]
+
+_decoder = msgspec.json.Decoder()
+TextRows = list[tuple[Level, str]]
+"""levels with their checksum tokens"""
+
+
+def decode_json(data: bytes | str | None, decoder: msgspec.json.Decoder[Any] = _decoder) -> Any:
+    if not data:
+        raise ParseError("empty frame")
+    try:
+        return decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ParseError(f"invalid JSON: {exc}") from None
+
+
+def json_object(
+    data: bytes | str | None, what: str, decoder: msgspec.json.Decoder[Any] = _decoder
+) -> dict[str, Any]:
+    found = decode_json(data, decoder)
+    if not isinstance(found, dict):
+        raise ParseError(f"{what} is not a JSON object")
+    return found
+
+
+# ---------------------------------------------------------------------------- timestamps
+
+
+def ms_to_us(value: int | str) -> int:
+    return int(value) * 1000
+
+
+_minute_base: dict[str, int] = {}
+
+
+def rfc3339_to_us(text: str) -> int:
+    """``2026-08-09T21:05:48.228568804Z`` (or with a ``+HH:MM`` offset) -> µs since the epoch.
+
+    Sub-microsecond digits are truncated. The date-to-minute part is cached: timestamps in
+    a stream share it, so the hot path is two int() calls.
+    """
+    prefix = text[:16]
+    base = _minute_base.get(prefix)
+    if base is None:
+        if len(text) < 19 or text[4] != "-" or text[7] != "-" or text[10] not in "Tt " or text[13] != ":":
+            raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
+        stamp = (int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]), 0)
+        base = calendar.timegm(stamp) * 1_000_000
+        if len(_minute_base) > 10_000:
+            _minute_base.clear()
+        _minute_base[prefix] = base
+    rest = text[17:]
+    offset_us = 0
+    if rest[-1:] in ("Z", "z"):
+        rest = rest[:-1]
+    elif len(rest) > 6 and rest[-6] in "+-" and rest[-3] == ":":
+        sign = 1 if rest[-6] == "+" else -1
+        offset_us = sign * (int(rest[-5:-3]) * 3600 + int(rest[-2:]) * 60) * 1_000_000
+        rest = rest[:-6]
+    seconds, _, fraction = rest.partition(".")
+    micros = int((fraction + "000000")[:6]) if fraction else 0
+    return base + int(seconds) * 1_000_000 + micros - offset_us
+
+
+def seconds_text_to_us(text: str) -> int:
+    """``"1618678142.557535"`` (seconds with a decimal fraction, as text) -> µs."""
+    seconds, _, fraction = text.partition(".")
+    return int(seconds) * 1_000_000 + (int((fraction + "000000")[:6]) if fraction else 0)
+
+
+# -------------------------------------------------------------------------------- levels
+
+
+def levels(rows: Iterable[Sequence[Any]]) -> list[Level]:
+    """``[[price, size, ...], ...]`` with string or number values -> Levels."""
+    return [Level(float(row[0]), float(row[1])) for row in rows]
+
+
+def okx_levels(rows: Iterable[Sequence[str]]) -> TextRows:
+    """OKX ``[px, sz, ...]`` strings -> (Level, ``"px:sz"`` checksum token)."""
+    return [(Level(float(row[0]), float(row[1])), f"{row[0]}:{row[1]}") for row in rows]
+
+
+def _digits(text: str) -> str:
+    return text.replace(".", "").lstrip("0")
+
+
+def kraken_levels(rows: Iterable[tuple[Any, Any]]) -> TextRows:
+    """Kraken (price, qty) as sent -> (Level, checksum token: both without the dot and leading zeros)."""
+    found: TextRows = []
+    for price, size in rows:
+        price_text = price if isinstance(price, str) else str(price)
+        size_text = size if isinstance(size, str) else str(size)
+        found.append((Level(float(price_text), float(size_text)), _digits(price_text) + _digits(size_text)))
+    return found
+
+
+def apply_levels(side: BookSide, changes: list[Level]) -> None:
+    side.apply(changes)
+
+
+def apply_text_levels(side: BookSide, changes: TextRows) -> None:
+    side.apply_tokens(changes)
+
+
+def load_text_levels(side: BookSide, rows: TextRows) -> None:
+    side.load_text((level.price, level.size, token) for level, token in rows)
+
+
+def plain(rows: TextRows) -> list[Level]:
+    return [row[0] for row in rows]
+
+
+# ----------------------------------------------------------------------------- checksums
+
+
+def _tokens(side: BookSide, depth: int) -> list[str]:
+    texts = side.texts
+    assert texts is not None, "checksum needs a book that keeps wire text"
+    return [texts[price] for price in side.top_prices(depth)]
+
+
+def kraken_checksum(book: OrderBook) -> int:
+    """Kraken (v1 and v2): unsigned CRC32 of the top 10 asks (ascending) then the top 10 bids
+    (descending), each level as its price then size wire text without the dot and leading zeros."""
+    return zlib.crc32(("".join(_tokens(book.asks, 10)) + "".join(_tokens(book.bids, 10))).encode())
+
+
+def okx_checksum(book: OrderBook) -> int:
+    """OKX: signed CRC32 of ``bid1Px:bid1Sz:ask1Px:ask1Sz:...`` over the top 25 levels (wire text);
+    when one side is shorter the rest of the other side follows."""
+    bids = _tokens(book.bids, 25)
+    asks = _tokens(book.asks, 25)
+    common = min(len(bids), len(asks))
+    parts = [token for pair in zip(bids[:common], asks[:common], strict=True) for token in pair]
+    parts += bids[common:] or asks[common:]
+    crc = zlib.crc32(":".join(parts).encode())
+    return crc - (1 << 32) if crc >= 1 << 31 else crc

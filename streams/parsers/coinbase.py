@@ -1,0 +1,174 @@
+"""Coinbase Advanced Trade: ``{"channel","timestamp","sequence_num","events":[...]}``.
+
+``sequence_num`` is one counter per connection across every channel, so a gap anywhere
+marks all of that connection's books unsynced. ``level2`` arrives as ``l2_data``: a
+snapshot event replaces the product's book, updates carry absolute ``new_quantity``.
+Public ``market_trades`` report the maker's side, so the taker side is the opposite.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from marketpipe.raw import RawRecord
+from marketpipe.records import Level, Side
+from streams.parsers.base import (
+    Connection,
+    FeedOutput,
+    FeedProcessor,
+    ParseError,
+    apply_levels,
+    decode_json,
+    json_object,
+    rfc3339_to_us,
+)
+
+INSTRUMENTS_PATH = "/api/v3/brokerage/market/products"
+TAKER_SIDE: dict[str, Side] = {"BUY": "sell", "SELL": "buy"}
+
+
+def parse_instruments(body: bytes) -> dict[str, str]:
+    """products -> {"BTC-USD": "BTC-USD", ...} from base_currency_id/quote_currency_id."""
+    info = json_object(body, "coinbase products response")
+    if "products" not in info:
+        raise ParseError(f"coinbase products response has no 'products': {str(info)[:200]}")
+    return {p["product_id"]: f"{p['base_currency_id']}-{p['quote_currency_id']}" for p in info["products"]}
+
+
+class _Level(msgspec.Struct):
+    side: str
+    price_level: str
+    new_quantity: str
+    event_time: str = ""
+
+
+class _Trade(msgspec.Struct):
+    product_id: str
+    trade_id: str
+    price: str
+    size: str
+    side: str
+    time: str
+
+
+class _Event(msgspec.Struct):
+    type: str = ""
+    product_id: str = ""
+    updates: list[_Level] = []
+    trades: list[_Trade] = []
+
+
+class _Message(msgspec.Struct):
+    channel: str
+    timestamp: str = ""
+    sequence_num: int | None = None
+    events: list[_Event] = []
+
+
+_decoder = msgspec.json.Decoder(_Message)
+
+
+class CoinbaseConnection(Connection):
+    def __init__(self, conn: str, url: str | None) -> None:
+        super().__init__(conn, url)
+        self.last_seq: int | None = None
+
+
+class CoinbaseProcessor(FeedProcessor):
+    exchange = "coinbase"
+    instruments_path = INSTRUMENTS_PATH
+    connection_type = CoinbaseConnection
+
+    def instruments_from(self, body: bytes) -> dict[str, str]:
+        return parse_instruments(body)
+
+    def fallback_symbol(self, exchange_symbol: str) -> str | None:
+        return exchange_symbol  # product ids are BASE-QUOTE already
+
+    def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
+        assert isinstance(conn, CoinbaseConnection)
+        msg = self._decode(raw)
+        self._check_sequence(conn, msg.sequence_num, raw, out)
+        channel = msg.channel
+        if channel == "l2_data":
+            for event in msg.events:
+                self._book_event(conn, raw, msg, event, out)
+        elif channel == "market_trades":
+            self._trades(raw, msg, out)
+        elif channel == "heartbeats":
+            self.counters.heartbeats += 1
+        elif channel == "subscriptions":
+            self.counters.acks += 1
+        else:
+            raise ParseError(f"unsupported coinbase channel {channel!r}")
+
+    def _decode(self, raw: RawRecord) -> _Message:
+        if not raw.data:
+            raise ParseError("empty frame")
+        try:
+            return _decoder.decode(raw.data)
+        except msgspec.ValidationError as exc:
+            found = decode_json(raw.data)
+            if isinstance(found, dict) and found.get("type") == "error":
+                raise ParseError(
+                    f"coinbase error: {found.get('message')!r} {found.get('reason', '')}".strip()
+                ) from None
+            raise ParseError(f"unrecognised coinbase frame: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise ParseError(f"invalid JSON: {exc}") from None
+
+    def _check_sequence(
+        self, conn: CoinbaseConnection, seq: int | None, raw: RawRecord, out: FeedOutput
+    ) -> None:
+        if seq is None:
+            return
+        last = conn.last_seq
+        conn.last_seq = seq
+        if last is not None and seq != last + 1:
+            self.connection_gap(conn, f"sequence_num {seq} after {last}", raw, out)
+
+    def _trades(self, raw: RawRecord, msg: _Message, out: FeedOutput) -> None:
+        rows = []
+        for event in msg.events:
+            for trade in event.trades:
+                side = TAKER_SIDE.get(trade.side, "unknown")
+                rows.append((rfc3339_to_us(trade.time), trade, side))
+        rows.sort(key=lambda row: row[0])  # snapshots list the newest first
+        for ts, trade, side in rows:
+            self.trade(
+                raw, out, trade.product_id, trade.trade_id, float(trade.price), float(trade.size), side, ts
+            )
+
+    def _book_event(
+        self, conn: Connection, raw: RawRecord, msg: _Message, event: _Event, out: FeedOutput
+    ) -> None:
+        self.counters.book_messages += 1
+        bids: list[Level] = []
+        asks: list[Level] = []
+        for update in event.updates:
+            level = Level(float(update.price_level), float(update.new_quantity))
+            if update.side == "bid":
+                bids.append(level)
+            elif update.side == "offer":
+                asks.append(level)
+            else:
+                raise ParseError(f"coinbase l2_data level with side {update.side!r}")
+        stamp = (
+            event.updates[0].event_time if event.updates and event.updates[0].event_time else msg.timestamp
+        )
+        ts = rfc3339_to_us(stamp) if stamp else raw.recv_ns // 1000
+        state = self.book_state(conn, event.product_id)
+        book = state.book
+        if event.type == "snapshot":
+            book.bids.load((level.price, level.size) for level in bids)
+            book.asks.load((level.price, level.size) for level in asks)
+            self.accept_snapshot(state, raw, out, ts, last_id=msg.sequence_num)
+        elif event.type == "update":
+            if not state.synced:
+                self.skip_unsynced(state, raw, out)
+                return
+            apply_levels(book.bids, bids)
+            apply_levels(book.asks, asks)
+            self.accept_update(state, raw, out, ts, bids, asks, last_id=msg.sequence_num)
+        else:
+            raise ParseError(f"coinbase l2_data event type {event.type!r}")

@@ -1,0 +1,138 @@
+"""Kraken WS v1 (legacy): array frames ``[channelID, payload..., channelName, pair]`` and
+``{"event": ...}`` objects. Used by ``KrakenProcessor`` for connections on the v1 endpoint.
+
+v1 pair names are AssetPairs ``wsname`` values (``XBT/USD``); they need the instrument
+metadata (asset aliases), so an unknown v1 pair is an error rather than a guess.
+Book snapshots carry ``as``/``bs``; updates carry ``a``/``b`` (possibly in two objects)
+with the checksum ``c`` in the last one; the subscribed depth is in the channel name.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from marketpipe.raw import RawRecord
+from marketpipe.records import Side
+from streams.parsers.base import (
+    Connection,
+    FeedOutput,
+    ParseError,
+    TextRows,
+    kraken_levels,
+    seconds_text_to_us,
+)
+
+if TYPE_CHECKING:
+    from streams.parsers.kraken import KrakenConnection, KrakenProcessor
+
+TAKER_SIDES: dict[str, Side] = {"b": "buy", "s": "sell"}
+
+
+def symbol(proc: KrakenProcessor, pair: str) -> str:
+    found = proc.instruments.get(pair)
+    if found is None:
+        raise ParseError(f"unknown kraken v1 pair {pair!r}: no AssetPairs metadata (rest record) names it")
+    return found
+
+
+def learn_depth_from_request(conn: Connection, msg: dict[str, Any]) -> None:
+    subscription = msg.get("subscription")
+    if (
+        msg.get("event") == "subscribe"
+        and isinstance(subscription, dict)
+        and subscription.get("name") == "book"
+    ):
+        depths: dict[str, int] = getattr(conn, "depths", {})
+        for pair in msg.get("pair", []):
+            depths[pair] = int(subscription.get("depth", 10))
+
+
+def on_event(proc: KrakenProcessor, conn: KrakenConnection, msg: dict[str, Any]) -> None:
+    event = msg["event"]
+    if event in ("heartbeat", "pong"):
+        proc.counters.heartbeats += 1
+    elif event == "systemStatus":
+        proc.counters.acks += 1
+    elif event == "subscriptionStatus":
+        if msg.get("status") == "error" or "errorMessage" in msg:
+            raise ParseError(
+                f"kraken v1 subscription rejected: {msg.get('errorMessage')!r} for {msg.get('pair')!r}"
+            )
+        proc.counters.acks += 1
+    elif event == "error":
+        raise ParseError(f"kraken v1 error: {msg.get('errorMessage')!r}")
+    else:
+        raise ParseError(f"unsupported kraken v1 event {event!r}")
+
+
+def on_array(
+    proc: KrakenProcessor, conn: KrakenConnection, msg: list[Any], raw: RawRecord, out: FeedOutput
+) -> None:
+    if len(msg) < 4 or not isinstance(msg[-2], str) or not isinstance(msg[-1], str):
+        raise ParseError("kraken v1 array frame is not [channelID, payload..., channelName, pair]")
+    channel_name, pair = msg[-2], msg[-1]
+    if channel_name == "trade":
+        _trades(proc, msg[1], pair, raw, out)
+    elif channel_name.startswith("book-"):
+        _book(proc, conn, msg[1:-2], int(channel_name[5:]), pair, raw, out)
+    else:
+        raise ParseError(f"unsupported kraken v1 channel {channel_name!r}")
+
+
+def _trades(proc: KrakenProcessor, rows: list[list[str]], pair: str, raw: RawRecord, out: FeedOutput) -> None:
+    symbol(proc, pair)
+    parsed = [
+        (float(row[0]), float(row[1]), row[2], seconds_text_to_us(row[2]), TAKER_SIDES.get(row[3], "unknown"))
+        for row in rows
+    ]
+    for index, (price, size, time_text, ts, side) in enumerate(parsed):
+        # v1 trades have no id: time as sent plus the position in the frame is deterministic
+        proc.trade(raw, out, pair, f"{time_text}-{index}", price, size, side, ts)
+
+
+def _book(
+    proc: KrakenProcessor,
+    conn: KrakenConnection,
+    payloads: list[Any],
+    depth: int,
+    pair: str,
+    raw: RawRecord,
+    out: FeedOutput,
+) -> None:
+    symbol(proc, pair)
+    proc.counters.book_messages += 1
+    state = proc.book_state(conn, pair)
+    state.depth = depth
+    if any(not isinstance(payload, dict) for payload in payloads):
+        raise ParseError("kraken v1 book payload is not an object")
+    if "as" in payloads[0] or "bs" in payloads[0]:
+        asks, bids, _ = _collect(payloads, "as", "bs")
+        ts = _latest(asks, bids, raw)
+        proc.apply_snapshot(state, _levels(bids), _levels(asks), None, ts, raw, out)
+        return
+    asks, bids, checksum = _collect(payloads, "a", "b")
+    ts = _latest(asks, bids, raw)
+    proc.apply_update(state, _levels(bids), _levels(asks), checksum, ts, raw, out)
+
+
+def _collect(
+    payloads: list[dict[str, Any]], ask_key: str, bid_key: str
+) -> tuple[list[Any], list[Any], int | None]:
+    asks: list[Any] = []
+    bids: list[Any] = []
+    checksum: int | None = None
+    for payload in payloads:
+        asks.extend(payload.get(ask_key, ()))
+        bids.extend(payload.get(bid_key, ()))
+        if "c" in payload:
+            checksum = int(payload["c"])
+    return asks, bids, checksum
+
+
+def _levels(rows: list[list[str]]) -> TextRows:
+    return kraken_levels((row[0], row[1]) for row in rows)
+
+
+def _latest(asks: list[list[str]], bids: list[list[str]], raw: RawRecord) -> int:
+    stamps = [row[2] for row in asks] + [row[2] for row in bids]
+    return max(seconds_text_to_us(stamp) for stamp in stamps) if stamps else raw.recv_ns // 1000
