@@ -18,6 +18,7 @@ from marketpipe.config import ConfigError, Settings, load_settings
 # module path -> names of the click commands it defines
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "marketpipe.kafka_cli": ("kafka", "topics"),
+    "marketpipe.run_cli": ("run",),
     "producers.cli": ("produce", "capture"),
     "simulator.cli": ("sim",),
     "streams.cli": ("stream", "normalize"),

@@ -104,6 +104,54 @@ class StreamSettings(BaseModel):
         return value
 
 
+class ConnectorSettings(BaseModel):
+    """Connector overrides for one exchange; ``None`` keeps the exchange module's default."""
+
+    ws_url: str | None = Field(
+        default=None, description="websocket base URL (the connector appends its path)"
+    )
+    rest_url: str | None = Field(default=None, description="REST base URL")
+    protocol: Literal["v1", "v2"] = Field(default="v2", description="kraken only: websocket API version")
+    category: Literal["spot", "linear"] = Field(default="spot", description="bybit only: product category")
+    max_symbols_per_connection: int | None = Field(default=None, ge=1)
+    silence_timeout_s: float | None = Field(
+        default=None, gt=0, description="reconnect after this long without a frame"
+    )
+    rest_min_interval_s: float | None = Field(default=None, ge=0, description="spacing between REST requests")
+    connect_interval_s: float | None = Field(
+        default=None, ge=0, description="spacing between connection attempts"
+    )
+    ping_interval_s: float | None = Field(default=None, gt=0, description="application ping cadence")
+    max_connection_age_s: float | None = Field(default=None, gt=0, description="planned reconnect after")
+    book_depth: int | None = Field(default=None, ge=1, description="book depth for exchanges that take one")
+
+
+class ProducerSettings(BaseModel):
+    binance: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
+    coinbase: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
+    kraken: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
+    bybit: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
+    okx: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
+    backoff_initial_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+    breaker_failures: int = Field(
+        default=5, ge=1, description="consecutive failures that open an exchange's breaker"
+    )
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    # librdkafka's local queue is the bounded buffer; beyond it frames are dropped
+    # and the connection ends with a gap marker (see docs/producers.md).
+    buffer_max_messages: int = Field(default=200_000, ge=1)
+    buffer_max_kbytes: int = Field(default=512 * 1024, ge=1)
+    message_timeout_ms: int = Field(default=120_000, ge=1000)
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+    def for_exchange(self, exchange: str) -> ConnectorSettings:
+        found = getattr(self, exchange, None)
+        if not isinstance(found, ConnectorSettings):
+            raise ValueError(f"no connector settings for exchange {exchange!r}")
+        return found
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MARKETPIPE_",
@@ -125,6 +173,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=lambda: KafkaSettings())
     clickhouse: ClickHouseSettings = Field(default_factory=lambda: ClickHouseSettings())
     streams: StreamSettings = Field(default_factory=lambda: StreamSettings())
+    producers: ProducerSettings = Field(default_factory=lambda: ProducerSettings())
 
     @field_validator("exchanges", "symbols", mode="before")
     @classmethod

@@ -1,0 +1,130 @@
+"""Child-process supervision for `marketpipe run`: restart with backoff, clean shutdown, no orphans."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+HEALTHY_AFTER_S = 60.0  # a child that ran this long gets its backoff reset
+
+
+@dataclass
+class Child:
+    name: str
+    argv: Sequence[str]
+    env: dict[str, str] | None = None
+    restart: bool = True
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff_s: float = 1.0
+    next_start_at: float = 0.0
+    last_exit: int | None = None
+    log_path: Path | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def state(self) -> str:
+        if self.running:
+            return "running"
+        if self.last_exit is None:
+            return "starting"
+        return f"exited {self.last_exit}" + (", restarting" if self.restart else "")
+
+
+@dataclass
+class Supervisor:
+    log_dir: Path
+    children: list[Child] = field(default_factory=list)
+    stopping: bool = False
+
+    def add(self, child: Child) -> Child:
+        child.log_path = self.log_dir / f"{child.name}.log"
+        self.children.append(child)
+        return child
+
+    def start_all(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for child in self.children:
+            self._spawn(child)
+
+    def _spawn(self, child: Child) -> None:
+        assert child.log_path is not None
+        with child.log_path.open("ab") as out:
+            child.process = subprocess.Popen(
+                list(child.argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=child.env,
+                start_new_session=True,  # its own process group: we signal the whole group
+            )
+        child.started_at = time.monotonic()
+        log.info("started %s (pid %s)", child.name, child.process.pid)
+
+    def poll(self) -> list[Child]:
+        """Reap exited children and restart them when due; returns children that exited for good."""
+        finished: list[Child] = []
+        now = time.monotonic()
+        for child in self.children:
+            if child.process is None:
+                if not self.stopping and child.restart and now >= child.next_start_at:
+                    self._spawn(child)
+                continue
+            code = child.process.poll()
+            if code is None:
+                if now - child.started_at > HEALTHY_AFTER_S:
+                    child.backoff_s = 1.0
+                continue
+            child.last_exit = code
+            child.process = None
+            if self.stopping:
+                continue
+            if child.restart:
+                child.restarts += 1
+                child.next_start_at = now + child.backoff_s
+                log.warning("%s exited with %s; restarting in %.0fs", child.name, code, child.backoff_s)
+                child.backoff_s = min(child.backoff_s * 2, MAX_BACKOFF_S)
+            else:
+                finished.append(child)
+        return finished
+
+    def stop_all(self, timeout: float = 20.0) -> None:
+        """SIGTERM every child's process group, then SIGKILL what is left after `timeout`."""
+        self.stopping = True
+        for child in self.children:
+            _signal_group(child, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0fs; killing it", child.name, timeout)
+                _signal_group(child, signal.SIGKILL)
+                child.process.wait()
+            else:
+                _signal_group(child, signal.SIGKILL)  # leftovers of its group, if any
+            child.last_exit = child.process.returncode
+            child.process = None
+
+
+def _signal_group(child: Child, sig: signal.Signals) -> None:
+    if child.process is None:
+        return
+    try:
+        os.killpg(child.process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,71 @@
+"""Kraken: WS v2 (default) or the legacy v1 protocol; heartbeats flow once subscribed."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import orjson
+
+from producers.base import Connector
+
+
+class KrakenConnector(Connector):
+    exchange = "kraken"
+    default_ws_base = "wss://ws.kraken.com"
+    default_rest_base = "https://api.kraken.com"
+    default_depth = 1000
+    max_symbols_per_connection = 50
+    send_interval_s = 0.1  # the message rate limit is undocumented; stay gentle
+    connect_interval_s = 0.5
+    rest_min_interval_s = 1.0  # public REST: about one call per second
+    silence_timeout_s = 10.0  # heartbeats arrive about once a second
+
+    _ids = itertools.count(1)
+
+    @property
+    def v2(self) -> bool:
+        return self.settings.protocol == "v2"
+
+    @property
+    def depth(self) -> int:
+        return self.settings.book_depth or self.default_depth
+
+    def ws_url(self) -> str:
+        return f"{self.ws_base}/v2" if self.v2 else self.ws_base
+
+    def all_instruments_url(self) -> str:
+        return f"{self.rest_base}/0/public/AssetPairs"
+
+    def instrument_urls(self, exchange_symbols: Sequence[str]) -> list[str]:
+        return [f"{self.all_instruments_url()}?pair={','.join(exchange_symbols)}"]
+
+    def choose_exchange_symbol(self, symbol: str, candidates: list[str]) -> str:
+        # parse_instruments lists the v1 wsname (XBT/USD) and the v2 name (BTC/USD).
+        v2_name = symbol.replace("-", "/")
+        if self.v2:
+            return v2_name if v2_name in candidates else candidates[0]
+        return next((name for name in candidates if name != v2_name), candidates[0])
+
+    def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
+        return [self._book("subscribe", symbols), self._trades(symbols)]
+
+    def resubscribe_book_messages(self, symbol: str) -> list[str]:
+        return [self._book("unsubscribe", [symbol]), self._book("subscribe", [symbol])]
+
+    def _book(self, op: str, symbols: Sequence[str]) -> str:
+        if self.v2:
+            params = {"channel": "book", "symbol": list(symbols), "depth": self.depth}
+            if op == "subscribe":
+                params["snapshot"] = True
+            return orjson.dumps({"method": op, "params": params, "req_id": next(self._ids)}).decode()
+        subscription = {"name": "book", "depth": self.depth}
+        return orjson.dumps({"event": op, "pair": list(symbols), "subscription": subscription}).decode()
+
+    def _trades(self, symbols: Sequence[str]) -> str:
+        if self.v2:
+            params = {"channel": "trade", "symbol": list(symbols), "snapshot": False}
+            return orjson.dumps({"method": "subscribe", "params": params, "req_id": next(self._ids)}).decode()
+        return orjson.dumps(
+            {"event": "subscribe", "pair": list(symbols), "subscription": {"name": "trade"}}
+        ).decode()

@@ -1,0 +1,91 @@
+"""Helpers for the producer tests: read raw topics back, simulator-backed connector settings."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, TopicPartition
+
+from marketpipe.config import ConnectorSettings
+from marketpipe.raw import RawRecord
+
+
+@dataclass(frozen=True)
+class Consumed:
+    partition: int
+    offset: int
+    key: bytes
+    headers: dict[str, bytes]
+    record: RawRecord
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[Consumed]:
+    """Everything currently in ``topic`` (all partitions, from the start), in offset order per partition."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = list(metadata.topics[topic].partitions)
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
+        }
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        found: list[Consumed] = []
+        remaining = {p for p, end in ends.items() if end > 0}
+        deadline = time.monotonic() + timeout_s
+        while remaining and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            headers = list(message.headers() or ())
+            record = RawRecord.from_kafka(message.value(), headers)
+            found.append(
+                Consumed(message.partition(), message.offset(), message.key(), dict(headers), record)  # type: ignore[arg-type]
+            )
+            if message.offset() + 1 >= ends[message.partition()]:
+                remaining.discard(message.partition())
+        if remaining:
+            raise AssertionError(f"timed out reading {topic}: partitions {remaining} incomplete")
+        return found
+    finally:
+        consumer.close()
+
+
+def by_connection(consumed: list[Consumed]) -> dict[str, list[Consumed]]:
+    conns: dict[str, list[Consumed]] = {}
+    for item in sorted(consumed, key=lambda c: (c.partition, c.offset)):
+        conns.setdefault(item.record.conn, []).append(item)
+    return conns
+
+
+async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def sim_settings(urls: dict[str, tuple[str, str]], exchange: str, **extra: object) -> ConnectorSettings:
+    ws, rest = urls[exchange]
+    base: dict[str, object] = {
+        "ws_url": ws,
+        "rest_url": rest,
+        "rest_min_interval_s": 0,
+        "connect_interval_s": 0,
+    }
+    return ConnectorSettings.model_validate({**base, **extra})

@@ -1,0 +1,287 @@
+"""Each connector against the exchange simulator and a real Kafka broker: the raw record
+contract, heartbeats, a forced disconnect, a resync request, planned reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+from producers_support import Consumed, by_connection, read_topic, sim_settings, wait_until
+
+from marketpipe.codec import AvroCodec
+from marketpipe.config import ProducerSettings
+from marketpipe.records import ControlRequest
+from marketpipe.topics import Topology
+from producers.base import RUN_ID, Connector, SymbolError
+from producers.connectors import EXCHANGES, connector_class
+from producers.control import ControlListener
+from producers.publisher import CaptureRawPublisher, KafkaRawPublisher
+
+simulator = pytest.importorskip("simulator", reason="the exchange simulator (simulator/) is not available")
+
+SYMBOL = {
+    "binance": "BTC-USDT",
+    "coinbase": "BTC-USD",
+    "kraken": "BTC-USD",
+    "bybit": "BTC-USDT",
+    "okx": "BTC-USDT",
+}
+INSTRUMENTS_PATH = {
+    "binance": "/api/v3/exchangeInfo?",
+    "coinbase": "/api/v3/brokerage/market/products?",
+    "kraken": "/0/public/AssetPairs?",
+    "bybit": "/v5/market/instruments-info?",
+    "okx": "/api/v5/public/instruments?",
+}
+PING_S = 0.3
+PONG_TIMEOUT_S = 1.5
+FAST = ProducerSettings(backoff_initial_s=0.05, backoff_max_s=0.2)
+
+
+def _needs_sim(exchange: str) -> None:
+    if importlib.util.find_spec(f"simulator.{exchange}") is None:
+        pytest.skip(f"the simulator does not serve {exchange} yet (simulator/{exchange}.py missing)")
+
+
+@pytest.fixture
+async def sim(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    exchange = request.node.callspec.params.get("exchange", "binance")
+    _needs_sim(exchange)
+    server = await simulator.start_simulator(
+        seed=3,
+        exchanges=(exchange,),
+        book_rate=3.0,
+        trade_rate=1.0,
+        heartbeat_interval_s=0.2,
+        binance_ping_interval_s=PING_S,
+        binance_pong_timeout_s=PONG_TIMEOUT_S,
+    )
+    yield server
+    await server.stop()
+
+
+class Running:
+    """A connector (and optionally the control listener) running in the test's loop."""
+
+    def __init__(self, connector: Connector, listener: ControlListener | None = None) -> None:
+        self.connector = connector
+        self.listener = listener
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Running:
+        await self.connector.publisher.start()
+        await self.connector.start()
+        self.tasks.append(asyncio.create_task(self.connector.run()))
+        if self.listener is not None:
+            self.tasks.append(asyncio.create_task(self.listener.run()))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        crashed = [task for task in self.tasks if task.done() and not task.cancelled() and task.exception()]
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.connector.publisher.close()
+        if crashed:
+            raise AssertionError(f"{crashed[0].get_name()} crashed") from crashed[0].exception()
+
+
+def _send_resync(bootstrap: str, topics: Topology, request: ControlRequest) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(topics.control, AvroCodec().encode(request, topics.control), key=request.key())
+    assert producer.flush(10) == 0
+
+
+def _check_connection_contract(exchange: str, connector: Connector, items: list[Consumed]) -> None:
+    conn = items[0].record.conn
+    assert re.fullmatch(rf"{exchange}\.{RUN_ID}\.\d+", conn)
+    assert {item.partition for item in items} == {items[0].partition}, "one connection, one partition"
+    assert [item.record.seq for item in items] == list(range(len(items))), "seq counts from 0 in offset order"
+    for item in items:
+        assert item.key == conn.encode()
+        assert item.headers["exchange"] == exchange.encode() and item.headers["conn"] == conn.encode()
+        assert int(item.headers["recv_ns"]) > 0
+        assert ("url" in item.headers) == (item.record.kind in ("open", "rest"))
+    records = [item.record for item in items]
+    symbol = connector.exchange_symbols[SYMBOL[exchange]]
+    assert records[0].kind == "open" and records[0].url == connector.ws_url()
+    assert orjson.loads(records[0].payload) == {"symbols": [symbol]}
+    assert records[1].kind == "rest" and INSTRUMENTS_PATH[exchange] in (records[1].url or "")
+    assert connector.parse_instruments(records[1].payload)[symbol] == SYMBOL[exchange]
+    subscribes = connector.subscribe_messages([symbol])
+    sent = [r for r in records[2 : 2 + len(subscribes)]]
+    assert [r.kind for r in sent] == ["sent"] * len(subscribes)
+    assert all(symbol.lower() in r.payload.decode().lower() for r in sent)
+    assert any(r.kind == "recv" for r in records)
+
+
+def _check_heartbeats(exchange: str, first: list[Consumed]) -> None:
+    records = [item.record for item in first]
+    sent = [r.payload for r in records if r.kind == "sent"]
+    received = [r.payload for r in records if r.kind == "recv"]
+    if exchange == "binance":  # the simulator pings every PING_S and drops us without a pong
+        close = orjson.loads(records[-1].payload)
+        assert close["reason"] == "simulated disconnect", close
+        assert (records[-1].recv_ns - records[0].recv_ns) / 1e9 > PONG_TIMEOUT_S + PING_S
+    elif exchange == "coinbase":
+        assert any(b'"channel":"heartbeats"' in frame for frame in received)
+    elif exchange == "kraken":
+        assert any(b'"heartbeat"' in frame for frame in received)
+    elif exchange == "bybit":
+        assert sum(b'"op":"ping"' in frame for frame in sent) >= 2
+        assert any(b'"pong"' in frame for frame in received)
+    elif exchange == "okx":
+        assert b"ping" in sent
+        assert b"pong" in received
+
+
+def _check_resync(exchange: str, first: list[Consumed]) -> None:
+    records = [item.record for item in first]
+    if exchange == "binance":
+        snapshots = [r for r in records if r.kind == "rest" and "/api/v3/depth?" in (r.url or "")]
+        assert len(snapshots) >= 2, "the initial depth snapshot and the resync one"
+        subscribe_at = next(r.seq for r in records if r.kind == "sent")
+        assert all(r.seq > subscribe_at for r in snapshots), "snapshots come after the diff subscription"
+        return
+    texts = [r.payload.decode() for r in records if r.kind == "sent"]
+    unsubscribe = next(i for i, text in enumerate(texts) if "unsubscribe" in text)
+    assert '"subscribe"' in texts[unsubscribe + 1] or "'subscribe'" in texts[unsubscribe + 1]
+
+
+VARIANTS = [
+    *((exchange, {}) for exchange in EXCHANGES),
+    ("kraken", {"protocol": "v1"}),
+    ("bybit", {"category": "linear"}),
+]
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("exchange", "variant"), VARIANTS, ids=lambda v: "-".join(v.values()) if isinstance(v, dict) else v
+)
+async def test_connector_contract_heartbeats_resync_and_reconnect(
+    exchange, variant, sim, kafka_bootstrap, topics
+):
+    client = {"bootstrap.servers": kafka_bootstrap}
+    publisher = KafkaRawPublisher(client, topics, linger_ms=5)
+    settings = sim_settings(sim.urls(), exchange, silence_timeout_s=5.0, ping_interval_s=PING_S, **variant)
+    connector = connector_class(exchange)([SYMBOL[exchange]], publisher, settings, FAST)
+    listener = ControlListener({exchange: connector}, client, topics, AvroCodec())
+    async with Running(connector, listener):
+        shard = connector.shards[0]
+        await wait_until(lambda: shard.stats.frames >= 3, 20, "first frames")
+        assert shard.current is not None
+        first = shard.current.id
+        await wait_until(listener.ready.is_set, 20, "control listener")
+        _send_resync(
+            kafka_bootstrap,
+            topics,
+            ControlRequest(
+                exchange=exchange,
+                symbol=SYMBOL[exchange],
+                exchange_symbol=connector.exchange_symbols[SYMBOL[exchange]],
+                action="resync",
+                reason="test",
+                ts=time.time_ns() // 1000,
+                conn=first,
+            ),
+        )
+        await wait_until(lambda: listener.handled >= 1, 20, "resync handled")
+        await asyncio.sleep(PONG_TIMEOUT_S + 4 * PING_S)  # heartbeats on the first connection
+        assert sim.fault(exchange, "disconnect") == 1
+        await wait_until(
+            lambda: shard.current is not None and shard.current.id != first, 20, "a new connection"
+        )
+        frames = shard.stats.frames
+        await wait_until(lambda: shard.stats.frames > frames + 2, 20, "frames on the new connection")
+
+    conns = by_connection(read_topic(kafka_bootstrap, topics.raw(exchange)))
+    assert len(conns) == 2 and first in conns
+    for items in conns.values():
+        _check_connection_contract(exchange, connector, items)
+    first_records = conns[first]
+    close = first_records[-1].record
+    assert close.kind == "close" and orjson.loads(close.payload)["code"] == 1001
+    (second,) = (conn for conn in conns if conn != first)
+    assert int(second.rsplit(".", 1)[1]) > int(first.rsplit(".", 1)[1])
+    assert conns[second][-1].record.kind == "close"  # closed cleanly when the producer stopped
+    _check_heartbeats(exchange, first_records)
+    _check_resync(exchange, first_records)
+
+
+@pytest.mark.parametrize("exchange", ["binance"])
+async def test_planned_reconnect_opens_the_successor_before_closing(exchange, sim, tmp_path):
+    publisher = CaptureRawPublisher(tmp_path / "planned.jsonl")
+    settings = sim_settings(sim.urls(), exchange, max_connection_age_s=1.0)
+    connector = connector_class(exchange)([SYMBOL[exchange]], publisher, settings, FAST)
+    async with Running(connector):
+        await wait_until(lambda: connector.shards[0].stats.connections >= 3, 20, "two planned reconnects")
+    from marketpipe.raw import read_capture
+
+    records = list(read_capture(tmp_path / "planned.jsonl"))
+    opens = {r.conn: r for r in records if r.kind == "open"}
+    closes = {r.conn: r for r in records if r.kind == "close"}
+    conns = sorted(opens, key=lambda conn: int(conn.rsplit(".", 1)[1]))
+    old, new = conns[0], conns[1]
+    assert "planned reconnect" in orjson.loads(closes[old].payload)["reason"]
+    assert opens[new].recv_ns < closes[old].recv_ns, "the successor opened before the old one closed"
+    new_frames = [r for r in records if r.conn == new and r.kind == "recv"]
+    assert new_frames and new_frames[0].recv_ns < closes[old].recv_ns, "and it was already streaming"
+
+
+@pytest.mark.parametrize("exchange", ["coinbase", "okx"])
+async def test_silent_connection_is_replaced_by_the_watchdog(exchange, sim, tmp_path):
+    publisher = CaptureRawPublisher(tmp_path / "silent.jsonl")
+    settings = sim_settings(sim.urls(), exchange, silence_timeout_s=1.0, ping_interval_s=5.0)
+    connector = connector_class(exchange)([SYMBOL[exchange]], publisher, settings, FAST)
+    async with Running(connector):
+        shard = connector.shards[0]
+        await wait_until(lambda: shard.stats.frames >= 2, 20, "first frames")
+        sim.fault(exchange, "silent", seconds=30)
+        await wait_until(lambda: shard.stats.connections >= 2, 20, "a replacement connection")
+    from marketpipe.raw import read_capture
+
+    closes = [r for r in read_capture(tmp_path / "silent.jsonl") if r.kind == "close"]
+    assert orjson.loads(closes[0].payload)["reason"].startswith("silent for")
+
+
+@pytest.mark.parametrize("exchange", EXCHANGES)
+async def test_unlisted_symbol_is_a_clear_error_at_start(exchange, sim, tmp_path):
+    publisher = CaptureRawPublisher(tmp_path / "none.jsonl")
+    connector = connector_class(exchange)(
+        [SYMBOL[exchange], "NOPE-USDT"], publisher, sim_settings(sim.urls(), exchange), FAST
+    )
+    with pytest.raises(SymbolError, match="NOPE-USDT"):
+        await connector.start()
+    await connector.rest.close()
+    await publisher.close()
+
+
+@pytest.mark.parametrize("exchange", ["bybit"])
+async def test_metrics_report_frames_connections_and_publisher_counters(exchange, sim, tmp_path):
+    from prometheus_client import generate_latest
+
+    from producers.metrics import serve_metrics
+
+    publisher = CaptureRawPublisher(tmp_path / "metrics.jsonl")
+    connector = connector_class(exchange)(
+        [SYMBOL[exchange]], publisher, sim_settings(sim.urls(), exchange), FAST
+    )
+    async with Running(connector):
+        registry = serve_metrics(0, [connector], publisher)
+        await wait_until(lambda: connector.shards[0].stats.frames >= 3, 20, "frames")
+        text = generate_latest(registry).decode()
+    frames = re.search(r'marketpipe_producer_frames_total\{exchange="bybit",shard="0"\} (\d+)', text)
+    assert frames is not None and int(frames.group(1)) >= 3
+    assert 'marketpipe_producer_connections_total{exchange="bybit",shard="0"} 1.0' in text
+    published = re.search(r"marketpipe_producer_published_total (\d+)", text)
+    assert published is not None and int(published.group(1)) >= int(frames.group(1))
+    assert "marketpipe_producer_last_frame_age_seconds" in text
