@@ -48,7 +48,7 @@ class AvroSchema:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> AvroSchema:
-        parsed = fastavro.parse_schema(raw, _write_hint=False)
+        parsed = fastavro.parse_schema(raw)
         canonical = to_parsing_canonical_form(raw)
         return cls(
             name=_full_name(raw),

@@ -26,6 +26,8 @@ from marketpipe.config import Settings
 from marketpipe.raw import RawRecord
 from marketpipe.records import DeadLetter
 from marketpipe.topics import Topology
+from streams.aggregations import install_aggregations
+from streams.buckets import Bucketer
 from streams.feed import FeedOutput, FeedProcessor
 from streams.parsers import processor_for
 
@@ -54,6 +56,7 @@ class Normaliser:
     codec: AvroCodec
     processors: dict[str, FeedProcessor] = field(default_factory=dict)
     dead_letters: int = 0
+    bucketer: Bucketer | None = None
 
     def reset(self) -> None:
         """Forget all book state (after a rebalance): books resync from the next snapshot."""
@@ -63,6 +66,7 @@ class Normaliser:
         found = self.processors.get(exchange)
         if found is None:
             found = self.processors[exchange] = processor_for(exchange)
+            found.bucketer = self.bucketer
         return found
 
     def process(self, events: Iterable[EventT], emit: Callable[[str, bytes, bytes], None]) -> None:
@@ -97,6 +101,7 @@ class Normaliser:
             (t.trades, out.trades),
             (t.book, out.books),
             (t.bbo, out.bbos),
+            (t.book_buckets, out.buckets),
             (t.status, out.status),
             (t.control, out.control),
         ):
@@ -164,6 +169,7 @@ def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
             topology.trades,
             topology.book,
             topology.bbo,
+            topology.book_buckets,
             topology.status,
             topology.control,
             topology.dlq,
@@ -184,6 +190,7 @@ def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
     async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         normaliser.reset()
 
+    install_aggregations(app, settings, topology, codec, normaliser)
     return app
 
 

@@ -5,12 +5,18 @@ spellings of one price such as ``"65140"`` and ``"65140.0"`` collapse to one lev
 should). Exchanges whose checksum is computed over the wire text (Kraken, OKX) ask the
 book to keep, per level, a checksum token built from the original price and size strings
 when the level is set (so a checksum only joins the tokens of the top levels).
+
+A side can keep a *journal* of what the current change overwrote (``start_journal``):
+the feed takes price-bucket snapshots of the book as it was before the first change past
+an event-time boundary, and the parsers apply a change before the feed sees its time.
+The journal costs one list append per changed level and is off unless buckets are on.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterable
+from typing import Any
 
 from marketpipe.records import Level
 
@@ -22,13 +28,15 @@ TextLevel = tuple[float, float, str]
 class BookSide:
     """One side of a book. ``prices`` is ascending for both sides; the best bid is the last."""
 
-    __slots__ = ("is_bid", "prices", "sizes", "texts")
+    __slots__ = ("is_bid", "journal", "prices", "sizes", "texts")
 
     def __init__(self, is_bid: bool, keep_text: bool = False) -> None:
         self.is_bid = is_bid
         self.prices: list[float] = []
         self.sizes: dict[float, float] = {}
         self.texts: dict[float, str] | None = {} if keep_text else None
+        self.journal: list[tuple[Any, Any]] | None = None
+        """(price, previous size or None) per overwritten level; (None, old sizes) for a reload"""
 
     def __len__(self) -> int:
         return len(self.prices)
@@ -38,10 +46,38 @@ class BookSide:
         self.sizes.clear()
         if self.texts is not None:
             self.texts.clear()
+        if self.journal is not None:
+            self.journal.clear()
+
+    def start_journal(self) -> None:
+        if self.journal is None:
+            self.journal = []
+
+    def previous(self) -> tuple[list[float], dict[float, float]]:
+        """(ascending prices, sizes) as they were before the journalled changes."""
+        journal = self.journal
+        if not journal:
+            return self.prices, self.sizes
+        sizes = self.sizes.copy()
+        prices: list[float] | None = list(self.prices)
+        for price, old in reversed(journal):
+            if price is None:
+                sizes = old.copy()
+                prices = None
+            elif old is None:
+                if sizes.pop(price, None) is not None and prices is not None:
+                    del prices[bisect_left(prices, price)]
+            else:
+                if price not in sizes and prices is not None:
+                    insort(prices, price)
+                sizes[price] = old
+        return (prices if prices is not None else sorted(sizes)), sizes
 
     def set(self, price: float, size: float) -> None:
         """Absolute size at ``price``; 0 removes the level (a no-op when it is absent)."""
         sizes = self.sizes
+        if self.journal is not None:
+            self.journal.append((price, sizes.get(price)))
         if size == 0.0:
             if price in sizes:
                 del sizes[price]
@@ -64,6 +100,9 @@ class BookSide:
     def apply(self, changes: Iterable[Level]) -> None:
         """``set`` for each change, inlined: this is the per-level hot path."""
         sizes, prices = self.sizes, self.prices
+        if self.journal is not None:
+            self._apply_journalled(changes)
+            return
         for level in changes:
             price, size = level.price, level.size
             if size == 0.0:
@@ -75,10 +114,31 @@ class BookSide:
                     insort(prices, price)
                 sizes[price] = size
 
+    def _apply_journalled(self, changes: Iterable[Level]) -> None:
+        sizes, prices = self.sizes, self.prices
+        log = self.journal.append  # type: ignore[union-attr]
+        for level in changes:
+            price, size = level.price, level.size
+            old = sizes.get(price)
+            log((price, old))
+            if size == 0.0:
+                if old is not None:
+                    del sizes[price]
+                    del prices[bisect_left(prices, price)]
+            else:
+                if old is None:
+                    insort(prices, price)
+                sizes[price] = size
+
     def apply_tokens(self, changes: Iterable[tuple[Level, str]]) -> None:
         """Like ``apply``, also keeping each level's checksum token."""
         sizes, prices = self.sizes, self.prices
         texts = self.texts if self.texts is not None else {}
+        if self.journal is not None:
+            log = self.journal.append
+            changes = list(changes)
+            for level, _ in changes:
+                log((level.price, sizes.get(level.price)))
         for level, token in changes:
             price, size = level.price, level.size
             if size == 0.0:
@@ -92,9 +152,18 @@ class BookSide:
                 sizes[price] = size
                 texts[price] = token
 
+    def _journal_reload(self) -> None:
+        if self.journal is not None:
+            self.journal.append((None, self.sizes))
+            self.sizes = {}  # the journal keeps the old map as it was
+
     def load(self, levels: Iterable[PriceSize]) -> None:
         """Replace the side with ``levels`` (zero sizes are skipped)."""
-        self.clear()
+        self._journal_reload()
+        self.prices.clear()
+        self.sizes.clear()
+        if self.texts is not None:
+            self.texts.clear()
         sizes = self.sizes
         for price, size in levels:
             if size != 0.0:
@@ -102,7 +171,11 @@ class BookSide:
         self.prices = sorted(sizes)
 
     def load_text(self, levels: Iterable[TextLevel]) -> None:
-        self.clear()
+        self._journal_reload()
+        self.prices.clear()
+        self.sizes.clear()
+        if self.texts is not None:
+            self.texts.clear()
         sizes = self.sizes
         texts = self.texts
         for price, size, token in levels:
@@ -146,7 +219,10 @@ class BookSide:
             del prices[depth:]
         sizes = self.sizes
         texts = self.texts
+        journal = self.journal
         for price in dropped:
+            if journal is not None:
+                journal.append((price, sizes[price]))
             del sizes[price]
             if texts is not None:
                 texts.pop(price, None)

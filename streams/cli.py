@@ -20,7 +20,6 @@ def stream(ctx: click.Context, loglevel: str) -> None:
     run_worker(settings_from(ctx), loglevel)
 
 
-
 @click.command("normalize")
 @click.argument(
     "captures", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)

@@ -6,6 +6,13 @@ is synced; a gap, checksum mismatch, crossed book or connection close marks it u
 emits one StatusEvent and one ControlRequest(resync) for the episode, and nothing more is
 published for it until a fresh snapshot re-syncs it. Exchange modules in
 ``streams/parsers/`` subclass it and declare only how their frames are read.
+
+Price buckets (when ``bucketer`` is set): every ``bucketer.interval_us`` of exchange event
+time a synced book publishes a ``BookBuckets`` snapshot. When a validated change's ``ts``
+reaches the next boundary, the snapshot is taken of the book as it was at the boundary,
+i.e. before that change (the book side's journal undoes it for the view), and stamped with
+the boundary. Boundaries a quiet book skipped over are filled with the same book (at most
+``MAX_FILLED_BOUNDARIES``). Nothing depends on wall-clock time, so replays are identical.
 """
 
 from __future__ import annotations
@@ -15,11 +22,17 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
+import msgspec
+
 from marketpipe.raw import RawRecord
-from marketpipe.records import BBO, BookChange, ControlRequest, Level, StatusEvent, Trade
+from marketpipe.records import BBO, BookBuckets, BookChange, ControlRequest, Level, StatusEvent, Trade
 from streams.book import OrderBook
+from streams.buckets import Bucketer
 
 UnsyncReason = Literal["gap", "checksum", "crossed", "close"]
+MAX_FILLED_BOUNDARIES = 60
+"""a book quiet for longer publishes only the latest this many skipped boundaries"""
+_NEVER = 1 << 62
 
 
 class ParseError(Exception):
@@ -73,10 +86,11 @@ class FeedCounters:
 class FeedOutput:
     """What processing produced; the caller drains and clears it between batches."""
 
-    __slots__ = ("bbos", "books", "control", "errors", "status", "trades")
+    __slots__ = ("bbos", "books", "buckets", "control", "errors", "status", "trades")
 
     def __init__(self) -> None:
         self.trades: list[Trade] = []
+        self.buckets: list[BookBuckets] = []
         self.books: list[BookChange] = []
         self.bbos: list[BBO] = []
         self.status: list[StatusEvent] = []
@@ -85,6 +99,7 @@ class FeedOutput:
 
     def clear(self) -> None:
         self.trades.clear()
+        self.buckets.clear()
         self.books.clear()
         self.bbos.clear()
         self.status.clear()
@@ -107,6 +122,7 @@ class BookState:
 
     __slots__ = (
         "book",
+        "bucket_next",
         "conn",
         "depth",
         "exchange_symbol",
@@ -130,6 +146,8 @@ class BookState:
         self.depth: int | None = None
         self.last_bbo: tuple[float, float, float, float] | None = None
         self.pending: deque[Any] | None = None
+        self.bucket_next = _NEVER
+        """next bucket boundary (event time, µs) while synced"""
 
 
 class Connection:
@@ -150,6 +168,8 @@ class FeedProcessor:
     keep_text: ClassVar[bool] = False
     """Keep the wire text of book levels (for checksums over the original strings)."""
     connection_type: ClassVar[type[Connection]] = Connection
+    bucketer: Bucketer | None = None
+    """set to publish price-bucket snapshots (the stream app does; offline normalize does not)"""
 
     def __init__(self) -> None:
         self.counters = FeedCounters()
@@ -300,6 +320,9 @@ class FeedProcessor:
             state = conn.books[exchange_symbol] = BookState(
                 conn.conn, symbol, exchange_symbol, self.keep_text
             )
+            if self.bucketer is not None:
+                state.book.bids.start_journal()
+                state.book.asks.start_journal()
         return state
 
     def health(self, symbol: str) -> SymbolHealth:
@@ -319,6 +342,12 @@ class FeedProcessor:
         checksum: int | None = None,
     ) -> bool:
         """Publish a book the exchange module has just loaded from a snapshot (and validated)."""
+        bucketer = self.bucketer
+        if bucketer is not None:
+            if state.synced and ts >= state.bucket_next:
+                self._buckets(state, ts, bucketer, out)
+            state.bucket_next = ts - ts % bucketer.interval_us + bucketer.interval_us
+            self._end_change(state)
         if self._crossed(state, raw, out):
             return False
         book = state.book
@@ -362,6 +391,9 @@ class FeedProcessor:
         checksum: int | None = None,
     ) -> bool:
         """Publish a change the exchange module has applied to a synced book (and validated)."""
+        if ts >= state.bucket_next and self.bucketer is not None:
+            self._buckets(state, ts, self.bucketer, out)
+        self._end_change(state)
         if self._crossed(state, raw, out):
             return False
         state.last_id = last_id
@@ -420,6 +452,7 @@ class FeedProcessor:
             health.crossed += 1
         state.synced = False
         state.book.clear()
+        state.bucket_next = _NEVER
         state.last_bbo = None
         state.last_id = None
         if state.resync_requested:
@@ -451,6 +484,30 @@ class FeedProcessor:
         self.counters.sequence_gaps += 1
         for state in conn.books.values():
             self.unsync(state, "gap", detail, raw, out, count=False)
+
+    def _buckets(self, state: BookState, ts: int, bucketer: Bucketer, out: FeedOutput) -> None:
+        """Snapshots at each boundary from ``state.bucket_next`` up to ``ts``, of the book before
+        the change now being accepted (so as it stood at those boundaries)."""
+        step = bucketer.interval_us
+        last = ts - ts % step
+        first = max(state.bucket_next, last - (MAX_FILLED_BOUNDARIES - 1) * step)
+        state.bucket_next = last + step
+        bid_prices, bid_sizes = state.book.bids.previous()
+        ask_prices, ask_sizes = state.book.asks.previous()
+        snapshot = bucketer.snapshot(
+            self.exchange, state.symbol, first, bid_prices, bid_sizes, ask_prices, ask_sizes
+        )
+        if snapshot is None:
+            return
+        out.buckets.append(snapshot)
+        for boundary in range(first + step, last + 1, step):
+            out.buckets.append(msgspec.structs.replace(snapshot, ts=boundary))
+
+    @staticmethod
+    def _end_change(state: BookState) -> None:
+        for side in (state.book.bids, state.book.asks):
+            if side.journal:
+                side.journal.clear()
 
     def _crossed(self, state: BookState, raw: RawRecord, out: FeedOutput) -> bool:
         if not state.book.is_crossed():
