@@ -1,0 +1,218 @@
+"""Normalise+book throughput and latency of one Faust streams worker, through a real broker.
+
+    python -m bench.stream_bench [--frames 100000] [--levels 400] [--rate 5000]
+
+Phase 1 (throughput): a backlog of raw frames (a busy Binance book: hundreds of levels,
+100 ms-style diffs; then trade-heavy traffic from four exchanges) is written to the raw
+topics first; one worker is started and we time how fast it drains the backlog, from its
+first output to the last.
+Phase 2 (latency): with the worker running, frames are produced at a steady --rate with
+recv_ns = the real send time; latency is each output's broker CreateTime minus the
+recv_ts it carries (milliseconds resolution, so sub-ms values read as 0).
+Uses KAFKA_BOOTSTRAP_SERVERS when set, else starts a throwaway local broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from bench.normalize_bench import Frame, binance_book, trades
+from marketpipe.codec import AvroCodec
+from marketpipe.config import LocalBrokerSettings
+from marketpipe.kafka_local import LocalKafka, free_port
+from marketpipe.raw import RawRecord
+from marketpipe.topics import Topology, apply_topology
+from streams.feed import FeedOutput
+from streams.parsers import processor_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from kafka_helpers import marketpipe_process, worker_env
+
+
+def _records(frames: list[tuple[str, Frame]], start_seq: int = 0, now_ns: bool = False) -> list[RawRecord]:
+    return [
+        RawRecord(
+            exchange,
+            f"{exchange}.bench.0",
+            start_seq + i,
+            kind,
+            time.time_ns() if now_ns else i,
+            data.encode(),
+            url,
+        )  # type: ignore[arg-type]
+        for i, (exchange, (kind, data, url)) in enumerate(frames)
+    ]
+
+
+def _produce(
+    producer: Producer, topics: Topology, records: list[RawRecord], rate: float | None = None
+) -> None:
+    start = time.perf_counter()
+    for index, raw in enumerate(records):
+        if rate:
+            due = start + index / rate
+            while time.perf_counter() < due:
+                producer.poll(0)
+            raw = RawRecord(raw.exchange, raw.conn, raw.seq, raw.kind, time.time_ns(), raw.data, raw.url)
+        while True:
+            try:
+                producer.produce(
+                    topics.raw(raw.exchange),
+                    key=raw.conn.encode(),
+                    value=raw.payload,
+                    headers=raw.kafka_headers(),
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    producer.flush(60)
+
+
+def _expected_outputs(records: list[RawRecord]) -> int:
+    processors: dict[str, object] = {}
+    out = FeedOutput()
+    for raw in records:
+        processors.setdefault(raw.exchange, processor_for(raw.exchange)).process(raw, out)  # type: ignore[attr-defined]
+    return len(out.trades) + len(out.books) + len(out.bbos) + len(out.status) + len(out.control)
+
+
+def _output_topics(topics: Topology) -> list[str]:
+    return [topics.trades, topics.book, topics.bbo, topics.status, topics.control]
+
+
+def _drain(bootstrap: str, topics: Topology, expected: int, timeout_s: float) -> list[tuple[int, int]]:
+    """(broker CreateTime ms, recv_ts µs) of every output until `expected` arrived."""
+    codec = AvroCodec()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe(_output_topics(topics))
+    seen: list[tuple[int, int]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(seen) < expected and time.monotonic() < deadline:
+            for message in consumer.consume(5000, timeout=0.5):
+                if message.error():
+                    continue
+                record = codec.decode(message.value())
+                seen.append((message.timestamp()[1], getattr(record, "recv_ts", getattr(record, "ts", 0))))
+    finally:
+        consumer.close()
+    return seen
+
+
+def _reset_counts(bootstrap: str, topics: Topology) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-counts"})
+    total = 0
+    for topic in _output_topics(topics):
+        for partition in range(topics.partitions):
+            total += consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+    consumer.close()
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--frames", type=int, default=100_000, help="frames per throughput scenario")
+    parser.add_argument("--levels", type=int, default=400)
+    parser.add_argument("--rate", type=float, default=5000, help="frames/s offered in the latency phase")
+    parser.add_argument("--latency-frames", type=int, default=20_000)
+    args = parser.parse_args()
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    broker = None
+    if not bootstrap:
+        broker = LocalKafka(
+            Path(tempfile.mkdtemp(prefix="stream-bench-")),
+            LocalBrokerSettings(port=free_port(), controller_port=free_port(), heap="1g"),
+        )
+        broker.start()
+        bootstrap = broker.bootstrap
+    try:
+        for name, frames in (
+            (
+                "binance-book",
+                [("binance", f) for f in binance_book(random.Random(1), args.frames, args.levels)],
+            ),
+            ("trades", list(trades(random.Random(2), args.frames))),
+        ):
+            run_scenario(bootstrap, name, frames, args)
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def run_scenario(
+    bootstrap: str, name: str, frames: list[tuple[str, Frame]], args: argparse.Namespace
+) -> None:
+    topics = Topology(
+        prefix=f"bench{uuid.uuid4().hex[:6]}.",
+        exchanges=("binance", "bybit", "coinbase", "okx"),
+        partitions=1,
+    )
+    apply_topology(AdminClient({"bootstrap.servers": bootstrap}), topics.specs())
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "compression.type": "zstd",
+            "queue.buffering.max.messages": 500_000,
+        }
+    )
+    backlog = _records(frames)
+    _produce(producer, topics, backlog)
+    expected = _expected_outputs(backlog)
+    with tempfile.TemporaryDirectory() as tmp:
+        env = worker_env(bootstrap, topics, Path(tmp))
+        with marketpipe_process("stream", env=env, log_path=Path(tmp) / "stream.log") as worker:
+            outputs = _drain(bootstrap, topics, expected, timeout_s=600)
+            if worker.poll() is not None or len(outputs) < expected:
+                raise SystemExit(f"{name}: worker produced {len(outputs)}/{expected} outputs")
+            first, last = min(t for t, _ in outputs), max(t for t, _ in outputs)
+            rate = len(backlog) / max((last - first) / 1000, 1e-3)
+            print(
+                f"{name:<13} throughput: {len(backlog):,} frames -> {expected:,} records in "
+                f"{(last - first) / 1000:.2f} s = {rate:,.0f} frames/s per worker",
+                flush=True,
+            )
+
+            live = _records(frames[: args.latency_frames], start_seq=len(backlog))
+            before = _reset_counts(bootstrap, topics)
+            started_ms = time.time() * 1000
+            _produce(producer, topics, live, rate=args.rate)
+            more = _expected_outputs(backlog + live) - expected
+            outputs = [
+                o for o in _drain(bootstrap, topics, before + more, timeout_s=300) if o[0] >= started_ms
+            ]
+            latencies = sorted(max(0.0, created - recv_us / 1000) for created, recv_us in outputs if recv_us)
+            if latencies:
+                p50 = statistics.median(latencies)
+                p99 = latencies[int(len(latencies) * 0.99) - 1]
+                print(
+                    f"{name:<13} latency at {args.rate:,.0f} frames/s: recv -> published p50 {p50:.0f} ms, "
+                    f"p99 {p99:.0f} ms over {len(latencies):,} records",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
