@@ -1,0 +1,261 @@
+"""``marketpipe sink``, ``marketpipe sql`` and ``marketpipe replay``."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import click
+
+from marketpipe.cli import settings_from
+
+log = logging.getLogger(__name__)
+
+_RESULT_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "(")
+
+
+@click.command()
+@click.option(
+    "--batch-rows",
+    type=click.IntRange(min=1),
+    default=50_000,
+    show_default=True,
+    help="Flush when this many records are buffered.",
+)
+@click.option(
+    "--batch-seconds",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    help="Flush when the oldest buffered record is this old.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Prometheus port (default: settings.metrics_port; 0 disables).",
+)
+@click.option("--migrate-only", is_flag=True, help="Apply the ClickHouse migrations and exit.")
+@click.pass_context
+def sink(
+    ctx: click.Context, batch_rows: int, batch_seconds: float, metrics_port: int | None, migrate_only: bool
+) -> None:
+    """Stream md.trades, md.ohlcv, md.book-buckets, md.bbo and md.status into ClickHouse.
+
+    Run several for more throughput (one consumer group). With the embedded engine the
+    first one owns the database and serves it on loopback; the others and `marketpipe sql`
+    go through it.
+    """
+    from marketpipe.topics import Topology
+    from sinks.clickhouse import ClickHouseUnavailable, DsnError, connect
+    from sinks.migrate import migrate
+    from sinks.worker import SinkConfig, SinkWorker
+
+    settings = settings_from(ctx)
+    if migrate_only:
+        try:
+            client = connect(settings.clickhouse_dsn, create_database=True)
+        except (DsnError, ClickHouseUnavailable) as exc:
+            raise click.ClickException(str(exc)) from None
+        try:
+            applied = migrate(client)
+        finally:
+            client.close()
+        click.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+        return
+    port = settings.metrics_port if metrics_port is None else metrics_port
+    _start_metrics(port)
+    worker = SinkWorker(
+        settings.kafka_client_config(),
+        Topology.from_settings(settings),
+        settings.clickhouse_dsn,
+        SinkConfig(batch_rows=batch_rows, batch_seconds=batch_seconds),
+        codec=_codec(settings.schema_registry_url),
+    )
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: worker.stop())
+    try:
+        worker.run()
+    except DsnError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _codec(registry_url: str | None) -> Any:
+    from marketpipe.codec import AvroCodec
+
+    return AvroCodec(registry_url)
+
+
+def _start_metrics(port: int) -> None:
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port)
+    except OSError as exc:
+        log.warning("metrics port %d unavailable (%s); pass --metrics-port", port, exc)
+
+
+@click.command()
+@click.argument("query")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True
+)
+@click.pass_context
+def sql(ctx: click.Context, query: str, fmt: str) -> None:
+    """Run QUERY on ClickHouse and print the result (works while the pipeline runs)."""
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
+    from sinks.clickhouse import ClickHouseUnavailable, DsnError, connect, is_embedded
+    from sinks.migrate import migrate
+
+    settings = settings_from(ctx)
+    try:
+        client = connect(settings.clickhouse_dsn)
+    except (DsnError, ClickHouseUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        if is_embedded(client):
+            migrate(client)  # a fresh data dir still offers the documented tables and views
+        columns, rows = run_query(client, query)
+    except ClickHouseError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        client.close()
+    render(columns, rows, fmt)
+
+
+def run_query(client: Any, query: str) -> tuple[list[str], list[Sequence[Any]]]:
+    statement = query.lstrip().upper()
+    if statement.startswith(_RESULT_STATEMENTS):
+        result = client.query(query)
+        return list(result.column_names), list(result.result_rows)
+    answer = client.command(query)
+    if answer is None or answer == "":
+        return [], []
+    return ["result"], [[answer]]
+
+
+def render(columns: list[str], rows: list[Sequence[Any]], fmt: str) -> None:
+    if fmt == "json":
+        import orjson
+
+        objects = [dict(zip(columns, row, strict=True)) for row in rows]
+        sys.stdout.write(
+            orjson.dumps(objects, default=_json_default, option=orjson.OPT_INDENT_2).decode() + "\n"
+        )
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([[_text(v) for v in row] for row in rows])
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*columns, show_lines=False)
+        for row in rows:
+            table.add_row(*[_text(v) for v in row])
+        Console().print(table)
+        Console(stderr=True).print(f"{len(rows)} row(s)", style="dim")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, datetime | date):
+        return value.isoformat(sep=" ") if isinstance(value, datetime) else value.isoformat()
+    return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, UUID | bytes | set | tuple):
+        return (
+            value.hex()
+            if isinstance(value, bytes)
+            else str(value)
+            if isinstance(value, UUID)
+            else list(value)
+        )
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+@click.command()
+@click.option("--group", required=True, help="Consumer group to reset, e.g. marketpipe-sink.")
+@click.option("--to-earliest", is_flag=True, help="Reset to the earliest retained offsets.")
+@click.option(
+    "--to-datetime", "to_datetime", metavar="ISO", help="Reset to the first offsets at/after ISO time."
+)
+@click.option(
+    "--to-offsets",
+    "offsets_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='JSON file {"topic": {"partition": offset}}.',
+)
+@click.option(
+    "--topics",
+    "topics",
+    multiple=True,
+    help="Topic(s) to reset (repeat or comma-separate); default: those the group has offsets for.",
+)
+@click.option("--dry-run", is_flag=True, help="Print old and new offsets without changing anything.")
+@click.option("--force", is_flag=True, help="Do not refuse when the group has active members.")
+@click.pass_context
+def replay(
+    ctx: click.Context,
+    group: str,
+    to_earliest: bool,
+    to_datetime: str | None,
+    offsets_file: Path | None,
+    topics: tuple[str, ...],
+    dry_run: bool,
+    force: bool,
+) -> None:
+    """Reset GROUP's committed offsets so its consumers re-read (replay) from there."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from sinks.replay import OffsetResetter, ReplayError, Target, load_offsets_file, parse_datetime
+
+    chosen = [flag for flag in (to_earliest, to_datetime, offsets_file) if flag]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of --to-earliest, --to-datetime ISO, --to-offsets FILE")
+    settings = settings_from(ctx)
+    topic_list = [t.strip() for item in topics for t in item.split(",") if t.strip()] or None
+    try:
+        target = Target(
+            earliest=to_earliest,
+            at=parse_datetime(to_datetime) if to_datetime else None,
+            offsets=load_offsets_file(offsets_file) if offsets_file else None,
+        )
+        resetter = OffsetResetter(AdminClient(dict(settings.kafka_client_config())))
+        changes = resetter.plan(group, target, topic_list)
+        _print_changes(group, changes, dry_run)
+        if not dry_run:
+            resetter.apply(group, changes, force=force)
+            click.echo(f"reset {len(changes)} partition(s) of group {group}")
+    except (ReplayError, KafkaException) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _print_changes(group: str, changes: Sequence[Any], dry_run: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    title = f"{'DRY RUN: ' if dry_run else ''}offsets of group {group}"
+    table = Table("topic", "partition", "old", "new", "delta", title=title)
+    for change in changes:
+        old = "-" if change.old is None else str(change.old)
+        delta = "" if change.delta is None else f"{change.delta:+d}"
+        table.add_row(change.topic, str(change.partition), old, str(change.new), delta)
+    Console(width=200).print(table)

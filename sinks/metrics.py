@@ -1,0 +1,39 @@
+"""Prometheus metrics of the ClickHouse sink (default registry, labelled by table/topic)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram
+
+log = logging.getLogger(__name__)
+
+ROWS = Counter("marketpipe_sink_rows", "Rows inserted into ClickHouse", ["table"])
+BATCHES = Counter("marketpipe_sink_batches", "Batches inserted into ClickHouse", ["table"])
+INSERT_SECONDS = Histogram(
+    "marketpipe_sink_insert_seconds",
+    "ClickHouse insert latency per batch",
+    ["table"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+DLQ = Counter("marketpipe_sink_dlq", "Records sent to the dead-letter topic", ["topic", "kind"])
+INSERT_ERRORS = Counter("marketpipe_sink_insert_errors", "Failed insert attempts", ["table", "kind"])
+CONSUMER_LAG = Gauge(
+    "marketpipe_sink_consumer_lag", "Messages behind the partition end", ["topic", "partition"]
+)
+CLICKHOUSE_UP = Gauge("marketpipe_sink_clickhouse_up", "1 while ClickHouse accepts inserts, 0 while paused")
+PAUSED = Gauge("marketpipe_sink_paused_partitions", "Partitions paused while ClickHouse is unavailable")
+
+
+def record_librdkafka_stats(stats_json: str) -> None:
+    """confluent-kafka ``stats_cb``: publish per-partition consumer lag."""
+    try:
+        stats = json.loads(stats_json)
+    except ValueError:
+        return
+    for topic, topic_stats in stats.get("topics", {}).items():
+        for partition, part_stats in topic_stats.get("partitions", {}).items():
+            lag = part_stats.get("consumer_lag", -1)
+            if partition != "-1" and lag >= 0:
+                CONSUMER_LAG.labels(topic, partition).set(lag)
