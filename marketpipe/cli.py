@@ -19,6 +19,7 @@ from marketpipe.config import ConfigError, Settings, load_settings
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "marketpipe.kafka_cli": ("kafka", "topics"),
     "marketpipe.run_cli": ("run",),
+    "marketpipe.status_cli": ("status", "tail"),
     "producers.cli": ("produce", "capture"),
     "simulator.cli": ("sim",),
     "streams.cli": ("stream", "normalize"),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,17 +32,32 @@ class Child:
     next_start_at: float = 0.0
     last_exit: int | None = None
     log_path: Path | None = None
+    role: str = ""
+    exchange: str = ""
+    metrics_port: int = 0
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def state(self) -> str:
+    def state(self, stopping: bool = False) -> str:
         if self.running:
             return "running"
         if self.last_exit is None:
             return "starting"
-        return f"exited {self.last_exit}" + (", restarting" if self.restart else "")
+        if self.restart and not stopping:
+            wait = max(0.0, self.next_start_at - time.monotonic())
+            return f"backing off {wait:.0f}s (exit {self.last_exit})"
+        return f"exited {self.last_exit}"
+
+    def last_log_line(self, max_bytes: int = 4096) -> str:
+        """The last non-empty line the child wrote (its latest error, usually)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1][:200] if lines else ""
 
 
 @dataclass
@@ -55,9 +72,13 @@ class Supervisor:
         return child
 
     def start_all(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         for child in self.children:
-            self._spawn(child)
+            if child.process is None:
+                self.start(child)
+
+    def start(self, child: Child) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._spawn(child)
 
     def _spawn(self, child: Child) -> None:
         assert child.log_path is not None
@@ -69,6 +90,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 env=child.env,
                 start_new_session=True,  # its own process group: we signal the whole group
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         child.started_at = time.monotonic()
         log.info("started %s (pid %s)", child.name, child.process.pid)
@@ -119,6 +141,27 @@ class Supervisor:
                 _signal_group(child, signal.SIGKILL)  # leftovers of its group, if any
             child.last_exit = child.process.returncode
             child.process = None
+
+
+def _die_with_parent() -> None:
+    """In the forked child: die if the supervisor dies (even by SIGKILL), so no orphans.
+
+    SIGKILL, not SIGTERM: this is the last resort (the normal path is SIGTERM to the
+    group plus a grace period), and a Faust worker can ignore SIGTERM.
+    """
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def signal_child(child: Child, sig: signal.Signals) -> bool:
+    """Send ``sig`` to the child's process only (not its group); False when it is not running."""
+    if child.process is None or child.process.poll() is not None:
+        return False
+    try:
+        os.kill(child.process.pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _signal_group(child: Child, sig: signal.Signals) -> None:

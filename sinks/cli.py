@@ -139,9 +139,11 @@ def run_query(client: Any, query: str) -> tuple[list[str], list[Sequence[Any]]]:
     if statement.startswith(_RESULT_STATEMENTS):
         result = client.query(query)
         return list(result.column_names), list(result.result_rows)
+    from clickhouse_connect.driver.summary import QuerySummary
+
     answer = client.command(query)
-    if answer is None or answer == "":
-        return [], []
+    if answer is None or answer == "" or isinstance(answer, QuerySummary):
+        return [], []  # a statement without a result (TRUNCATE, INSERT, ...)
     return ["result"], [[answer]]
 
 
@@ -191,8 +193,9 @@ def _json_default(value: Any) -> Any:
 
 
 @click.command()
-@click.option("--group", required=True, help="Consumer group to reset, e.g. marketpipe-sink.")
+@click.option("--group", help="Consumer group to reset, e.g. marketpipe-sink.")
 @click.option("--to-earliest", is_flag=True, help="Reset to the earliest retained offsets.")
+@click.option("--to-latest", is_flag=True, help="Reset to the end (skip everything not yet read).")
 @click.option(
     "--to-datetime", "to_datetime", metavar="ISO", help="Reset to the first offsets at/after ISO time."
 )
@@ -208,37 +211,67 @@ def _json_default(value: Any) -> Any:
     multiple=True,
     help="Topic(s) to reset (repeat or comma-separate); default: those the group has offsets for.",
 )
+@click.option(
+    "--streams",
+    "streams_app",
+    is_flag=True,
+    help="Recompute everything from the raw topics: the streams app's group to the start of "
+    "raw.<exchange> and the end of its derived inputs, and its table changelogs deleted.",
+)
 @click.option("--dry-run", is_flag=True, help="Print old and new offsets without changing anything.")
 @click.option("--force", is_flag=True, help="Do not refuse when the group has active members.")
 @click.pass_context
 def replay(
     ctx: click.Context,
-    group: str,
+    group: str | None,
     to_earliest: bool,
+    to_latest: bool,
     to_datetime: str | None,
     offsets_file: Path | None,
     topics: tuple[str, ...],
+    streams_app: bool,
     dry_run: bool,
     force: bool,
 ) -> None:
-    """Reset GROUP's committed offsets so its consumers re-read (replay) from there."""
+    """Reset GROUP's committed offsets so its consumers re-read (replay) from there.
+
+    With --streams (and no target): prepare the stopped streams app to recompute every
+    derived topic from the raw topics (see docs/replay.md).
+    """
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
+    from marketpipe.topics import Topology
     from sinks.replay import OffsetResetter, ReplayError, Target, load_offsets_file, parse_datetime
 
-    chosen = [flag for flag in (to_earliest, to_datetime, offsets_file) if flag]
-    if len(chosen) != 1:
-        raise click.UsageError("give exactly one of --to-earliest, --to-datetime ISO, --to-offsets FILE")
+    chosen = [flag for flag in (to_earliest, to_latest, to_datetime, offsets_file) if flag]
+    if streams_app and (chosen or group or topics):
+        raise click.UsageError("--streams takes no --group, --topics or --to-* target")
+    if not streams_app and (len(chosen) != 1 or not group):
+        raise click.UsageError(
+            "give --group and exactly one of --to-earliest, --to-latest, --to-datetime ISO, "
+            "--to-offsets FILE (or --streams)"
+        )
     settings = settings_from(ctx)
     topic_list = [t.strip() for item in topics for t in item.split(",") if t.strip()] or None
     try:
+        resetter = OffsetResetter(AdminClient(dict(settings.kafka_client_config())))
+        if streams_app:
+            plan = resetter.plan_streams(Topology.from_settings(settings))
+            _print_changes(plan.group, plan.changes, dry_run)
+            verb = "would delete" if dry_run else "deleting"
+            click.echo(f"{verb} table changelog topic(s): {', '.join(plan.changelogs) or '(none)'}")
+            if not dry_run:
+                resetter.apply_streams(plan, force=force)
+                click.echo(f"reset {len(plan.changes)} partition(s) of group {plan.group}")
+            return
+        assert group is not None
         target = Target(
             earliest=to_earliest,
+            latest=to_latest,
             at=parse_datetime(to_datetime) if to_datetime else None,
             offsets=load_offsets_file(offsets_file) if offsets_file else None,
         )
-        resetter = OffsetResetter(AdminClient(dict(settings.kafka_client_config())))
         changes = resetter.plan(group, target, topic_list)
         _print_changes(group, changes, dry_run)
         if not dry_run:

@@ -1,10 +1,25 @@
 """Replay by resetting a consumer group's committed offsets (confluent-kafka AdminClient).
 
-Targets: the earliest retained offset, the first offset at/after a point in time
-(``list_offsets`` with a timestamp; partitions with nothing that late go to their end),
-or explicit offsets from a JSON file ``{"topic": {"partition": offset}}``.
+Targets: the earliest retained offset, the end (latest), the first offset at/after a
+point in time (``list_offsets`` with a timestamp; partitions with nothing that late go to
+their end), or explicit offsets from a JSON file ``{"topic": {"partition": offset}}``.
 A group with active members is refused unless forced (Kafka itself still rejects offset
 changes for topics the live members consume).
+
+Recomputing everything from the raw topics (``plan_streams``/``apply_streams``) needs
+more than an offset reset, because the streams app keeps state in Faust tables:
+
+* the app's group goes to the earliest offsets of ``raw.<exchange>``, so the normaliser
+  re-derives md.trades, md.book, md.bbo, md.book-buckets and md.status from the start;
+* its *derived* inputs (md.trades for the candles, md.book-buckets and the internal
+  ``<app id>-consolidate`` topic for the consolidation) go to their end: the re-derived
+  records are appended there and must be the only ones the aggregations see again
+  (reading the old copies as well would count every trade twice);
+* the tables' changelog topics (``<app id>-*-changelog``) are deleted, so the tables start
+  empty; Faust creates them again when the app starts.
+
+The sink is left alone: it stores the re-derived records on top of the old rows, and
+the tables collapse them on their natural keys (candles: the highest version).
 """
 
 from __future__ import annotations
@@ -24,6 +39,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from marketpipe.topics import Topology
 
 NO_OFFSET = -1001  # librdkafka's "no committed offset"
 
@@ -46,11 +63,26 @@ class OffsetChange:
 
 @dataclass(frozen=True)
 class Target:
-    """Exactly one of: earliest, at (a datetime), offsets (topic -> partition -> offset)."""
+    """Exactly one of: earliest, at (a datetime), offsets (topic -> partition -> offset), latest."""
 
     earliest: bool = False
     at: datetime | None = None
     offsets: dict[str, dict[int, int]] | None = None
+    latest: bool = False
+
+
+@dataclass(frozen=True)
+class StreamsReplay:
+    """What recomputing from the raw topics changes: offsets of the app's group, deleted changelogs."""
+
+    group: str
+    changes: list[OffsetChange]
+    changelogs: list[str]
+
+
+def streams_app_id(topology: Topology) -> str:
+    """The streams app's Faust id, which is also its consumer group (``streams/app.py``)."""
+    return topology.name("marketpipe-streams")
 
 
 def parse_datetime(text: str) -> datetime:
@@ -145,6 +177,42 @@ class OffsetResetter:
                 f"Kafka refused offsets for {[(tp.topic, tp.partition, str(tp.error)) for tp in failed]}"
             )
 
+    def plan_streams(self, topology: Topology) -> StreamsReplay:
+        """The streams app's group back to the start of the raw topics (see the module doc)."""
+        group = streams_app_id(topology)
+        existing = set(self.admin.list_topics(timeout=self.timeout).topics)
+        raw = [t for t in (topology.raw(e) for e in topology.exchanges) if t in existing]
+        if not raw:
+            raise ReplayError(f"none of the raw topics of {', '.join(topology.exchanges)} exists")
+        derived = [t for t in derived_inputs(topology) if t in existing]
+        changes = self.plan(group, Target(earliest=True), raw)
+        if derived:
+            changes += self.plan(group, Target(latest=True), derived)
+        changelogs = sorted(t for t in existing if t.startswith(f"{group}-") and t.endswith("-changelog"))
+        return StreamsReplay(group, changes, changelogs)
+
+    def apply_streams(self, replay: StreamsReplay, force: bool = False) -> None:
+        self.apply(replay.group, replay.changes, force=force)
+        self.delete_topics(replay.changelogs)
+
+    def delete_topics(self, topics: list[str]) -> None:
+        """Delete topics and wait until the broker no longer lists them (so they can be recreated)."""
+        if not topics:
+            return
+        futures = self.admin.delete_topics(topics, operation_timeout=self.timeout)
+        for topic, future in futures.items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if not (isinstance(error, KafkaError) and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+                    raise ReplayError(f"cannot delete {topic}: {exc}") from None
+        deadline = time.monotonic() + self.timeout
+        while remaining := set(topics) & set(self.admin.list_topics(timeout=self.timeout).topics):
+            if time.monotonic() > deadline:
+                raise ReplayError(f"topics still listed after deletion: {sorted(remaining)}")
+            time.sleep(0.2)
+
     def _partitions(self, topics: list[str]) -> list[TopicPartition]:
         metadata = self.admin.list_topics(timeout=self.timeout).topics
         missing = [topic for topic in topics if topic not in metadata]
@@ -157,6 +225,8 @@ class OffsetResetter:
             return self._explicit(target.offsets, partitions)
         if target.earliest:
             return self._list_offsets(partitions, OffsetSpec.earliest())
+        if target.latest:
+            return self._list_offsets(partitions, OffsetSpec.latest())
         assert target.at is not None
         spec = OffsetSpec.for_timestamp(int(target.at.timestamp() * 1000))
         found = self._list_offsets(partitions, spec)
@@ -181,3 +251,8 @@ class OffsetResetter:
             return {}
         futures = self.admin.list_offsets({tp: spec for tp in partitions}, request_timeout=self.timeout)
         return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+
+
+def derived_inputs(topology: Topology) -> list[str]:
+    """Topics the streams app consumes that it (or the normaliser) also writes."""
+    return [topology.trades, topology.book_buckets, f"{streams_app_id(topology)}-consolidate"]

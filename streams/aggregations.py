@@ -40,10 +40,11 @@ from faust.types import EventT
 from marketpipe.codec import AvroCodec, DecodeError
 from marketpipe.config import Settings
 from marketpipe.records import BookBuckets, Candle, DeadLetter, Record, Trade
-from marketpipe.topics import Topology
+from marketpipe.topics import DAY_MS, TopicSpec, Topology, apply_topology
 from streams.buckets import Bucketer
 from streams.consolidate import ALL, BucketMerger, CandleMerger, SymbolMap
 from streams.ohlcv import CandleBuilder
+from streams.publish import OutputProducer
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,23 @@ def topic_partitions(settings: Settings, topic: str, default: int) -> int:
     if found is None or found.error is not None or not found.partitions:
         return default
     return len(found.partitions)
+
+
+def ensure_internal_topic(settings: Settings, name: str, partitions: int) -> None:
+    """Create the internal repartition topic before the worker subscribes to it.
+
+    Faust declares it at start too, but its consumer can subscribe before the broker lists a
+    topic created moments earlier; aiokafka then ignores the topic ("not found in cluster
+    metadata") until a later metadata refresh, and nothing is consolidated meanwhile.
+    """
+    spec = TopicSpec(
+        name, partitions, key="consolidated symbol", value="Candle | BookBuckets", retention_ms=DAY_MS
+    )
+    try:
+        admin = AdminClient(dict(settings.kafka_client_config()))
+        apply_topology(admin, [spec], settings.kafka.replication_factor, timeout=10.0)
+    except Exception as exc:  # no broker yet: Faust declares it when it can
+        log.warning("cannot create %s (%s); leaving it to Faust", name, exc)
 
 
 @dataclass
@@ -182,7 +200,12 @@ def _write_table(table: Any, partition: int, key: bytes, value: bytes | None) ->
 
 
 def install_aggregations(
-    app: faust.App, settings: Settings, topology: Topology, codec: AvroCodec, normaliser: Any
+    app: faust.App,
+    settings: Settings,
+    topology: Topology,
+    codec: AvroCodec,
+    normaliser: Any,
+    output: OutputProducer,
 ) -> None:
     """Add the OHLCV, bucket and consolidation agents to the streams app."""
     streams = settings.streams
@@ -202,15 +225,8 @@ def install_aggregations(
     consolidate = raw_topic(
         f"{app.conf.id}-consolidate", partitions=partitions, internal=True, retention=86_400.0
     )
-    outputs = {
-        topology.ohlcv: raw_topic(topology.ohlcv),
-        topology.book_buckets: book_buckets,
-        topology.dlq: raw_topic(topology.dlq),
-        consolidate.get_topic_name(): consolidate,
-    }
-
-    def emit(topic: str, key: bytes, value: bytes) -> None:
-        outputs[topic].send_soon(key=key, value=value)
+    ensure_internal_topic(settings, consolidate.get_topic_name(), partitions)
+    emit = output.emit
 
     table_options: dict[str, Any] = {"partitions": partitions, "key_type": bytes, "value_type": bytes}
     ohlcv_table = app.Table("ohlcv-state", **table_options)
@@ -241,6 +257,7 @@ def install_aggregations(
             ohlcv_stage.process(events, emit)
             for partition, key, value in ohlcv_stage.builder.state_changes():
                 _write_table(ohlcv_table, partition, key, value)
+            await output.flush_or_die()
 
     @app.agent(book_buckets, name="buckets-repartition")
     async def buckets_repartition(stream: Any) -> None:
@@ -250,6 +267,7 @@ def install_aggregations(
                 exchange, _, symbol = key.partition(":")
                 if exchange and exchange != ALL:
                     emit(consolidate.get_topic_name(), symbols(symbol).encode(), event.message.value)
+            await output.flush_or_die()
 
     @app.agent(consolidate, name="consolidate")
     async def consolidate_agent(stream: Any) -> None:
@@ -261,6 +279,7 @@ def install_aggregations(
             consolidate_stage.process(events, emit)
             for key, value in consolidate_stage.candles.state_changes():
                 _write_table(consolidate_table, consolidate_stage.partition_of(key), key.encode(), value)
+            await output.flush_or_die()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:

@@ -30,6 +30,7 @@ from streams.aggregations import install_aggregations
 from streams.buckets import Bucketer
 from streams.feed import FeedOutput, FeedProcessor
 from streams.parsers import processor_for
+from streams.publish import OutputProducer
 
 log = logging.getLogger(__name__)
 
@@ -163,39 +164,31 @@ def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
-    outputs = {
-        name: app.topic(name, key_serializer="raw", value_serializer="raw")
-        for name in (
-            topology.trades,
-            topology.book,
-            topology.bbo,
-            topology.book_buckets,
-            topology.status,
-            topology.control,
-            topology.dlq,
-        )
-    }
     normaliser = Normaliser(topology, codec)
     app.marketpipe_normaliser = normaliser  # type: ignore[attr-defined]
-
-    def emit(topic: str, key: bytes, value: bytes) -> None:
-        outputs[topic].send_soon(key=key, value=value)
+    output = OutputProducer(settings)
+    app.marketpipe_output = output  # type: ignore[attr-defined]
 
     @app.agent(raw_topics, name="normalise")
     async def normalise(stream: Any) -> None:  # faust.Stream; take_events is untyped
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
-            normaliser.process(events, emit)
+            normaliser.process(events, output.emit)
+            await output.flush_or_die()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         normaliser.reset()
 
-    install_aggregations(app, settings, topology, codec, normaliser)
+    install_aggregations(app, settings, topology, codec, normaliser, output)
     return app
 
 
 def run_worker(settings: Settings, loglevel: str = "warn") -> None:
     """Run one Faust worker in the foreground (several workers share the partitions)."""
+    from streams.drain import install_flush_on_hangup
+    from streams.metrics import serve_stream_metrics
+
     app = create_app(settings)
+    install_flush_on_hangup(app, serve_stream_metrics(app, settings.metrics_port))
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -315,6 +315,12 @@ class CandleBuilder:
             self._publish_open(m)
             m.next_pub = ts + self.update_every
 
+    def flush_open(self) -> None:
+        """Publish every open candle with unpublished trades now (``closed=False``), e.g. at end of input."""
+        for m in self.markets.values():
+            self._publish_open(m)
+            m.dirty = True
+
     def take_published(self) -> list[Candle]:
         published, self.published = self.published, []
         return published

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from marketpipe.cli import COMMAND_MODULES
 from marketpipe.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-INFRA = {"kafka", "schema-registry", "kafka-ui", "clickhouse"}
+INFRA = {"kafka", "schema-registry", "kafka-ui", "clickhouse", "prometheus", "grafana"}
 
 
 def _expand(value: str) -> str:
@@ -91,3 +92,78 @@ def test_dockerfile_copies_what_exists() -> None:
 def test_env_example_has_no_real_secrets() -> None:
     text = (ROOT / ".env.example").read_text()
     assert "CLICKHOUSE_PASSWORD=change-me" in text
+
+
+def _exported_metric_names(tmp_path: Path) -> set[str]:
+    """Sample names the code exports, read from the real collectors' exposition text."""
+    from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import sinks.metrics  # noqa: F401  (registers the sink's metrics in the default registry)
+    from producers.metrics import ProducerCollector
+    from producers.publisher import CaptureRawPublisher
+    from streams.metrics import StreamCollector
+
+    ours = CollectorRegistry()
+    ours.register(ProducerCollector([], CaptureRawPublisher(tmp_path / "c.jsonl")))
+    ours.register(StreamCollector(app=object()))
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    names = set()
+    for registry in (ours, REGISTRY):
+        for family in text_string_to_metric_families(generate_latest(registry).decode()):
+            names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
+    return {name for name in names if name.startswith("marketpipe_")}
+
+
+def test_prometheus_scrapes_every_marketpipe_service(compose: dict[str, Any]) -> None:
+    config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    scraped: set[tuple[str, int]] = set()
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, port = target.split(":")
+                scraped.add((host, int(port)))
+        for dns in job.get("dns_sd_configs", []):
+            scraped.update((name, int(dns["port"])) for name in dns["names"])
+    services = _marketpipe_services(compose)
+    for name, service in services.items():
+        if name == "topics":
+            continue
+        port = int(service["environment"]["MARKETPIPE_METRICS_PORT"])
+        assert (name, port) in scraped, name
+    assert {host for host, _ in scraped} <= set(services)
+    mount = "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
+    assert mount in compose["services"]["prometheus"]["volumes"]
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in grafana["volumes"]}
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    sources = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    source = sources["datasources"][0]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/marketpipe.yml").read_text())
+    path = providers["providers"][0]["options"]["path"]
+    assert mounts["./deploy/grafana/dashboards"] == path
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/marketpipe.json").read_text())
+    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    assert uids == {source["uid"]}
+    assert "GF_SECURITY_ADMIN_PASSWORD" in grafana["environment"]
+    assert "${GRAFANA_ADMIN_PASSWORD" in grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+
+
+def test_dashboard_queries_only_metrics_the_code_exports(tmp_path: Path) -> None:
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/marketpipe.json").read_text())
+    exported = _exported_metric_names(tmp_path)
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"marketpipe_[a-z_]+", target["expr"])
+    }
+    assert used, "the dashboard queries nothing"
+    assert used - exported == set()
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("frames/s", "consumer lag", "books synced", "candles"):
+        assert topic in titles

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from marketpipe.cli import main
 from marketpipe.topics import Topology
@@ -158,3 +158,72 @@ def test_exactly_one_target_is_required(kafka_bootstrap: str) -> None:
     assert code == 2 and "exactly one" in output
     code, output = _run(kafka_bootstrap, "--group", "g", "--to-datetime", "yesterday")
     assert code == 1 and "ISO 8601" in output
+
+
+def test_reset_to_latest(kafka_bootstrap: str, topics: Topology, consumed_group: str) -> None:
+    code, output = _run(kafka_bootstrap, "--group", consumed_group, "--to-earliest")
+    assert code == 0, output
+    code, output = _run(kafka_bootstrap, "--group", consumed_group, "--to-latest")
+    assert code == 0, output
+    assert sum(_committed(kafka_bootstrap, consumed_group, topics.status).values()) == 10
+
+
+def _commit_some(kafka_bootstrap: str, group: str, topic: str, produced: int, consumed: int) -> None:
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(produced):
+        producer.produce(topic, key=b"one-key", value=f"v{i}".encode())
+    assert producer.flush(30) == 0
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    seen: list[Message] = []
+    deadline = time.monotonic() + 30
+    while len(seen) < consumed and time.monotonic() < deadline:
+        seen += [m for m in consumer.consume(num_messages=1, timeout=0.5) if m.error() is None]
+    assert len(seen) == consumed
+    consumer.commit(message=seen[-1], asynchronous=False)
+    consumer.close()
+
+
+def test_streams_replay_rewinds_raw_skips_derived_and_drops_changelogs(
+    kafka_bootstrap: str, topics: Topology, kafka_admin: AdminClient
+) -> None:
+    app = topics.name("marketpipe-streams")
+    changelog, unrelated = f"{app}-ohlcv-state-changelog", f"{app}-notes"
+    created = kafka_admin.create_topics(
+        [NewTopic(changelog, 3, 1, config={"cleanup.policy": "compact"}), NewTopic(unrelated, 1, 1)]
+    )
+    for future in created.values():
+        future.result()
+    _commit_some(kafka_bootstrap, app, topics.raw("okx"), produced=5, consumed=5)
+    _commit_some(kafka_bootstrap, app, topics.trades, produced=4, consumed=1)
+    env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "MARKETPIPE_KAFKA__TOPIC_PREFIX": topics.prefix}
+    before = {t: _committed(kafka_bootstrap, app, t) for t in (topics.raw("okx"), topics.trades)}
+
+    dry = CliRunner().invoke(main, ["replay", "--streams", "--dry-run"], env=env)
+    assert dry.exit_code == 0, dry.output
+    assert "DRY RUN" in dry.output and f"would delete table changelog topic(s): {changelog}" in dry.output
+    assert {t: _committed(kafka_bootstrap, app, t) for t in before} == before
+    assert changelog in kafka_admin.list_topics(timeout=10).topics
+
+    result = CliRunner().invoke(main, ["replay", "--streams"], env=env)
+    assert result.exit_code == 0, result.output
+    assert set(_committed(kafka_bootstrap, app, topics.raw("okx")).values()) == {0}
+    assert sum(_committed(kafka_bootstrap, app, topics.trades).values()) == 4  # the end
+    # raw topics it never read start from the beginning too
+    assert set(_committed(kafka_bootstrap, app, topics.raw("kraken")).values()) == {0}
+    listed = kafka_admin.list_topics(timeout=10).topics
+    assert changelog not in listed and unrelated in listed
+
+
+def test_streams_replay_takes_no_group_or_target(kafka_bootstrap: str) -> None:
+    code, output = _run(kafka_bootstrap, "--streams", "--group", "g")
+    assert code == 2 and "--streams takes no" in output
+    code, output = _run(kafka_bootstrap, "--streams", "--to-earliest")
+    assert code == 2
