@@ -186,11 +186,11 @@ class LocalKafka:
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and process_alive(pid):
             time.sleep(0.1)
-        if _alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
+            while process_alive(pid):
                 time.sleep(0.05)
         self.pid_file.unlink(missing_ok=True)
         return True
@@ -209,9 +209,9 @@ class LocalKafka:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
-            return pid if _alive(pid) else None
+            return pid if process_alive(pid) else None
         ours = b"kafka.Kafka" in cmdline and f"-Dmarketpipe.home={self.home}".encode() in cmdline
-        return pid if ours and _alive(pid) else None
+        return pid if ours and process_alive(pid) else None
 
     def wait_until_ready(self, began: float, process: subprocess.Popen[bytes] | None = None) -> None:
         deadline = began + self.settings.start_timeout_s
@@ -334,7 +334,10 @@ Configuration:
 """
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int | None) -> bool:
+    """Whether `pid` is a live process (a zombie child counts as gone)."""
+    if not pid:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

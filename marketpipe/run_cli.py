@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 import click
+from confluent_kafka import KafkaException
 
 from marketpipe.cli import settings_from
 from marketpipe.config import Settings
@@ -155,6 +156,15 @@ class Drain:
         self._last_ends: dict[tuple[str, int], int] | None = None
 
     def caught_up(self) -> bool:
+        try:
+            return self._caught_up()
+        except KafkaException as exc:
+            # metadata can lag on a young broker (NOT_LEADER, ...): not drained yet, ask again
+            log.info("drain check deferred: %s", exc)
+            self._stable = 0
+            return False
+
+    def _caught_up(self) -> bool:
         kafka, state = self.observer.kafka, self.observer.state
         assert kafka is not None
         raw = [f"{state.prefix}raw.{e}" for e in state.exchanges]

@@ -16,14 +16,15 @@ from marketpipe.cli import settings_from
 @click.pass_context
 def status(ctx: click.Context, plain: bool) -> None:
     """Print the picture of the `marketpipe run` using this data dir (ports from its state file)."""
-    from marketpipe.view import KafkaLag, Observer, RunState, pid_alive, plain_lines, render_rich
+    from marketpipe.kafka_local import process_alive
+    from marketpipe.view import KafkaLag, Observer, RunState, plain_lines, render_rich
 
     settings = settings_from(ctx)
     state = RunState.read(settings.data_dir)
-    if state is None or not pid_alive(state.pid):
+    if state is None or not process_alive(state.pid):
         raise click.ClickException(f"no marketpipe run is running with data dir {settings.data_dir}")
     for endpoint in state.endpoints:
-        if endpoint.state == "running" and not pid_alive(endpoint.pid):
+        if endpoint.state == "running" and not process_alive(endpoint.pid):
             endpoint.state = "gone"
     observer = Observer(
         state, KafkaLag(dict(settings.kafka_client_config(), **{"bootstrap.servers": state.bootstrap}))
@@ -49,12 +50,13 @@ def _kafka_of_run(settings: Any) -> tuple[dict[str, Any], str]:
     So `marketpipe tail` finds a run's local broker (its port may differ from the default)
     unless KAFKA_BOOTSTRAP_SERVERS says otherwise.
     """
-    from marketpipe.view import RunState, pid_alive
+    from marketpipe.kafka_local import process_alive
+    from marketpipe.view import RunState
 
     config: dict[str, Any] = dict(settings.kafka_client_config())
     prefix = settings.kafka.topic_prefix
     state = RunState.read(settings.data_dir)
-    if state is not None and pid_alive(state.pid) and settings.uses_local_broker:
+    if state is not None and process_alive(state.pid) and settings.uses_local_broker:
         config["bootstrap.servers"] = state.bootstrap
         prefix = state.prefix
     return config, prefix

@@ -8,7 +8,6 @@ tables (``render_rich``) or as structured ``key=value`` lines (``render_plain``)
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.request
 from collections import defaultdict
@@ -80,18 +79,6 @@ class RunState:
             return None
         data["endpoints"] = [Endpoint(**e) for e in data.get("endpoints", [])]
         return cls(**data)
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ------------------------------------------------------------------------ scraping

@@ -11,10 +11,11 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from marketpipe.metrics import serve_metrics_endpoint
 from producers.base import Connector
 from producers.publisher import RawPublisher
 
@@ -79,6 +80,5 @@ def serve_metrics(port: int, connectors: Sequence[Connector], publisher: RawPubl
     """Expose the metrics on ``port`` (0 = off). Returns the registry for inspection."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(ProducerCollector(connectors, publisher))
-    if port:
-        start_http_server(port, registry=registry)
+    serve_metrics_endpoint(port, registry)
     return registry

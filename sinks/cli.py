@@ -95,14 +95,9 @@ def _codec(registry_url: str | None) -> Any:
 
 
 def _start_metrics(port: int) -> None:
-    if not port:
-        return
-    from prometheus_client import start_http_server
+    from marketpipe.metrics import serve_metrics_endpoint
 
-    try:
-        start_http_server(port)
-    except OSError as exc:
-        log.warning("metrics port %d unavailable (%s); pass --metrics-port", port, exc)
+    serve_metrics_endpoint(port)
 
 
 @click.command()

@@ -32,6 +32,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import chdb
 
+from marketpipe.kafka_local import process_alive
+
 log = logging.getLogger(__name__)
 
 ENDPOINT_FILE = "marketpipe-endpoint.json"
@@ -107,19 +109,9 @@ def read_endpoint(db_path: Path) -> Endpoint | None:
         endpoint = Endpoint(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    if endpoint.pid == os.getpid() or not _pid_alive(endpoint.pid) or not endpoint.answers():
+    if endpoint.pid == os.getpid() or not process_alive(endpoint.pid) or not endpoint.answers():
         return None
     return endpoint
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class QueryServer:

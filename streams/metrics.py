@@ -11,9 +11,11 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from marketpipe.metrics import serve_metrics_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +131,5 @@ def serve_stream_metrics(app: Any, port: int) -> StreamCollector:
     collector = StreamCollector(app)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    if port:
-        try:
-            start_http_server(port, registry=registry)
-        except OSError as exc:
-            log.warning("metrics port %d unavailable (%s); set MARKETPIPE_METRICS_PORT", port, exc)
+    serve_metrics_endpoint(port, registry)
     return collector
