@@ -15,6 +15,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Message, Producer
 
 from marketpipe.raw import RawRecord
+from marketpipe.records import BookChange
 from marketpipe.topics import Topology
 
 
@@ -110,3 +111,21 @@ def stop_process(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> Non
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def replay_book(
+    changes: Iterable[BookChange],
+) -> Iterator[tuple[BookChange, dict[float, float], dict[float, float]]]:
+    """Apply md.book changes as a consumer would; yields (change, bids, asks) after each one."""
+    bids: dict[float, float] = {}
+    asks: dict[float, float] = {}
+    for change in changes:
+        if change.snapshot:
+            bids, asks = {}, {}
+        for side, levels in ((bids, change.bids), (asks, change.asks)):
+            for level in levels:
+                if level.size == 0:
+                    side.pop(level.price, None)
+                else:
+                    side[level.price] = level.size
+        yield change, bids, asks

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from kafka_helpers import replay_book
 from pipeline_support import Pipeline, pipeline, query, read_topic
 
 from marketpipe.codec import AvroCodec
@@ -412,19 +413,9 @@ def test_bucket_snapshots_match_the_replayed_book(run: Run) -> None:
 
 def _replayed_bbos(changes: list[BookChange]) -> list[tuple[float, float, float, float, int, int]]:
     """The top of the book after every md.book change, whenever it differs from the last one."""
-    bids: dict[float, float] = {}
-    asks: dict[float, float] = {}
     tops: list[tuple[float, float, float, float, int, int]] = []
     last = None
-    for change in changes:
-        if change.snapshot:
-            bids, asks = {}, {}
-        for side, levels in ((bids, change.bids), (asks, change.asks)):
-            for level in levels:
-                if level.size == 0:
-                    side.pop(level.price, None)
-                else:
-                    side[level.price] = level.size
+    for change, bids, asks in replay_book(changes):
         if bids and asks:
             bid, ask = max(bids), min(asks)
             top = (bid, bids[bid], ask, asks[ask])

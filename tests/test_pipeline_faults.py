@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
-from kafka_helpers import consume, marketpipe_process, worker_env
+from kafka_helpers import consume, marketpipe_process, replay_book, worker_env
 
 from marketpipe.codec import AvroCodec
 from marketpipe.kafka_local import free_port, port_open
@@ -165,18 +165,8 @@ def test_mid_stream_snapshot_replaces_the_book_without_resync(pipeline: Pipeline
 def test_no_published_book_is_ever_crossed(pipeline: Pipeline) -> None:
     """Replay md.book the way a consumer would: every state it reaches is a valid book."""
     for exchange, symbol in (("okx", "BTC-USDT"), ("kraken", "BTC-USD"), ("bybit", "BTC-USDT")):
-        bids: dict[float, float] = {}
-        asks: dict[float, float] = {}
         changes = pipeline.books(f"{exchange}:{symbol}")
         assert changes and changes[0].snapshot
-        for change in changes:
-            if change.snapshot:
-                bids, asks = {}, {}
-            for side, levels in ((bids, change.bids), (asks, change.asks)):
-                for level in levels:
-                    if level.size == 0:
-                        side.pop(level.price, None)
-                    else:
-                        side[level.price] = level.size
+        for change, bids, asks in replay_book(changes):
             if bids and asks:
                 assert max(bids) < min(asks), (exchange, change.conn, change.seq)
