@@ -24,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from bench.normalize_bench import Frame, binance_book, trades
@@ -120,16 +120,6 @@ def _drain(bootstrap: str, topics: Topology, expected: int, timeout_s: float) ->
     return seen
 
 
-def _reset_counts(bootstrap: str, topics: Topology) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-counts"})
-    total = 0
-    for topic in _output_topics(topics):
-        for partition in range(topics.partitions):
-            total += consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
-    consumer.close()
-    return total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -163,25 +153,34 @@ def main() -> None:
             broker.stop()
 
 
-def run_scenario(
-    bootstrap: str, name: str, frames: list[tuple[str, Frame]], args: argparse.Namespace
-) -> None:
+def _fresh_topology(bootstrap: str) -> Topology:
     topics = Topology(
         prefix=f"bench{uuid.uuid4().hex[:6]}.",
         exchanges=("binance", "bybit", "coinbase", "okx"),
         partitions=1,
     )
     apply_topology(AdminClient({"bootstrap.servers": bootstrap}), topics.specs())
-    producer = Producer(
+    return topics
+
+
+def _producer(bootstrap: str) -> Producer:
+    return Producer(
         {
             "bootstrap.servers": bootstrap,
-            "linger.ms": 20,
+            "linger.ms": 5,
             "compression.type": "zstd",
             "queue.buffering.max.messages": 500_000,
         }
     )
+
+
+def run_scenario(
+    bootstrap: str, name: str, frames: list[tuple[str, Frame]], args: argparse.Namespace
+) -> None:
+    """Throughput on a backlog, then latency at a steady rate on fresh topics and a fresh worker."""
+    topics = _fresh_topology(bootstrap)
     backlog = _records(frames)
-    _produce(producer, topics, backlog)
+    _produce(_producer(bootstrap), topics, backlog)
     expected = _expected_outputs(backlog)
     with tempfile.TemporaryDirectory() as tmp:
         env = worker_env(bootstrap, topics, Path(tmp))
@@ -196,24 +195,36 @@ def run_scenario(
                 f"{(last - first) / 1000:.2f} s = {rate:,.0f} frames/s per worker",
                 flush=True,
             )
+    run_latency(bootstrap, name, frames[: args.latency_frames], args.rate)
 
-            live = _records(frames[: args.latency_frames], start_seq=len(backlog))
-            before = _reset_counts(bootstrap, topics)
+
+def run_latency(bootstrap: str, name: str, frames: list[tuple[str, Frame]], rate: float) -> None:
+    """A warm worker with no backlog (all its agents idle), fed at a steady rate."""
+    topics = _fresh_topology(bootstrap)
+    producer = _producer(bootstrap)
+    warmup, live = _records(frames[:200]), _records(frames[200:], start_seq=200)
+    _produce(producer, topics, warmup)
+    with tempfile.TemporaryDirectory() as tmp:
+        env = worker_env(bootstrap, topics, Path(tmp))
+        with marketpipe_process("stream", env=env, log_path=Path(tmp) / "stream.log"):
+            warm = _expected_outputs(warmup)
+            _drain(bootstrap, topics, warm, timeout_s=120)
+            time.sleep(3)  # let the aggregation agents finish the warm-up too
             started_ms = time.time() * 1000
-            _produce(producer, topics, live, rate=args.rate)
-            more = _expected_outputs(backlog + live) - expected
+            _produce(producer, topics, live, rate=rate)
+            total_expected = _expected_outputs(warmup + live)
             outputs = [
-                o for o in _drain(bootstrap, topics, before + more, timeout_s=300) if o[0] >= started_ms
+                o for o in _drain(bootstrap, topics, total_expected, timeout_s=300) if o[0] >= started_ms
             ]
-            latencies = sorted(max(0.0, created - recv_us / 1000) for created, recv_us in outputs if recv_us)
-            if latencies:
-                p50 = statistics.median(latencies)
-                p99 = latencies[int(len(latencies) * 0.99) - 1]
-                print(
-                    f"{name:<13} latency at {args.rate:,.0f} frames/s: recv -> published p50 {p50:.0f} ms, "
-                    f"p99 {p99:.0f} ms over {len(latencies):,} records",
-                    flush=True,
-                )
+    latencies = sorted(max(0.0, created - recv_us / 1000) for created, recv_us in outputs if recv_us)
+    if latencies:
+        p50 = statistics.median(latencies)
+        p99 = latencies[int(len(latencies) * 0.99) - 1]
+        print(
+            f"{name:<13} latency at {rate:,.0f} frames/s: recv -> published p50 {p50:.0f} ms, "
+            f"p99 {p99:.0f} ms over {len(latencies):,} records",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
