@@ -67,15 +67,17 @@ def topic_partitions(settings: Settings, topic: str, default: int) -> int:
     return len(found.partitions)
 
 
-def ensure_internal_topic(settings: Settings, name: str, partitions: int) -> None:
-    """Create the internal repartition topic before the worker subscribes to it.
+def ensure_internal_topic(settings: Settings, name: str, partitions: int, compacted: bool = False) -> None:
+    """Create an internal topic (repartition or table changelog) before the worker subscribes.
 
-    Faust declares it at start too, but its consumer can subscribe before the broker lists a
+    Faust declares them at start too, but its consumer can subscribe before the broker lists a
     topic created moments earlier; aiokafka then ignores the topic ("not found in cluster
-    metadata") until a later metadata refresh, and nothing is consolidated meanwhile.
+    metadata") until a metadata refresh minutes later. For a changelog that means table
+    recovery, and so every agent of the worker, waits that long; for the repartition topic,
+    nothing is consolidated meanwhile.
     """
     spec = TopicSpec(
-        name, partitions, key="consolidated symbol", value="Candle | BookBuckets", retention_ms=DAY_MS
+        name, partitions, key="internal", value="internal", retention_ms=DAY_MS, compacted=compacted
     )
     try:
         admin = AdminClient(dict(settings.kafka_client_config()))
@@ -231,6 +233,8 @@ def install_aggregations(
     table_options: dict[str, Any] = {"partitions": partitions, "key_type": bytes, "value_type": bytes}
     ohlcv_table = app.Table("ohlcv-state", **table_options)
     consolidate_table = app.Table("consolidate-state", **table_options)
+    for table in (ohlcv_table, consolidate_table):
+        ensure_internal_topic(settings, table.changelog_topic.get_topic_name(), partitions, compacted=True)
 
     ohlcv_stage = OhlcvStage(
         CandleBuilder(streams.ohlcv_intervals, streams.ohlcv_grace_s, streams.ohlcv_update_interval_s),
