@@ -3,8 +3,9 @@
 One agent consumes every raw topic. Events are taken in batches (``take_events``) and
 handed to the exchange's ``FeedProcessor`` in partition order, so one connection's
 frames (which share a key, hence a partition) are processed in the order received.
-Outputs are Avro-encoded and queued with ``send_soon``; Faust flushes its producer
-before committing offsets, so a crash replays frames rather than losing outputs.
+Outputs are Avro-encoded and handed to the batched ``OutputProducer`` (streams/publish.py),
+which is flushed before the batch is acked, so a crash replays frames rather than losing
+outputs.
 
 Book state is deliberately not kept in a Faust table: after a restart or rebalance,
 books start unsynced and recover from the next snapshot (the processors request one).
