@@ -165,6 +165,8 @@ class FeedProcessor:
     exchange: ClassVar[str]
     instruments_path: ClassVar[str]
     """REST path (suffix) of the instrument-metadata request, e.g. ``/api/v3/exchangeInfo``."""
+    instruments_parser: ClassVar[staticmethod[[bytes], dict[str, str]]]
+    """The exchange module's ``parse_instruments`` (its connector uses the same function)."""
     keep_text: ClassVar[bool] = False
     """Keep the wire text of book levels (for checksums over the original strings)."""
     connection_type: ClassVar[type[Connection]] = Connection
@@ -218,7 +220,7 @@ class FeedProcessor:
 
     def instruments_from(self, body: bytes) -> dict[str, str]:
         """Exchange symbol -> BASE-QUOTE from the instrument-metadata response body."""
-        raise NotImplementedError
+        return self.instruments_parser(body)
 
     def on_sent(self, conn: Connection, raw: RawRecord) -> None:
         """A frame the client sent (subscribe requests); recognised, nothing to emit."""

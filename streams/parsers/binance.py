@@ -52,9 +52,7 @@ class Diff(NamedTuple):
 class BinanceProcessor(FeedProcessor):
     exchange = "binance"
     instruments_path = INSTRUMENTS_PATH
-
-    def instruments_from(self, body: bytes) -> dict[str, str]:
-        return parse_instruments(body)
+    instruments_parser = staticmethod(parse_instruments)
 
     def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
         msg = json_object(raw.data, "binance frame")

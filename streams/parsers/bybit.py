@@ -37,9 +37,7 @@ def parse_instruments(body: bytes) -> dict[str, str]:
 class BybitProcessor(FeedProcessor):
     exchange = "bybit"
     instruments_path = INSTRUMENTS_PATH
-
-    def instruments_from(self, body: bytes) -> dict[str, str]:
-        return parse_instruments(body)
+    instruments_parser = staticmethod(parse_instruments)
 
     def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
         msg = json_object(raw.data, "bybit frame")

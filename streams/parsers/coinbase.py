@@ -77,10 +77,8 @@ class CoinbaseConnection(Connection):
 class CoinbaseProcessor(FeedProcessor):
     exchange = "coinbase"
     instruments_path = INSTRUMENTS_PATH
+    instruments_parser = staticmethod(parse_instruments)
     connection_type = CoinbaseConnection
-
-    def instruments_from(self, body: bytes) -> dict[str, str]:
-        return parse_instruments(body)
 
     def fallback_symbol(self, exchange_symbol: str) -> str | None:
         return exchange_symbol  # product ids are BASE-QUOTE already

@@ -77,11 +77,9 @@ class KrakenConnection(Connection):
 class KrakenProcessor(FeedProcessor):
     exchange = "kraken"
     instruments_path = INSTRUMENTS_PATH
+    instruments_parser = staticmethod(parse_instruments)
     keep_text = True
     connection_type = KrakenConnection
-
-    def instruments_from(self, body: bytes) -> dict[str, str]:
-        return parse_instruments(body)
 
     def fallback_symbol(self, exchange_symbol: str) -> str | None:
         # only v2 names reach here (v1 frames require metadata, see kraken_v1.symbol)

@@ -45,10 +45,8 @@ def parse_instruments(body: bytes) -> dict[str, str]:
 class OkxProcessor(FeedProcessor):
     exchange = "okx"
     instruments_path = INSTRUMENTS_PATH
+    instruments_parser = staticmethod(parse_instruments)
     keep_text = True
-
-    def instruments_from(self, body: bytes) -> dict[str, str]:
-        return parse_instruments(body)
 
     def fallback_symbol(self, exchange_symbol: str) -> str | None:
         return exchange_symbol  # spot instIds are BASE-QUOTE already
