@@ -23,7 +23,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx")
+EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx", "bitfinex", "kucoin", "gateio", "htx", "mexc")
+"""every supported exchange"""
+DEFAULT_EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx")
+"""what runs when ``exchanges`` is not set"""
 DEFAULT_INTERVALS = ("1s", "1m", "5m", "15m", "1h", "4h", "1d")
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}$")
 _INTERVAL_RE = re.compile(r"^(\d+)([smhd])$")
@@ -132,6 +135,11 @@ class ProducerSettings(BaseModel):
     kraken: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
     bybit: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
     okx: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
+    bitfinex: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
+    kucoin: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
+    gateio: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
+    htx: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
+    mexc: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)
     breaker_failures: int = Field(
@@ -162,7 +170,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".marketpipe")
     # NoDecode: comma-separated in the environment (MARKETPIPE_SYMBOLS=BTC-USDT,ETH-USDT)
-    exchanges: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(EXCHANGES))
+    exchanges: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_EXCHANGES))
     symbols: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["BTC-USDT", "ETH-USDT", "BTC-USD", "ETH-USD"]
     )

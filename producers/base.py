@@ -180,13 +180,20 @@ class RestClient:
         return self._session
 
     async def get(self, url: str) -> bytes:
+        return await self.request("GET", url)
+
+    async def post(self, url: str) -> bytes:
+        """A POST without a body (KuCoin's websocket token handshake)."""
+        return await self.request("POST", url)
+
+    async def request(self, method: str, url: str) -> bytes:
         backoff = Backoff(0.5, 10.0)
         problem = "no attempt made"
         for _ in range(self.attempts):
             await self.gate.wait()
             self.calls += 1
             try:
-                async with self._client().get(yarl.URL(url, encoded=True)) as response:
+                async with self._client().request(method, yarl.URL(url, encoded=True)) as response:
                     body = await response.read()
                     status = response.status
                     if status in (418, 429):
@@ -207,12 +214,12 @@ class RestClient:
                         return body
                     problem = f"HTTP {status}: {body[:200]!r}"
                     if status < 500:
-                        raise RestError(f"GET {url} failed: {problem}")
+                        raise RestError(f"{method} {url} failed: {problem}")
             except (aiohttp.ClientError, TimeoutError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             log_event(log, logging.WARNING, "rest retry", exchange=self.exchange, url=url, problem=problem)
             await backoff.sleep()
-        raise RestError(f"GET {url} failed after {self.attempts} attempts: {problem}")
+        raise RestError(f"{method} {url} failed after {self.attempts} attempts: {problem}")
 
     async def close(self) -> None:
         if self._session is not None:
@@ -250,7 +257,8 @@ class Connection:
         self.exchange = connector.exchange
         self.symbols = shard.symbols
         self.id = next_conn_id(connector.exchange, connector.run_id)
-        self.url = connector.ws_url()
+        self.url = connector.ws_url()  # open() sets what the open record shows (after any handshake)
+        self.ping_s = connector.ping_s  # a handshake may set it (KuCoin's pingInterval)
         self._publisher = connector.publisher
         self._stats = shard.stats
         self._seq = 0
@@ -292,8 +300,10 @@ class Connection:
 
     async def open(self) -> None:
         """Connect, publish open + metadata, subscribe, start reading. Raises on failure."""
+        url = await self.connector.connect_url(self)
+        self.url = self.connector.recorded_url(url)
         ws = await connect(
-            self.url,
+            url,
             max_size=MAX_FRAME_BYTES,
             max_queue=1024,
             open_timeout=OPEN_TIMEOUT_S,
@@ -364,6 +374,7 @@ class Connection:
         publish = self._publisher.publish
         exchange, conn, stats = self.exchange, self.id, self._stats
         inspect = self.connector.planned_reconnect_reason
+        reply_to = self.connector.reply_to
         first_frame = self.first_frame
         try:
             while True:
@@ -383,13 +394,16 @@ class Connection:
                 reason = inspect(data)
                 if reason is not None:
                     self._plan(reason)
+                reply = reply_to(data)
+                if reply is not None:
+                    await self.send(reply)
         except ConnectionClosed as exc:
             close = exc.rcvd
             self._end(close.code if close else 1006, close.reason if close else "connection lost")
 
     async def _keepalive(self) -> None:
         connector = self.connector
-        silence, ping_every, max_age = connector.silence_s, connector.ping_s, connector.max_age_s
+        silence, ping_every, max_age = connector.silence_s, self.ping_s, connector.max_age_s
         tick = min(1.0, *(value / 4 for value in (silence, ping_every) if value))
         while not self.ended.is_set():
             await asyncio.sleep(tick)
@@ -407,7 +421,7 @@ class Connection:
                 self._plan(f"connection age limit {max_age:.0f}s")
 
     def _ping_due(self, now: float, idle: float) -> bool:
-        every = self.connector.ping_s
+        every = self.ping_s
         if not every or now - self._last_ping < every:
             return False
         return not self.connector.ping_only_when_idle or idle >= every
@@ -624,6 +638,14 @@ class Connector:
     def ws_url(self) -> str:
         raise NotImplementedError
 
+    async def connect_url(self, conn: Connection) -> str:
+        """The URL to connect to; a handshake (KuCoin's token request) may build it per connection."""
+        return self.ws_url()
+
+    def recorded_url(self, url: str) -> str:
+        """The connect URL as the ``open`` record shows it (credentials redacted)."""
+        return url
+
     def all_instruments_url(self) -> str:
         """Instrument metadata of every instrument (resolves the requested symbols at start)."""
         raise NotImplementedError
@@ -648,6 +670,10 @@ class Connector:
 
     def planned_reconnect_reason(self, data: bytes) -> str | None:
         """Cheap per-frame check for a server notice that asks us to reconnect."""
+        return None
+
+    def reply_to(self, data: bytes) -> str | None:
+        """Cheap per-frame check for a server frame that needs an answer (HTX's ``{"ping":n}``)."""
         return None
 
     async def on_subscribed(self, conn: Connection) -> None:

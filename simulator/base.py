@@ -22,11 +22,13 @@ from simulator.market import MarketParams, Step, SymbolMarket, SymbolSpec
 
 log = logging.getLogger(__name__)
 
-EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx")
+CORE_EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx")
+EXCHANGES = (*CORE_EXCHANGES, "bitfinex", "kucoin", "gateio", "htx", "mexc")
+"""every simulated exchange (one module each)"""
 DEFAULT_SYMBOLS = ("BTC-USDT", "ETH-USDT", "BTC-USD", "ETH-USD")
 FAULTS = ("gap", "checksum", "disconnect", "silent", "malformed", "snapshot")
 _FIAT_QUOTES = frozenset({"USD", "EUR", "GBP", "CAD", "JPY"})
-_FIAT_VENUES = frozenset({"coinbase", "kraken"})
+_FIAT_VENUES = frozenset({"coinbase", "kraken", "bitfinex"})
 
 RestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SubKey = tuple[str, str, int]  # (channel, symbol, depth or 0)
@@ -39,7 +41,7 @@ class FaultError(ValueError):
 @dataclass(slots=True)
 class SimConfig:
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
-    exchanges: tuple[str, ...] = EXCHANGES
+    exchanges: tuple[str, ...] = CORE_EXCHANGES
     listings: dict[str, tuple[str, ...]] = field(default_factory=dict)  # explicit exchange -> symbols
     seed: int = 0
     book_rate: float = 10.0  # book steps per second per symbol
@@ -129,17 +131,19 @@ def crc32(text: str) -> int:
 
 
 class Frame:
-    """One outgoing websocket text frame plus what fault injection needs to know about it.
+    """One outgoing websocket frame plus what fault injection needs to know about it.
 
-    ``head`` marks a frame numbered per connection (Coinbase ``sequence_num``): the session
-    renders ``head + str(its next number) + text``.
+    ``text`` is the frame as text, or bytes for a binary frame (MEXC protobuf). Text frames go
+    through the dialect's ``encode`` on the way out (HTX gzips them). ``head`` marks a text frame
+    numbered per connection (Coinbase ``sequence_num``, Bitfinex SEQ_ALL): the session renders
+    ``head + str(its next number) + text``.
     """
 
     __slots__ = ("checksum_token", "gap_ok", "head", "kind", "symbol", "text")
 
     def __init__(
         self,
-        text: str,
+        text: str | bytes,
         kind: str = "control",
         symbol: str | None = None,
         head: str | None = None,
@@ -162,6 +166,12 @@ def corrupt_token(token: str) -> str:
 
 
 _CLOSE = object()
+
+
+class _Ping(bytes):
+    """A websocket protocol ping payload in the send queue (plain bytes are binary frames)."""
+
+
 _BACKGROUND: set[asyncio.Task[bool]] = set()  # strong references to fire-and-forget closes
 
 
@@ -185,7 +195,7 @@ class Session:
         self.heartbeat_counter = 0
         self.silent_until = 0.0
         self.armed: dict[str, set[str | None]] = {}  # fault -> symbols (None = any)
-        self.last_text = ""
+        self.last_frame: str | bytes = ""
         self.closed = False
         self.extra: dict[str, Any] = {}
 
@@ -201,14 +211,14 @@ class Session:
                 return
             self.silent_until = 0.0
         text = frame.text
-        if frame.head is not None:
+        if frame.head is not None and isinstance(text, str):
             text = f"{frame.head}{self.next_seq}{text}"
             self.next_seq += 1
         if self.armed and frame.symbol is not None:
             if frame.kind == "book" and frame.gap_ok and self._take("gap", frame.symbol):
                 stats["frames_dropped"] += 1
                 return
-            if frame.checksum_token and self._take("checksum", frame.symbol):
+            if frame.checksum_token and isinstance(text, str) and self._take("checksum", frame.symbol):
                 text = text.replace(frame.checksum_token, corrupt_token(frame.checksum_token), 1)
         self.send_text(text)
 
@@ -216,24 +226,26 @@ class Session:
         """A control frame (ack, pong, error) built from a JSON-able object."""
         self.offer(Frame(dumps(obj)))
 
-    def send_text(self, text: str) -> None:
+    def send_text(self, text: str | bytes) -> None:
+        """Queue a frame: text is encoded by the dialect (HTX gzips it); bytes go out as binary."""
+        wire = self.dialect.encode(text) if isinstance(text, str) else text
         try:
-            self.queue.put_nowait(text)
+            self.queue.put_nowait(wire)
         except asyncio.QueueFull:
             self.dialect.stats["slow_disconnects"] += 1
             self.abort(1008, "slow client: send queue full")
             return
-        self.last_text = text
+        self.last_frame = text
 
     def send_ping(self, payload: bytes) -> None:
         """A websocket protocol ping, ordered with the data frames."""
         try:
-            self.queue.put_nowait(payload)
+            self.queue.put_nowait(_Ping(payload))
         except asyncio.QueueFull:
             self.abort(1008, "slow client: send queue full")
 
     def send_malformed(self) -> None:
-        sample = self.last_text or '{"event":"malformed"}'
+        sample = self.last_frame or '{"event":"malformed"}'
         self.send_text(sample[: max(1, len(sample) // 2)])
 
     def _take(self, fault: str, symbol: str) -> bool:
@@ -271,9 +283,11 @@ class Session:
             try:
                 if isinstance(item, str):
                     await ws.send_str(item)
-                elif isinstance(item, bytes):
+                elif isinstance(item, _Ping):
                     await ws.ping(item)
                     continue
+                elif isinstance(item, bytes):
+                    await ws.send_bytes(item)
                 else:  # _CLOSE
                     return
             except (ConnectionError, RuntimeError):
@@ -355,6 +369,10 @@ class Dialect:
     def on_text(self, session: Session, text: str) -> None:
         raise NotImplementedError
 
+    def encode(self, text: str) -> str | bytes:
+        """A text frame as it goes on the wire (HTX sends gzip-compressed binary frames)."""
+        return text
+
     def on_timer(self, session: Session, now: float) -> None:
         """Heartbeats, pings, idle timeouts; called every ``timer_period_s``."""
 
@@ -417,6 +435,9 @@ class Dialect:
                 if msg.type == WSMsgType.TEXT:
                     self.stats["frames_received"] += 1
                     self._dispatch(session, msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    self.stats["frames_received"] += 1
+                    self._dispatch(session, msg.data.decode(errors="replace"))
                 elif msg.type == WSMsgType.PING:
                     if not (session.silent_until and time.monotonic() < session.silent_until):
                         await ws.pong(msg.data)
@@ -471,7 +492,8 @@ class Venue:
     name: str
     feeds: dict[str, Feed]
     dialects: list[Dialect]
-    rest: list[tuple[str, RestHandler]]
+    rest: list[tuple[str, RestHandler]]  # GET routes
+    rest_post: list[tuple[str, RestHandler]] = field(default_factory=list)  # KuCoin's token handshake
 
     def apply_fault(self, fault: str, symbol: str | None, seconds: float, code: int) -> int:
         if fault not in FAULTS:

@@ -114,6 +114,8 @@ class Simulator:
                 app.router.add_get(f"/{name}{dialect.path}", dialect.handle)
             for path, handler in venue.rest:
                 app.router.add_get(f"/{name}{path}", handler)
+            for path, handler in venue.rest_post:
+                app.router.add_post(f"/{name}{path}", handler)
         app.router.add_post("/_sim/fault", self._fault_endpoint)
         app.router.add_get("/_sim/stats", self._stats_endpoint)
         return app

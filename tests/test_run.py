@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from marketpipe.codec import AvroCodec
-from marketpipe.config import EXCHANGES
+from marketpipe.config import DEFAULT_EXCHANGES as EXCHANGES
 from marketpipe.kafka_local import free_port
 from marketpipe.records import StatusEvent
 from marketpipe.topics import Topology

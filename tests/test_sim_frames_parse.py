@@ -32,6 +32,11 @@ CASES = {
     "bybit-spot": ("bybit", {}, ["BTC-USDT", "ETH-USDT"], False),
     "bybit-linear": ("bybit", {"category": "linear"}, ["BTC-USDT"], False),
     "okx": ("okx", {}, ["BTC-USDT", "ETH-USDT"], True),
+    "bitfinex": ("bitfinex", {}, ["BTC-USD", "ETH-USD"], True),
+    "kucoin": ("kucoin", {}, ["BTC-USDT", "ETH-USDT"], False),
+    "gateio": ("gateio", {}, ["BTC-USDT", "ETH-USDT"], False),
+    "htx": ("htx", {}, ["BTC-USDT", "ETH-USDT"], False),
+    "mexc": ("mexc", {}, ["BTC-USDT", "ETH-USDT"], False),
 }
 
 

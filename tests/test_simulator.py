@@ -19,6 +19,7 @@ import websockets
 from click.testing import CliRunner
 
 from simulator import FaultError, Simulator, urls
+from simulator.base import EXCHANGES
 from simulator.market import MarketParams, SymbolMarket, SymbolSpec
 from tests.samples import load_sample
 
@@ -146,7 +147,7 @@ def test_market_is_deterministic_under_a_seed() -> None:
 
 def test_urls_follow_the_wiring_contract() -> None:
     assert urls(8765)["kraken"] == ("ws://127.0.0.1:8765/kraken", "http://127.0.0.1:8765/kraken")
-    assert set(urls(1)) == {"binance", "coinbase", "kraken", "bybit", "okx"}
+    assert set(urls(1)) == set(EXCHANGES)
 
 
 # -- binance ------------------------------------------------------------------------------------

@@ -12,6 +12,11 @@ _MODULES = {
     "kraken": ("producers.connectors.kraken", "KrakenConnector"),
     "bybit": ("producers.connectors.bybit", "BybitConnector"),
     "okx": ("producers.connectors.okx", "OkxConnector"),
+    "bitfinex": ("producers.connectors.bitfinex", "BitfinexConnector"),
+    "kucoin": ("producers.connectors.kucoin", "KucoinConnector"),
+    "gateio": ("producers.connectors.gateio", "GateioConnector"),
+    "htx": ("producers.connectors.htx", "HtxConnector"),
+    "mexc": ("producers.connectors.mexc", "MexcConnector"),
 }
 
 EXCHANGES = tuple(_MODULES)

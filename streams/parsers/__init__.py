@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
-from streams.feed import FeedCounters, FeedOutput, FeedProcessor
-from streams.parsers.binance import BinanceProcessor
-from streams.parsers.bybit import BybitProcessor
-from streams.parsers.coinbase import CoinbaseProcessor
-from streams.parsers.kraken import KrakenProcessor
-from streams.parsers.okx import OkxProcessor
+import importlib
 
-PROCESSORS: dict[str, type[FeedProcessor]] = {
-    cls.exchange: cls
-    for cls in (BinanceProcessor, CoinbaseProcessor, KrakenProcessor, BybitProcessor, OkxProcessor)
+from streams.feed import FeedCounters, FeedOutput, FeedProcessor
+
+_MODULES = {
+    "binance": ("streams.parsers.binance", "BinanceProcessor"),
+    "coinbase": ("streams.parsers.coinbase", "CoinbaseProcessor"),
+    "kraken": ("streams.parsers.kraken", "KrakenProcessor"),
+    "bybit": ("streams.parsers.bybit", "BybitProcessor"),
+    "okx": ("streams.parsers.okx", "OkxProcessor"),
+    "bitfinex": ("streams.parsers.bitfinex", "BitfinexProcessor"),
+    "kucoin": ("streams.parsers.kucoin", "KucoinProcessor"),
+    "gateio": ("streams.parsers.gateio", "GateioProcessor"),
+    "htx": ("streams.parsers.htx", "HtxProcessor"),
+    "mexc": ("streams.parsers.mexc", "MexcProcessor"),
 }
-EXCHANGES: tuple[str, ...] = tuple(PROCESSORS)
+EXCHANGES: tuple[str, ...] = tuple(_MODULES)
+
+
+def processor_class(exchange: str) -> type[FeedProcessor]:
+    try:
+        module, name = _MODULES[exchange]
+    except KeyError:
+        raise ValueError(f"no parser for exchange {exchange!r}; known: {', '.join(EXCHANGES)}") from None
+    found: type[FeedProcessor] = getattr(importlib.import_module(module), name)
+    return found
 
 
 def processor_for(exchange: str) -> FeedProcessor:
     """A new processor (holding state for all of the exchange's connections and symbols)."""
-    try:
-        return PROCESSORS[exchange]()
-    except KeyError:
-        raise ValueError(f"no parser for exchange {exchange!r}; known: {', '.join(EXCHANGES)}") from None
+    return processor_class(exchange)()
 
 
-__all__ = ["EXCHANGES", "PROCESSORS", "FeedCounters", "FeedOutput", "FeedProcessor", "processor_for"]
+__all__ = ["EXCHANGES", "FeedCounters", "FeedOutput", "FeedProcessor", "processor_class", "processor_for"]
