@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from marketpipe.config import LocalBrokerSettings
+from marketpipe.config import EXCHANGES, LocalBrokerSettings
 from marketpipe.kafka_local import LocalKafka, free_port
 from marketpipe.topics import Topology, apply_topology
 
 KAFKA_IMAGE = "apache/kafka:4.3.1"
-ALL_EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx")
 
 
 def _docker_answers() -> bool:
@@ -65,7 +64,7 @@ def kafka_admin(kafka_bootstrap: str) -> AdminClient:
 @pytest.fixture
 def topics(kafka_admin: AdminClient) -> Topology:
     """A fresh topic namespace (unique prefix) with every declared topic created."""
-    topology = Topology(prefix=f"t{uuid.uuid4().hex[:10]}.", exchanges=ALL_EXCHANGES, partitions=3)
+    topology = Topology(prefix=f"t{uuid.uuid4().hex[:10]}.", exchanges=EXCHANGES, partitions=3)
     apply_topology(kafka_admin, topology.specs())
     return topology
 
