@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 ARGS ?=
 
-.PHONY: bootstrap run demo test lint typecheck pytest bench lock clean kafka-jars
+.PHONY: bootstrap run demo test lint typecheck pytest bench lock proto clean kafka-jars
 
 bootstrap: $(VENV)/.synced kafka-jars
 
@@ -48,6 +48,11 @@ test: lint typecheck pytest
 
 bench: bootstrap
 	$(BIN)/python -m bench $(ARGS)
+
+# Regenerate the MEXC protobuf message classes after editing the .proto (generated files are committed).
+proto: $(VENV)/.synced
+	$(BIN)/python -m grpc_tools.protoc -I streams/parsers/mexc_pb --python_out=streams/parsers/mexc_pb \
+		--pyi_out=streams/parsers/mexc_pb streams/parsers/mexc_pb/mexc_push.proto
 
 # Re-resolve the lock file after changing dependencies in pyproject.toml.
 lock: | $(UV)

@@ -122,6 +122,7 @@ class BookState:
 
     __slots__ = (
         "book",
+        "bridging",
         "bucket_next",
         "conn",
         "depth",
@@ -146,6 +147,8 @@ class BookState:
         self.depth: int | None = None
         self.last_bbo: tuple[float, float, float, float] | None = None
         self.pending: deque[Any] | None = None
+        self.bridging = False
+        """just loaded from a snapshot: the next delta may straddle it (streams/bridge.py)"""
         self.bucket_next = _NEVER
         """next bucket boundary (event time, µs) while synced"""
 

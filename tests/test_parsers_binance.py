@@ -167,6 +167,24 @@ def test_gap_unsyncs_requests_one_resync_and_a_new_snapshot_bridges() -> None:
     assert (counters.sequence_gaps, counters.resyncs) == (1, 1)
 
 
+def test_a_resync_snapshot_still_older_than_the_buffered_diffs_asks_again() -> None:
+    feed = connected()
+    feed.rest(DEPTH_URL, snapshot_text())
+    feed.recv(diffs()[1])
+    assert len(feed.recv(diffs()[3]).control) == 1  # the gap's request
+    too_old = json.loads(snapshot_text())
+    too_old["lastUpdateId"] = 499869700  # answered before the buffered diff from 499869757
+    out = feed.rest(DEPTH_URL, json.dumps(too_old))
+    assert not published(out)
+    assert [c.reason for c in out.control] == ["gap"], "without a second request the book stays unsynced"
+    assert "older than the buffered delta" in out.status[0].detail
+    resnap = json.loads(snapshot_text())
+    resnap["lastUpdateId"] = 499869757
+    out = feed.rest(DEPTH_URL, json.dumps(resnap))
+    assert out.status[0].state == "synced" and out.books[0].snapshot
+    assert feed.proc.counters.resyncs == 2
+
+
 def test_acks_shutdown_and_sent_are_recognised_not_dead_lettered() -> None:
     feed = connected()
     out = feed.recv(messages("binance.json", "ack")[0])

@@ -1,0 +1,241 @@
+"""Bitfinex WS v2 public: ``info`` on connect, ``conf`` flags (SEQ_ALL 65536 appends a
+per-connection sequence number to every channel frame, OB_CHECKSUM 131072 adds ``cs`` frames),
+``subscribe``/``unsubscribe`` with a chanId per subscription, P0 ``book`` (len 1/25/100/250:
+snapshot, then one frame per changed level, deletes first so the book never crosses), ``trades``
+(snapshot of recent trades, then ``te`` + ``tu`` per trade), ``hb`` heartbeats, app ``ping``.
+REST: ``/v2/conf/<keys>`` for ``pub:list:pair:exchange`` and ``pub:map:currency:sym``.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from simulator.base import Decimals, Dialect, Feed, Frame, Session, SimConfig, SubKey, Venue, dumps
+from simulator.market import Step, SymbolMarket
+
+SEQ_ALL = 65536
+OB_CHECKSUM = 131072
+BOOK_LENGTHS = (1, 25, 100, 250)
+CURRENCY_NAMES = {"UST": "USDt", "DSH": "DASH", "EUT": "EURt"}
+_CODES = {name.upper(): code for code, name in CURRENCY_NAMES.items()}
+
+
+def pair_of(symbol: str) -> str:
+    base, quote = (_CODES.get(part, part) for part in symbol.split("-", 1))
+    return base + quote if len(base) == 3 and len(quote) == 3 else f"{base}:{quote}"
+
+
+def checksum(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> int:
+    """bidPrice:bidAmount:askPrice:askAmount:... over the top 25 (ask amounts negative), signed."""
+    parts: list[str] = []
+    for i in range(max(len(bids[:25]), len(asks[:25]))):
+        if i < len(bids):
+            parts.extend(bids[i])
+        if i < len(asks):
+            parts.extend(asks[i])
+    value = zlib.crc32(":".join(parts).encode())
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+class BitfinexDialect(Dialect):
+    exchange = "bitfinex"
+    name = "bitfinex"
+    path = "/ws/2"
+    faults = frozenset({"gap", "checksum", "disconnect", "silent", "malformed"})
+
+    def __init__(self, feed: Feed) -> None:
+        super().__init__(feed)
+        self.price = {
+            s: Decimals(m.spec.price_decimals, m.spec.price_decimals, True) for s, m in feed.markets.items()
+        }
+        self.size = {
+            s: Decimals(m.spec.qty_decimals, m.spec.qty_decimals, True) for s, m in feed.markets.items()
+        }
+        self.by_symbol = {f"t{pair_of(s)}": s for s in feed.markets}
+        self.next_chan = 17_000 + zlib.crc32(str(feed.config.seed).encode()) % 100_000
+
+    # -- requests ------------------------------------------------------------------------
+
+    def on_open(self, session: Session) -> None:
+        session.extra.update(flags=0, chans={}, beat_at=time.monotonic())
+        session.send({"event": "info", "version": 2, "serverId": session.conn_id, "platform": {"status": 1}})
+
+    def on_text(self, session: Session, text: str) -> None:
+        try:
+            request = orjson.loads(text)
+            event = request["event"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            session.send({"event": "error", "msg": "invalid request", "code": 10000})
+            return
+        if event == "conf":
+            session.extra["flags"] = int(request.get("flags", 0))
+            session.send({"event": "conf", "status": "OK", "flags": session.extra["flags"]})
+        elif event == "ping":
+            session.send({"event": "pong", "ts": time.time_ns() // 1_000_000, "cid": request.get("cid")})
+        elif event == "subscribe":
+            self._subscribe(session, request)
+        elif event == "unsubscribe":
+            self._unsubscribe(session, request)
+        else:
+            session.send({"event": "error", "msg": "unknown event", "code": 10000})
+
+    def _subscribe(self, session: Session, request: dict[str, Any]) -> None:
+        channel, wire_symbol = request.get("channel"), request.get("symbol")
+        symbol = self.by_symbol.get(str(wire_symbol))
+        length = int(request.get("len", 25))
+        if channel not in ("book", "trades") or symbol is None or length not in BOOK_LENGTHS:
+            session.send({"event": "error", "msg": "symbol: invalid", "code": 10300, **request})
+            return
+        key: SubKey = (channel, symbol, length if channel == "book" else 0)
+        if key in session.subs or any(k[:2] == key[:2] for k in session.subs):
+            session.send({"event": "error", "msg": "subscribe: dup", "code": 10301, **request})
+            return
+        self.subscribe(session, key)
+        chan = self.next_chan
+        self.next_chan += 1
+        session.extra["chans"][key] = chan
+        reply = {"event": "subscribed", "channel": channel, "chanId": chan, "symbol": wire_symbol}
+        if channel == "book":
+            reply.update(prec="P0", freq="F0", len=str(length))
+        session.send({**reply, "pair": str(wire_symbol)[1:]})
+        market = self.feed.markets[symbol]
+        if channel == "book":
+            self._send(session, key, self._book_snapshot(market, length), "snapshot", None)
+        else:
+            self._send(
+                session,
+                key,
+                dumps([self._trade_row(market, t) for t in reversed(market.recent_trades[-30:])]),
+                "trade",
+                None,
+            )
+
+    def _unsubscribe(self, session: Session, request: dict[str, Any]) -> None:
+        chan = request.get("chanId")
+        key = next((k for k, c in session.extra["chans"].items() if c == chan), None)
+        if key is None:
+            session.send({"event": "error", "msg": "unsubscribe: invalid", "code": 10400})
+            return
+        self.unsubscribe(session, key)
+        del session.extra["chans"][key]
+        session.send({"event": "unsubscribed", "status": "OK", "chanId": chan})
+
+    def on_timer(self, session: Session, now: float) -> None:
+        if now - session.extra["beat_at"] < self.config.heartbeat_interval_s:
+            return
+        session.extra["beat_at"] = now
+        for key in list(session.extra["chans"]):
+            self._send(session, key, '"hb"', "heartbeat", None)
+
+    # -- frames --------------------------------------------------------------------------
+
+    def _send(self, session: Session, key: SubKey, body: str, kind: str, symbol: str | None) -> Frame:
+        """``[chanId,<body>]``, numbered when the session turned SEQ_ALL on."""
+        chan = session.extra["chans"][key]
+        if session.extra["flags"] & SEQ_ALL:
+            frame = Frame("]", kind, symbol, head=f"[{chan},{body},")
+        else:
+            frame = Frame(f"[{chan},{body}]", kind, symbol)
+        session.offer(frame)
+        return frame
+
+    def _entry(self, symbol: str, price: int, qty: int, is_bid: bool, count: int | None = None) -> str:
+        amount = self.size[symbol](qty) if qty else "1"
+        orders = (1 + qty % 5) if count is None else count
+        return f"[{self.price[symbol](price)},{orders},{amount if is_bid else '-' + amount}]"
+
+    def _book_snapshot(self, market: SymbolMarket, length: int) -> str:
+        symbol = market.spec.symbol
+        bids = [self._entry(symbol, p, q, True) for p, q in market.bids.top(length)]
+        asks = [self._entry(symbol, p, q, False) for p, q in market.asks.top(length)]
+        return f"[{','.join(bids + asks)}]"
+
+    def _trade_row(self, market: SymbolMarket, trade: Any) -> list[Any]:
+        symbol = market.spec.symbol
+        amount = float(self.size[symbol](trade.qty))
+        price = float(self.price[symbol](trade.price))
+        return [trade.trade_id, time.time_ns() // 1_000_000, amount if trade.taker_buy else -amount, price]
+
+    def _checksum(self, market: SymbolMarket) -> int:
+        symbol = market.spec.symbol
+        price, size = self.price[symbol], self.size[symbol]
+        bids = [(price(p), size(q)) for p, q in market.bids.top(25)]
+        asks = [(price(p), "-" + size(q)) for p, q in market.asks.top(25)]
+        return checksum(bids, asks)
+
+    def publish(self, market: SymbolMarket, step: Step, ts_ns: int) -> None:
+        symbol = market.spec.symbol
+        for key in self.keys_for("book", symbol):
+            self._publish_book(market, step, key)
+        trade_key = ("trades", symbol, 0)
+        if step.trades and trade_key in self.subscribers:
+            rows = [dumps(self._trade_row(market, t)) for t in step.trades]
+            for session in list(self.subscribers.get(trade_key, ())):
+                for row in rows:
+                    self._send(session, trade_key, f'"te",{row}', "trade", symbol)
+                    self._send(session, trade_key, f'"tu",{row}', "trade", symbol)
+
+    def _publish_book(self, market: SymbolMarket, step: Step, key: SubKey) -> None:
+        view = step.views.get(key[2])
+        if view is None or view.empty(with_out=True):
+            return
+        symbol = key[1]
+        deletes = [self._entry(symbol, p, 0, True, 0) for p in view.bids_out]
+        deletes += [self._entry(symbol, p, 0, False, 0) for p in view.asks_out]
+        changes: list[str] = []
+        for levels, is_bid in ((view.bids, True), (view.asks, False)):
+            for price, qty in levels:
+                entry = self._entry(symbol, price, qty, is_bid, None if qty else 0)
+                (changes if qty else deletes).append(entry)
+        crc: int | None = None
+        for session in list(self.subscribers.get(key, ())):
+            for entry in deletes + changes:
+                self._send(session, key, entry, "book", symbol)
+            if session.extra["flags"] & OB_CHECKSUM:
+                if crc is None:
+                    crc = self._checksum(market)
+                bad = _take_fault(session, "checksum", symbol)
+                self._send(session, key, f'"cs",{crc ^ 1 if bad else crc}', "checksum", symbol)
+
+
+def _take_fault(session: Session, fault: str, symbol: str) -> bool:
+    """Consume an armed fault for ``symbol`` (or for any symbol) on this session."""
+    symbols = session.armed.get(fault)
+    if not symbols:
+        return False
+    for key in (symbol, None):
+        if key in symbols:
+            symbols.discard(key)
+            if not symbols:
+                del session.armed[fault]
+            return True
+    return False
+
+
+def _rest(dialect: BitfinexDialect) -> list[tuple[str, Any]]:
+    answers = {
+        "pub:list:pair:exchange": lambda: [pair_of(s) for s in dialect.feed.markets],
+        "pub:map:currency:sym": lambda: [[code, name] for code, name in CURRENCY_NAMES.items()],
+    }
+
+    async def conf(request: web.Request) -> web.Response:
+        keys = request.match_info["keys"].split(",")
+        unknown = [k for k in keys if k not in answers]
+        if unknown:
+            return web.json_response(
+                ["error", 10020, f"unknown config {unknown[0]}"], status=500, dumps=dumps
+            )
+        return web.json_response([answers[k]() for k in keys], dumps=dumps)
+
+    return [("/v2/conf/{keys}", conf)]
+
+
+def create(config: SimConfig) -> Venue:
+    feed = Feed("bitfinex", "spot", config.listed("bitfinex"), config)
+    dialect = BitfinexDialect(feed)
+    return Venue("bitfinex", {"spot": feed}, [dialect], _rest(dialect))

@@ -1,0 +1,276 @@
+"""Bitfinex WS v2 public channels: ``[chanId, ...]`` arrays for data, ``{"event"}`` objects for the rest.
+
+Channel frames name only a ``chanId``; the ``subscribed`` events (seen in order in the same
+connection's ``recv`` records) map it to ``(channel, symbol)``. The connector turns on
+SEQ_ALL (flag 65536), so every channel frame, heartbeats and checksums included, ends with a
+per-connection sequence number: a frame whose number is not the previous one + 1 marks every
+book of the connection unsynced. The number is recognised by the frame's length (each frame
+type has a fixed length, one more with SEQ_ALL), so frames sent before the ``conf`` took
+effect parse too.
+
+Books (``prec`` P0): entries ``[PRICE, COUNT, AMOUNT]``; AMOUNT > 0 is a bid, < 0 an ask;
+COUNT = 0 deletes the level (AMOUNT is then 1 for bids, -1 for asks). With OB_CHECKSUM
+(flag 131072) ``[chanId, "cs", CHECKSUM, seq]`` follows book changes: a signed CRC32 of
+``bidPrice:bidAmount:askPrice:askAmount:...`` over the best 25 levels of each side,
+interleaved, asks with their negative amounts. Prices and amounts are JSON numbers whose
+wire text is kept (decoded with ``float_hook=str``, as the Kraken v2 parser does); a price
+in exponent notation (``5e-7``) enters the checksum in positional form (``0.0000005``), as the
+official client library converts it.
+
+Trades: the subscribe snapshot ``[chanId, [[ID, MTS, AMOUNT, PRICE], ...], seq]`` lists past
+trades and is re-sent at every (re)subscribe, so it is skipped (the same choice as the Kraken
+v2 connector's ``snapshot: false``: only live trades are published, never duplicates across
+reconnects). Each live trade arrives twice, ``te`` (executed) then ``tu`` (update, same ID):
+``te`` is published, ``tu`` skipped. AMOUNT < 0 is a sell (the taker sold).
+
+Instruments: ``GET /v2/conf/pub:list:pair:exchange,pub:map:currency:sym`` answers
+``[[pair, ...], [[code, name], ...]]``. Bitfinex publishes no base/quote fields, so the pair is
+split by its documented naming rule: six characters are BASE(3)+QUOTE(3) ("BTCUSD"); longer
+pairs put ':' between base and quote ("TESTBTC:TESTUSD"). Each currency code then goes through
+the currency map, upper-cased (UST -> "USDt" -> USDT). The websocket symbol is ``t`` + pair.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from marketpipe.raw import RawRecord
+from marketpipe.records import Level, Side
+from streams.parsers.base import (
+    BookState,
+    Connection,
+    FeedOutput,
+    FeedProcessor,
+    ParseError,
+    decode_json,
+    load_text_levels,
+    ms_to_us,
+    okx_checksum,
+)
+
+INSTRUMENTS_PATH = "/v2/conf/pub:list:pair:exchange,pub:map:currency:sym"
+SEQ_ALL = 65536
+OB_CHECKSUM = 131072
+NOTICE_CODES = {
+    20051: "server restart: reconnect",
+    20060: "maintenance started: pause",
+    20061: "maintenance ended: resubscribe",
+}
+_BASE_LENGTH = {"hb": 2, "cs": 3, "te": 3, "tu": 3}
+"""length of a channel frame with a string at index 1, without the SEQ_ALL number"""
+
+_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(float_hook=str)
+
+
+def parse_instruments(body: bytes) -> dict[str, str]:
+    """``[[pairs], [[code, name], ...]]`` -> {"tBTCUSD": "BTC-USD", "tBTCUST": "BTC-USDT", ...}."""
+    found = decode_json(body)
+    if not isinstance(found, list) or not found or not isinstance(found[0], list):
+        if isinstance(found, list) and found and found[0] == "error":
+            raise ParseError(f"bitfinex conf error {found[1:]}")
+        raise ParseError("bitfinex conf response is not [[pairs], [currency map]]")
+    names = {str(code): str(name).upper() for code, name in found[1]} if len(found) > 1 else {}
+    symbols: dict[str, str] = {}
+    for pair in found[0]:
+        base, colon, quote = pair.partition(":")
+        if not colon:
+            if len(pair) != 6:
+                raise ParseError(f"bitfinex pair {pair!r} is neither BASEQUOTE (3+3) nor BASE:QUOTE")
+            base, quote = pair[:3], pair[3:]
+        symbols[f"t{pair}"] = f"{names.get(base, base)}-{names.get(quote, quote)}"
+    return symbols
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+def _price_token(text: str) -> str:
+    if "e" in text or "E" in text:
+        return format(Decimal(text), "f")
+    return text
+
+
+class BitfinexConnection(Connection):
+    def __init__(self, conn: str, url: str | None) -> None:
+        super().__init__(conn, url)
+        self.channels: dict[int, tuple[str, str]] = {}
+        """chanId -> (channel, exchange symbol), from ``subscribed`` events"""
+        self.last_seq: int | None = None
+
+
+class BitfinexProcessor(FeedProcessor):
+    exchange = "bitfinex"
+    instruments_path = INSTRUMENTS_PATH
+    instruments_parser = staticmethod(parse_instruments)
+    keep_text = True
+    connection_type = BitfinexConnection
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped_trades = 0
+        """trade-snapshot rows and ``tu`` repeats (never published, see the module docstring)"""
+
+    def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
+        assert isinstance(conn, BitfinexConnection)
+        msg = decode_json(raw.data, _decoder)
+        if isinstance(msg, list):
+            self._channel_frame(conn, msg, raw, out)
+        elif isinstance(msg, dict):
+            self._event(conn, msg)
+        else:
+            raise ParseError("bitfinex frame is neither an array nor an object")
+
+    # ------------------------------------------------------------------ events
+
+    def _event(self, conn: BitfinexConnection, msg: dict[str, Any]) -> None:
+        event = msg.get("event")
+        if event == "subscribed":
+            conn.channels[int(msg["chanId"])] = (msg["channel"], msg["symbol"])
+            self.counters.acks += 1
+        elif event == "unsubscribed":
+            conn.channels.pop(int(msg["chanId"]), None)
+            self.counters.acks += 1
+        elif event == "info":
+            if "code" in msg:
+                self.counters.notices += 1  # 20051/20061: the connector reconnects
+            else:
+                self.counters.acks += 1
+        elif event == "conf":
+            if msg.get("status") != "OK":
+                raise ParseError(f"bitfinex conf rejected: {msg}")
+            self.counters.acks += 1
+        elif event == "pong":
+            self.counters.heartbeats += 1
+        elif event == "error":
+            raise ParseError(f"bitfinex error {msg.get('code')}: {msg.get('msg')!r}")
+        else:
+            raise ParseError(f"unsupported bitfinex event {event!r}")
+
+    # --------------------------------------------------------- channel frames
+
+    def _channel_frame(
+        self, conn: BitfinexConnection, msg: list[Any], raw: RawRecord, out: FeedOutput
+    ) -> None:
+        if len(msg) < 2 or not isinstance(msg[0], int):
+            raise ParseError("bitfinex channel frame is not [chanId, ...]")
+        body = msg[1]
+        code = body if isinstance(body, str) else None
+        base = 2 if code is None else _BASE_LENGTH.get(code)
+        if base is None:
+            raise ParseError(f"unsupported bitfinex channel message {code!r}")
+        if len(msg) == base + 1:
+            self._check_sequence(conn, msg[base], raw, out)
+        elif len(msg) != base:
+            raise ParseError(f"bitfinex {code or 'data'} frame with {len(msg)} elements")
+        if code == "hb":
+            self.counters.heartbeats += 1
+            return
+        channel, symbol = self._channel(conn, msg[0])
+        if channel == "book":
+            self._book(conn, symbol, code, msg, raw, out)
+        elif channel == "trades":
+            self._trades(symbol, code, msg[2] if code else body, raw, out)
+        else:
+            raise ParseError(f"unsupported bitfinex channel {channel!r}")
+
+    def _check_sequence(self, conn: BitfinexConnection, seq: object, raw: RawRecord, out: FeedOutput) -> None:
+        if not isinstance(seq, int):
+            raise ParseError(f"bitfinex sequence number {seq!r} is not an integer")
+        last = conn.last_seq
+        conn.last_seq = seq
+        if last is not None and seq != last + 1:
+            self.connection_gap(conn, f"sequence {seq} after {last}", raw, out)
+
+    @staticmethod
+    def _channel(conn: BitfinexConnection, chan_id: int) -> tuple[str, str]:
+        found = conn.channels.get(chan_id)
+        if found is None:
+            raise ParseError(f"bitfinex frame for channel {chan_id}, which no subscribed event named")
+        return found
+
+    # ------------------------------------------------------------------ trades
+
+    def _trades(self, symbol: str, code: str | None, body: Any, raw: RawRecord, out: FeedOutput) -> None:
+        if code is None:  # the snapshot of past trades on subscribe
+            if not isinstance(body, list):
+                raise ParseError("bitfinex trades snapshot is not a list")
+            self.skipped_trades += len(body)
+            return
+        if code == "tu":
+            self.skipped_trades += 1
+            return
+        trade_id, mts, amount, price = body
+        size = float(amount)
+        side: Side = "buy" if size > 0 else "sell"
+        self.trade(raw, out, symbol, str(trade_id), float(price), abs(size), side, ms_to_us(mts))
+
+    # ------------------------------------------------------------------- books
+
+    def _book(
+        self,
+        conn: BitfinexConnection,
+        symbol: str,
+        code: str | None,
+        msg: list[Any],
+        raw: RawRecord,
+        out: FeedOutput,
+    ) -> None:
+        state = self.book_state(conn, symbol)
+        if code == "cs":
+            self._verify(state, msg[2], raw, out)
+            return
+        if code is not None:
+            raise ParseError(f"bitfinex book message {code!r}")
+        self.counters.book_messages += 1
+        body = msg[1]
+        ts = raw.recv_ns // 1000  # book frames carry no exchange time (TIMESTAMP flag off)
+        if not body or isinstance(body[0], list):
+            self._snapshot(state, body, ts, raw, out)
+        else:
+            self._update(state, body, ts, raw, out)
+
+    def _snapshot(self, state: BookState, rows: list[Any], ts: int, raw: RawRecord, out: FeedOutput) -> None:
+        bids: list[tuple[Level, str]] = []
+        asks: list[tuple[Level, str]] = []
+        for row in rows:
+            level, token, is_bid = _entry(row)
+            (bids if is_bid else asks).append((level, token))
+        load_text_levels(state.book.bids, bids)
+        load_text_levels(state.book.asks, asks)
+        self.accept_snapshot(state, raw, out, ts)
+
+    def _update(self, state: BookState, row: list[Any], ts: int, raw: RawRecord, out: FeedOutput) -> None:
+        level, token, is_bid = _entry(row)
+        if not state.synced:
+            self.skip_unsynced(state, raw, out)
+            return
+        book = state.book
+        if is_bid:
+            book.bids.apply_tokens(((level, token),))
+            self.accept_update(state, raw, out, ts, [level], [])
+        else:
+            book.asks.apply_tokens(((level, token),))
+            self.accept_update(state, raw, out, ts, [], [level])
+
+    def _verify(self, state: BookState, expected: object, raw: RawRecord, out: FeedOutput) -> None:
+        if not isinstance(expected, int):
+            raise ParseError(f"bitfinex checksum {expected!r} is not an integer")
+        if not state.synced:
+            return  # nothing to compare; the snapshot that re-syncs the book is on its way
+        actual = okx_checksum(state.book)  # the same interleaved top-25 signed CRC32
+        self.checksum_result(state, actual == expected, expected, actual, raw, out)
+
+
+def _entry(row: list[Any]) -> tuple[Level, str, bool]:
+    """``[PRICE, COUNT, AMOUNT]`` -> (Level with size >= 0, checksum token, is_bid)."""
+    price, count, amount = row
+    price_text, amount_text = _text(price), _text(amount)
+    signed = float(amount_text)
+    if signed == 0.0:
+        raise ParseError(f"bitfinex book entry {row!r} has a zero amount (no side)")
+    size = 0.0 if count == 0 else abs(signed)
+    return Level(float(price_text), size), f"{_price_token(price_text)}:{amount_text}", signed > 0

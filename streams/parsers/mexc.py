@@ -1,0 +1,123 @@
+"""MEXC spot v3: protobuf push frames (binary), JSON control frames (text).
+
+Data frames are ``PushDataV3ApiWrapper`` messages (``streams/parsers/mexc_pb``) carrying
+``publicAggreDepths`` (incremental book, ``fromVersion``/``toVersion``) or ``publicAggreDeals``
+(trades). Subscription replies ``{"id":0,"code":0,"msg":"<channel>"}`` and ``PONG`` replies
+are JSON text.
+
+Book sync is MEXC's documented local-order-book procedure (streams/bridge.py): pushes are
+buffered until a REST depth snapshot (a ``rest`` record on the same connection) arrives; buffered pushes with
+``toVersion <= lastUpdateId`` are dropped, the first remaining one must not start after
+``lastUpdateId + 1``, and from then on every push must start exactly at the previous
+``toVersion + 1``. Anything else is a gap: unsynced, and the connector re-fetches a snapshot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from google.protobuf.message import DecodeError
+
+from marketpipe.raw import RawRecord
+from marketpipe.records import Level, Side
+from streams.bridge import Delta, SnapshotBridgeProcessor
+from streams.parsers.base import Connection, FeedOutput, ParseError, json_object, levels
+from streams.parsers.mexc_pb import PushDataV3ApiWrapper
+
+INSTRUMENTS_PATH = "/api/v3/exchangeInfo"
+DEPTH_PATH = "/api/v3/depth"
+TAKER_SIDES: dict[int, Side] = {1: "buy", 2: "sell"}
+_decode_push = PushDataV3ApiWrapper.FromString
+
+
+def parse_instruments(body: bytes) -> dict[str, str]:
+    """exchangeInfo -> {"BTCUSDT": "BTC-USDT", ...} from baseAsset/quoteAsset."""
+    info = json_object(body, "mexc exchangeInfo response")
+    if "symbols" not in info:
+        raise ParseError(f"mexc exchangeInfo response has no 'symbols': {str(info)[:200]}")
+    return {item["symbol"]: f"{item['baseAsset']}-{item['quoteAsset']}" for item in info["symbols"]}
+
+
+def _levels(items: Any) -> list[Level]:
+    return [Level(float(item.price), float(item.quantity)) for item in items]
+
+
+class MexcProcessor(SnapshotBridgeProcessor):
+    exchange = "mexc"
+    instruments_path = INSTRUMENTS_PATH
+    instruments_parser = staticmethod(parse_instruments)
+    id_name = "version"
+
+    def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
+        data = raw.payload
+        if data[:1] == b"{":
+            self._control(json_object(data, "mexc control frame"))
+            return
+        if not data:
+            raise ParseError("empty mexc frame")
+        try:
+            push = _decode_push(data)
+        except DecodeError as exc:
+            raise ParseError(f"mexc frame is neither JSON nor a protobuf push: {exc}") from None
+        body = push.WhichOneof("body")
+        if body == "publicAggreDepths":
+            self._depth(conn, raw, push, out)
+        elif body == "publicAggreDeals":
+            self._deals(raw, push, out)
+        else:
+            raise ParseError(f"unsupported mexc push on channel {push.channel!r} (no depth or deals body)")
+
+    def _control(self, msg: dict[str, Any]) -> None:
+        reply = msg.get("msg")
+        if msg.get("code", 0) != 0 or not isinstance(reply, str) or "Not Subscribed" in reply:
+            raise ParseError(f"mexc request failed: {msg}")
+        if reply == "PONG":
+            self.counters.heartbeats += 1
+        else:
+            self.counters.acks += 1
+
+    @staticmethod
+    def _symbol(push: PushDataV3ApiWrapper) -> str:
+        if push.HasField("symbol"):
+            return push.symbol
+        return push.channel.rsplit("@", 1)[-1]
+
+    @staticmethod
+    def _ts(push: PushDataV3ApiWrapper, raw: RawRecord) -> int:
+        return push.sendTime * 1000 if push.HasField("sendTime") else raw.recv_ns // 1000
+
+    def _deals(self, raw: RawRecord, push: PushDataV3ApiWrapper, out: FeedOutput) -> None:
+        symbol = self._symbol(push)
+        same_ms = 0
+        previous = None
+        for deal in push.publicAggreDeals.deals:
+            # aggregated deals carry no id: the time plus the position among that ms's deals
+            same_ms = same_ms + 1 if deal.time == previous else 0
+            previous = deal.time
+            side = TAKER_SIDES.get(deal.tradeType, "unknown")
+            price, size = float(deal.price), float(deal.quantity)
+            self.trade(raw, out, symbol, f"{deal.time}-{same_ms}", price, size, side, deal.time * 1000)
+
+    # ---------------------------------------------------------------------------- book
+
+    def _depth(self, conn: Connection, raw: RawRecord, push: PushDataV3ApiWrapper, out: FeedOutput) -> None:
+        depths = push.publicAggreDepths
+        first, last = int(depths.fromVersion), int(depths.toVersion)
+        if last < first:
+            raise ParseError(f"mexc depth push versions run backwards: {first}..{last}")
+        delta = Delta(first, last, _levels(depths.bids), _levels(depths.asks), self._ts(push, raw), raw)
+        self.on_delta(conn, self._symbol(push), delta, out)
+
+    def on_rest(self, conn: Connection, raw: RawRecord, path: str, out: FeedOutput) -> None:
+        if not path.endswith(DEPTH_PATH):
+            super().on_rest(conn, raw, path, out)
+            return
+        symbols = parse_qs(urlsplit(raw.url or "").query).get("symbol")
+        if not symbols:
+            raise ParseError(f"mexc depth snapshot url {raw.url!r} names no symbol")
+        snapshot = json_object(raw.payload, "mexc depth snapshot")
+        if "lastUpdateId" not in snapshot:
+            raise ParseError(f"mexc depth snapshot has no lastUpdateId: {raw.text()[:200]}")
+        bids, asks = levels(snapshot["bids"]), levels(snapshot["asks"])
+        self.bridge(conn, symbols[0].upper(), raw, int(snapshot["lastUpdateId"]), bids, asks, out)

@@ -1,0 +1,104 @@
+"""Bitfinex end to end without Kafka: simulator -> connector -> capture -> processor, with faults.
+
+A dropped book frame shows as a hole in the connection's SEQ_ALL numbering (every book of the
+connection goes unsynced); a corrupted ``cs`` frame unsyncs one book. Each episode must give
+exactly one unsynced StatusEvent and one ControlRequest per book, and the connector's resync
+(unsubscribe by chanId + subscribe) must bring a snapshot that re-syncs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from producers_support import sim_settings, wait_until
+
+import simulator
+from marketpipe.config import ProducerSettings
+from marketpipe.raw import read_capture
+from producers.connectors.bitfinex import BitfinexConnector
+from producers.publisher import CaptureRawPublisher
+from streams.feed import FeedOutput
+from streams.parsers import processor_for
+
+SYMBOLS = ["BTC-USD", "ETH-USD"]
+
+
+async def _frames_grow(connector: BitfinexConnector, by: int) -> None:
+    start = connector.shards[0].stats.frames
+    await wait_until(lambda: connector.shards[0].stats.frames >= start + by, 20, f"{by} more frames")
+
+
+async def _until(check: Callable[[], bool], what: str) -> None:
+    await wait_until(check, 20, what)
+
+
+async def test_gap_and_checksum_faults_unsync_once_and_resync_restores(tmp_path: Path) -> None:
+    sim = await simulator.start_simulator(seed=5, exchanges=("bitfinex",), book_rate=30.0, trade_rate=5.0)
+    capture = tmp_path / "bitfinex.jsonl"
+    publisher = CaptureRawPublisher(capture)
+    connector = BitfinexConnector(
+        SYMBOLS, publisher, sim_settings(sim.urls(), "bitfinex"), ProducerSettings()
+    )
+    try:
+        await publisher.start()
+        await connector.start()
+        task = asyncio.create_task(connector.run())
+        try:
+            dialect = sim.venues["bitfinex"].dialects[0]
+            await _until(lambda: any(s.extra["flags"] for s in dialect.sessions), "conf applied")
+            await _frames_grow(connector, 100)
+            first_chans = dict(connector.book_channels)
+            assert set(first_chans) == {"tBTCUSD", "tETHUSD"}
+            assert sim.fault("bitfinex", "gap", "BTC-USD") == 1
+            await _frames_grow(connector, 60)
+            for symbol in SYMBOLS:  # a connection-wide gap: both books asked for a resync
+                assert await connector.request_resync(symbol)
+            await _until(lambda: connector.book_channels["tETHUSD"] != first_chans["tETHUSD"], "new chanIds")
+            await _frames_grow(connector, 60)
+            assert sim.fault("bitfinex", "checksum", "ETH-USD") == 1
+            await _frames_grow(connector, 60)
+            assert await connector.request_resync("ETH-USD")
+            await _frames_grow(connector, 100)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await connector.stop()
+            await publisher.close()
+    finally:
+        await sim.stop()
+
+    records = list(read_capture(capture))
+    sent = [r.payload for r in records if r.kind == "sent"]
+    assert sum(b'"unsubscribe"' in frame for frame in sent) == 3
+    assert b'"flags":196608' in sent[0], "conf before the subscribe frames"
+
+    processor = processor_for("bitfinex")
+    out = FeedOutput()
+    for raw in records:
+        processor.process(raw, out)
+    assert out.errors == []
+    counters = processor.counters
+    assert counters.sequence_gaps == 1 and counters.checksum_failures == 1
+    assert counters.crossed_books == 0 and counters.checksums_verified > 20
+    episodes = [(s.symbol, s.state, s.reason) for s in out.status if s.reason != "close"]
+    assert [e for e in episodes if e[0] == "BTC-USD"] == [
+        ("BTC-USD", "synced", "snapshot"),
+        ("BTC-USD", "unsynced", "gap"),
+        ("BTC-USD", "synced", "snapshot"),
+    ]
+    assert [e for e in episodes if e[0] == "ETH-USD"] == [
+        ("ETH-USD", "synced", "snapshot"),
+        ("ETH-USD", "unsynced", "gap"),
+        ("ETH-USD", "synced", "snapshot"),
+        ("ETH-USD", "unsynced", "checksum"),
+        ("ETH-USD", "synced", "snapshot"),
+    ]
+    assert [(c.symbol, c.reason) for c in out.control if c.reason != "close"] == [
+        ("BTC-USD", "gap"),
+        ("ETH-USD", "gap"),
+        ("ETH-USD", "checksum"),
+    ]
+    assert all(b.bid_price < b.ask_price for b in out.bbos)
+    assert counters.trades > 0 and processor.skipped_trades >= counters.trades  # every te has its tu

@@ -1,0 +1,212 @@
+"""Bitfinex WS v2 parser on the real 2021 frames (SEQ_ALL on, checksum flag off in that capture).
+
+The sample holds no ``subscribed`` event for the book/trade channels it has frames of (only two
+ticker ones) and no ``cs`` frame: the tests build the ``subscribed`` events naming those real
+chanIds, and test the checksum on a book loaded from the real snapshot against a CRC32 computed
+here from the documented string, plus the official client library's documented example string.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import pytest
+from feed_helpers import Feed, empty, published
+from samples import messages
+
+from streams.parsers.bitfinex import parse_instruments
+
+CONF_URL = "https://api-pub.bitfinex.com/v2/conf/pub:list:pair:exchange,pub:map:currency:sym"
+CONF = json.dumps([["BFTUSD", "BTCUSD", "BTCUST", "TESTBTC:TESTUSD"], [["UST", "USDt"], ["DSH", "DASH"]]])
+
+
+def subscribed(channel: str, chan_id: int, symbol: str = "tBFTUSD") -> str:
+    return json.dumps(
+        {"event": "subscribed", "channel": channel, "chanId": chan_id, "symbol": symbol, "pair": symbol[1:]}
+    )
+
+
+def connected(*channels: tuple[str, int]) -> Feed:
+    feed = Feed("bitfinex")
+    feed.open("wss://api-pub.bitfinex.com/ws/2", ["tBFTUSD"])
+    assert empty(feed.rest(CONF_URL, CONF))
+    for channel, chan_id in channels:
+        assert empty(feed.recv(subscribed(channel, chan_id)))
+    return feed
+
+
+def real_snapshot() -> str:
+    return messages("bitfinex.json", "book_snapshot")[0]
+
+
+def snapshot_chan() -> int:
+    chan: int = json.loads(real_snapshot())[0]
+    return chan
+
+
+def signed_crc(text: str) -> int:
+    value = zlib.crc32(text.encode())
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def test_instruments_split_by_the_documented_rule_and_map_currencies() -> None:
+    assert parse_instruments(CONF.encode()) == {
+        "tBFTUSD": "BFT-USD",
+        "tBTCUSD": "BTC-USD",
+        "tBTCUST": "BTC-USDT",
+        "tTESTBTC:TESTUSD": "TESTBTC-TESTUSD",
+    }
+
+
+@pytest.mark.parametrize("body", ['["error",10020,"symbol: invalid"]', '[["BTCUSDT1"]]', "{}", "[]"])
+def test_bad_instrument_responses_are_dead_lettered(body: str) -> None:
+    feed = Feed("bitfinex")
+    out = feed.rest(CONF_URL, body)
+    assert len(out.errors) == 1 and "bitfinex" in out.errors[0][1]
+
+
+def test_real_acks_are_understood() -> None:
+    feed = Feed("bitfinex")
+    out = feed.recv_all(messages("bitfinex.json", "ack"))
+    assert out.errors == []
+    assert feed.proc.counters.acks == 4
+
+
+def test_real_book_snapshot_field_by_field() -> None:
+    feed = connected(("book", snapshot_chan()))
+    out = feed.recv(real_snapshot())
+    assert out.errors == []
+    (book,) = out.books
+    rows = json.loads(real_snapshot())[1]
+    bids = [r for r in rows if r[2] > 0]
+    asks = [r for r in rows if r[2] < 0]
+    assert book.snapshot and book.symbol == "BFT-USD" and book.exchange_symbol == "tBFTUSD"
+    assert len(book.bids) == len(bids) == 96 and len(book.asks) == len(asks) == 100
+    assert (book.bids[0].price, book.bids[0].size) == (0.068965, 6098.17017201)
+    assert (book.asks[0].price, book.asks[0].size) == (0.0774, 6662.31867263)
+    assert book.bids[-1].price == 2e-8 and book.asks[-1].price == 0.29
+    assert [lv.price for lv in book.bids] == sorted((lv.price for lv in book.bids), reverse=True)
+    (bbo,) = out.bbos
+    assert (bbo.bid_price, bbo.ask_price, bbo.ask_size) == (0.068965, 0.0774, 6662.31867263)
+    assert [s.state for s in out.status] == ["synced"]
+
+
+def test_checksum_string_is_the_documented_interleaving_of_wire_text() -> None:
+    feed = connected(("book", snapshot_chan()))
+    feed.recv(real_snapshot())
+    rows = json.loads(real_snapshot(), parse_float=str, parse_int=str)[1]
+    bids = [r for r in rows if not r[2].startswith("-")][:25]
+    asks = [r for r in rows if r[2].startswith("-")][:25]
+    text = ":".join(f"{b[0]}:{b[2]}:{a[0]}:{a[2]}" for b, a in zip(bids, asks, strict=True))
+    assert text.startswith("0.068965:6098.17017201:0.0774:-6662.31867263:0.068961:5727.49883167:")
+    chan = snapshot_chan()
+    good = feed.recv(f'[{chan},"cs",{signed_crc(text)},543]')
+    assert good.errors == [] and good.status == [] and feed.proc.counters.checksums_verified == 1
+    bad = feed.recv(f'[{chan},"cs",{signed_crc(text) ^ 1},544]')
+    assert [s.reason for s in bad.status] == ["checksum"] and len(bad.control) == 1
+    assert feed.proc.counters.checksum_failures == 1
+
+
+def test_checksum_matches_the_official_client_example() -> None:
+    # bfx-api-node-models' documented example: bids 6000/1 5900/2, asks 6100/-3 6200/-4 (an
+    # exponent price is written positionally, e.g. 1.7e-8 -> 0.000000017)
+    feed = connected(("book", 7))
+    feed.recv("[7,[[6000,1,1],[1.7e-8,1,2],[6100,1,-3],[6200,1,-4]],1]")
+    expected = signed_crc("6000:1:6100:-3:0.000000017:2:6200:-4")
+    out = feed.recv(f'[7,"cs",{expected},2]')
+    assert out.errors == [] and out.status == [] and feed.proc.counters.checksums_verified == 1
+
+
+def test_real_updates_apply_and_a_missing_sequence_number_is_a_connection_gap() -> None:
+    updates = messages("bitfinex.json", "book_update")  # seq 28, 29, then 41 (frames in between not sampled)
+    chan = json.loads(updates[0])[0]
+    feed = connected(("book", chan))
+    snapshot = f"[{chan},[[0.001027,2,10],[0.0010273,1,-1],[0.0010275,1,-1]],27]"
+    assert published(feed.recv(snapshot))
+    first = feed.recv(updates[0])
+    assert (
+        first.errors == [] and first.books[0].asks[0].price == 0.0010273 and first.books[0].asks[0].size == 0
+    )
+    second = feed.recv(updates[1])
+    assert (second.books[0].asks[0].price, second.books[0].asks[0].size) == (0.0010272, 8.0)
+    assert second.bbos[-1].ask_price == 0.0010272
+    third = feed.recv(updates[2])
+    assert [s.reason for s in third.status] == ["gap"] and len(third.control) == 1
+    assert feed.proc.counters.sequence_gaps == 1 and not published(third)
+
+
+def test_real_heartbeats_of_two_channels_share_one_connection_sequence() -> None:
+    beats = messages("bitfinex.json", "heartbeat")  # chan 204928 seq 127, chan 205046 seq 128
+    feed = connected(("book", snapshot_chan()))
+    out = feed.recv_all(beats)
+    assert out.errors == [] and feed.proc.counters.heartbeats == 2
+    assert feed.proc.counters.sequence_gaps == 0
+    assert feed.recv(f'[{json.loads(beats[0])[0]},"hb",130]').status == [] and (
+        feed.proc.counters.sequence_gaps == 1
+    )
+
+
+def test_real_trade_snapshot_is_skipped_and_live_trades_count_once() -> None:
+    frame = messages("bitfinex.json", "trade")[0]
+    chan, rows, seq = json.loads(frame)
+    feed = connected(("trades", chan))
+    out = feed.recv(frame)
+    assert out.errors == [] and out.trades == []
+    assert feed.proc.skipped_trades == len(rows) == 30
+    # live frames rebuilt from the first two real rows (a buy, then a sell)
+    buy, sell = rows[0], rows[4]
+    te = feed.recv(json.dumps([chan, "te", buy, seq + 1]))
+    tu = feed.recv(json.dumps([chan, "tu", buy, seq + 2]))
+    te_sell = feed.recv(json.dumps([chan, "te", sell, seq + 3]))
+    assert tu.trades == [] and tu.errors == []
+    (trade,) = te.trades
+    assert (trade.trade_id, trade.price, trade.size, trade.side) == ("670086109", 282780.0, 0.018485, "buy")
+    assert trade.ts == 1618677372578_000 and trade.symbol == "BFT-USD"
+    assert (te_sell.trades[0].side, te_sell.trades[0].size) == ("sell", 0.00154)
+    assert feed.proc.counters.trades == 2 and feed.proc.counters.sequence_gaps == 0
+
+
+def test_update_before_snapshot_asks_for_one_resync() -> None:
+    feed = connected(("book", 5))
+    out = feed.recv("[5,[100.5,1,2],1]")
+    assert [s.reason for s in out.status] == ["gap"] and len(out.control) == 1
+    assert not published(feed.recv("[5,[100.5,1,3],2]"))
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        ('{"event":"error","msg":"symbol: invalid","code":10300}', "bitfinex error 10300"),
+        ("[999,[1,1,1],1]", "no subscribed event"),
+        ('[5,"xx",1]', "unsupported bitfinex channel message"),
+        ("[5,[1,1,1],1,2]", "4 elements"),
+        ("[5,[1,1,0],1]", "zero amount"),
+        ('[5,"hb","x"]', "not an integer"),
+        ('{"event":"conf","status":"FAIL","flags":65536}', "conf rejected"),
+        ('{"event":"nope"}', "unsupported bitfinex event"),
+        ("[5,[1,1", "invalid JSON"),
+        ('"x"', "neither an array nor an object"),
+    ],
+)
+def test_garbage_is_dead_lettered_with_a_reason(frame: str, reason: str) -> None:
+    feed = connected(("book", 5))
+    out = feed.recv(frame)
+    assert len(out.errors) == 1 and reason in out.errors[0][1], out.errors
+
+
+def test_maintenance_and_restart_notices_are_counted() -> None:
+    feed = connected()
+    out = feed.recv_all(['{"event":"info","code":20051,"msg":"Stopping. Please try to reconnect"}'] * 2)
+    assert out.errors == [] and feed.proc.counters.notices == 2
+
+
+def test_resubscribe_gives_a_new_chan_id_and_snapshot_that_resyncs() -> None:
+    feed = connected(("book", 5))
+    feed.recv("[5,[[100,1,2],[101,1,-2]],1]")
+    assert feed.recv("[5,[100,1,3],3]").status  # gap
+    assert feed.recv('{"event":"unsubscribed","status":"OK","chanId":5}').errors == []
+    feed.recv(subscribed("book", 6))
+    out = feed.recv("[6,[[99,1,2],[101,1,-2]],4]")
+    assert [s.state for s in out.status] == ["synced"] and out.books[0].bids[0].price == 99
+    assert feed.recv("[5,[100,1,3],5]").errors  # the old chanId is gone
