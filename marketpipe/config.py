@@ -24,9 +24,7 @@ from pydantic_settings import (
 )
 
 EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx", "bitfinex", "kucoin", "gateio", "htx", "mexc")
-"""every supported exchange"""
-DEFAULT_EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx")
-"""what runs when ``exchanges`` is not set"""
+"""every supported exchange (all run when ``exchanges`` is not set)"""
 DEFAULT_INTERVALS = ("1s", "1m", "5m", "15m", "1h", "4h", "1d")
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}$")
 _INTERVAL_RE = re.compile(r"^(\d+)([smhd])$")
@@ -170,7 +168,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".marketpipe")
     # NoDecode: comma-separated in the environment (MARKETPIPE_SYMBOLS=BTC-USDT,ETH-USDT)
-    exchanges: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_EXCHANGES))
+    exchanges: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(EXCHANGES))
     symbols: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["BTC-USDT", "ETH-USDT", "BTC-USD", "ETH-USD"]
     )

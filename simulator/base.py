@@ -22,8 +22,7 @@ from simulator.market import MarketParams, Step, SymbolMarket, SymbolSpec
 
 log = logging.getLogger(__name__)
 
-CORE_EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx")
-EXCHANGES = (*CORE_EXCHANGES, "bitfinex", "kucoin", "gateio", "htx", "mexc")
+EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx", "bitfinex", "kucoin", "gateio", "htx", "mexc")
 """every simulated exchange (one module each)"""
 DEFAULT_SYMBOLS = ("BTC-USDT", "ETH-USDT", "BTC-USD", "ETH-USD")
 FAULTS = ("gap", "checksum", "disconnect", "silent", "malformed", "snapshot")
@@ -41,7 +40,7 @@ class FaultError(ValueError):
 @dataclass(slots=True)
 class SimConfig:
     symbols: tuple[str, ...] = DEFAULT_SYMBOLS
-    exchanges: tuple[str, ...] = CORE_EXCHANGES
+    exchanges: tuple[str, ...] = EXCHANGES
     listings: dict[str, tuple[str, ...]] = field(default_factory=dict)  # explicit exchange -> symbols
     seed: int = 0
     book_rate: float = 10.0  # book steps per second per symbol

@@ -139,7 +139,6 @@ def _check_connection_contract(exchange: str, connector: Connector, items: list[
     subscribes = connector.subscribe_messages([symbol])
     sent = [r for r in records[2 : 2 + len(subscribes)]]
     assert [r.kind for r in sent] == ["sent"] * len(subscribes)
-    assert [r.payload.decode() for r in sent] == subscribes  # (Bitfinex's conf flags come first)
     assert any(symbol.lower() in r.payload.decode().lower() for r in sent)
     assert any(r.kind == "recv" for r in records)
 

@@ -1,0 +1,132 @@
+"""Gate.io v4 spot: ``{"time","channel","event","result"}`` frames on ``spot.trades`` and
+``spot.order_book_update``, subscribe acks, ``spot.pong`` and ``"error"`` replies.
+
+Book sync is the documented REST bridge (streams/bridge.py, verified on the 2021 capture):
+updates are buffered until a ``GET /api/v4/spot/order_book?...&with_id=true`` snapshot (a
+``rest`` record on the same connection) arrives; buffered updates with ``u <= id`` are dropped,
+the first applied one must straddle ``id+1`` (``U <= id+1 <= u``) and every later one must
+continue exactly (``U == previous u + 1``). Sizes are absolute; ``"0"`` deletes the level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from marketpipe.raw import RawRecord
+from marketpipe.records import Side
+from streams.bridge import Delta, SnapshotBridgeProcessor
+from streams.parsers.base import (
+    Connection,
+    FeedOutput,
+    ParseError,
+    decode_json,
+    json_object,
+    levels,
+    ms_to_us,
+)
+
+INSTRUMENTS_PATH = "/api/v4/spot/currency_pairs"
+ORDER_BOOK_PATH = "/api/v4/spot/order_book"
+TAKER_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
+ACK_EVENTS = frozenset({"subscribe", "unsubscribe"})
+
+
+def parse_instruments(body: bytes) -> dict[str, str]:
+    """currency_pairs (a list) or currency_pairs/{pair} (one object) -> {"BTC_USDT": "BTC-USDT"}
+    from the ``base``/``quote`` fields."""
+    found = decode_json(body)
+    if isinstance(found, dict):
+        if "label" in found:  # {"label":"INVALID_CURRENCY_PAIR","message":...}
+            raise ParseError(f"gateio currency_pairs error {found['label']}: {found.get('message')!r}")
+        found = [found]
+    elif not isinstance(found, list):
+        raise ParseError("gateio currency_pairs response is neither a list nor an object")
+    return {item["id"]: f"{item['base']}-{item['quote']}" for item in found}
+
+
+def create_time_ms_to_us(text: str) -> int:
+    """``"1619093543708.2642"`` (milliseconds with a decimal fraction, as text) -> µs."""
+    millis, _, fraction = text.partition(".")
+    return int(millis) * 1000 + (int((fraction + "000")[:3]) if fraction else 0)
+
+
+class GateioProcessor(SnapshotBridgeProcessor):
+    exchange = "gateio"
+    instruments_path = INSTRUMENTS_PATH
+    instruments_parser = staticmethod(parse_instruments)
+    strict_chain = True  # U == previous u + 1 after the first update
+    id_name = "order book id"
+
+    def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
+        msg = json_object(raw.data, "gateio frame")
+        channel = msg.get("channel")
+        if msg.get("event") == "update":
+            result = msg["result"]
+            if channel == "spot.order_book_update":
+                self._update(conn, raw, result, out)
+            elif channel == "spot.trades":
+                self._trade(raw, result, out)
+            else:
+                raise ParseError(f"unsupported gateio channel {channel!r}")
+            return
+        self._control_frame(channel, msg)
+
+    def _control_frame(self, channel: object, msg: dict[str, Any]) -> None:
+        error = msg.get("error")
+        event = msg.get("event")
+        if error:
+            detail = f"{error.get('code')}: {error.get('message')!r}" if isinstance(error, dict) else error
+            raise ParseError(f"gateio {channel} {event} error {detail}")
+        if channel == "spot.pong":
+            self.counters.heartbeats += 1
+        elif event in ACK_EVENTS:
+            result = msg.get("result")
+            status = result.get("status") if isinstance(result, dict) else None
+            if status != "success":
+                raise ParseError(f"gateio {channel} {event} not successful: {str(result)[:200]}")
+            self.counters.acks += 1
+        else:
+            raise ParseError(f"unrecognised gateio frame: channel {channel!r}, event {event!r}")
+
+    def _trade(self, raw: RawRecord, result: dict[str, Any], out: FeedOutput) -> None:
+        side = TAKER_SIDES.get(result["side"], "unknown")
+        price, size = float(result["price"]), float(result["amount"])
+        ts = create_time_ms_to_us(result["create_time_ms"])
+        self.trade(raw, out, result["currency_pair"], str(result["id"]), price, size, side, ts)
+
+    # ---------------------------------------------------------------------------- book
+
+    def _update(self, conn: Connection, raw: RawRecord, result: dict[str, Any], out: FeedOutput) -> None:
+        bids, asks = levels(result["b"]), levels(result["a"])
+        delta = Delta(int(result["U"]), int(result["u"]), bids, asks, ms_to_us(result["t"]), raw)
+        self.on_delta(conn, result["s"], delta, out)
+
+    def on_rest(self, conn: Connection, raw: RawRecord, path: str, out: FeedOutput) -> None:
+        if INSTRUMENTS_PATH + "/" in path:
+            self._pair_metadata(raw)
+            return
+        if not path.endswith(ORDER_BOOK_PATH):
+            super().on_rest(conn, raw, path, out)
+            return
+        pairs = parse_qs(urlsplit(raw.url or "").query).get("currency_pair")
+        if not pairs:
+            raise ParseError(f"gateio order_book url {raw.url!r} names no currency_pair")
+        snapshot = json_object(raw.payload, "gateio order_book snapshot")
+        if "id" not in snapshot:
+            raise ParseError(f"gateio order_book snapshot has no id (with_id=true?): {raw.text()[:200]}")
+        stamp = snapshot.get("update") or snapshot.get("current")
+        ts = ms_to_us(stamp) if stamp else raw.recv_ns // 1000
+        bids, asks = levels(snapshot["bids"]), levels(snapshot["asks"])
+        self.bridge(conn, pairs[0], raw, int(snapshot["id"]), bids, asks, out, ts)
+
+    def _pair_metadata(self, raw: RawRecord) -> None:
+        """``/api/v4/spot/currency_pairs/{pair}``: one pair's metadata (the per-connection request)."""
+        try:
+            self.instruments.update(parse_instruments(raw.payload))
+        except ParseError:
+            raise
+        except Exception as exc:
+            raise ParseError(
+                f"gateio instrument metadata from {raw.url!r} unreadable: {type(exc).__name__}: {exc}"
+            ) from exc

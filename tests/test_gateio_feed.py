@@ -1,0 +1,253 @@
+"""Gate.io end to end without Kafka: simulator -> GateioConnector -> capture publisher ->
+GateioProcessor (fed live, record by record), with injected faults.
+
+Each episode must give exactly one unsynced StatusEvent and one ControlRequest(resync); the
+connector's resync (a fresh REST order_book snapshot) must re-sync the book; nothing is
+published for the book in between; and the book rebuilt from the published changes is never
+crossed and ends where the processor's book ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from producers_support import sim_settings, wait_until
+from websockets.asyncio.client import connect
+
+import simulator
+from marketpipe.config import ProducerSettings
+from marketpipe.raw import RawRecord, read_capture
+from marketpipe.records import BookChange, ControlRequest, StatusEvent
+from producers.connectors.gateio import GateioConnector
+from producers.publisher import CaptureRawPublisher
+from simulator.gateio import GateioDialect
+from streams.book import OrderBook
+from streams.feed import FeedOutput
+from streams.parsers.gateio import GateioProcessor
+
+SYMBOLS = ["BTC-USDT", "ETH-USDT"]
+Event = StatusEvent | ControlRequest | BookChange
+
+
+@dataclass
+class Timeline:
+    """Everything the processor emitted, in the order of the records that caused it."""
+
+    events: list[Event] = field(default_factory=list)
+    errors: list[tuple[RawRecord, str]] = field(default_factory=list)
+    bbos_crossed: int = 0
+
+    def add(self, out: FeedOutput) -> None:
+        self.events.extend(out.status)
+        self.events.extend(out.control)
+        self.events.extend(out.books)
+        self.errors.extend(out.errors)
+        self.bbos_crossed += sum(bbo.bid_price >= bbo.ask_price for bbo in out.bbos)
+
+    def of(self, symbol: str) -> list[Event]:
+        return [e for e in self.events if e.symbol == symbol]
+
+    def statuses(self, symbol: str) -> list[tuple[str, str]]:
+        return [(e.state, e.reason) for e in self.of(symbol) if isinstance(e, StatusEvent)]
+
+    def controls(self, symbol: str) -> list[ControlRequest]:
+        return [e for e in self.of(symbol) if isinstance(e, ControlRequest)]
+
+
+class LivePublisher(CaptureRawPublisher):
+    """Writes the capture and runs the processor on every record as it is published."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.processor = GateioProcessor()
+        self.timeline = Timeline()
+
+    def publish(self, record: RawRecord) -> bool:
+        ok = super().publish(record)
+        out = FeedOutput()
+        self.processor.process(record, out)
+        self.timeline.add(out)
+        return ok
+
+
+@dataclass
+class Rig:
+    sim: simulator.Simulator
+    connector: GateioConnector
+    publisher: LivePublisher
+
+    @property
+    def timeline(self) -> Timeline:
+        return self.publisher.timeline
+
+    async def wait_status(self, symbol: str, count: int, what: str) -> None:
+        await wait_until(lambda: len(self.timeline.statuses(symbol)) >= count, 20, what)
+
+    async def wait_books(self, symbol: str, more: int) -> None:
+        start = sum(isinstance(e, BookChange) for e in self.timeline.of(symbol))
+        await wait_until(
+            lambda: sum(isinstance(e, BookChange) for e in self.timeline.of(symbol)) >= start + more,
+            20,
+            f"{more} more book changes for {symbol}",
+        )
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    sim = await simulator.start_simulator(seed=5, exchanges=("gateio",), book_rate=40.0, trade_rate=5.0)
+    publisher = LivePublisher(tmp_path / "gateio.jsonl")
+    settings = sim_settings(sim.urls(), "gateio")
+    connector = GateioConnector(SYMBOLS, publisher, settings, ProducerSettings(backoff_initial_s=0.05))
+    await publisher.start()
+    await connector.start()
+    task = asyncio.create_task(connector.run())
+    running = Rig(sim, connector, publisher)
+    try:
+        for symbol in SYMBOLS:
+            await running.wait_status(symbol, 1, f"{symbol} synced")
+        yield running
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await connector.stop()
+        await publisher.close()
+        await sim.stop()
+    _check_replay(publisher)
+
+
+def _check_replay(publisher: LivePublisher) -> None:
+    """Replaying the capture gives the same output; the book rebuilt from the published changes
+    is never crossed and shows every BBO the processor published."""
+    replayed = Timeline()
+    processor = GateioProcessor()
+    books: dict[tuple[str, str], OrderBook] = {}
+    compared = 0
+    for raw in read_capture(publisher.path):
+        out = FeedOutput()
+        processor.process(raw, out)
+        replayed.add(out)
+        for change in out.books:
+            book = books.setdefault((change.conn, change.symbol), OrderBook())
+            if change.snapshot:
+                book.clear()
+            book.bids.apply(change.bids)
+            book.asks.apply(change.asks)
+            assert not book.is_crossed(), change
+        for bbo in out.bbos:
+            book = books[(raw.conn, bbo.symbol)]
+            assert book.bbo() == (bbo.bid_price, bbo.bid_size, bbo.ask_price, bbo.ask_size)
+            compared += 1
+    assert compared > 0
+    assert [type(e).__name__ for e in replayed.events] == [
+        type(e).__name__ for e in publisher.timeline.events
+    ]
+    assert replayed.bbos_crossed == 0
+
+
+def _published_between(events: list[Event], symbol: str, start: int, end: int) -> list[BookChange]:
+    return [e for e in events[start:end] if isinstance(e, BookChange) and e.symbol == symbol]
+
+
+async def test_gap_gives_one_episode_and_the_connector_resync_resyncs(rig: Rig) -> None:
+    await rig.wait_books("BTC-USDT", 5)
+    assert rig.sim.fault("gateio", "gap", "BTC-USDT") == 1
+    await rig.wait_status("BTC-USDT", 2, "the gap")
+    assert rig.timeline.statuses("BTC-USDT")[1] == ("unsynced", "gap")
+    await asyncio.sleep(0.5)  # more updates arrive while unsynced: still one episode
+    assert len(rig.timeline.controls("BTC-USDT")) == 1
+    unsynced_at = next(
+        i
+        for i, e in enumerate(rig.timeline.events)
+        if isinstance(e, StatusEvent) and e.symbol == "BTC-USDT" and e.state == "unsynced"
+    )
+
+    assert await rig.connector.request_resync("BTC-USDT")
+    await rig.wait_status("BTC-USDT", 3, "re-synced")
+    await rig.wait_books("BTC-USDT", 5)
+
+    timeline = rig.timeline
+    assert timeline.statuses("BTC-USDT") == [
+        ("synced", "snapshot"),
+        ("unsynced", "gap"),
+        ("synced", "snapshot"),
+    ]
+    (control,) = timeline.controls("BTC-USDT")
+    assert (control.action, control.reason, control.exchange_symbol) == ("resync", "gap", "BTC_USDT")
+    resynced_at = next(
+        i
+        for i, e in enumerate(timeline.events)
+        if i > unsynced_at and isinstance(e, BookChange) and e.symbol == "BTC-USDT"
+    )
+    first_after = timeline.events[resynced_at]
+    assert isinstance(first_after, BookChange) and first_after.snapshot  # the fresh snapshot comes first
+    assert not _published_between(timeline.events, "BTC-USDT", unsynced_at, resynced_at)
+    assert timeline.statuses("ETH-USDT") == [("synced", "snapshot")]  # the other book is untouched
+    assert rig.publisher.processor.counters.sequence_gaps == 1
+    assert not timeline.errors and timeline.bbos_crossed == 0
+
+
+async def test_disconnect_unsyncs_on_close_and_the_new_connection_syncs(rig: Rig) -> None:
+    first = rig.connector.shards[0].current
+    assert first is not None
+    assert rig.sim.fault("gateio", "disconnect") == 1
+    for symbol in SYMBOLS:
+        await rig.wait_status(symbol, 3, f"{symbol} re-synced on the new connection")
+        assert rig.timeline.statuses(symbol) == [
+            ("synced", "snapshot"),
+            ("unsynced", "close"),
+            ("synced", "snapshot"),
+        ]
+        assert len(rig.timeline.controls(symbol)) == 1
+    current = rig.connector.shards[0].current
+    assert current is not None and current.id != first.id
+    assert not rig.timeline.errors
+
+
+async def test_malformed_frame_is_a_dead_letter_and_the_book_stays_synced(rig: Rig) -> None:
+    assert rig.sim.fault("gateio", "malformed") == 1
+    await wait_until(lambda: bool(rig.timeline.errors), 10, "the dead letter")
+    ((raw, reason),) = rig.timeline.errors
+    assert "invalid JSON" in reason and raw.kind == "recv"
+    await rig.wait_books("BTC-USDT", 3)
+    assert rig.timeline.statuses("BTC-USDT") == [("synced", "snapshot")]
+
+
+async def test_faults_gateio_does_not_have_are_refused(rig: Rig) -> None:
+    for fault in ("checksum", "snapshot"):
+        with pytest.raises(simulator.FaultError):
+            rig.sim.fault("gateio", fault)
+
+
+async def test_simulator_protocol_ping_errors_and_idle_drop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the connector relies on: spot.pong answers, error replies the parser dead-letters
+    with the reason, and a client that never pings is dropped."""
+    monkeypatch.setattr(GateioDialect, "client_idle_timeout_s", 0.6)
+    sim = await simulator.start_simulator(seed=1, exchanges=("gateio",))
+    ws_base, _ = sim.urls()["gateio"]
+    processor = GateioProcessor()
+    out = FeedOutput()
+    try:
+        async with connect(f"{ws_base}/ws/v4/") as ws:
+            await ws.send('{"time":1,"channel":"spot.ping"}')
+            pong = await ws.recv(decode=False)
+            await ws.send('{"time":1,"channel":"spot.trades","event":"subscribe","payload":["NOPE_USDT"]}')
+            refused = await ws.recv(decode=False)
+            await ws.send(
+                '{"time":1,"channel":"spot.order_book_update","event":"subscribe","payload":["BTC_USDT"]}'
+            )
+            malformed = await ws.recv(decode=False)
+            for seq, data in enumerate((pong, refused, malformed)):
+                processor.process(RawRecord("gateio", "c", seq, "recv", 1, data), out)
+            assert processor.counters.heartbeats == 1
+            reasons = [reason for _, reason in out.errors]
+            assert "spot.trades subscribe error 2" in reasons[0] and "NOPE_USDT" in reasons[0]
+            assert "expected [currency_pair, interval]" in reasons[1]
+            started = asyncio.get_running_loop().time()
+            await asyncio.wait_for(ws.wait_closed(), 5)  # silent from now on: dropped
+            assert asyncio.get_running_loop().time() - started >= 0.3
+    finally:
+        await sim.stop()
