@@ -374,7 +374,7 @@ class Connection:
         publish = self._publisher.publish
         exchange, conn, stats = self.exchange, self.id, self._stats
         inspect = self.connector.planned_reconnect_reason
-        reply_to = self.connector.reply_to
+        watch = self.connector.on_frame
         first_frame = self.first_frame
         try:
             while True:
@@ -394,7 +394,7 @@ class Connection:
                 reason = inspect(data)
                 if reason is not None:
                     self._plan(reason)
-                reply = reply_to(data)
+                reply = watch(data)
                 if reply is not None:
                     await self.send(reply)
         except ConnectionClosed as exc:
@@ -672,8 +672,10 @@ class Connector:
         """Cheap per-frame check for a server notice that asks us to reconnect."""
         return None
 
-    def reply_to(self, data: bytes) -> str | None:
-        """Cheap per-frame check for a server frame that needs an answer (HTX's ``{"ping":n}``)."""
+    def on_frame(self, data: bytes) -> str | None:
+        """A cheap look at every received frame: returns a frame to send in answer (HTX's
+        ``{"ping":n}``), else None. Connectors may also note what they need from it (KuCoin's
+        subscribe acks, Bitfinex's book chanIds); it must never block or raise."""
         return None
 
     async def on_subscribed(self, conn: Connection) -> None:

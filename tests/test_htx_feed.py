@@ -236,7 +236,7 @@ async def test_faults_htx_does_not_have_are_refused(rig: Rig) -> None:
 
 
 class SilentConnector(HtxConnector):
-    def reply_to(self, data: bytes) -> str | None:
+    def on_frame(self, data: bytes) -> str | None:
         return None
 
 
@@ -259,10 +259,10 @@ async def test_unanswered_pings_get_the_connection_closed(tmp_path: Path) -> Non
     assert b"no pong" in closes[0].payload
 
 
-def test_reply_to_answers_gzip_pings_only() -> None:
+def test_on_frame_answers_gzip_pings_only() -> None:
     connector = HtxConnector(["BTC-USDT"], CaptureRawPublisher(Path("/dev/null")))
-    assert connector.reply_to(gzip.compress(b'{"ping":1618678073643}')) == '{"pong":1618678073643}'
-    assert connector.reply_to(gzip.compress(b'{"ch":"x","ts":1}')) is None
-    assert connector.reply_to(gzip.compress(b'{"ping":"x"}')) is None
-    assert connector.reply_to(b"\x1f\x8b garbage") is None
-    assert connector.reply_to(gzip.compress(b'{"ping":1}' + b" " * 200)) is None  # too long to be a ping
+    assert connector.on_frame(gzip.compress(b'{"ping":1618678073643}')) == '{"pong":1618678073643}'
+    assert connector.on_frame(gzip.compress(b'{"ch":"x","ts":1}')) is None
+    assert connector.on_frame(gzip.compress(b'{"ping":"x"}')) is None
+    assert connector.on_frame(b"\x1f\x8b garbage") is None
+    assert connector.on_frame(gzip.compress(b'{"ping":1}' + b" " * 200)) is None  # too long to be a ping

@@ -90,7 +90,7 @@ class BitfinexConnector(Connector):
             return None
         return next((reason for code, reason in RECONNECT_CODES.items() if code in data), None)
 
-    def reply_to(self, data: bytes) -> str | None:
+    def on_frame(self, data: bytes) -> str | None:
         """Nothing to answer (the server heartbeats); learns book chanIds from ``subscribed``."""
         if data[:21] == _SUBSCRIBED:
             reply = orjson.loads(data)

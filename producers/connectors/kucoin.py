@@ -98,7 +98,7 @@ class KucoinConnector(Connector):
     def ping_message(self) -> str:
         return orjson.dumps({"id": str(next(self._ids)), "type": "ping"}).decode()
 
-    def reply_to(self, data: bytes) -> str | None:
+    def on_frame(self, data: bytes) -> str | None:
         # Nothing to answer; this per-frame hook notes the level2 subscribe acks, after which
         # a REST snapshot is guaranteed to be no older than the first update it must bridge.
         if len(data) < 96 and b'"ack"' in data:
