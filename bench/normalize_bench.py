@@ -11,6 +11,11 @@ Scenarios (frames generated up front, then timed through ``FeedProcessor.process
   frame), as OKX sent before the deprecation;
 - bybit-book: orderbook.200 deltas;
 - trades: aggTrade / publicTrade / market_trades / trades frames of 1-3 trades.
+
+    python -m bench.normalize_bench --capture FILE [--capture FILE ...]
+
+times the records of capture files instead (``marketpipe capture``, against an exchange or the
+simulator), one scenario per exchange: any exchange, binary frames (HTX, MEXC) included.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 
-from marketpipe.raw import RawRecord
+from marketpipe.raw import RawRecord, read_capture
 from streams.book import OrderBook
 from streams.feed import FeedOutput, FeedProcessor
 from streams.parsers import processor_for
@@ -293,14 +298,17 @@ def _latencies(records: list[RawRecord]) -> list[int]:
 
 def run(name: str, frames: list[tuple[str, Frame]]) -> None:
     """Throughput from an untimed-per-frame pass; latency percentiles from a second, fresh pass."""
-    records = _records(frames)
+    size = sum(len(data) for _, (_, data, _) in frames) / len(frames)
+    run_records(name, _records(frames), size)
+
+
+def run_records(name: str, records: list[RawRecord], size: float) -> None:
     rate, processors = _throughput(records)
     latencies = _latencies(records)
     errors = sum(p.counters.parse_errors for p in processors.values())
     gaps = sum(p.counters.sequence_gaps + p.counters.checksum_failures for p in processors.values())
     verified = sum(p.counters.checksums_verified for p in processors.values())
     p50, p99 = latencies[len(latencies) // 2] / 1000, latencies[int(len(latencies) * 0.99)] / 1000
-    size = sum(len(data) for _, (_, data, _) in frames) / len(frames)
     print(
         f"{name:<14} {len(records):>8} frames  {rate:>10,.0f} frames/s  "
         f"p50 {p50:7.1f} µs  p99 {p99:7.1f} µs  avg {size:6.0f} B/frame  "
@@ -317,7 +325,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=50_000, help="frames per scenario")
     parser.add_argument("--levels", type=int, default=400, help="levels per side in the busy books")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--capture", action="append", default=[], help="time a capture file's records")
     args = parser.parse_args(argv)
+    if args.capture:
+        run_captures(args.capture)
+        return
     seed, frames, levels = args.seed, args.frames, args.levels
 
     def tagged(exchange: str, found: Iterator[Frame]) -> list[tuple[str, Frame]]:
@@ -336,6 +348,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"normalisation benchmark: {args.frames} frames per scenario, {args.levels} levels a side")
     for name, build in scenarios:
         run(name, build())
+
+
+def run_captures(paths: list[str]) -> None:
+    by_exchange: dict[str, list[RawRecord]] = {}
+    for path in paths:
+        for raw in read_capture(path):
+            by_exchange.setdefault(raw.exchange, []).append(raw)
+    print(f"normalisation benchmark: {', '.join(paths)}")
+    for exchange, records in sorted(by_exchange.items()):
+        size = sum(len(raw.payload) for raw in records) / len(records)
+        run_records(f"{exchange}-capture", records, size)
 
 
 if __name__ == "__main__":
