@@ -787,3 +787,28 @@ class Connector:
         shard, exchange_symbol = found
         log_event(log, logging.INFO, "resync", exchange=self.exchange, symbol=exchange_symbol, conn=conn_id)
         return await shard.resync(exchange_symbol, conn_id)
+
+
+class RestSnapshotConnector(Connector):
+    """A connector whose books sync from REST depth snapshots (the parser bridges the buffered
+    updates to them, streams/bridge.py): one per symbol once the subscribed updates flow, and a
+    fresh one on each resync."""
+
+    snapshot_wait_s: ClassVar[float] = 5.0
+
+    def depth_url(self, exchange_symbol: str) -> str:
+        raise NotImplementedError
+
+    async def updates_flowing(self, conn: Connection) -> None:
+        """Wait until the book updates flow, so a snapshot taken now is bridged by a buffered one."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(conn.first_frame.wait(), self.snapshot_wait_s)
+
+    async def on_subscribed(self, conn: Connection) -> None:
+        await self.updates_flowing(conn)
+        for symbol in conn.symbols:
+            if not await conn.fetch_rest(self.depth_url(symbol)):
+                return
+
+    async def resync(self, conn: Connection, symbol: str) -> None:
+        await conn.fetch_rest(self.depth_url(symbol))

@@ -104,6 +104,14 @@ class Decimals:
         return text
 
 
+def trimmed_texts(feed: Feed) -> tuple[dict[str, Decimals], dict[str, Decimals]]:
+    """Price and size texts per market at its own precision, trailing zeros trimmed (the shape
+    most exchanges send)."""
+    price = {s: Decimals(m.spec.price_decimals, m.spec.price_decimals, True) for s, m in feed.markets.items()}
+    size = {s: Decimals(m.spec.qty_decimals, m.spec.qty_decimals, True) for s, m in feed.markets.items()}
+    return price, size
+
+
 def dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
@@ -124,6 +132,20 @@ def iso_trimmed(ns: int, digits: int) -> str:
 
 def crc32(text: str) -> int:
     return zlib.crc32(text.encode())
+
+
+def interleaved_crc32(bids: list[tuple[str, str]], asks: list[tuple[str, str]], depth: int = 25) -> int:
+    """``bid1px:bid1sz:ask1px:ask1sz:...`` over the top ``depth`` as a signed int32 CRC32 (the
+    OKX and Bitfinex book checksums; each exchange formats its own level texts)."""
+    bids, asks = bids[:depth], asks[:depth]
+    parts: list[str] = []
+    for i in range(max(len(bids), len(asks))):
+        if i < len(bids):
+            parts.extend(bids[i])
+        if i < len(asks):
+            parts.extend(asks[i])
+    value = zlib.crc32(":".join(parts).encode())
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 # -- frames and sessions ---------------------------------------------------------------
@@ -214,10 +236,10 @@ class Session:
             text = f"{frame.head}{self.next_seq}{text}"
             self.next_seq += 1
         if self.armed and frame.symbol is not None:
-            if frame.kind == "book" and frame.gap_ok and self._take("gap", frame.symbol):
+            if frame.kind == "book" and frame.gap_ok and self.take_fault("gap", frame.symbol):
                 stats["frames_dropped"] += 1
                 return
-            if frame.checksum_token and isinstance(text, str) and self._take("checksum", frame.symbol):
+            if frame.checksum_token and isinstance(text, str) and self.take_fault("checksum", frame.symbol):
                 text = text.replace(frame.checksum_token, corrupt_token(frame.checksum_token), 1)
         self.send_text(text)
 
@@ -247,7 +269,8 @@ class Session:
         sample = self.last_frame or '{"event":"malformed"}'
         self.send_text(sample[: max(1, len(sample) // 2)])
 
-    def _take(self, fault: str, symbol: str) -> bool:
+    def take_fault(self, fault: str, symbol: str) -> bool:
+        """Consume a fault armed for ``symbol`` (or for any symbol) on this session."""
         symbols = self.armed.get(fault)
         if not symbols:
             return False

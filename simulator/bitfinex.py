@@ -15,7 +15,18 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from simulator.base import Decimals, Dialect, Feed, Frame, Session, SimConfig, SubKey, Venue, dumps
+from simulator.base import (
+    Dialect,
+    Feed,
+    Frame,
+    Session,
+    SimConfig,
+    SubKey,
+    Venue,
+    dumps,
+    interleaved_crc32,
+    trimmed_texts,
+)
 from simulator.market import Step, SymbolMarket
 
 SEQ_ALL = 65536
@@ -30,18 +41,6 @@ def pair_of(symbol: str) -> str:
     return base + quote if len(base) == 3 and len(quote) == 3 else f"{base}:{quote}"
 
 
-def checksum(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> int:
-    """bidPrice:bidAmount:askPrice:askAmount:... over the top 25 (ask amounts negative), signed."""
-    parts: list[str] = []
-    for i in range(max(len(bids[:25]), len(asks[:25]))):
-        if i < len(bids):
-            parts.extend(bids[i])
-        if i < len(asks):
-            parts.extend(asks[i])
-    value = zlib.crc32(":".join(parts).encode())
-    return value - (1 << 32) if value >= 1 << 31 else value
-
-
 class BitfinexDialect(Dialect):
     exchange = "bitfinex"
     name = "bitfinex"
@@ -50,12 +49,7 @@ class BitfinexDialect(Dialect):
 
     def __init__(self, feed: Feed) -> None:
         super().__init__(feed)
-        self.price = {
-            s: Decimals(m.spec.price_decimals, m.spec.price_decimals, True) for s, m in feed.markets.items()
-        }
-        self.size = {
-            s: Decimals(m.spec.qty_decimals, m.spec.qty_decimals, True) for s, m in feed.markets.items()
-        }
+        self.price, self.size = trimmed_texts(feed)
         self.by_symbol = {f"t{pair_of(s)}": s for s in feed.markets}
         self.next_chan = 17_000 + zlib.crc32(str(feed.config.seed).encode()) % 100_000
 
@@ -166,7 +160,7 @@ class BitfinexDialect(Dialect):
         price, size = self.price[symbol], self.size[symbol]
         bids = [(price(p), size(q)) for p, q in market.bids.top(25)]
         asks = [(price(p), "-" + size(q)) for p, q in market.asks.top(25)]
-        return checksum(bids, asks)
+        return interleaved_crc32(bids, asks)
 
     def publish(self, market: SymbolMarket, step: Step, ts_ns: int) -> None:
         symbol = market.spec.symbol
@@ -199,22 +193,8 @@ class BitfinexDialect(Dialect):
             if session.extra["flags"] & OB_CHECKSUM:
                 if crc is None:
                     crc = self._checksum(market)
-                bad = _take_fault(session, "checksum", symbol)
+                bad = session.take_fault("checksum", symbol)
                 self._send(session, key, f'"cs",{crc ^ 1 if bad else crc}', "checksum", symbol)
-
-
-def _take_fault(session: Session, fault: str, symbol: str) -> bool:
-    """Consume an armed fault for ``symbol`` (or for any symbol) on this session."""
-    symbols = session.armed.get(fault)
-    if not symbols:
-        return False
-    for key in (symbol, None):
-        if key in symbols:
-            symbols.discard(key)
-            if not symbols:
-                del session.armed[fault]
-            return True
-    return False
 
 
 def _rest(dialect: BitfinexDialect) -> list[tuple[str, Any]]:

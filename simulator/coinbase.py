@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from simulator.base import Decimals, Dialect, Feed, Frame, Session, SimConfig, Venue, dumps, iso_trimmed
+from simulator.base import Dialect, Feed, Frame, Session, SimConfig, Venue, dumps, iso_trimmed, trimmed_texts
 from simulator.market import Step, SymbolMarket, Trade
 
 _CHANNELS = ("level2", "market_trades", "heartbeats")
@@ -32,12 +32,7 @@ class CoinbaseDialect(Dialect):
 
     def __init__(self, feed: Feed) -> None:
         super().__init__(feed)
-        self.price = {
-            s: Decimals(m.spec.price_decimals, m.spec.price_decimals, True) for s, m in feed.markets.items()
-        }
-        self.size = {
-            s: Decimals(m.spec.qty_decimals, m.spec.qty_decimals, True) for s, m in feed.markets.items()
-        }
+        self.price, self.size = trimmed_texts(feed)
 
     # -- requests -------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from simulator.base import Decimals, Dialect, Feed, Frame, Session, SimConfig, SubKey, Venue, dumps
+from simulator.base import Dialect, Feed, Frame, Session, SimConfig, SubKey, Venue, dumps, trimmed_texts
 from simulator.market import Step, SymbolMarket, Trade
 
 BOOK = "spot.order_book_update"
@@ -34,12 +34,7 @@ class GateioDialect(Dialect):
         super().__init__(feed)
         self.native = {s.replace("-", "_"): s for s in feed.markets}
         self.wire = {s: s.replace("-", "_") for s in feed.markets}
-        self.price = {
-            s: Decimals(m.spec.price_decimals, m.spec.price_decimals, True) for s, m in feed.markets.items()
-        }
-        self.size = {
-            s: Decimals(m.spec.qty_decimals, m.spec.qty_decimals, True) for s, m in feed.markets.items()
-        }
+        self.price, self.size = trimmed_texts(feed)
 
     # -- requests -------------------------------------------------------------------------
 

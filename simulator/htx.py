@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from simulator.base import Decimals, Dialect, Feed, Frame, Session, SimConfig, SubKey, Venue, dumps
+from simulator.base import Dialect, Feed, Frame, Session, SimConfig, SubKey, Venue, dumps, trimmed_texts
 from simulator.market import Step, SymbolMarket
 
 MBP_LEVELS = (5, 20, 150, 400)
@@ -48,12 +48,7 @@ class HtxDialect(Dialect):
         super().__init__(feed)
         self.wire = {s: s.replace("-", "").lower() for s in feed.markets}
         self.native = {w: s for s, w in self.wire.items()}
-        self.price = {
-            s: Decimals(m.spec.price_decimals, m.spec.price_decimals, True) for s, m in feed.markets.items()
-        }
-        self.size = {
-            s: Decimals(m.spec.qty_decimals, m.spec.qty_decimals, True) for s, m in feed.markets.items()
-        }
+        self.price, self.size = trimmed_texts(feed)
         self.seq_nums: dict[tuple[str, int], int] = {}  # (symbol, levels) -> last seqNum sent
         self.trade_ids = {s: 100_000_000_000 + i * 1_000_000_000 for i, s in enumerate(feed.markets)}
 

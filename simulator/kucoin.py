@@ -16,7 +16,18 @@ from typing import Any, ClassVar
 import orjson
 from aiohttp import web
 
-from simulator.base import Decimals, Dialect, Feed, Frame, Session, SimConfig, SubKey, Venue, dumps
+from simulator.base import (
+    Decimals,
+    Dialect,
+    Feed,
+    Frame,
+    Session,
+    SimConfig,
+    SubKey,
+    Venue,
+    dumps,
+    trimmed_texts,
+)
 from simulator.market import Step, SymbolMarket, Trade
 
 WS_PATH = "/ws"
@@ -36,12 +47,7 @@ class KucoinDialect(Dialect):
 
     def __init__(self, feed: Feed) -> None:
         super().__init__(feed)
-        self.price = {
-            s: Decimals(m.spec.price_decimals, m.spec.price_decimals, True) for s, m in feed.markets.items()
-        }
-        self.size = {
-            s: Decimals(m.spec.qty_decimals, m.spec.qty_decimals, True) for s, m in feed.markets.items()
-        }
+        self.price, self.size = trimmed_texts(feed)
         # sequence = market update id + the sequence-only entries emitted so far (per symbol)
         self.extra: dict[str, int] = dict.fromkeys(feed.markets, 0)
         self.tokens: set[str] = set()

@@ -6,29 +6,28 @@ keep-alive updates, and ``trades``."""
 from __future__ import annotations
 
 import time
-import zlib
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from simulator.base import Decimals, Dialect, Feed, Frame, Session, SimConfig, SubKey, Venue, dumps
+from simulator.base import (
+    Decimals,
+    Dialect,
+    Feed,
+    Frame,
+    Session,
+    SimConfig,
+    SubKey,
+    Venue,
+    dumps,
+    interleaved_crc32,
+    trimmed_texts,
+)
 from simulator.market import Step, SymbolMarket
 
 BOOK_DEPTH = 400
 Levels = list[tuple[int, int]]
-
-
-def checksum(bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> int:
-    """bid1px:bid1sz:ask1px:ask1sz:... over the top 25, as a signed int32 CRC32."""
-    parts: list[str] = []
-    for i in range(max(len(bids[:25]), len(asks[:25]))):
-        if i < len(bids):
-            parts.extend(bids[i])
-        if i < len(asks):
-            parts.extend(asks[i])
-    value = zlib.crc32(":".join(parts).encode())
-    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 class OkxDialect(Dialect):
@@ -39,12 +38,7 @@ class OkxDialect(Dialect):
 
     def __init__(self, feed: Feed) -> None:
         super().__init__(feed)
-        self.price = {
-            s: Decimals(m.spec.price_decimals, m.spec.price_decimals, True) for s, m in feed.markets.items()
-        }
-        self.size = {
-            s: Decimals(m.spec.qty_decimals, m.spec.qty_decimals, True) for s, m in feed.markets.items()
-        }
+        self.price, self.size = trimmed_texts(feed)
         self.seq_ids: dict[str, int] = {}
         self.last_keepalive: dict[str, float] = {}
 
@@ -127,7 +121,9 @@ class OkxDialect(Dialect):
         if self.config.okx_checksum == "zero":
             return 0
         symbol = market.spec.symbol
-        return checksum(self._texts(symbol, market.bids.top(25)), self._texts(symbol, market.asks.top(25)))
+        return interleaved_crc32(
+            self._texts(symbol, market.bids.top(25)), self._texts(symbol, market.asks.top(25))
+        )
 
     def _levels(self, symbol: str, levels: Levels) -> str:
         return dumps(

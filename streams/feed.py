@@ -259,7 +259,9 @@ class FeedProcessor:
 
     def _on_rest(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
         path = urlsplit(raw.url or "").path
-        if path.endswith(self.instruments_path):
+        instruments = self.instruments_path
+        # the listing, or one instrument's resource below it (KuCoin, Gate.io per-symbol requests)
+        if path.endswith(instruments) or instruments + "/" in path:
             try:
                 learned = self.instruments_from(raw.payload)
             except ParseError:

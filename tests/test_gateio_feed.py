@@ -11,145 +11,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from producers_support import sim_settings, wait_until
+from feed_rig import Rig, check_replay, published_between, running_rig
+from producers_support import wait_until
 from websockets.asyncio.client import connect
 
 import simulator
-from marketpipe.config import ProducerSettings
-from marketpipe.raw import RawRecord, read_capture
-from marketpipe.records import BookChange, ControlRequest, StatusEvent
-from producers.connectors.gateio import GateioConnector
-from producers.publisher import CaptureRawPublisher
+from marketpipe.raw import RawRecord
+from marketpipe.records import BookChange, StatusEvent
 from simulator.gateio import GateioDialect
-from streams.book import OrderBook
 from streams.feed import FeedOutput
 from streams.parsers.gateio import GateioProcessor
 
 SYMBOLS = ["BTC-USDT", "ETH-USDT"]
-Event = StatusEvent | ControlRequest | BookChange
-
-
-@dataclass
-class Timeline:
-    """Everything the processor emitted, in the order of the records that caused it."""
-
-    events: list[Event] = field(default_factory=list)
-    errors: list[tuple[RawRecord, str]] = field(default_factory=list)
-    bbos_crossed: int = 0
-
-    def add(self, out: FeedOutput) -> None:
-        self.events.extend(out.status)
-        self.events.extend(out.control)
-        self.events.extend(out.books)
-        self.errors.extend(out.errors)
-        self.bbos_crossed += sum(bbo.bid_price >= bbo.ask_price for bbo in out.bbos)
-
-    def of(self, symbol: str) -> list[Event]:
-        return [e for e in self.events if e.symbol == symbol]
-
-    def statuses(self, symbol: str) -> list[tuple[str, str]]:
-        return [(e.state, e.reason) for e in self.of(symbol) if isinstance(e, StatusEvent)]
-
-    def controls(self, symbol: str) -> list[ControlRequest]:
-        return [e for e in self.of(symbol) if isinstance(e, ControlRequest)]
-
-
-class LivePublisher(CaptureRawPublisher):
-    """Writes the capture and runs the processor on every record as it is published."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.processor = GateioProcessor()
-        self.timeline = Timeline()
-
-    def publish(self, record: RawRecord) -> bool:
-        ok = super().publish(record)
-        out = FeedOutput()
-        self.processor.process(record, out)
-        self.timeline.add(out)
-        return ok
-
-
-@dataclass
-class Rig:
-    sim: simulator.Simulator
-    connector: GateioConnector
-    publisher: LivePublisher
-
-    @property
-    def timeline(self) -> Timeline:
-        return self.publisher.timeline
-
-    async def wait_status(self, symbol: str, count: int, what: str) -> None:
-        await wait_until(lambda: len(self.timeline.statuses(symbol)) >= count, 20, what)
-
-    async def wait_books(self, symbol: str, more: int) -> None:
-        start = sum(isinstance(e, BookChange) for e in self.timeline.of(symbol))
-        await wait_until(
-            lambda: sum(isinstance(e, BookChange) for e in self.timeline.of(symbol)) >= start + more,
-            20,
-            f"{more} more book changes for {symbol}",
-        )
 
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    sim = await simulator.start_simulator(seed=5, exchanges=("gateio",), book_rate=40.0, trade_rate=5.0)
-    publisher = LivePublisher(tmp_path / "gateio.jsonl")
-    settings = sim_settings(sim.urls(), "gateio")
-    connector = GateioConnector(SYMBOLS, publisher, settings, ProducerSettings(backoff_initial_s=0.05))
-    await publisher.start()
-    await connector.start()
-    task = asyncio.create_task(connector.run())
-    running = Rig(sim, connector, publisher)
-    try:
-        for symbol in SYMBOLS:
-            await running.wait_status(symbol, 1, f"{symbol} synced")
+    async with running_rig("gateio", SYMBOLS, tmp_path, book_rate=40.0, trade_rate=5.0) as running:
         yield running
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await connector.stop()
-        await publisher.close()
-        await sim.stop()
-    _check_replay(publisher)
-
-
-def _check_replay(publisher: LivePublisher) -> None:
-    """Replaying the capture gives the same output; the book rebuilt from the published changes
-    is never crossed and shows every BBO the processor published."""
-    replayed = Timeline()
-    processor = GateioProcessor()
-    books: dict[tuple[str, str], OrderBook] = {}
-    compared = 0
-    for raw in read_capture(publisher.path):
-        out = FeedOutput()
-        processor.process(raw, out)
-        replayed.add(out)
-        for change in out.books:
-            book = books.setdefault((change.conn, change.symbol), OrderBook())
-            if change.snapshot:
-                book.clear()
-            book.bids.apply(change.bids)
-            book.asks.apply(change.asks)
-            assert not book.is_crossed(), change
-        for bbo in out.bbos:
-            book = books[(raw.conn, bbo.symbol)]
-            assert book.bbo() == (bbo.bid_price, bbo.bid_size, bbo.ask_price, bbo.ask_size)
-            compared += 1
-    assert compared > 0
-    assert [type(e).__name__ for e in replayed.events] == [
-        type(e).__name__ for e in publisher.timeline.events
-    ]
-    assert replayed.bbos_crossed == 0
-
-
-def _published_between(events: list[Event], symbol: str, start: int, end: int) -> list[BookChange]:
-    return [e for e in events[start:end] if isinstance(e, BookChange) and e.symbol == symbol]
+    check_replay(running.publisher, "gateio")
 
 
 async def test_gap_gives_one_episode_and_the_connector_resync_resyncs(rig: Rig) -> None:
@@ -184,7 +67,7 @@ async def test_gap_gives_one_episode_and_the_connector_resync_resyncs(rig: Rig) 
     )
     first_after = timeline.events[resynced_at]
     assert isinstance(first_after, BookChange) and first_after.snapshot  # the fresh snapshot comes first
-    assert not _published_between(timeline.events, "BTC-USDT", unsynced_at, resynced_at)
+    assert not published_between(timeline.events, "BTC-USDT", unsynced_at, resynced_at)
     assert timeline.statuses("ETH-USDT") == [("synced", "snapshot")]  # the other book is untouched
     assert rig.publisher.processor.counters.sequence_gaps == 1
     assert not timeline.errors and timeline.bbos_crossed == 0

@@ -12,149 +12,29 @@ from __future__ import annotations
 import asyncio
 import gzip
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from feed_rig import Rig, check_replay, published_between, running_rig
 from producers_support import sim_settings, wait_until
 
 import simulator
 from marketpipe.config import ProducerSettings
-from marketpipe.raw import RawRecord, read_capture
-from marketpipe.records import BookChange, ControlRequest, StatusEvent
+from marketpipe.raw import read_capture
+from marketpipe.records import BookChange
 from producers.connectors.htx import HtxConnector
 from producers.publisher import CaptureRawPublisher
-from streams.book import OrderBook
-from streams.feed import FeedOutput
-from streams.parsers.htx import HtxProcessor
 
 SYMBOLS = ["BTC-USDT", "ETH-USDT"]
-Event = StatusEvent | ControlRequest | BookChange
-
-
-@dataclass
-class Timeline:
-    """Everything the processor emitted, in the order of the records that caused it."""
-
-    events: list[Event] = field(default_factory=list)
-    errors: list[tuple[RawRecord, str]] = field(default_factory=list)
-    bbos_crossed: int = 0
-
-    def add(self, out: FeedOutput) -> None:
-        self.events.extend(out.status)
-        self.events.extend(out.control)
-        self.events.extend(out.books)
-        self.errors.extend(out.errors)
-        self.bbos_crossed += sum(bbo.bid_price >= bbo.ask_price for bbo in out.bbos)
-
-    def of(self, symbol: str) -> list[Event]:
-        return [e for e in self.events if e.symbol == symbol]
-
-    def statuses(self, symbol: str) -> list[tuple[str, str]]:
-        return [(e.state, e.reason) for e in self.of(symbol) if isinstance(e, StatusEvent)]
-
-    def controls(self, symbol: str) -> list[ControlRequest]:
-        return [e for e in self.of(symbol) if isinstance(e, ControlRequest)]
-
-
-class LivePublisher(CaptureRawPublisher):
-    """Writes the capture and runs the processor on every record as it is published."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.processor = HtxProcessor()
-        self.timeline = Timeline()
-
-    def publish(self, record: RawRecord) -> bool:
-        ok = super().publish(record)
-        out = FeedOutput()
-        self.processor.process(record, out)
-        self.timeline.add(out)
-        return ok
-
-
-@dataclass
-class Rig:
-    sim: simulator.Simulator
-    connector: HtxConnector
-    publisher: LivePublisher
-
-    @property
-    def timeline(self) -> Timeline:
-        return self.publisher.timeline
-
-    async def wait_status(self, symbol: str, count: int, what: str) -> None:
-        await wait_until(lambda: len(self.timeline.statuses(symbol)) >= count, 20, what)
-
-    async def wait_books(self, symbol: str, more: int) -> None:
-        start = sum(isinstance(e, BookChange) for e in self.timeline.of(symbol))
-        await wait_until(
-            lambda: sum(isinstance(e, BookChange) for e in self.timeline.of(symbol)) >= start + more,
-            20,
-            f"{more} more book changes for {symbol}",
-        )
 
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    sim = await simulator.start_simulator(
-        seed=5, exchanges=("htx",), book_rate=40.0, trade_rate=5.0, heartbeat_interval_s=0.2
-    )
-    publisher = LivePublisher(tmp_path / "htx.jsonl")
-    settings = sim_settings(sim.urls(), "htx")
-    connector = HtxConnector(SYMBOLS, publisher, settings, ProducerSettings(backoff_initial_s=0.05))
-    await publisher.start()
-    await connector.start()
-    task = asyncio.create_task(connector.run())
-    running = Rig(sim, connector, publisher)
-    try:
-        for symbol in SYMBOLS:
-            await running.wait_status(symbol, 1, f"{symbol} synced")
+    async with running_rig(
+        "htx", SYMBOLS, tmp_path, book_rate=40.0, trade_rate=5.0, heartbeat_interval_s=0.2
+    ) as running:
         yield running
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await connector.stop()
-        await publisher.close()
-        await sim.stop()
-    _check_replay(publisher)
-
-
-def _check_replay(publisher: LivePublisher) -> None:
-    """Replaying the capture gives the same output; the book rebuilt from the published changes
-    is never crossed and shows every BBO the processor published."""
-    replayed = Timeline()
-    processor = HtxProcessor()
-    books: dict[tuple[str, str], OrderBook] = {}
-    compared = 0
-    for raw in read_capture(publisher.path):
-        out = FeedOutput()
-        processor.process(raw, out)
-        replayed.add(out)
-        for change in out.books:
-            book = books.setdefault((change.conn, change.symbol), OrderBook())
-            if change.snapshot:
-                book.clear()
-            book.bids.apply(change.bids)
-            book.asks.apply(change.asks)
-            assert not book.is_crossed(), change
-        for bbo in out.bbos:
-            book = books[(raw.conn, bbo.symbol)]
-            assert book.bbo() == (bbo.bid_price, bbo.bid_size, bbo.ask_price, bbo.ask_size)
-            compared += 1
-    assert compared > 0
-    assert [type(e).__name__ for e in replayed.events] == [
-        type(e).__name__ for e in publisher.timeline.events
-    ]
-    assert replayed.bbos_crossed == 0
-
-
-def _published_between(events: list[Event], symbol: str, start: int, end: int) -> list[BookChange]:
-    return [e for e in events[start:end] if isinstance(e, BookChange) and e.symbol == symbol]
-
-
-def _sent(rig: Rig) -> list[bytes]:
-    return [r.payload for r in read_capture(rig.publisher.path) if r.kind == "sent"]
+    check_replay(running.publisher, "htx")
 
 
 async def test_gap_gives_one_episode_and_the_connector_resync_resyncs(rig: Rig) -> None:
@@ -187,10 +67,10 @@ async def test_gap_gives_one_episode_and_the_connector_resync_resyncs(rig: Rig) 
     assert (
         isinstance(first_change, BookChange) and first_change.snapshot
     )  # the first change after the gap is the fresh snapshot
-    assert not _published_between(timeline.events, "BTC-USDT", unsynced_at, resynced_at)
+    assert not published_between(timeline.events, "BTC-USDT", unsynced_at, resynced_at)
     assert timeline.statuses("ETH-USDT") == [("synced", "snapshot")]  # the other book is untouched
     assert rig.publisher.processor.counters.sequence_gaps == 1
-    requests = [frame for frame in _sent(rig) if b'"req":"market.btcusdt.mbp.150"' in frame]
+    requests = [frame for frame in rig.sent() if b'"req":"market.btcusdt.mbp.150"' in frame]
     assert len(requests) == 2, "the initial snapshot request and the resync one"
     assert not timeline.errors and timeline.bbos_crossed == 0
 
@@ -224,7 +104,7 @@ async def test_malformed_frame_is_a_dead_letter_and_the_book_stays_synced(rig: R
 async def test_server_pings_are_answered_and_the_connection_stays(rig: Rig) -> None:
     conn = rig.connector.shards[0].current
     await wait_until(lambda: rig.publisher.processor.counters.heartbeats >= 5, 10, "five pings")
-    pongs = [frame for frame in _sent(rig) if frame.startswith(b'{"pong":')]
+    pongs = [frame for frame in rig.sent() if frame.startswith(b'{"pong":')]
     assert len(pongs) >= 4
     assert rig.connector.shards[0].current is conn and rig.connector.shards[0].stats.connections == 1
 

@@ -7,22 +7,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
-from producers_support import sim_settings, wait_until
+from feed_rig import LivePublisher, Rig, running_rig
+from producers_support import wait_until
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 import simulator
-from marketpipe.config import ProducerSettings
-from marketpipe.raw import RawRecord, read_capture
-from marketpipe.records import BookChange, ControlRequest, StatusEvent
-from producers.connectors.kucoin import KucoinConnector
-from producers.publisher import CaptureRawPublisher
+from marketpipe.raw import read_capture
+from marketpipe.records import StatusEvent
 from streams.book import OrderBook
 from streams.feed import FeedOutput
 from streams.parsers.kucoin import KucoinProcessor
@@ -30,83 +27,11 @@ from streams.parsers.kucoin import KucoinProcessor
 SYMBOLS = ["BTC-USDT", "ETH-USDT"]
 
 
-@dataclass
-class Seen:
-    """What the processor emitted, in order."""
-
-    status: list[StatusEvent] = field(default_factory=list)
-    control: list[ControlRequest] = field(default_factory=list)
-    books: list[BookChange] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    crossed_bbos: int = 0
-
-    def add(self, out: FeedOutput) -> None:
-        self.status += out.status
-        self.control += out.control
-        self.books += out.books
-        self.errors += [reason for _, reason in out.errors]
-        self.crossed_bbos += sum(bbo.bid_price >= bbo.ask_price for bbo in out.bbos)
-
-    def states(self, symbol: str) -> list[tuple[str, str]]:
-        return [(s.state, s.reason) for s in self.status if s.symbol == symbol]
-
-
-class LivePublisher(CaptureRawPublisher):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.processor = KucoinProcessor()
-        self.seen = Seen()
-
-    def publish(self, record: RawRecord) -> bool:
-        ok = super().publish(record)
-        out = FeedOutput()
-        self.processor.process(record, out)
-        self.seen.add(out)
-        return ok
-
-
-@dataclass
-class Rig:
-    sim: simulator.Simulator
-    connector: KucoinConnector
-    publisher: LivePublisher
-
-    @property
-    def seen(self) -> Seen:
-        return self.publisher.seen
-
-    async def wait_states(self, symbol: str, count: int, what: str) -> None:
-        await wait_until(lambda: len(self.seen.states(symbol)) >= count, 20, what)
-
-    async def wait_books(self, symbol: str, more: int) -> None:
-        start = sum(b.symbol == symbol for b in self.seen.books)
-        await wait_until(
-            lambda: sum(b.symbol == symbol for b in self.seen.books) >= start + more, 20, "book changes"
-        )
-
-
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    sim = await simulator.start_simulator(seed=9, exchanges=("kucoin",), book_rate=40.0, trade_rate=8.0)
-    publisher = LivePublisher(tmp_path / "kucoin.jsonl")
-    connector = KucoinConnector(
-        SYMBOLS, publisher, sim_settings(sim.urls(), "kucoin"), ProducerSettings(backoff_initial_s=0.05)
-    )
-    await publisher.start()
-    await connector.start()
-    task = asyncio.create_task(connector.run())
-    running = Rig(sim, connector, publisher)
-    try:
-        for symbol in SYMBOLS:
-            await running.wait_states(symbol, 1, f"{symbol} synced")
+    async with running_rig("kucoin", SYMBOLS, tmp_path, seed=9, book_rate=40.0, trade_rate=8.0) as running:
         yield running
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await connector.stop()
-        await publisher.close()
-        await sim.stop()
-    _check_replay(publisher)
+    _check_replay(running.publisher)
 
 
 def _check_replay(publisher: LivePublisher) -> None:
@@ -116,7 +41,9 @@ def _check_replay(publisher: LivePublisher) -> None:
     out = FeedOutput()
     for raw in read_capture(publisher.path):
         processor.process(raw, out)
-    assert out.books == publisher.seen.books and out.status == publisher.seen.status
+    timeline = publisher.timeline
+    assert out.books == timeline.books()
+    assert out.status == [e for e in timeline.events if isinstance(e, StatusEvent)]
     books: dict[str, OrderBook] = {}
     for change in out.books:
         book = books.setdefault(change.symbol, OrderBook())
@@ -131,32 +58,32 @@ def _check_replay(publisher: LivePublisher) -> None:
 
 async def test_books_sync_with_trades_and_no_errors(rig: Rig) -> None:
     await rig.wait_books("BTC-USDT", 20)
-    seen = rig.seen
-    assert seen.errors == [] and seen.control == [] and seen.crossed_bbos == 0
+    seen = rig.timeline
+    assert seen.errors == [] and seen.controls() == [] and seen.bbos_crossed == 0
     counters = rig.publisher.processor.counters
     assert counters.sequence_gaps == 0 and counters.books_synced == set(SYMBOLS)
     await wait_until(lambda: rig.publisher.processor.counters.trades > 0, 20, "trades")
-    updates = [b for b in seen.books if b.symbol == "BTC-USDT" and not b.snapshot]
+    updates = [b for b in seen.books("BTC-USDT") if not b.snapshot]
     assert all(b.first_update_id == a.last_update_id + 1 for a, b in itertools.pairwise(updates))
 
 
 async def test_gap_gives_one_unsync_and_one_resync_then_the_snapshot_resyncs(rig: Rig) -> None:
     await rig.wait_books("BTC-USDT", 5)
     assert rig.sim.fault("kucoin", "gap", "BTC-USDT") == 1
-    await rig.wait_states("BTC-USDT", 2, "unsynced")
+    await rig.wait_status("BTC-USDT", 2, "unsynced")
     await asyncio.sleep(0.5)  # more updates arrive while unsynced: still one episode
-    assert rig.seen.states("BTC-USDT") == [("synced", "snapshot"), ("unsynced", "gap")]
-    (request,) = rig.seen.control
+    assert rig.timeline.statuses("BTC-USDT") == [("synced", "snapshot"), ("unsynced", "gap")]
+    (request,) = rig.timeline.controls()
     assert (request.symbol, request.action, request.reason) == ("BTC-USDT", "resync", "gap")
-    published_while_unsynced = len([b for b in rig.seen.books if b.symbol == "BTC-USDT"])
+    published_while_unsynced = len(rig.timeline.books("BTC-USDT"))
     await asyncio.sleep(0.2)
-    assert len([b for b in rig.seen.books if b.symbol == "BTC-USDT"]) == published_while_unsynced
+    assert len(rig.timeline.books("BTC-USDT")) == published_while_unsynced
     assert await rig.connector.request_resync("BTC-USDT", request.conn)
-    await rig.wait_states("BTC-USDT", 3, "re-synced")
-    assert rig.seen.states("BTC-USDT")[-1] == ("synced", "snapshot")
+    await rig.wait_status("BTC-USDT", 3, "re-synced")
+    assert rig.timeline.statuses("BTC-USDT")[-1] == ("synced", "snapshot")
     await rig.wait_books("BTC-USDT", 10)
-    assert len(rig.seen.control) == 1 and rig.seen.states("ETH-USDT") == [("synced", "snapshot")]
-    assert rig.publisher.processor.counters.sequence_gaps == 1 and rig.seen.crossed_bbos == 0
+    assert len(rig.timeline.controls()) == 1 and rig.timeline.statuses("ETH-USDT") == [("synced", "snapshot")]
+    assert rig.publisher.processor.counters.sequence_gaps == 1 and rig.timeline.bbos_crossed == 0
 
 
 async def test_disconnect_unsyncs_and_the_new_connection_resyncs(rig: Rig) -> None:
@@ -164,21 +91,21 @@ async def test_disconnect_unsyncs_and_the_new_connection_resyncs(rig: Rig) -> No
     assert first is not None
     rig.sim.fault("kucoin", "disconnect")
     for symbol in SYMBOLS:
-        await rig.wait_states(symbol, 3, f"{symbol} unsynced and re-synced")
-        assert rig.seen.states(symbol) == [
+        await rig.wait_status(symbol, 3, f"{symbol} unsynced and re-synced")
+        assert rig.timeline.statuses(symbol) == [
             ("synced", "snapshot"),
             ("unsynced", "close"),
             ("synced", "snapshot"),
         ]
     current = rig.connector.shards[0].current
     assert current is not None and current.id != first.id
-    assert {c.reason for c in rig.seen.control} == {"close"} and len(rig.seen.control) == 2
+    assert {c.reason for c in rig.timeline.controls()} == {"close"} and len(rig.timeline.controls()) == 2
 
 
 async def test_malformed_frame_is_a_dead_letter(rig: Rig) -> None:
     rig.sim.fault("kucoin", "malformed")
-    await wait_until(lambda: bool(rig.seen.errors), 20, "a dead letter")
-    assert "invalid JSON" in rig.seen.errors[0]
+    await wait_until(lambda: bool(rig.timeline.errors), 20, "a dead letter")
+    assert "invalid JSON" in rig.timeline.errors[0][1]
 
 
 async def test_open_record_redacts_the_token(rig: Rig) -> None:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 from collections.abc import Sequence
 from urllib.parse import quote
 
 import orjson
 
-from producers.base import Connection, Connector
+from producers.base import RestSnapshotConnector
 
 
-class BinanceConnector(Connector):
+class BinanceConnector(RestSnapshotConnector):
     exchange = "binance"
     default_ws_base = "wss://stream.binance.com:9443"
     default_rest_base = "https://api.binance.com"
@@ -26,7 +24,6 @@ class BinanceConnector(Connector):
     rest_min_interval_s = 0.6  # depth limit=1000 weighs 50 of the 6000/minute budget
     silence_timeout_s = 60.0  # the server pings every 20 s (answered by websockets itself)
     max_connection_age_s = 23.5 * 3600  # connections are cut at 24 h: hand over before that
-    snapshot_wait_s = 5.0
 
     _ids = itertools.count(1)
 
@@ -57,14 +54,3 @@ class BinanceConnector(Connector):
         if len(data) < 256 and b'"serverShutdown"' in data:
             return "serverShutdown"
         return None
-
-    async def on_subscribed(self, conn: Connection) -> None:
-        # The snapshot must be newer than the first buffered diff: fetch it once the stream flows.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(conn.first_frame.wait(), self.snapshot_wait_s)
-        for symbol in conn.symbols:
-            if not await conn.fetch_rest(self.depth_url(symbol)):
-                return
-
-    async def resync(self, conn: Connection, symbol: str) -> None:
-        await conn.fetch_rest(self.depth_url(symbol))

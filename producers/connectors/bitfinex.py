@@ -12,6 +12,7 @@ shard's current connection, the one a resync acts on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -93,7 +94,9 @@ class BitfinexConnector(Connector):
     def on_frame(self, data: bytes) -> str | None:
         """Nothing to answer (the server heartbeats); learns book chanIds from ``subscribed``."""
         if data[:21] == _SUBSCRIBED:
-            reply = orjson.loads(data)
-            if reply.get("channel") == "book":
-                self.book_channels[reply["symbol"]] = int(reply["chanId"])
+            # a malformed reply is the parser's to dead-letter; it must not end the connection
+            with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                reply = orjson.loads(data)
+                if reply.get("channel") == "book":
+                    self.book_channels[reply["symbol"]] = int(reply["chanId"])
         return None

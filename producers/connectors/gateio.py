@@ -3,17 +3,15 @@ subscribe for all pairs, ``spot.ping`` heartbeats, REST order_book snapshots (``
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 
 import orjson
 
-from producers.base import Connection, Connector
+from producers.base import RestSnapshotConnector
 
 
-class GateioConnector(Connector):
+class GateioConnector(RestSnapshotConnector):
     exchange = "gateio"
     default_ws_base = "wss://api.gateio.ws"
     default_rest_base = "https://api.gateio.ws"
@@ -25,7 +23,6 @@ class GateioConnector(Connector):
     rest_min_interval_s = 0.1  # public spot endpoints: 200 requests per 10 s
     ping_interval_s = 15.0
     silence_timeout_s = 45.0  # a spot.pong answers every ping, so 15 s + slack
-    snapshot_wait_s = 5.0
 
     def ws_url(self) -> str:
         return f"{self.ws_base}/ws/v4/"
@@ -44,6 +41,8 @@ class GateioConnector(Connector):
         )
 
     def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
+        # book subscribes first: the server answers in order, so once any frame is back the
+        # updates flow and the snapshot taken then is bridged by a buffered update
         books = [
             self._request("spot.order_book_update", "subscribe", [s, self.book_interval]) for s in symbols
         ]
@@ -57,15 +56,3 @@ class GateioConnector(Connector):
 
     def ping_message(self) -> str:
         return orjson.dumps({"time": int(time.time()), "channel": "spot.ping"}).decode()
-
-    async def on_subscribed(self, conn: Connection) -> None:
-        # The book subscribes go first and the server answers in order: once a frame is back, the
-        # updates flow, so a snapshot taken now is bridged by a buffered update (else: gap, resync).
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(conn.first_frame.wait(), self.snapshot_wait_s)
-        for symbol in conn.symbols:
-            if not await conn.fetch_rest(self.depth_url(symbol)):
-                return
-
-    async def resync(self, conn: Connection, symbol: str) -> None:
-        await conn.fetch_rest(self.depth_url(symbol))

@@ -13,12 +13,12 @@ from urllib.parse import urlencode
 
 import orjson
 
-from producers.base import Connection, Connector, RestError
+from producers.base import Connection, RestError, RestSnapshotConnector
 
 _TOKEN = re.compile(r"(?<=[?&]token=)[^&]*")
 
 
-class KucoinConnector(Connector):
+class KucoinConnector(RestSnapshotConnector):
     exchange = "kucoin"
     default_ws_base = "wss://ws-api-spot.kucoin.com"  # informational: bullet-public names the endpoint
     default_rest_base = "https://api.kucoin.com"
@@ -31,7 +31,6 @@ class KucoinConnector(Connector):
     rest_min_interval_s = 0.1
     ping_interval_s = 18.0  # replaced by the handshake's pingInterval unless configured
     silence_timeout_s = 30.0  # every ping is answered, so pingInterval + pingTimeout of silence is dead
-    snapshot_wait_s = 5.0
 
     _ids = itertools.count(1)
 
@@ -71,7 +70,7 @@ class KucoinConnector(Connector):
     def instrument_urls(self, exchange_symbols: Sequence[str]) -> list[str]:
         return [f"{self.all_instruments_url()}/{symbol}" for symbol in exchange_symbols]
 
-    def snapshot_url(self, exchange_symbol: str) -> str:
+    def depth_url(self, exchange_symbol: str) -> str:
         return f"{self.rest_base}/api/v1/market/orderbook/level2_100?symbol={exchange_symbol}"
 
     def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
@@ -108,17 +107,11 @@ class KucoinConnector(Connector):
                     event.set()
         return None
 
-    async def on_subscribed(self, conn: Connection) -> None:
-        book_ids = self._book_subscribes.pop(tuple(conn.symbols), [])
-        for request_id in book_ids:
+    async def updates_flowing(self, conn: Connection) -> None:
+        # welcome arrives before any subscription takes effect: wait for the level2 acks instead
+        for request_id in self._book_subscribes.pop(tuple(conn.symbols), []):
             event = self._acks.get(request_id)
             if event is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), self.snapshot_wait_s)
                 self._acks.pop(request_id, None)
-        for symbol in conn.symbols:
-            if not await conn.fetch_rest(self.snapshot_url(symbol)):
-                return
-
-    async def resync(self, conn: Connection, symbol: str) -> None:
-        await conn.fetch_rest(self.snapshot_url(symbol))

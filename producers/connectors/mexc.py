@@ -3,16 +3,14 @@ connection, JSON ``PING`` keep-alive, REST depth snapshots for book sync (like B
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Sequence
 
 import orjson
 
-from producers.base import Connection, Connector
+from producers.base import RestSnapshotConnector
 
 
-class MexcConnector(Connector):
+class MexcConnector(RestSnapshotConnector):
     exchange = "mexc"
     default_ws_base = "wss://wbs-api.mexc.com"
     default_rest_base = "https://api.mexc.com"
@@ -27,7 +25,6 @@ class MexcConnector(Connector):
     ping_only_when_idle = True
     silence_timeout_s = 60.0
     max_connection_age_s = 23.5 * 3600  # connections are cut at 24 h: hand over before that
-    snapshot_wait_s = 5.0
 
     def ws_url(self) -> str:
         return f"{self.ws_base}/ws"
@@ -47,14 +44,3 @@ class MexcConnector(Connector):
 
     def ping_message(self) -> str:
         return '{"method":"PING"}'
-
-    async def on_subscribed(self, conn: Connection) -> None:
-        # The snapshot must be newer than the first buffered push: fetch it once the stream flows.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(conn.first_frame.wait(), self.snapshot_wait_s)
-        for symbol in conn.symbols:
-            if not await conn.fetch_rest(self.depth_url(symbol)):
-                return
-
-    async def resync(self, conn: Connection, symbol: str) -> None:
-        await conn.fetch_rest(self.depth_url(symbol))

@@ -6,9 +6,11 @@ import calendar
 import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
+from marketpipe.raw import RawRecord
 from marketpipe.records import Level
 from streams.book import BookSide, OrderBook
 from streams.feed import (
@@ -37,6 +39,7 @@ __all__ = [
     "okx_levels",
     "rfc3339_to_us",
     "seconds_text_to_us",
+    "url_param",
 ]
 
 _decoder = msgspec.json.Decoder()
@@ -60,6 +63,14 @@ def json_object(
     if not isinstance(found, dict):
         raise ParseError(f"{what} is not a JSON object")
     return found
+
+
+def url_param(raw: RawRecord, name: str, what: str) -> str:
+    """A query parameter of a REST record's URL (e.g. the symbol a depth snapshot is for)."""
+    found = parse_qs(urlsplit(raw.url or "").query).get(name)
+    if not found:
+        raise ParseError(f"{what} url {raw.url!r} names no {name}")
+    return found[0]
 
 
 # ---------------------------------------------------------------------------- timestamps

@@ -9,12 +9,11 @@ events with ``u <= lastUpdateId`` are dropped, the first remaining one must stra
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from marketpipe.raw import RawRecord
 from marketpipe.records import Side
 from streams.bridge import Delta, SnapshotBridgeProcessor
-from streams.parsers.base import Connection, FeedOutput, ParseError, json_object, levels, ms_to_us
+from streams.parsers.base import Connection, FeedOutput, ParseError, json_object, levels, ms_to_us, url_param
 
 INSTRUMENTS_PATH = "/api/v3/exchangeInfo"
 DEPTH_PATH = "/api/v3/depth"
@@ -89,11 +88,9 @@ class BinanceProcessor(SnapshotBridgeProcessor):
         if not path.endswith(DEPTH_PATH):
             super().on_rest(conn, raw, path, out)
             return
-        symbols = parse_qs(urlsplit(raw.url or "").query).get("symbol")
-        if not symbols:
-            raise ParseError(f"binance depth snapshot url {raw.url!r} names no symbol")
+        symbol = url_param(raw, "symbol", "binance depth snapshot")
         snapshot = json_object(raw.payload, "binance depth snapshot")
         if "lastUpdateId" not in snapshot:
             raise ParseError(f"binance depth snapshot has no lastUpdateId: {raw.text()[:200]}")
         bids, asks = levels(snapshot["bids"]), levels(snapshot["asks"])
-        self.bridge(conn, symbols[0].upper(), raw, int(snapshot["lastUpdateId"]), bids, asks, out)
+        self.bridge(conn, symbol.upper(), raw, int(snapshot["lastUpdateId"]), bids, asks, out)

@@ -11,7 +11,6 @@ continue exactly (``U == previous u + 1``). Sizes are absolute; ``"0"`` deletes 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from marketpipe.raw import RawRecord
 from marketpipe.records import Side
@@ -24,6 +23,7 @@ from streams.parsers.base import (
     json_object,
     levels,
     ms_to_us,
+    url_param,
 )
 
 INSTRUMENTS_PATH = "/api/v4/spot/currency_pairs"
@@ -103,30 +103,14 @@ class GateioProcessor(SnapshotBridgeProcessor):
         self.on_delta(conn, result["s"], delta, out)
 
     def on_rest(self, conn: Connection, raw: RawRecord, path: str, out: FeedOutput) -> None:
-        if INSTRUMENTS_PATH + "/" in path:
-            self._pair_metadata(raw)
-            return
         if not path.endswith(ORDER_BOOK_PATH):
             super().on_rest(conn, raw, path, out)
             return
-        pairs = parse_qs(urlsplit(raw.url or "").query).get("currency_pair")
-        if not pairs:
-            raise ParseError(f"gateio order_book url {raw.url!r} names no currency_pair")
+        pair = url_param(raw, "currency_pair", "gateio order_book")
         snapshot = json_object(raw.payload, "gateio order_book snapshot")
         if "id" not in snapshot:
             raise ParseError(f"gateio order_book snapshot has no id (with_id=true?): {raw.text()[:200]}")
         stamp = snapshot.get("update") or snapshot.get("current")
         ts = ms_to_us(stamp) if stamp else raw.recv_ns // 1000
         bids, asks = levels(snapshot["bids"]), levels(snapshot["asks"])
-        self.bridge(conn, pairs[0], raw, int(snapshot["id"]), bids, asks, out, ts)
-
-    def _pair_metadata(self, raw: RawRecord) -> None:
-        """``/api/v4/spot/currency_pairs/{pair}``: one pair's metadata (the per-connection request)."""
-        try:
-            self.instruments.update(parse_instruments(raw.payload))
-        except ParseError:
-            raise
-        except Exception as exc:
-            raise ParseError(
-                f"gateio instrument metadata from {raw.url!r} unreadable: {type(exc).__name__}: {exc}"
-            ) from exc
+        self.bridge(conn, pair, raw, int(snapshot["id"]), bids, asks, out, ts)

@@ -15,15 +15,13 @@ only advances the sequence.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from marketpipe.raw import RawRecord
 from marketpipe.records import Level, Side
 from streams.bridge import Delta, SnapshotBridgeProcessor
-from streams.parsers.base import Connection, FeedOutput, ParseError, json_object, levels, ms_to_us
+from streams.parsers.base import Connection, FeedOutput, ParseError, json_object, levels, ms_to_us, url_param
 
 INSTRUMENTS_PATH = "/api/v2/symbols"
-SYMBOL_PATH = "/api/v2/symbols/"
 SNAPSHOT_PATH = "/api/v1/market/orderbook/level2_100"
 OK = "200000"
 TAKER_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
@@ -113,15 +111,11 @@ class KucoinProcessor(SnapshotBridgeProcessor):
     def on_rest(self, conn: Connection, raw: RawRecord, path: str, out: FeedOutput) -> None:
         if path.endswith(SNAPSHOT_PATH):
             self._snapshot(conn, raw, out)
-        elif SYMBOL_PATH in path:  # one symbol's metadata (per-connection request)
-            self.instruments.update(self.instruments_from(raw.payload))
         else:
             super().on_rest(conn, raw, path, out)
 
     def _snapshot(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
-        symbols = parse_qs(urlsplit(raw.url or "").query).get("symbol")
-        if not symbols:
-            raise ParseError(f"kucoin level2 snapshot url {raw.url!r} names no symbol")
+        symbol = url_param(raw, "symbol", "kucoin level2 snapshot")
         body = json_object(raw.payload, "kucoin level2 snapshot")
         if body.get("code") != OK:
             raise ParseError(f"kucoin level2 snapshot error {body.get('code')}: {body.get('msg')!r}")
@@ -131,4 +125,4 @@ class KucoinProcessor(SnapshotBridgeProcessor):
         stamp = data.get("time")
         ts = ms_to_us(stamp) if stamp is not None else raw.recv_ns // 1000
         bids, asks = levels(data["bids"]), levels(data["asks"])
-        self.bridge(conn, symbols[0], raw, int(data["sequence"]), bids, asks, out, ts)
+        self.bridge(conn, symbol, raw, int(data["sequence"]), bids, asks, out, ts)

@@ -15,14 +15,13 @@ buffered until a REST depth snapshot (a ``rest`` record on the same connection) 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from google.protobuf.message import DecodeError
 
 from marketpipe.raw import RawRecord
 from marketpipe.records import Level, Side
 from streams.bridge import Delta, SnapshotBridgeProcessor
-from streams.parsers.base import Connection, FeedOutput, ParseError, json_object, levels
+from streams.parsers.base import Connection, FeedOutput, ParseError, json_object, levels, url_param
 from streams.parsers.mexc_pb import PushDataV3ApiWrapper
 
 INSTRUMENTS_PATH = "/api/v3/exchangeInfo"
@@ -113,11 +112,9 @@ class MexcProcessor(SnapshotBridgeProcessor):
         if not path.endswith(DEPTH_PATH):
             super().on_rest(conn, raw, path, out)
             return
-        symbols = parse_qs(urlsplit(raw.url or "").query).get("symbol")
-        if not symbols:
-            raise ParseError(f"mexc depth snapshot url {raw.url!r} names no symbol")
+        symbol = url_param(raw, "symbol", "mexc depth snapshot")
         snapshot = json_object(raw.payload, "mexc depth snapshot")
         if "lastUpdateId" not in snapshot:
             raise ParseError(f"mexc depth snapshot has no lastUpdateId: {raw.text()[:200]}")
         bids, asks = levels(snapshot["bids"]), levels(snapshot["asks"])
-        self.bridge(conn, symbols[0].upper(), raw, int(snapshot["lastUpdateId"]), bids, asks, out)
+        self.bridge(conn, symbol.upper(), raw, int(snapshot["lastUpdateId"]), bids, asks, out)
