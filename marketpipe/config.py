@@ -91,6 +91,11 @@ class StreamSettings(BaseModel):
     ohlcv_update_interval_s: float = Field(1.0, gt=0)
     ohlcv_grace_s: float = Field(2.0, ge=0)
     bucket_interval_s: float = Field(1.0, gt=0)
+    session_timeout_s: float = Field(
+        20.0,
+        ge=6,
+        description="a worker silent this long (crashed) leaves the group and its partitions move on",
+    )
     bucket_max_distance_pct: float = Field(5.0, gt=0, le=100)
     bucket_sizes: dict[str, float] = Field(default_factory=dict, description="symbol -> bucket size")
     quote_equivalents: list[list[str]] = Field(

@@ -28,6 +28,15 @@ POM = Path(__file__).resolve().parents[1] / "deploy" / "local" / "kafka" / "pom.
 MIN_JAVA = 17
 
 
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka makes them: URL-safe base64 of a UUID, never starting with
+    "-" (the storage tool would read such an id as an option and refuse to format)."""
+    while True:
+        found = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not found.startswith("-"):
+            return found
+
+
 class LocalKafkaError(RuntimeError):
     """The local broker cannot be fetched, started or stopped; the message says why."""
 
@@ -254,7 +263,7 @@ class LocalKafka:
         return bool(metadata.brokers)
 
     def _format(self, java: str, classpath: str) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         result = subprocess.run(
             [
                 java,

@@ -159,6 +159,8 @@ def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
         producer_max_request_size=16 * 1024 * 1024,
         consumer_max_fetch_size=16 * 1024 * 1024,
         stream_buffer_maxsize=BATCH_SIZE * 4,
+        # Faust's 60 s default stalls a crashed worker's partitions for a minute of market data
+        broker_session_timeout=settings.streams.session_timeout_s,
     )
     raw_topics = app.topic(
         *[topology.raw(exchange) for exchange in settings.exchanges],

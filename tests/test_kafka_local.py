@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from marketpipe.kafka_local import free_port, port_open
+from marketpipe.kafka_local import free_port, new_cluster_id, port_open
 
 
 def _marketpipe(data_dir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -81,3 +81,10 @@ def test_port_in_use_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "already in use" in result.stderr
     assert _broker_pids(tmp_path) == []
+
+
+def test_cluster_ids_never_read_as_an_option() -> None:
+    # about one URL-safe base64 UUID in 64 starts with "-", which kafka-storage took for an option
+    ids = [new_cluster_id() for _ in range(2000)]
+    assert all(len(found) == 22 and not found.startswith("-") for found in ids)
+    assert len(set(ids)) == len(ids)
