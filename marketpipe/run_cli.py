@@ -26,8 +26,9 @@ import click
 from confluent_kafka import KafkaException
 
 from marketpipe.cli import settings_from
-from marketpipe.config import Settings
+from marketpipe.config import ConfigError, Settings
 from marketpipe.kafka_local import LocalKafka, LocalKafkaError, free_port, port_open
+from marketpipe.kafka_security import KafkaAccessError, aiokafka_options, check_access
 from marketpipe.supervisor import Child, Supervisor, signal_child
 from marketpipe.topics import Topology, apply_topology
 from marketpipe.view import Endpoint, KafkaLag, Observer, RunState, plain_lines, render_rich, total
@@ -133,7 +134,8 @@ def plan_children(settings: Settings, source: str, stream_workers: int) -> Plan:
     else:
         raise click.UsageError(f"--source must be live, sim or capture:PATH[,PATH...], not {source!r}")
     for index in range(stream_workers):
-        children.append(_child(settings, f"stream-{index + 1}", "stream", ["stream"], ports.take()))
+        name = f"stream-{index + 1}"
+        children.append(_child(settings, name, "stream", ["stream", "--worker-id", name], ports.take()))
     children.append(sink)
     return Plan(simulator, children)
 
@@ -143,7 +145,7 @@ class Drain:
 
     Drained = both consumer groups at lag 0 on all their inputs with end offsets unchanged
     for DRAIN_STABLE_CHECKS checks in a row. Then each streams worker gets SIGHUP (publish
-    the open candles' last trades, see streams/drain.py); once every worker counted its
+    the open candles' last trades, see streams/worker.py); once every worker counted its
     flush, the same condition must hold again: those candles are in ClickHouse too.
     """
 
@@ -167,13 +169,10 @@ class Drain:
     def _caught_up(self) -> bool:
         kafka, state = self.observer.kafka, self.observer.state
         assert kafka is not None
-        raw = [f"{state.prefix}raw.{e}" for e in state.exchanges]
+        stages = Topology(prefix=state.prefix, exchanges=tuple(state.exchanges)).stream_stages()
         md = [f"{state.prefix}md.{t}" for t in ("trades", "ohlcv", "book-buckets", "bbo", "status")]
-        streams_in = [*raw, md[0], md[2], f"{state.streams_group}-consolidate"]
-        ends = kafka.end_offsets({*streams_in, *md})
-        streams_done = (
-            sum(kafka.lag(state.streams_group, streams_in).values()) == 0 or self._workers_read_all()
-        )
+        ends = kafka.end_offsets({*md, *(topic for _, topics in stages for topic in topics)})
+        streams_done = all(sum(kafka.lag(group, topics).values()) == 0 for group, topics in stages)
         sink_done = sum(kafka.lag(state.sink_group, md).values()) == 0
         stable = streams_done and sink_done and ends == self._last_ends
         self._last_ends = ends
@@ -193,24 +192,6 @@ class Drain:
         elif self.phase == "settle" and self.caught_up():
             return "done"
         return None
-
-    def _workers_read_all(self) -> bool:
-        """Every streams worker has read its partitions to the end (its own consumer-lag metric).
-
-        Faust commits on a timer and, seen here after a burst, sometimes not at all for a
-        while; the worker's read position is the better signal that its input is consumed
-        (agents process each batch as soon as it is read), with stable end offsets on every
-        output topic (checked by the caller) showing nothing is still being produced.
-        """
-        from marketpipe.view import scrape
-
-        for worker in self.workers:
-            samples = scrape(worker.metrics_port)
-            if not samples or not samples.get("marketpipe_stream_consumer_lag"):
-                return False
-            if total(samples, "marketpipe_stream_consumer_lag") != 0:
-                return False
-        return True
 
     @staticmethod
     def _flushed(worker: Child) -> bool:
@@ -291,6 +272,10 @@ def run(
     if exit_on_drain and not source.startswith("capture:"):
         raise click.UsageError("--exit-on-drain needs --source capture:PATH[,PATH...]")
     plan = plan_children(settings, source, stream_workers)
+    try:
+        aiokafka_options(settings.kafka_client_config())  # what the producers' control listener can use
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     plain = plain or not sys.stdout.isatty()
 
     def say(line: str) -> None:
@@ -303,6 +288,7 @@ def run(
     try:
         from confluent_kafka.admin import AdminClient
 
+        check_access(settings.kafka_client_config())  # refused credentials: one clear error, no children
         admin = AdminClient(dict(settings.kafka_client_config()))
         apply_topology(admin, Topology.from_settings(settings).specs(), settings.kafka.replication_factor)
         del admin
@@ -311,6 +297,8 @@ def run(
         )
     except KeyboardInterrupt:
         code = 0
+    except KafkaAccessError as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         say("event=stopping")
         supervisor.stop_all(timeout=15.0)

@@ -97,6 +97,39 @@ class Topology:
     def dlq(self) -> str:
         return self.name("md.dlq")
 
+    # the stream stages' consumer groups and internal topics (streams/runtime.py)
+
+    @property
+    def streams_group(self) -> str:
+        """The normalise stage's group (raw.* in); the aggregation stages' groups derive from it."""
+        return self.name("marketpipe-streams")
+
+    @property
+    def ohlcv_group(self) -> str:
+        return f"{self.streams_group}-ohlcv"
+
+    @property
+    def consolidate_group(self) -> str:
+        return f"{self.streams_group}-consolidate"
+
+    @property
+    def consolidate(self) -> str:
+        """Candles and bucket snapshots keyed by consolidated symbol (cross-exchange views)."""
+        return f"{self.streams_group}-consolidate"
+
+    @property
+    def checkpoints(self) -> str:
+        """Compacted: each stage partition's state, pointed at by its committed offset's metadata."""
+        return f"{self.streams_group}-checkpoints"
+
+    def stream_stages(self) -> list[tuple[str, list[str]]]:
+        """(consumer group, input topics) of every stream stage, e.g. to tell when all are drained."""
+        return [
+            (self.streams_group, [self.raw(exchange) for exchange in self.exchanges]),
+            (self.ohlcv_group, [self.trades]),
+            (self.consolidate_group, [self.consolidate]),
+        ]
+
     def specs(self) -> list[TopicSpec]:
         n = self.partitions
         raw = [
@@ -135,6 +168,16 @@ class Topology:
                 value="DeadLetter",
                 retention_ms=30 * DAY_MS,
                 max_message_bytes=16 * MiB,
+            ),
+            TopicSpec(self.consolidate, n, key="consolidated symbol", value="Candle | BookBuckets"),
+            TopicSpec(
+                self.checkpoints,
+                n,
+                key="stage|topic|partition",
+                value="stage state checkpoint",
+                compacted=True,
+                retention_ms=-1,
+                max_message_bytes=65 * MiB,
             ),
         ]
 

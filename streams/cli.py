@@ -10,14 +10,35 @@ import click
 
 
 @click.command("stream")
+@click.option(
+    "--stages",
+    default=",".join(("normalise", "ohlcv", "consolidate")),
+    show_default=True,
+    help="Comma-separated stages this process runs (run them in separate processes for more CPU).",
+)
+@click.option(
+    "--worker-id",
+    default=None,
+    help="Stable name of this worker, distinct per worker (default: streams.worker_id, else the host name).",
+)
 @click.option("--loglevel", type=click.Choice(["crit", "error", "warn", "info", "debug"]), default="warn")
 @click.pass_context
-def stream(ctx: click.Context, loglevel: str) -> None:
-    """Run a Faust streams worker (several workers share the raw partitions)."""
-    from marketpipe.cli import settings_from
-    from streams.app import run_worker
+def stream(ctx: click.Context, stages: str, worker_id: str | None, loglevel: str) -> None:
+    """Run a stream worker: raw frames to md.* and candles, exactly once; workers share the partitions."""
+    import logging
 
-    run_worker(settings_from(ctx), loglevel)
+    from marketpipe.cli import settings_from
+    from streams.worker import STAGES, run_worker
+
+    chosen = [name.strip() for name in stages.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(STAGES))
+    if unknown or not chosen:
+        raise click.BadParameter(
+            f"{unknown or stages!r}: choose from {', '.join(STAGES)}", param_hint="--stages"
+        )
+    levels = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO}
+    logging.getLogger().setLevel(levels.get(loglevel, logging.DEBUG))
+    run_worker(settings_from(ctx), chosen, worker_id)
 
 
 @click.command("normalize")

@@ -1,7 +1,7 @@
 """Prometheus metrics of a streams worker, read from the processors' own counters at scrape time.
 
-Nothing on the hot path changes: the feed processors, the OHLCV stage and Faust's monitor
-already count what matters; this collector turns those numbers into metric families when
+Nothing on the hot path changes: the feed processors, the OHLCV builders and the
+transactional loops already count what matters; this collector turns those numbers into metric families when
 Prometheus (or `marketpipe run`'s live view) scrapes the worker's port.
 """
 
@@ -33,16 +33,27 @@ FEED_COUNTERS = {
 }
 
 
-class StreamCollector(Collector):
-    """Metric families of one worker: per-exchange feed counters, book health, OHLCV, consumer lag."""
+LOOP_COUNTERS = {
+    "transactions": "transactions committed (outputs, input offsets and checkpoints together)",
+    "aborts": "transactions aborted (the stage restored its state from the last commit)",
+    "checkpoints": "partition state checkpoints written",
+    "checkpoint_bytes": "bytes of partition state checkpoints written",
+    "restores": "partitions whose state was restored from a checkpoint",
+    "replayed": "input records re-read to rebuild state after a restore (outputs discarded)",
+    "restore_failures": "partitions that started with fresh state because their checkpoint was unreadable",
+    "stalls": "stalls detected (unread input, no progress)",
+}
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.flushes = 0
+
+class StreamCollector(Collector):
+    """Metric families of one worker: per-exchange feed counters, book health, OHLCV, the loops."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
         self._books_seen: set[tuple[str, str]] = set()
 
     def collect(self) -> Iterator[Any]:
-        # The worker's event loop mutates these dicts while the HTTP thread reads them.
+        # The stage threads mutate these dicts while the HTTP thread reads them.
         for _ in range(3):
             try:
                 families = list(self._families())
@@ -51,56 +62,63 @@ class StreamCollector(Collector):
             yield from families
             return
 
+    def _states(self, stage: str) -> list[Any]:
+        loop = self.worker.loops.get(stage)
+        return [part.state for part in list(loop.partitions.values())] if loop is not None else []
+
     def _families(self) -> Iterator[Any]:
-        normaliser = getattr(self.app, "marketpipe_normaliser", None)
-        processors = dict(normaliser.processors) if normaliser is not None else {}
+        processors = self._states("normalise")
         for name, help_text in FEED_COUNTERS.items():
+            totals: dict[str, int] = {}
+            for processor in processors:
+                totals[processor.exchange] = totals.get(processor.exchange, 0) + getattr(
+                    processor.counters, name
+                )
             family = CounterMetricFamily(f"marketpipe_stream_{name}", help_text, labels=["exchange"])
-            for exchange, processor in processors.items():
-                family.add_metric([exchange], getattr(processor.counters, name))
+            for exchange, value in sorted(totals.items()):
+                family.add_metric([exchange], value)
             yield family
         yield self._books(processors)
+        normalise = self.worker.loops.get("normalise")
         yield _counter(
             "marketpipe_stream_dead_letters",
             "records dead-lettered by the normaliser",
-            normaliser,
+            normalise.stage if normalise is not None else None,
             "dead_letters",
         )
         yield from self._ohlcv()
         yield _counter(
-            "marketpipe_stream_flushes", "open-candle flushes done (end of input)", self, "flushes"
+            "marketpipe_stream_flushes", "end-of-input flushes done by every stage", self.worker, "flushes"
         )
-        yield from self._consumer()
+        yield from self._loops()
 
-    def _books(self, processors: dict[str, Any]) -> GaugeMetricFamily:
+    def _books(self, processors: list[Any]) -> GaugeMetricFamily:
         """1 per book currently synced on some connection, 0 for books seen before and not synced now."""
         family = GaugeMetricFamily(
             "marketpipe_stream_book_synced", "1 while the book is synced", labels=["exchange", "symbol"]
         )
         synced: set[tuple[str, str]] = set()
-        for exchange, processor in processors.items():
+        for processor in processors:
             for connection in list(processor._connections.values()):
                 for state in list(connection.books.values()):
-                    self._books_seen.add((exchange, state.symbol))
+                    self._books_seen.add((processor.exchange, state.symbol))
                     if state.synced:
-                        synced.add((exchange, state.symbol))
+                        synced.add((processor.exchange, state.symbol))
         for exchange, symbol in sorted(self._books_seen):
             family.add_metric([exchange, symbol], 1.0 if (exchange, symbol) in synced else 0.0)
         return family
 
     def _ohlcv(self) -> Iterator[Any]:
-        stage = getattr(self.app, "marketpipe_ohlcv", None)
-        builder = stage.builder if stage is not None else None
+        builders = self._states("ohlcv")
         markets = GaugeMetricFamily("marketpipe_stream_ohlcv_markets", "markets with candle state")
-        markets.add_metric([], len(builder.markets) if builder is not None else 0)
+        markets.add_metric([], sum(len(builder.markets) for builder in builders))
         yield markets
-        yield _counter(
-            "marketpipe_stream_ohlcv_late_trades", "trades applied to closed candles", builder, "late_trades"
-        )
-        yield _counter("marketpipe_stream_ohlcv_duplicates", "replayed trades skipped", builder, "duplicates")
+        late = CounterMetricFamily("marketpipe_stream_ohlcv_late_trades", "trades applied to closed candles")
+        late.add_metric([], sum(builder.late_trades for builder in builders))
+        yield late
 
-    def _consumer(self) -> Iterator[Any]:
-        monitor = getattr(self.app, "monitor", None)
+    def _loops(self) -> Iterator[Any]:
+        loops = dict(self.worker.loops)
         received = CounterMetricFamily(
             "marketpipe_stream_messages_received", "messages consumed", labels=["topic"]
         )
@@ -109,15 +127,18 @@ class StreamCollector(Collector):
             "messages behind the partition end",
             labels=["topic", "partition"],
         )
-        if monitor is not None:
-            for topic, count in list(monitor.messages_received_by_topic.items()):
+        for loop in loops.values():
+            for topic, count in list(loop.stats.received.items()):
                 received.add_metric([topic], count)
-            read = dict(monitor.tp_read_offsets)
-            for tp, end in list(monitor.tp_end_offsets.items()):
-                behind = end - (read[tp] + 1) if tp in read else end
-                lag.add_metric([tp.topic, str(tp.partition)], max(0, behind))
+            for (topic, partition), behind in list(loop.stats.lag.items()):
+                lag.add_metric([topic, str(partition)], behind)
         yield received
         yield lag
+        for name, help_text in LOOP_COUNTERS.items():
+            family = CounterMetricFamily(f"marketpipe_stream_{name}", help_text, labels=["stage"])
+            for stage, loop in loops.items():
+                family.add_metric([stage], getattr(loop.stats, name))
+            yield family
 
 
 def _counter(name: str, help_text: str, source: Any, attribute: str) -> CounterMetricFamily:
@@ -126,9 +147,9 @@ def _counter(name: str, help_text: str, source: Any, attribute: str) -> CounterM
     return family
 
 
-def serve_stream_metrics(app: Any, port: int) -> StreamCollector:
+def serve_stream_metrics(worker: Any, port: int) -> StreamCollector:
     """Expose the worker's metrics on ``port`` (0 = off); returns the collector."""
-    collector = StreamCollector(app)
+    collector = StreamCollector(worker)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     serve_metrics_endpoint(port, registry)

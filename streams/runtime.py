@@ -1,0 +1,553 @@
+"""The stream runtime: a thin transactional consume-transform-produce loop over confluent-kafka.
+
+One ``TransactionalLoop`` runs one ``Stage`` (normalise, ohlcv, consolidate) in its own
+consumer group. Each round:
+
+1. ``consume`` a batch (rebalance callbacks run only here, so never inside a transaction);
+2. begin a transaction; hand each input partition's messages, in order, to the stage with
+   that partition's state object; queue every output;
+3. when a checkpoint is due, write the state of every partition changed since its last
+   checkpoint to the compacted checkpoint topic, inside the same transaction;
+4. ``send_offsets_to_transaction`` (KIP-447: fenced by the group generation) with, in each
+   partition's offset metadata, a pointer to its latest checkpoint record; commit.
+
+Outputs, input offsets and checkpoints are therefore committed atomically; downstream
+consumers read with ``isolation.level=read_committed``.
+
+Restoring a partition (on assignment, or after an aborted transaction): the committed
+offset ``C`` carries the pointer to the checkpoint, which holds the state as of offset
+``S <= C``. The state is unpickled, the consumer seeks to ``S`` and messages ``S..C-1`` are
+processed again with their outputs discarded (they were committed already), then processing
+goes on live from ``C``. Stages are pure functions of their input, so the rebuilt state is
+the one a never-interrupted worker would hold. Without a pointer (first run) the stage gets
+a fresh state at the committed offset.
+
+Failure policy: a retriable commit error is retried; an abortable one aborts the transaction
+and restores every assigned partition from its last commit (nothing of the aborted round
+survives); a fatal one (fenced by a newer instance of the same worker id) stops the loop with
+an error and a non-zero exit. A loop that holds partitions with unread records and makes no
+progress for ``stall_timeout_s`` stops itself so the supervisor restarts it (counted).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+import msgspec
+import zstandard
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from marketpipe.config import Settings
+from marketpipe.topics import Topology
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+Emit = Callable[[str, bytes, bytes], None]
+TP = tuple[str, int]
+MAX_OUTPUT_BYTES = 16 * 1024 * 1024
+MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024
+_POINTER_PREFIX = "cp1:"
+
+
+class Stage(Protocol[S]):
+    """What a loop runs. ``process`` must be a pure function of (state, messages)."""
+
+    name: str
+    group: str
+    topics: Sequence[str]
+
+    def new_state(self, topic: str, partition: int) -> S: ...
+
+    def process(self, state: S, messages: Sequence[Message], emit: Emit | None) -> None:
+        """Apply one partition's messages in order; ``emit`` is None while replaying (discard)."""
+        ...
+
+    def flush(self, state: S, emit: Emit) -> None:
+        """End of input (``marketpipe run --exit-on-drain``): publish what waits for more input."""
+        ...
+
+
+class StageFailed(RuntimeError):
+    """The loop cannot go on without losing or duplicating output; the worker must exit non-zero."""
+
+
+class Checkpoint(msgspec.Struct, array_like=True):
+    stage: str
+    topic: str
+    partition: int
+    offset: int
+    """the state is as of this input offset (the next one to process)"""
+    state: bytes
+    """zstd(pickle(state))"""
+
+
+@dataclass
+class PartitionState(Generic[S]):
+    state: S
+    replay_until: int = -1
+    """messages below this offset were committed already: rebuild state, emit nothing"""
+    pointer: str = ""
+    """offset metadata: where the latest checkpoint of this partition is"""
+    dirty: bool = False
+    """processed since the last checkpoint"""
+    position: int = -1
+    """the consumer's position: next offset to read, past transaction markers (-1: not known yet)"""
+    committed: int = -1
+    """the offset committed for this partition (never moved backwards)"""
+
+
+@dataclass
+class LoopStats:
+    """Running totals read by the metrics collector (another thread: plain ints only)."""
+
+    received: dict[str, int] = field(default_factory=dict)
+    transactions: int = 0
+    aborts: int = 0
+    checkpoints: int = 0
+    checkpoint_bytes: int = 0
+    restores: int = 0
+    replayed: int = 0
+    restore_failures: int = 0
+    stalls: int = 0
+    flushes: int = 0
+    lag: dict[TP, int] = field(default_factory=dict)
+
+
+class TransactionalLoop(Generic[S]):
+    def __init__(self, stage: Stage[S], settings: Settings, worker_id: str) -> None:
+        self.stage = stage
+        self.settings = settings
+        streams = settings.streams
+        self.batch_size = streams.batch_size
+        self.poll_s = streams.poll_interval_ms / 1000
+        self.checkpoint_every_s = streams.checkpoint_interval_s
+        self.stall_timeout_s = streams.stall_timeout_s
+        self.checkpoint_topic = Topology.from_settings(settings).checkpoints
+        self.stats = LoopStats()
+        self.partitions: dict[TP, PartitionState[S]] = {}
+        self.flush_requested = threading.Event()
+        self.stopping = threading.Event()
+        self._compress = zstandard.ZstdCompressor(level=1)
+        self._decompress = zstandard.ZstdDecompressor()
+        self._last_checkpoint = time.monotonic()
+        self._last_progress = time.monotonic()
+        self._last_lag_check = 0.0
+        self._delivered: dict[bytes, tuple[int, int]] = {}
+        self._failures: list[str] = []
+        client = settings.kafka_client_config()
+        self.consumer = Consumer(
+            {
+                **client,
+                "group.id": stage.group,
+                "client.id": f"{stage.group}-{worker_id}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": int(streams.session_timeout_s * 1000),
+                "heartbeat.interval.ms": max(1000, int(streams.session_timeout_s * 1000) // 5),
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "max.partition.fetch.bytes": 16 * 1024 * 1024,
+                "queued.max.messages.kbytes": 256 * 1024,
+            }
+        )
+        self.producer = Producer(
+            {
+                **client,
+                "transactional.id": f"{stage.group}-{worker_id}",
+                "transaction.timeout.ms": int(streams.transaction_timeout_s * 1000),
+                "client.id": f"{stage.group}-{worker_id}",
+                "compression.type": settings.kafka.compression,
+                "linger.ms": 5,
+                "message.max.bytes": MAX_CHECKPOINT_BYTES + 1024 * 1024,
+                "queue.buffering.max.messages": 1_000_000,
+                "queue.buffering.max.kbytes": 2 * 1024 * 1024,
+                "partitioner": "murmur2_random",
+            }
+        )
+        self._checkpoint_partitions = 0
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        """Process until ``stopping`` is set. Raises StageFailed when output could be lost."""
+        try:
+            self.producer.init_transactions(60)
+        except KafkaException as exc:
+            raise StageFailed(f"{self.stage.name}: cannot start transactions: {exc.args[0].str()}") from None
+        self._checkpoint_partitions = self._partition_count(self.checkpoint_topic)
+        self.consumer.subscribe(
+            list(self.stage.topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        try:
+            while not self.stopping.is_set():
+                messages = self.consumer.consume(self.batch_size, self.poll_s)
+                self._round(messages)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            self.consumer.close()  # leaves the group: partitions move at once, not after the session timeout
+        except KafkaException as exc:
+            log.warning("%s: closing the consumer: %s", self.stage.name, exc)
+
+    # --------------------------------------------------------------------------- a round
+
+    def _round(self, messages: list[Message]) -> None:
+        batches = self._by_partition(messages)
+        moved = self._positions()
+        if batches:
+            self._refresh_lag()
+        flush = self.flush_requested.is_set()
+        checkpoint = self._checkpoint_due()
+        if not batches and not moved and not flush and not checkpoint:
+            self._watch_progress()
+            return
+        self.producer.begin_transaction()
+        try:
+            for tp, batch in batches.items():
+                self._process(tp, batch)
+            if flush:
+                for part in self.partitions.values():
+                    self.stage.flush(part.state, self._emit)
+                    part.dirty = True
+            # a partition's first commit carries its first checkpoint: committed input is never
+            # without the state built from it
+            first = [tp for tp in moved if not self.partitions[tp].pointer]
+            if checkpoint or flush or first:
+                moved = sorted({*moved, *self._write_checkpoints(everything=checkpoint or flush, also=first)})
+            self._commit(moved)
+        except KafkaException as exc:
+            self._transaction_failed(exc)
+            return
+        if flush:
+            self.flush_requested.clear()
+            self.stats.flushes += 1
+        self._last_progress = time.monotonic()
+
+    def _refresh_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag_check >= 1.0:
+            self._last_lag_check = now
+            self._update_lag()
+
+    def _positions(self) -> list[TP]:
+        """Update every partition's position; the ones that moved past their committed offset.
+
+        The position (not the last offset + 1) is committed: a read-committed consumer's
+        position also steps over the transaction markers that follow the last record, so a
+        drained partition is committed up to its end.
+        """
+        if not self.partitions:
+            return []
+        moved: list[TP] = []
+        for tp in self.consumer.position([TopicPartition(*key) for key in self.partitions]):
+            part = self.partitions.get((tp.topic, tp.partition))
+            if part is None or tp.offset < 0:
+                continue
+            part.position = tp.offset
+            if tp.offset > part.committed:
+                moved.append((tp.topic, tp.partition))
+        return moved
+
+    def _by_partition(self, messages: list[Message]) -> dict[TP, list[Message]]:
+        batches: dict[TP, list[Message]] = {}
+        received = self.stats.received
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise StageFailed(f"{self.stage.name}: consumer failed: {error.str()}")
+                log.warning("%s: consumer: %s", self.stage.name, error.str())
+                continue
+            tp: TP = (message.topic() or "", message.partition() or 0)
+            found = batches.get(tp)
+            if found is None:
+                found = batches[tp] = []
+                received.setdefault(tp[0], 0)
+            found.append(message)
+        for tp, batch in batches.items():
+            received[tp[0]] += len(batch)
+        return batches
+
+    def _process(self, tp: TP, batch: list[Message]) -> None:
+        part = self.partitions.get(tp)
+        if part is None:  # revoked meanwhile (messages fetched before the revoke)
+            return
+        if part.replay_until > (batch[0].offset() or 0):
+            replay = [m for m in batch if (m.offset() or 0) < part.replay_until]
+            self.stage.process(part.state, replay, None)
+            self.stats.replayed += len(replay)
+            batch = batch[len(replay) :]
+        if batch:
+            self.stage.process(part.state, batch, self._emit)
+        part.dirty = True
+
+    def _emit(self, topic: str, key: bytes, value: bytes) -> None:
+        produce = self.producer.produce
+        while True:
+            try:
+                produce(topic, value, key, on_delivery=self._on_delivery)
+                return
+            except BufferError:  # librdkafka's queue is full: let it send
+                self.producer.poll(0.05)
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._failures.append(f"{message.topic()}: {error.str()}")
+
+    def _commit(self, moved: list[TP]) -> None:
+        """Offsets of the partitions that moved (with their checkpoint pointers), then commit."""
+        parts = self.partitions
+        offsets = [
+            TopicPartition(*tp, max(parts[tp].position, parts[tp].committed), metadata=parts[tp].pointer)
+            for tp in moved
+        ]
+        if offsets:
+            self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+        self._commit_transaction()
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise StageFailed(
+                f"{self.stage.name}: {len(failures)} outputs not delivered, first: {failures[0]}"
+            )
+        for tp in moved:
+            parts[tp].committed = max(parts[tp].position, parts[tp].committed)
+        self.stats.transactions += 1
+
+    def _commit_transaction(self) -> None:
+        for _ in range(10):
+            try:
+                self.producer.commit_transaction(60)
+                return
+            except KafkaException as exc:
+                if not exc.args[0].retriable():
+                    raise
+                log.warning("%s: commit retried: %s", self.stage.name, exc.args[0].str())
+        raise StageFailed(f"{self.stage.name}: the transaction could not be committed after 10 attempts")
+
+    def _transaction_failed(self, exc: KafkaException) -> None:
+        error: KafkaError = exc.args[0]
+        if error.fatal() or not error.txn_requires_abort():
+            raise StageFailed(
+                f"{self.stage.name}: transaction failed: {error.str()}"
+                + (" (another worker runs with the same worker id?)" if error.fatal() else "")
+            ) from None
+        log.warning(
+            "%s: transaction aborted (%s); restoring from the last commit", self.stage.name, error.str()
+        )
+        self.producer.abort_transaction(60)
+        self._failures.clear()
+        self.stats.aborts += 1
+        assigned = [TopicPartition(topic, partition) for topic, partition in self.partitions]
+        restored = self._restore(assigned)
+        for tp in restored:
+            self.consumer.seek(tp)
+
+    # ----------------------------------------------------------------------- checkpoints
+
+    def _checkpoint_due(self) -> bool:
+        return time.monotonic() - self._last_checkpoint >= self.checkpoint_every_s
+
+    def _write_checkpoints(self, everything: bool, also: Sequence[TP] = ()) -> list[TP]:
+        """Checkpoint the partitions processed since their last checkpoint (``everything``) or
+        just those in ``also``; returns the partitions checkpointed."""
+        if everything:
+            self._last_checkpoint = time.monotonic()
+        chosen = self.partitions.keys() if everything else also
+        written: list[tuple[TP, bytes]] = []
+        for tp in chosen:
+            part = self.partitions[tp]
+            if not part.dirty or part.position < 0:
+                continue
+            blob = self._compress.compress(pickle.dumps(part.state, protocol=pickle.HIGHEST_PROTOCOL))
+            record = Checkpoint(self.stage.name, tp[0], tp[1], part.position, blob)
+            value = msgspec.msgpack.encode(record)
+            if len(value) > MAX_CHECKPOINT_BYTES:
+                raise StageFailed(f"{self.stage.name}: state of {tp} is {len(value)} bytes, over the limit")
+            key = checkpoint_key(self.stage.name, *tp)
+            partition = zlib.crc32(key) % self._checkpoint_partitions
+            self.producer.produce(
+                self.checkpoint_topic, value, key, partition=partition, on_delivery=self._on_checkpoint
+            )
+            written.append((tp, key))
+            self.stats.checkpoint_bytes += len(value)
+        if not written:
+            return []
+        if self.producer.flush(60):
+            raise StageFailed(f"{self.stage.name}: checkpoints not delivered within 60 s")
+        for tp, key in written:
+            where = self._delivered.pop(key, None)
+            if where is None:
+                raise StageFailed(f"{self.stage.name}: checkpoint of {tp} failed: {self._failures[:1]}")
+            part = self.partitions[tp]
+            part.pointer = f"{_POINTER_PREFIX}{where[0]}:{where[1]}"
+            part.dirty = False
+            self.stats.checkpoints += 1
+        return [tp for tp, _ in written]
+
+    def _on_checkpoint(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._failures.append(f"checkpoint: {error.str()}")
+            return
+        key = message.key()
+        assert key is not None
+        self._delivered[key] = (message.partition() or 0, message.offset() or 0)
+
+    # -------------------------------------------------------------------------- rebalance
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        restored = self._restore(partitions)
+        consumer.incremental_assign(restored)
+        log.info("%s: assigned %s", self.stage.name, _names(restored))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.partitions.pop((tp.topic, tp.partition), None)
+        consumer.incremental_unassign(partitions)
+        log.info("%s: revoked %s", self.stage.name, _names(partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("%s: partitions lost (session timed out): %s", self.stage.name, _names(partitions))
+        self._on_revoke(consumer, partitions)
+
+    def _restore(self, partitions: Iterable[TopicPartition]) -> list[TopicPartition]:
+        """Each partition's state from its checkpoint; returns where to resume reading."""
+        partitions = list(partitions)
+        if not partitions:
+            return []
+        committed = self._committed(partitions)
+        resume: list[TopicPartition] = []
+        for tp in committed:
+            key = (tp.topic, tp.partition)
+            offset = tp.offset if tp.offset >= 0 else -1
+            checkpoint = self._read_checkpoint(tp.metadata or "", key)
+            if checkpoint is None:
+                state = self.stage.new_state(*key)
+                part: PartitionState[S] = PartitionState(state, position=offset, committed=offset)
+                start = offset if offset >= 0 else OFFSET_BEGINNING
+            else:
+                state = pickle.loads(self._decompress.decompress(checkpoint.state))
+                pointer = tp.metadata or ""
+                start = checkpoint.offset
+                part = PartitionState(state, offset, pointer, position=start, committed=offset)
+                self.stats.restores += 1
+            self.partitions[key] = part
+            resume.append(TopicPartition(tp.topic, tp.partition, start))
+        return resume
+
+    def _committed(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        for attempt in range(60):
+            try:
+                return self.consumer.committed(partitions, timeout=30)
+            except KafkaException as exc:
+                # UNSTABLE_OFFSET_COMMIT: a previous owner's transaction is still pending
+                log.warning("%s: committed offsets not readable yet (%s)", self.stage.name, exc)
+                time.sleep(min(1.0, 0.1 * (attempt + 1)))
+        raise StageFailed(f"{self.stage.name}: committed offsets unreadable for a minute")
+
+    def _read_checkpoint(self, pointer: str, key: TP) -> Checkpoint | None:
+        if not pointer.startswith(_POINTER_PREFIX):
+            return None
+        partition, offset = (int(x) for x in pointer[len(_POINTER_PREFIX) :].split(":"))
+        reader = Consumer(
+            {
+                **self.settings.kafka_client_config(),
+                "group.id": f"{self.stage.group}-restore",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "fetch.max.bytes": MAX_CHECKPOINT_BYTES + 1024 * 1024,
+                "max.partition.fetch.bytes": MAX_CHECKPOINT_BYTES + 1024 * 1024,
+            }
+        )
+        try:
+            reader.assign([TopicPartition(self.checkpoint_topic, partition, offset)])
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                message = reader.poll(1.0)
+                if message is None or message.error() is not None:
+                    continue
+                if message.offset() != offset:
+                    break  # compacted away (should not happen: it is the newest of its key)
+                found = msgspec.msgpack.decode(message.value() or b"", type=Checkpoint)
+                if (found.topic, found.partition) != key or found.stage != self.stage.name:
+                    break
+                return found
+        except (KafkaException, msgspec.DecodeError) as exc:
+            log.error("%s: checkpoint %s of %s unreadable: %s", self.stage.name, pointer, key, exc)
+        finally:
+            reader.close()
+        self.stats.restore_failures += 1
+        log.error("%s: no checkpoint at %s for %s: starting with fresh state", self.stage.name, pointer, key)
+        return None
+
+    # --------------------------------------------------------------------------- progress
+
+    def _watch_progress(self) -> None:
+        """Nothing consumed this round: if records wait in an assigned partition, count the silence."""
+        now = time.monotonic()
+        if now - self._last_lag_check < 1.0:
+            return
+        self._last_lag_check = now
+        waiting = sum(self._update_lag().values())
+        if not waiting:
+            self._last_progress = now
+            return
+        silent = now - self._last_progress
+        if silent > self.stall_timeout_s:
+            self.stats.stalls += 1
+            raise StageFailed(
+                f"{self.stage.name}: stalled: {waiting} records waiting, nothing consumed for {silent:.0f}s"
+            )
+
+    def _update_lag(self) -> dict[TP, int]:
+        """Records between each partition's position and its end (also published as a metric)."""
+        lag: dict[TP, int] = {}
+        for key, part in list(self.partitions.items()):
+            tp = TopicPartition(*key)
+            try:
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    _, high = self.consumer.get_watermark_offsets(tp, timeout=5)
+            except KafkaException:
+                continue
+            position = part.position if part.position >= 0 else part.committed
+            lag[key] = max(0, high - max(position, 0)) if high >= 0 else 0
+        self.stats.lag = lag
+        return lag
+
+    def _partition_count(self, topic: str) -> int:
+        metadata = self.consumer.list_topics(topic, timeout=30)
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None or not found.partitions:
+            raise StageFailed(f"topic {topic} does not exist (run `marketpipe topics apply`)")
+        return len(found.partitions)
+
+
+def checkpoint_key(stage: str, topic: str, partition: int) -> bytes:
+    return f"{stage}|{topic}|{partition}".encode()
+
+
+def _names(partitions: Iterable[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
