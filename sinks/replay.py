@@ -6,17 +6,17 @@ their end), or explicit offsets from a JSON file ``{"topic": {"partition": offse
 A group with active members is refused unless forced (Kafka itself still rejects offset
 changes for topics the live members consume).
 
-Recomputing everything from the raw topics (``plan_streams``/``apply_streams``) needs
-more than an offset reset, because the streams app keeps state in Faust tables:
+Recomputing everything from the raw topics (``plan_streams``/``apply_streams``) resets
+every stream stage's group (streams/runtime.py), each in its own way:
 
-* the app's group goes to the earliest offsets of ``raw.<exchange>``, so the normaliser
+* the normalise stage's group goes to the earliest offsets of ``raw.<exchange>``, so it
   re-derives md.trades, md.book, md.bbo, md.book-buckets and md.status from the start;
-* its *derived* inputs (md.trades for the candles, md.book-buckets and the internal
-  ``<app id>-consolidate`` topic for the consolidation) go to their end: the re-derived
-  records are appended there and must be the only ones the aggregations see again
-  (reading the old copies as well would count every trade twice);
-* the tables' changelog topics (``<app id>-*-changelog``) are deleted, so the tables start
-  empty; Faust creates them again when the app starts.
+* the aggregation stages' *derived* inputs (md.trades for the candles, the internal
+  consolidation topic for the cross-exchange views) go to their end: the re-derived records
+  are appended there and must be the only ones the aggregations see again (reading the old
+  copies as well would count every trade twice);
+* offsets written by the admin client carry no checkpoint pointer, so every stage starts
+  from empty state there (its old checkpoints are never read again).
 
 The sink is left alone: it stores the re-derived records on top of the old rows, and
 the tables collapse them on their natural keys (candles: the highest version).
@@ -73,16 +73,9 @@ class Target:
 
 @dataclass(frozen=True)
 class StreamsReplay:
-    """What recomputing from the raw topics changes: offsets of the app's group, deleted changelogs."""
+    """What recomputing from the raw topics changes: the offsets of each stage's group."""
 
-    group: str
-    changes: list[OffsetChange]
-    changelogs: list[str]
-
-
-def streams_app_id(topology: Topology) -> str:
-    """The streams app's Faust id, which is also its consumer group (``streams/app.py``)."""
-    return topology.name("marketpipe-streams")
+    groups: list[tuple[str, list[OffsetChange]]]
 
 
 def parse_datetime(text: str) -> datetime:
@@ -178,22 +171,22 @@ class OffsetResetter:
             )
 
     def plan_streams(self, topology: Topology) -> StreamsReplay:
-        """The streams app's group back to the start of the raw topics (see the module doc)."""
-        group = streams_app_id(topology)
+        """Every stream stage's group: raw inputs to their start, derived inputs to their end."""
         existing = set(self.admin.list_topics(timeout=self.timeout).topics)
-        raw = [t for t in (topology.raw(e) for e in topology.exchanges) if t in existing]
-        if not raw:
+        raw = {topology.raw(e) for e in topology.exchanges}
+        if not raw & existing:
             raise ReplayError(f"none of the raw topics of {', '.join(topology.exchanges)} exists")
-        derived = [t for t in derived_inputs(topology) if t in existing]
-        changes = self.plan(group, Target(earliest=True), raw)
-        if derived:
-            changes += self.plan(group, Target(latest=True), derived)
-        changelogs = sorted(t for t in existing if t.startswith(f"{group}-") and t.endswith("-changelog"))
-        return StreamsReplay(group, changes, changelogs)
+        groups = []
+        for group, inputs in topology.stream_stages():
+            present = [t for t in inputs if t in existing]
+            target = Target(earliest=True) if raw.issuperset(inputs) else Target(latest=True)
+            if present:
+                groups.append((group, self.plan(group, target, present)))
+        return StreamsReplay(groups)
 
     def apply_streams(self, replay: StreamsReplay, force: bool = False) -> None:
-        self.apply(replay.group, replay.changes, force=force)
-        self.delete_topics(replay.changelogs)
+        for group, changes in replay.groups:
+            self.apply(group, changes, force=force)
 
     def delete_topics(self, topics: list[str]) -> None:
         """Delete topics and wait until the broker no longer lists them (so they can be recreated)."""
@@ -251,8 +244,3 @@ class OffsetResetter:
             return {}
         futures = self.admin.list_offsets({tp: spec for tp in partitions}, request_timeout=self.timeout)
         return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
-
-
-def derived_inputs(topology: Topology) -> list[str]:
-    """Topics the streams app consumes that it (or the normaliser) also writes."""
-    return [topology.trades, topology.book_buckets, f"{streams_app_id(topology)}-consolidate"]

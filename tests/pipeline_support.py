@@ -1,7 +1,7 @@
 """The whole pipeline as subprocesses (sim, produce, stream, sink) on one topic namespace.
 
 Shared by the end-to-end and replay-runbook tests: start and stop the parts, wait until
-the streams app and the sink have consumed everything (consumer lag 0, end offsets
+every stream stage and the sink have consumed everything (consumer lag 0, end offsets
 stable), read a topic completely, and query the sink's ClickHouse.
 """
 
@@ -27,10 +27,6 @@ from sinks.clickhouse import connect
 Offsets = dict[tuple[str, int], int]
 
 
-def streams_group(topology: Topology) -> str:
-    return topology.name("marketpipe-streams")
-
-
 def sink_group(topology: Topology) -> str:
     return topology.name("marketpipe-sink")
 
@@ -40,13 +36,8 @@ def sink_topics(topology: Topology) -> list[str]:
 
 
 def streams_topics(topology: Topology) -> list[str]:
-    """Every topic the streams app consumes: raw, derived inputs, its internal repartition topic."""
-    return [
-        *(topology.raw(exchange) for exchange in topology.exchanges),
-        topology.trades,
-        topology.book_buckets,
-        f"{streams_group(topology)}-consolidate",
-    ]
+    """Every topic a stream stage consumes: raw, md.trades, the consolidation topic."""
+    return [topic for _, topics in topology.stream_stages() for topic in topics]
 
 
 def partitions_of(bootstrap: str, topics: list[str]) -> list[TopicPartition]:
@@ -213,11 +204,11 @@ class Pipeline:
             self.check_alive(*running)
             ends = end_offsets(self.bootstrap, watched)
             lags: dict[str, int] = {}
-            for name, group, topics in (
-                ("streams", streams_group(self.topics), streams_topics(self.topics) if streams else []),
-                ("sink", sink_group(self.topics), sink_topics(self.topics) if sink else []),
-            ):
-                lags |= {f"{name} {t}": n for t, n in lag(self.bootstrap, group, topics).items()}
+            groups = [(group, topics) for group, topics in self.topics.stream_stages() if streams]
+            if sink:
+                groups.append((sink_group(self.topics), sink_topics(self.topics)))
+            for group, topics in groups:
+                lags |= {f"{group} {t}": n for t, n in lag(self.bootstrap, group, topics).items()}
             if not any(lags.values()) and ends == previous:
                 return
             assert time.monotonic() < deadline, f"not drained after {timeout_s}s: lag {lags}"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from marketpipe.cli import main
 from marketpipe.topics import Topology
@@ -191,35 +191,30 @@ def _commit_some(kafka_bootstrap: str, group: str, topic: str, produced: int, co
     consumer.close()
 
 
-def test_streams_replay_rewinds_raw_skips_derived_and_drops_changelogs(
+def test_streams_replay_rewinds_raw_and_skips_derived(
     kafka_bootstrap: str, topics: Topology, kafka_admin: AdminClient
 ) -> None:
-    app = topics.name("marketpipe-streams")
-    changelog, unrelated = f"{app}-ohlcv-state-changelog", f"{app}-notes"
-    created = kafka_admin.create_topics(
-        [NewTopic(changelog, 3, 1, config={"cleanup.policy": "compact"}), NewTopic(unrelated, 1, 1)]
-    )
-    for future in created.values():
-        future.result()
-    _commit_some(kafka_bootstrap, app, topics.raw("okx"), produced=5, consumed=5)
-    _commit_some(kafka_bootstrap, app, topics.trades, produced=4, consumed=1)
+    normalise, ohlcv = topics.streams_group, topics.ohlcv_group
+    _commit_some(kafka_bootstrap, normalise, topics.raw("okx"), produced=5, consumed=5)
+    _commit_some(kafka_bootstrap, ohlcv, topics.trades, produced=4, consumed=1)
     env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "MARKETPIPE_KAFKA__TOPIC_PREFIX": topics.prefix}
-    before = {t: _committed(kafka_bootstrap, app, t) for t in (topics.raw("okx"), topics.trades)}
+    before = {
+        (normalise, topics.raw("okx")): _committed(kafka_bootstrap, normalise, topics.raw("okx")),
+        (ohlcv, topics.trades): _committed(kafka_bootstrap, ohlcv, topics.trades),
+    }
 
     dry = CliRunner().invoke(main, ["replay", "--streams", "--dry-run"], env=env)
     assert dry.exit_code == 0, dry.output
-    assert "DRY RUN" in dry.output and f"would delete table changelog topic(s): {changelog}" in dry.output
-    assert {t: _committed(kafka_bootstrap, app, t) for t in before} == before
-    assert changelog in kafka_admin.list_topics(timeout=10).topics
+    assert "DRY RUN" in dry.output and normalise in dry.output and ohlcv in dry.output
+    assert {key: _committed(kafka_bootstrap, *key) for key in before} == before
 
     result = CliRunner().invoke(main, ["replay", "--streams"], env=env)
     assert result.exit_code == 0, result.output
-    assert set(_committed(kafka_bootstrap, app, topics.raw("okx")).values()) == {0}
-    assert sum(_committed(kafka_bootstrap, app, topics.trades).values()) == 4  # the end
+    assert set(_committed(kafka_bootstrap, normalise, topics.raw("okx")).values()) == {0}
+    assert sum(_committed(kafka_bootstrap, ohlcv, topics.trades).values()) == 4  # the end
     # raw topics it never read start from the beginning too
-    assert set(_committed(kafka_bootstrap, app, topics.raw("kraken")).values()) == {0}
-    listed = kafka_admin.list_topics(timeout=10).topics
-    assert changelog not in listed and unrelated in listed
+    assert set(_committed(kafka_bootstrap, normalise, topics.raw("kraken")).values()) == {0}
+    assert f"reset 3 partition(s) of group {topics.consolidate_group}" in result.output
 
 
 def test_streams_replay_takes_no_group_or_target(kafka_bootstrap: str) -> None:
