@@ -155,6 +155,9 @@ class TransactionalLoop(Generic[S]):
             {
                 **client,
                 "group.id": stage.group,
+                # static membership: a restarted worker takes its partitions back at once,
+                # without a rebalance (a worker gone for good loses them after the session timeout)
+                "group.instance.id": f"{stage.name}-{worker_id}",
                 "client.id": f"{stage.group}-{worker_id}",
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,

@@ -47,6 +47,7 @@ def consume(
             "bootstrap.servers": bootstrap,
             "group.id": f"test-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
             "enable.auto.commit": False,
         }
     )

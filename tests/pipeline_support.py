@@ -90,6 +90,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Mess
             "bootstrap.servers": bootstrap,
             "group.id": f"read-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
+            "isolation.level": "read_committed",
             "enable.partition.eof": True,
         }
     )
