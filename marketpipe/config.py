@@ -42,6 +42,11 @@ def interval_to_us(interval: str) -> int:
     return int(match.group(1)) * _INTERVAL_UNIT_US[match.group(2)]
 
 
+LocalSecurityProtocol = Literal["PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL"]
+_LOCAL_USER_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_LOCAL_PASSWORD_RE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,128}")  # printable ASCII but " and \
+
+
 class LocalBrokerSettings(BaseModel):
     """The single-node KRaft broker that `marketpipe kafka start` runs from Maven jars."""
 
@@ -51,6 +56,13 @@ class LocalBrokerSettings(BaseModel):
     controller_port: int = Field(9093, ge=1, le=65535)
     heap: str = "1g"
     start_timeout_s: float = Field(60.0, gt=0)
+    security_protocol: LocalSecurityProtocol = Field(
+        "PLAINTEXT",
+        description="the client listener on `port`; the TLS ones use a self-signed certificate made at start",
+    )
+    sasl_users: dict[str, str] = Field(
+        default_factory=dict, description="SASL/PLAIN user -> password the broker accepts"
+    )
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> LocalBrokerSettings:
@@ -58,12 +70,57 @@ class LocalBrokerSettings(BaseModel):
             raise ValueError("kafka.local.port and kafka.local.controller_port must differ")
         return self
 
+    @model_validator(mode="after")
+    def _sasl_users_fit(self) -> LocalBrokerSettings:
+        if self.security_protocol.startswith("SASL_") and not self.sasl_users:
+            raise ValueError(
+                f"kafka.local.security_protocol {self.security_protocol} needs kafka.local.sasl_users"
+            )
+        for user, password in self.sasl_users.items():
+            # they are written into the broker's JAAS line, where these characters would need escaping
+            if not _LOCAL_USER_RE.fullmatch(user) or not _LOCAL_PASSWORD_RE.fullmatch(password):
+                raise ValueError(
+                    f"kafka.local.sasl_users[{user!r}]: user names use letters, digits, '.', '_', '-'; "
+                    "passwords are printable ASCII without quotes or backslashes"
+                )
+        return self
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
+
+
+def client_security_problem(client: dict[str, str]) -> str | None:
+    """What in `kafka.client` would make every client fail to connect in a way librdkafka explains badly."""
+    if "bootstrap.servers" in client:
+        return (
+            "bootstrap.servers belongs in kafka.bootstrap_servers (KAFKA_BOOTSTRAP_SERVERS), not kafka.client"
+        )
+    protocol = client.get("security.protocol", "PLAINTEXT").upper()
+    if protocol not in SECURITY_PROTOCOLS:
+        return f"security.protocol {protocol!r} must be one of {', '.join(SECURITY_PROTOCOLS)}"
+    mechanism = client.get("sasl.mechanism", client.get("sasl.mechanisms", "")).upper()
+    sasl_keys = sorted(key for key in client if key.startswith("sasl."))
+    if not protocol.startswith("SASL_"):
+        # librdkafka would ignore them and connect without authenticating
+        return (
+            f"{', '.join(sasl_keys)} need security.protocol SASL_SSL or SASL_PLAINTEXT" if sasl_keys else None
+        )
+    if mechanism not in SASL_MECHANISMS:
+        # unset, librdkafka falls back to GSSAPI (Kerberos), which is rarely what was meant
+        return f"security.protocol {protocol} needs sasl.mechanism, one of {', '.join(SASL_MECHANISMS)}"
+    if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        missing = [key for key in ("sasl.username", "sasl.password") if not client.get(key)]
+        if missing:
+            return f"sasl.mechanism {mechanism} needs {' and '.join(missing)}"
+    return None
+
 
 class KafkaSettings(BaseModel):
     bootstrap_servers: str | None = Field(
         None, description="Existing cluster to use; when unset, commands use the local broker."
     )
-    # Passed through verbatim to every librdkafka / aiokafka client, e.g.
+    # Passed through verbatim to every librdkafka client (and translated for aiokafka), e.g.
     # {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", ...}
     client: dict[str, str] = Field(default_factory=dict)
     topic_prefix: str = ""
@@ -71,6 +128,28 @@ class KafkaSettings(BaseModel):
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
     linger_ms: int = Field(20, ge=0)
     local: LocalBrokerSettings = Field(default_factory=lambda: LocalBrokerSettings())
+
+    @field_validator("client", mode="before")
+    @classmethod
+    def _client_values_as_text(cls, value: Any) -> Any:
+        """TOML gives `enable.ssl.certificate.verification = false` as a bool; librdkafka reads text."""
+        if not isinstance(value, dict):
+            return value
+        nested = [key for key, item in value.items() if isinstance(item, dict | list)]
+        if nested:
+            raise ValueError(
+                f"kafka.client.{nested[0]} is a table: quote librdkafka names in TOML, "
+                '"ssl.ca.location" = "...", not ssl.ca.location = "..."'
+            )
+        return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+
+    @field_validator("client")
+    @classmethod
+    def _client_security_fits(cls, value: dict[str, str]) -> dict[str, str]:
+        problem = client_security_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("topic_prefix")
     @classmethod
@@ -95,6 +174,21 @@ class StreamSettings(BaseModel):
         20.0,
         ge=6,
         description="a worker silent this long (crashed) leaves the group and its partitions move on",
+    )
+    worker_id: str | None = Field(
+        None,
+        description="stable name of this stream worker (its transactional ids); default: the host name",
+    )
+    batch_size: int = Field(5000, ge=1, description="records consumed per transaction at most")
+    poll_interval_ms: int = Field(30, ge=1, description="longest wait for a batch to fill")
+    checkpoint_interval_s: float = Field(
+        5.0, gt=0, description="state checkpoint cadence: bounds the input re-read after a restart"
+    )
+    transaction_timeout_s: float = Field(
+        15.0, ge=1, description="an abandoned transaction blocks read-committed consumers this long at most"
+    )
+    stall_timeout_s: float = Field(
+        60.0, gt=0, description="a stage with unread input and no progress this long exits (and is restarted)"
     )
     bucket_max_distance_pct: float = Field(5.0, gt=0, le=100)
     bucket_sizes: dict[str, float] = Field(default_factory=dict, description="symbol -> bucket size")

@@ -12,6 +12,7 @@ from rich.table import Table
 from marketpipe.cli import settings_from
 from marketpipe.config import Settings
 from marketpipe.kafka_local import LocalKafka, LocalKafkaError, fetch_jars
+from marketpipe.kafka_security import KafkaAccessError, check_access
 from marketpipe.topics import Topology, apply_topology, describe_configs
 
 
@@ -44,6 +45,14 @@ def start(ctx: click.Context) -> None:
     click.echo(
         f"kafka {settings.kafka.local.kafka_version} {verb} on {broker.bootstrap} (log: {broker.log_file})"
     )
+    protocol = settings.kafka.local.security_protocol
+    if protocol != "PLAINTEXT":
+        needs = [f"security.protocol={protocol}"]
+        if protocol.startswith("SASL_"):
+            needs.append("sasl.mechanism=PLAIN, sasl.username/sasl.password of kafka.local.sasl_users")
+        if protocol.endswith("SSL"):
+            needs.append(f"ssl.ca.location={broker.ca_file}")
+        click.echo(f"clients need in kafka.client: {'; '.join(needs)}")
 
 
 @kafka.command()
@@ -82,6 +91,10 @@ def topics() -> None:
 
 def _admin(settings: Settings) -> AdminClient:
     config: dict[str, Any] = dict(settings.kafka_client_config())
+    try:
+        check_access(config)
+    except KafkaAccessError as exc:
+        raise click.ClickException(str(exc)) from None
     return AdminClient(config)
 
 
@@ -91,8 +104,9 @@ def apply_cmd(ctx: click.Context) -> None:
     """Create missing topics and reconcile configs (idempotent)."""
     settings = settings_from(ctx)
     topology = Topology.from_settings(settings)
+    admin = _admin(settings)
     try:
-        report = apply_topology(_admin(settings), topology.specs(), settings.kafka.replication_factor)
+        report = apply_topology(admin, topology.specs(), settings.kafka.replication_factor)
     except Exception as exc:
         raise click.ClickException(
             f"topics apply failed against {settings.bootstrap_servers}: {exc}"

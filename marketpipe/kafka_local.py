@@ -10,8 +10,11 @@ anything but the jar cache.
 from __future__ import annotations
 
 import base64
+import ipaddress
+import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -136,10 +139,35 @@ class LocalKafka:
         self.log_config = self.home / "log4j2.yaml"
         self.log_file = self.home / "kafka.log"
         self.pid_file = self.home / "kafka.pid"
+        self.tls_dir = self.home / "tls"
+        self.ca_file = self.tls_dir / "ca.pem"
+        self.secrets_file = self.home / "local-secrets.json"
 
     @property
     def bootstrap(self) -> str:
         return f"{self.settings.host}:{self.settings.port}"
+
+    @property
+    def secured(self) -> bool:
+        return self.settings.security_protocol != "PLAINTEXT"
+
+    def client_config(self, user: str | None = None, password: str | None = None) -> dict[str, str]:
+        """librdkafka settings (`kafka.client`) that reach this broker's listener as `user`.
+
+        ``password`` overrides the configured one (to try a wrong one); with no ``user`` the
+        broker's own internal user is used, as the readiness probe does.
+        """
+        protocol = self.settings.security_protocol
+        config = {"bootstrap.servers": self.bootstrap}
+        if protocol == "PLAINTEXT":
+            return config
+        config["security.protocol"] = protocol
+        if protocol.startswith("SASL_"):
+            name, known = (user, self.settings.sasl_users[user]) if user else self._internal_user()
+            config |= {"sasl.mechanism": "PLAIN", "sasl.username": name, "sasl.password": password or known}
+        if protocol.endswith("SSL"):
+            config["ssl.ca.location"] = str(self.ca_file)
+        return config
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -159,6 +187,8 @@ class LocalKafka:
                     "MARKETPIPE_KAFKA__LOCAL__CONTROLLER_PORT"
                 )
         self.home.mkdir(parents=True, exist_ok=True)
+        if self.settings.security_protocol.endswith("SSL"):
+            self._make_certificate(java)
         self._write_configs()
         classpath = f"{libs}/*"
         if not (self.storage / "meta.properties").exists():
@@ -251,7 +281,7 @@ class LocalKafka:
         from confluent_kafka.admin import AdminClient
 
         config: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap,
+            **(self.client_config() if self.secured else {"bootstrap.servers": self.bootstrap}),
             "log_level": 0,
             "logger": _null_logger(),
         }
@@ -292,11 +322,7 @@ class LocalKafka:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@{s.host}:{s.controller_port}",
-                    f"listeners=PLAINTEXT://{s.host}:{s.port},CONTROLLER://{s.host}:{s.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://{s.host}:{s.port}",
-                    "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-                    "inter.broker.listener.name=PLAINTEXT",
+                    *self._listener_lines(),
                     f"log.dirs={self.storage}",
                     "num.partitions=6",
                     # topics come from `marketpipe topics apply`; an auto-created topic would
@@ -316,7 +342,90 @@ class LocalKafka:
                 ]
             )
         )
+        if self.secured:
+            self.config_file.chmod(0o600)  # it holds the SASL passwords and the keystore password
         self.log_config.write_text(LOG4J2_YAML)
+
+    def _listener_lines(self) -> list[str]:
+        s = self.settings
+        name = s.security_protocol  # the listener is named after its protocol
+        lines = [
+            f"listeners={name}://{s.host}:{s.port},CONTROLLER://{s.host}:{s.controller_port}",
+            f"advertised.listeners={name}://{s.host}:{s.port}",
+            "controller.listener.names=CONTROLLER",
+            f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,{name}:{name}",
+            f"inter.broker.listener.name={name}",
+        ]
+        if name.startswith("SASL_"):
+            lines += self._sasl_lines(name.lower())
+        if name.endswith("SSL"):
+            lines += self._ssl_lines()
+        return lines
+
+    def _sasl_lines(self, listener: str) -> list[str]:
+        internal, internal_password = self._internal_user()
+        users = {**self.settings.sasl_users, internal: internal_password}
+        accepted = " ".join(f'user_{user}="{password}"' for user, password in users.items())
+        jaas = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{internal}" password="{internal_password}" {accepted};'
+        )
+        return [
+            "sasl.enabled.mechanisms=PLAIN",
+            "sasl.mechanism.inter.broker.protocol=PLAIN",
+            f"listener.name.{listener}.plain.sasl.jaas.config={jaas}",
+        ]
+
+    def _ssl_lines(self) -> list[str]:
+        password = self._secrets()["keystore_password"]
+        return [
+            "ssl.keystore.type=PKCS12",
+            f"ssl.keystore.location={self.tls_dir / 'broker.p12'}",
+            f"ssl.keystore.password={password}",
+            f"ssl.key.password={password}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.ca_file}",
+        ]
+
+    def _internal_user(self) -> tuple[str, str]:
+        """The broker's own SASL user (inter-broker and readiness probe), never one of the configured."""
+        return "marketpipe-broker", self._secrets()["broker_password"]
+
+    def _secrets(self) -> dict[str, str]:
+        """Random passwords made once per data dir, kept beside the broker's config (mode 0600)."""
+        try:
+            found: dict[str, str] = json.loads(self.secrets_file.read_text())
+            return found
+        except (OSError, ValueError):
+            pass
+        made = {"broker_password": secrets.token_urlsafe(24), "keystore_password": secrets.token_urlsafe(24)}
+        self.home.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            json.dump(made, out)
+        return made
+
+    def _make_certificate(self, java: str) -> None:
+        """A self-signed certificate for the TLS listener (once per data dir); clients trust ``ca.pem``."""
+        keystore = self.tls_dir / "broker.p12"
+        if keystore.exists() and self.ca_file.exists():
+            return
+        keytool = Path(java).resolve().parent / "keytool"
+        if not keytool.exists():
+            raise LocalKafkaError(f"`keytool` (beside {java}) is needed to make the TLS certificate")
+        self.tls_dir.mkdir(parents=True, exist_ok=True)
+        keystore.unlink(missing_ok=True)
+        password = self._secrets()["keystore_password"]
+        names = dict.fromkeys([_san_entry(self.settings.host), "dns:localhost", "ip:127.0.0.1"])
+        store = ["-keystore", str(keystore), "-storetype", "PKCS12", "-storepass", password]
+        _keytool(
+            keytool,
+            "-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048", "-validity", "3650",
+            "-dname", "CN=marketpipe local broker", "-ext", "SAN=" + ",".join(names),
+            "-keypass", password, *store,
+        )  # fmt: skip
+        _keytool(keytool, "-exportcert", "-rfc", "-alias", "broker", "-file", str(self.ca_file), *store)
+        keystore.chmod(0o600)
 
 
 LOG4J2_YAML = """\
@@ -341,6 +450,20 @@ Configuration:
       - name: state.change.logger
         level: WARN
 """
+
+
+def _san_entry(host: str) -> str:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return f"dns:{host}"
+    return f"ip:{host}"
+
+
+def _keytool(keytool: Path, *args: str) -> None:
+    result = subprocess.run([str(keytool), *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise LocalKafkaError(f"keytool {args[0]} failed: {result.stdout}{result.stderr}".strip())
 
 
 def process_alive(pid: int | None) -> bool:

@@ -26,9 +26,9 @@ def status(ctx: click.Context, plain: bool) -> None:
     for endpoint in state.endpoints:
         if endpoint.state == "running" and not process_alive(endpoint.pid):
             endpoint.state = "gone"
-    observer = Observer(
-        state, KafkaLag(dict(settings.kafka_client_config(), **{"bootstrap.servers": state.bootstrap}))
-    )
+    client_config = dict(settings.kafka_client_config(), **{"bootstrap.servers": state.bootstrap})
+    _require_kafka_access(client_config, unreachable_ok=True)  # lag shows as unknown while Kafka is away
+    observer = Observer(state, KafkaLag(client_config))
     try:
         observer.collect()  # a first sample, so the second one has rates
         time.sleep(1.0)
@@ -42,6 +42,15 @@ def status(ctx: click.Context, plain: bool) -> None:
         from rich.console import Console
 
         Console().print(render_rich(picture, f"marketpipe run --source {state.source} (pid {state.pid})"))
+
+
+def _require_kafka_access(client_config: dict[str, Any], *, unreachable_ok: bool = False) -> None:
+    from marketpipe.kafka_security import KafkaAccessError, check_access
+
+    try:
+        check_access(client_config, 10.0, unreachable_ok=unreachable_ok)
+    except KafkaAccessError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _kafka_of_run(settings: Any) -> tuple[dict[str, Any], str]:
@@ -112,6 +121,7 @@ def tail(
 
     settings = settings_from(ctx)
     client_config, prefix = _kafka_of_run(settings)
+    _require_kafka_access(client_config)
     consumer = Consumer(
         {
             **client_config,

@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from marketpipe.cli import settings_from
-from marketpipe.config import Settings
+from marketpipe.config import ConfigError, Settings
+from marketpipe.kafka_security import KafkaAccessError
 from marketpipe.topics import Topology
 from producers.base import RestError, SymbolError
 from producers.connectors import EXCHANGES
@@ -66,7 +67,9 @@ def _run(
     connectors = build_connectors(settings, plan, publisher)
     try:
         asyncio.run(run_producers(settings, connectors, publisher, control=control, duration_s=duration))
-    except* (SymbolError, RestError) as group:
+    except* ConfigError as group:
+        raise click.UsageError("; ".join(str(exc) for exc in group.exceptions)) from None
+    except* (SymbolError, RestError, KafkaAccessError) as group:
         raise click.ClickException("; ".join(str(exc) for exc in group.exceptions)) from None
 
 
@@ -108,7 +111,10 @@ def produce(
     publisher = KafkaRawPublisher.from_settings(settings, Topology.from_settings(settings))
     if captures:
         files = [*captures, *more_captures]
-        count = asyncio.run(_replay(files, publisher, speed))
+        try:
+            count = asyncio.run(_replay(files, publisher, speed))
+        except KafkaAccessError as exc:
+            raise click.ClickException(str(exc)) from None
         click.echo(f"published {count} records from {len(files)} capture file(s)")
         return
     if more_captures:

@@ -4,6 +4,11 @@ Every producer process reads the whole control topic without a consumer group (e
 process must see every request; old requests are moot after a restart, which brings
 fresh snapshots anyway), starting at the end. A record that cannot be decoded is
 published to ``md.dlq`` with the reason.
+
+The listener uses aiokafka, so ``kafka.client`` is translated (``aiokafka_options``) when it
+is built: a setting aiokafka cannot honour is a ``ConfigError`` before any connector starts.
+While Kafka cannot be reached the listener waits for it; refused credentials end it with
+``KafkaAccessError``.
 """
 
 from __future__ import annotations
@@ -12,32 +17,20 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaConnectionError
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from marketpipe.codec import AvroCodec, DecodeError
+from marketpipe.kafka_security import KafkaAccessError, aiokafka_options, check_access
 from marketpipe.records import ControlRequest, DeadLetter
 from marketpipe.topics import Topology
 from producers.base import Connector
 from producers.logs import log_event
 
 log = logging.getLogger("producers.control")
-
-
-def aiokafka_config(client_config: Mapping[str, str]) -> dict[str, Any]:
-    """The aiokafka equivalents of the librdkafka settings we pass through."""
-    names = {
-        "bootstrap.servers": "bootstrap_servers",
-        "security.protocol": "security_protocol",
-        "sasl.mechanism": "sasl_mechanism",
-        "sasl.username": "sasl_plain_username",
-        "sasl.password": "sasl_plain_password",
-        "client.id": "client_id",
-    }
-    return {names[key]: value for key, value in client_config.items() if key in names}
 
 
 class ControlListener:
@@ -56,15 +49,11 @@ class ControlListener:
         self.rejected = 0
         self.ready = asyncio.Event()
         self._dlq: Producer | None = None
+        self._consumer_options = aiokafka_options(self.client_config)
+        self.retry_max_s = 30.0
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(
-            group_id=None,
-            auto_offset_reset="latest",
-            enable_auto_commit=False,
-            **aiokafka_config(self.client_config),
-        )
-        await consumer.start()
+        consumer = await self._started_consumer()
         try:
             await self._assign(consumer)
             self.ready.set()
@@ -74,6 +63,29 @@ class ControlListener:
             await consumer.stop()
             if self._dlq is not None:
                 await asyncio.to_thread(self._dlq.flush, 10)
+
+    async def _started_consumer(self) -> AIOKafkaConsumer:
+        delay = 1.0
+        while True:
+            consumer = AIOKafkaConsumer(
+                group_id=None, auto_offset_reset="latest", enable_auto_commit=False, **self._consumer_options
+            )
+            try:
+                await consumer.start()
+                return consumer
+            except KafkaConnectionError as exc:
+                await consumer.stop()
+                # aiokafka reports refused credentials as a connection error too: tell them apart
+                if await asyncio.to_thread(check_access, self.client_config, 10.0, unreachable_ok=True):
+                    raise KafkaAccessError(
+                        f"the control listener (aiokafka) cannot connect with kafka.client although "
+                        f"librdkafka can: {exc}"
+                    ) from exc
+                log_event(
+                    log, logging.WARNING, "control listener waits for kafka", error=str(exc), retry_s=delay
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry_max_s)
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> None:
         topic = self.topology.control

@@ -55,7 +55,19 @@ async def run_producers(
     control: bool = True,
     duration_s: float | None = None,
 ) -> None:
-    """Resolve symbols (fails fast), then stream until a signal or ``duration_s`` elapses."""
+    """Resolve symbols (fails fast), then stream until a signal or ``duration_s`` elapses.
+
+    Settings the control listener cannot use (``ConfigError``) and credentials Kafka refuses
+    (``KafkaAccessError``) end it before any connector starts.
+    """
+    listener = None
+    if control:
+        listener = ControlListener(
+            connectors,
+            settings.kafka_client_config(),
+            topology or Topology.from_settings(settings),
+            AvroCodec(settings.schema_registry_url),
+        )
     await publisher.start()
     try:
         for connector in connectors.values():
@@ -63,13 +75,7 @@ async def run_producers(
         serve_metrics(settings.metrics_port, list(connectors.values()), publisher)
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(c.run(), name=f"connector.{name}") for name, c in connectors.items()]
-            if control:
-                listener = ControlListener(
-                    connectors,
-                    settings.kafka_client_config(),
-                    topology or Topology.from_settings(settings),
-                    AvroCodec(settings.schema_registry_url),
-                )
+            if listener is not None:
                 tasks.append(group.create_task(listener.run(), name="control"))
             await _wait_for_stop(duration_s)
             for task in tasks:

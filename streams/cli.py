@@ -28,6 +28,7 @@ def stream(ctx: click.Context, stages: str, worker_id: str | None, loglevel: str
     import logging
 
     from marketpipe.cli import settings_from
+    from marketpipe.kafka_security import KafkaAccessError, check_access
     from streams.worker import STAGES, run_worker
 
     chosen = [name.strip() for name in stages.split(",") if name.strip()]
@@ -38,7 +39,12 @@ def stream(ctx: click.Context, stages: str, worker_id: str | None, loglevel: str
         )
     levels = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO}
     logging.getLogger().setLevel(levels.get(loglevel, logging.DEBUG))
-    run_worker(settings_from(ctx), chosen, worker_id)
+    settings = settings_from(ctx)
+    try:  # refused credentials: one clear error, not clients retrying and logging forever
+        check_access(settings.kafka_client_config(), unreachable_ok=True)
+    except KafkaAccessError as exc:
+        raise click.ClickException(str(exc)) from None
+    run_worker(settings, chosen, worker_id)
 
 
 @click.command("normalize")

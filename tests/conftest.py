@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
+from secured_kafka import SecuredKafka, start_secured_kafka
 
 from marketpipe.config import EXCHANGES, LocalBrokerSettings
 from marketpipe.kafka_local import LocalKafka, free_port
@@ -54,6 +55,26 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield broker.bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def sasl_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredKafka]:
+    """A broker of its own whose listener takes SASL/PLAIN only (tests/secured_kafka.py)."""
+    secured = start_secured_kafka(tmp_path_factory.mktemp("sasl-kafka"), "SASL_PLAINTEXT")
+    try:
+        yield secured
+    finally:
+        secured.stop()
+
+
+@pytest.fixture(scope="session")
+def sasl_ssl_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredKafka]:
+    """The same over TLS (SASL_SSL) with a self-signed certificate made at start."""
+    secured = start_secured_kafka(tmp_path_factory.mktemp("sasl-ssl-kafka"), "SASL_SSL")
+    try:
+        yield secured
+    finally:
+        secured.stop()
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,11 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MARKETPIPE_DATA_DIR", "/srv/mp")
     monkeypatch.setenv("MARKETPIPE_SYMBOLS", "BTC-USDT, SOL-USDT")
     monkeypatch.setenv("MARKETPIPE_KAFKA__TOPIC_PREFIX", "staging.")
-    monkeypatch.setenv("MARKETPIPE_KAFKA__CLIENT", '{"security.protocol": "SASL_SSL"}')
+    monkeypatch.setenv(
+        "MARKETPIPE_KAFKA__CLIENT",
+        '{"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "mp", '
+        '"sasl.password": "secret"}',
+    )
     settings = load_settings()
     assert not settings.uses_local_broker
     assert settings.bootstrap_servers == "broker-a:9092,broker-b:9092"
