@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -106,7 +107,7 @@ def _exported_metric_names(tmp_path: Path) -> set[str]:
 
     ours = CollectorRegistry()
     ours.register(ProducerCollector([], CaptureRawPublisher(tmp_path / "c.jsonl")))
-    ours.register(StreamCollector(app=object()))
+    ours.register(StreamCollector(SimpleNamespace(loops={}, flushes=0)))  # a worker with no stage yet
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     names = set()
     for registry in (ours, REGISTRY):
