@@ -1,4 +1,4 @@
-"""Fault injection through the whole chain: simulator -> connectors -> Kafka -> Faust streams.
+"""Fault injection through the whole chain: simulator -> connectors -> Kafka -> stream worker.
 
 Each injected fault must produce the right status event and resync request, the
 producer must serve the request, and the book must come back synced from a fresh

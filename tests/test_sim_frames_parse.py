@@ -2,7 +2,7 @@
 
 The simulator is the test bed for connectors and streams; if its frames drifted from the
 real formats, every downstream test would prove nothing. This drives the real connectors
-against the simulator (into a capture file), then runs the same processors the Faust app
+against the simulator (into a capture file), then runs the same processors the stream worker
 uses over the captured records: no dead letters, checksums verified, every book synced.
 The parsers themselves are tested on the real frames in ../shared (tests/test_parsers_*).
 """

@@ -1,4 +1,4 @@
-"""The Faust normalisation app through the real broker: same records as offline, DLQ, determinism."""
+"""The normalise stage through the real broker: same records as offline, DLQ, determinism."""
 
 from __future__ import annotations
 
