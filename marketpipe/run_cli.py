@@ -2,7 +2,7 @@
 
 Starts the local Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS names a cluster), applies
 the topology, then runs and supervises: one connector per exchange (or the capture
-replayer), the exchange simulator for `--source sim`, the Faust streams worker(s) and the
+replayer), the exchange simulator for `--source sim`, the stream worker(s) and the
 ClickHouse sink, each with its own Prometheus port. Shows a live view built from those
 endpoints and Kafka (or key=value lines with --plain), and writes the ports to
 ``<data dir>/run-state.json`` for `marketpipe status`. Ctrl-C / SIGTERM stops every child

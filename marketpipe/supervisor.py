@@ -147,7 +147,7 @@ def _die_with_parent() -> None:
     """In the forked child: die if the supervisor dies (even by SIGKILL), so no orphans.
 
     SIGKILL, not SIGTERM: this is the last resort (the normal path is SIGTERM to the
-    group plus a grace period), and a Faust worker can ignore SIGTERM.
+    group plus a grace period), and a child stuck in a native call can ignore SIGTERM.
     """
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
