@@ -201,7 +201,9 @@ class Pipeline:
         deadline = time.monotonic() + timeout_s
         previous: Offsets | None = None
         while True:
-            running = [n for n, p in (("stream", streams), ("sink", sink)) if p]
+            running = [
+                n for n in self.processes if (streams and n.startswith("stream")) or (sink and n == "sink")
+            ]
             self.check_alive(*running)
             ends = end_offsets(self.bootstrap, watched)
             lags: dict[str, int] = {}

@@ -51,13 +51,6 @@ def _identity(trade: Trade) -> tuple[object, ...]:
     return (trade.exchange, trade.symbol, trade.trade_id, trade.price, trade.size, trade.side, trade.ts)
 
 
-def _kill_and_restart(p: Pipeline, run: int) -> None:
-    p.check_alive("stream")
-    p.processes["stream"].send_signal(signal.SIGKILL)
-    p.processes["stream"].wait(10)
-    p.start("stream", "stream", "--worker-id", "w1")
-
-
 def test_stream_worker_killed_repeatedly_loses_and_duplicates_nothing(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -66,18 +59,45 @@ def test_stream_worker_killed_repeatedly_loses_and_duplicates_nothing(
         p.start_sim(trade_rate=20, seed=5)
         p.start("stream", "stream", "--worker-id", "w1")
         p.start("produce", "produce")
-        for run in range(KILLS):
+        for _ in range(KILLS):
             time.sleep(rng.uniform(2.0, 6.0))
             p.check_alive("sim", "produce")
-            _kill_and_restart(p, run)
+            _kill(p, "stream")
+            p.start("stream", "stream", "--worker-id", "w1")
         time.sleep(6.0)  # the last worker runs past a checkpoint too
         p.stop("produce")
         p.wait_drained(sink=False, timeout_s=120)
-        published = [CODEC.decode(m.value() or b"", Trade) for m in read_topic(p.bootstrap, p.topics.trades)]
-        candles = [CODEC.decode(m.value() or b"", Candle) for m in read_topic(p.bootstrap, p.topics.ohlcv)]
-        expected = _offline_trades(p)
+        _assert_exactly_once(p)
         p.check_alive("stream")
 
+
+def test_two_workers_one_killed_hands_over_without_loss(kafka_bootstrap: str, tmp_path: Path) -> None:
+    with pipeline(kafka_bootstrap, tmp_path, EXCHANGES, SYMBOLS, prefix="s") as p:
+        p.env["MARKETPIPE_STREAMS__SESSION_TIMEOUT_S"] = "6"
+        p.start_sim(trade_rate=20, seed=9)
+        p.start("stream-a", "stream", "--worker-id", "a")
+        p.start("stream-b", "stream", "--worker-id", "b")
+        p.start("produce", "produce")
+        time.sleep(8.0)
+        _kill(p, "stream-a")  # for good: its partitions move to b after the session timeout
+        del p.processes["stream-a"]
+        time.sleep(14.0)
+        p.stop("produce")
+        p.wait_drained(sink=False, timeout_s=120)
+        _assert_exactly_once(p)
+        p.check_alive("stream-b")
+
+
+def _kill(p: Pipeline, name: str) -> None:
+    p.check_alive(name)
+    p.processes[name].send_signal(signal.SIGKILL)
+    p.processes[name].wait(10)
+
+
+def _assert_exactly_once(p: Pipeline) -> None:
+    published = [CODEC.decode(m.value() or b"", Trade) for m in read_topic(p.bootstrap, p.topics.trades)]
+    candles = [CODEC.decode(m.value() or b"", Candle) for m in read_topic(p.bootstrap, p.topics.ohlcv)]
+    expected = _offline_trades(p)
     assert len(expected) > 500, "the run made too few trades to mean anything"
     keys = Counter((t.exchange, t.symbol, t.trade_id) for t in published)
     assert [k for k, n in keys.items() if n > 1] == []
@@ -105,4 +125,4 @@ def test_stream_worker_killed_repeatedly_loses_and_duplicates_nothing(
                 row += (candle.trades, candle.vwap, candle.first_trade_ts, candle.last_trade_ts)
                 _assert_candle(row, _candle_of(in_window))
                 compared += 1
-    assert compared > 100
+    assert compared > 50
