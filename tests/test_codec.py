@@ -2,22 +2,42 @@
 
 from __future__ import annotations
 
+import io
 import json
 import struct
+import typing
+from pathlib import Path
+from typing import Any
 
+import fastavro
+import msgspec
 import pytest
+from feed_helpers import BINANCE_INFO_URL, Feed, binance_info
+from samples import messages
 
-from marketpipe.codec import CONFLUENT_MAGIC, SINGLE_OBJECT_MAGIC, AvroCodec, DecodeError
+from marketpipe.codec import (
+    CONFLUENT_MAGIC,
+    SINGLE_OBJECT_MAGIC,
+    AvroCodec,
+    AvroSchema,
+    DecodeError,
+    compile_writer,
+    long_bytes,
+)
 from marketpipe.records import (
     BBO,
+    RECORD_TYPES,
     BookBuckets,
     BookChange,
+    BookState,
     Bucket,
     Candle,
     ControlRequest,
     DeadLetter,
     DepthBand,
     Level,
+    Record,
+    Side,
     StatusEvent,
     Trade,
 )
@@ -204,3 +224,262 @@ def test_incompatible_evolution_is_rejected() -> None:
     value = {k: v for k, v in TRADE.to_dict().items() if k not in ("conn", "seq")}
     with pytest.raises(DecodeError):
         codec.decode(codec.encode_with(old, value), Trade)
+
+
+# -- compiled writers: byte-identical to fastavro ----------------------------------------
+
+BIG = 2**62 + 12_345  # near the top of an Avro long
+UNICODE = "Ünïcödé €→✓ 比特币 \U0001f680"  # 1- to 4-byte UTF-8
+
+
+def _edge_values() -> list[Record]:
+    """Every record type with None in each nullable field, empty arrays, unicode, extreme longs."""
+    trades = [
+        Trade(
+            exchange=UNICODE,
+            symbol="",
+            exchange_symbol="x" * 200,  # length needs a two-byte varint
+            trade_id=str(-BIG),
+            price=-0.0,
+            size=1e-300,
+            side=side,
+            ts=ts,
+            recv_ts=~ts,  # -ts - 1: stays inside 64 bits
+            conn="c",
+            seq=seq,
+        )
+        for side, ts, seq in zip(typing.get_args(Side), (BIG, -(2**63), 2**63 - 1), (0, -1, 63), strict=True)
+    ]
+    empty_book = BookChange(
+        exchange="okx",
+        symbol="BTC-USDT",
+        exchange_symbol="BTC-USDT",
+        snapshot=True,
+        bids=[],
+        asks=[],
+        ts=-BIG,
+        recv_ts=BIG,
+        conn=UNICODE,
+        seq=64,
+    )
+    deep_book = msgspec.structs.replace(
+        empty_book,
+        snapshot=False,
+        bids=[Level(65000.0 - i / 7, i * 1e-8) for i in range(200)],
+        asks=[Level(1e300, -1e-300)],
+        first_update_id=-(2**62),
+        last_update_id=BIG,
+        checksum=-2_147_483_648,
+    )
+    buckets = BookBuckets(
+        exchange="all",
+        symbol=UNICODE,
+        ts=BIG,
+        mid=-1.5,
+        best_bid=0.0,
+        best_ask=float("inf"),
+        spread=float("-inf"),
+        bucket_size=1e-9,
+        bids=[],
+        asks=[Bucket(1.0, 2.0, 3.0)] * 65,
+        bands=[],
+    )
+    candles = [
+        Candle(
+            exchange="bybit",
+            symbol="BTC-USDT",
+            interval="1m",
+            open_time=-BIG,
+            close_time=BIG,
+            open=1.0,
+            high=2.0,
+            low=0.5,
+            close=1.5,
+            volume=0.0,
+            quote_volume=-0.0,
+            buy_volume=1e308,
+            sell_volume=5e-324,
+            trades=-1,
+            vwap=1.2,
+            first_trade_ts=0,
+            last_trade_ts=-64,
+            closed=closed,
+            late=late,
+            version=BIG,
+            markets=markets,
+        )
+        for closed, late, markets in ((True, False, []), (False, True, [UNICODE, ""] * 40))
+    ]
+    statuses = [
+        StatusEvent(exchange="kraken", symbol="ETH-USD", ts=BIG, state=state, reason="", conn=conn, gaps=BIG)
+        for state, conn in zip(typing.get_args(BookState), (None, UNICODE, None, "c"), strict=True)
+    ]
+    controls = [
+        ControlRequest(
+            exchange="b", symbol="s", exchange_symbol=UNICODE, action="resync", reason="", ts=-1, conn=conn
+        )
+        for conn in (None, "binance.k3.0")
+    ]
+    letters = [
+        DeadLetter(
+            stage="sink", source_topic="md.trades", partition=0, offset=0, reason="", payload=b"", ts=0
+        ),
+        DeadLetter(
+            stage=UNICODE,
+            source_topic="raw.okx",
+            partition=2**31 - 1,
+            offset=BIG,
+            exchange="okx",
+            conn="okx.a.1",
+            seq=-BIG,
+            reason="bad",
+            payload=bytes(range(256)) * 3,
+            ts=BIG,
+        ),
+    ]
+    bbos = [
+        BBO(
+            exchange=UNICODE,
+            symbol="ETH-USD",
+            exchange_symbol="",
+            bid_price=-0.0,
+            bid_size=5e-324,
+            ask_price=1e308,
+            ask_size=float("inf"),
+            ts=-BIG,
+            recv_ts=2**63 - 1,
+        )
+    ]
+    return [*trades, empty_book, deep_book, *bbos, buckets, *candles, *statuses, *controls, *letters]
+
+
+EDGE_VALUES = _edge_values()
+
+
+def _fastavro_body(codec: AvroCodec, record: Record) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(
+        out, codec.schema_for(type(record)).parsed, msgspec.to_builtins(record, builtin_types=(bytes,))
+    )
+    return out.getvalue()
+
+
+def _assert_encodes_like_fastavro(codec: AvroCodec, record: Record) -> None:
+    data = codec.encode(record)
+    assert data[:10] == SINGLE_OBJECT_MAGIC + codec.schema_for(type(record)).fingerprint
+    assert data[10:] == _fastavro_body(codec, record), record
+    assert codec.decode(data) == record
+
+
+@pytest.mark.parametrize("record_type", RECORD_TYPES, ids=lambda t: t.__name__)
+def test_every_schema_compiles_to_a_writer(record_type: type[Record]) -> None:
+    """No schema of ours falls back to fastavro for encoding."""
+    assert compile_writer(AvroCodec().schema_for(record_type).parsed) is not None
+
+
+def test_edge_values_cover_every_record_type() -> None:
+    assert {type(r) for r in EDGE_VALUES} == set(RECORD_TYPES)
+
+
+@pytest.mark.parametrize("record", SAMPLES + EDGE_VALUES, ids=lambda r: type(r).__name__)
+def test_compiled_writer_is_byte_identical_to_fastavro(record: Record) -> None:
+    _assert_encodes_like_fastavro(AvroCodec(), record)
+
+
+def test_confluent_framing_wraps_the_same_body() -> None:
+    record = EDGE_VALUES[4]
+    data = AvroCodec("mock://marketpipe-tests").encode(record, topic="md.books")
+    assert data[:1] == CONFLUENT_MAGIC and data[5:] == AvroCodec().encode(record)[10:]
+
+
+def test_records_from_the_binance_parser_encode_like_fastavro() -> None:
+    """Trades, snapshot and diff book changes, BBOs and status events parsed from real frames."""
+    feed = Feed("binance")
+    feed.open("wss://stream.binance.com:9443/stream", ["NKNUSDT", "LRCBTC"])
+    feed.rest(BINANCE_INFO_URL, binance_info(("NKNUSDT", "NKN", "USDT"), ("LRCBTC", "LRC", "BTC")))
+    depth_url = "https://api.binance.com/api/v3/depth?symbol=NKNUSDT&limit=1000"
+    outputs = [
+        feed.recv_all(messages("binance.json", "trade")),
+        feed.rest(depth_url, messages("binance.json", "book_snapshot")[0]),
+        feed.recv_all(messages("binance.json", "book_update")),
+    ]
+    records: list[Record] = [r for out in outputs for r in (*out.trades, *out.books, *out.bbos, *out.status)]
+    assert {type(r) for r in records} == {Trade, BookChange, BBO, StatusEvent}
+    assert any(isinstance(r, BookChange) and len(r.bids) > 100 for r in records)
+    codec = AvroCodec()
+    for record in records:
+        _assert_encodes_like_fastavro(codec, record)
+
+
+class _Item(msgspec.Struct):
+    n: int | None
+    flag: bool
+    ratio: float
+
+
+ITEM_SCHEMA: dict[str, Any] = {
+    "type": "record",
+    "name": "Item",
+    "fields": [
+        {"name": "n", "type": ["long", "null"]},  # null second: the branch index follows the schema
+        {"name": "flag", "type": "boolean"},
+        {"name": "ratio", "type": "float"},
+    ],
+}
+
+
+@pytest.mark.parametrize("item", [_Item(5, True, 0.5), _Item(None, False, -3.25), _Item(-BIG, True, 1e30)])
+def test_union_with_null_last_and_float_match_fastavro(item: _Item) -> None:
+    schema = AvroSchema.from_dict(ITEM_SCHEMA)
+    write = compile_writer(schema.parsed)
+    assert write is not None
+    out = bytearray()
+    write(out, item)
+    expected = io.BytesIO()
+    fastavro.schemaless_writer(expected, schema.parsed, msgspec.to_builtins(item))
+    assert bytes(out) == expected.getvalue()
+
+
+@pytest.mark.parametrize(
+    "field_type",
+    [
+        {"type": "map", "values": "long"},
+        {"type": "fixed", "name": "F", "size": 4},
+        ["null", "long", "string"],
+        {"type": "long", "logicalType": "timestamp-micros"},
+    ],
+    ids=["map", "fixed", "three-branch-union", "logical-type"],
+)
+def test_unsupported_types_fall_back_to_fastavro(field_type: object) -> None:
+    schema = AvroSchema.from_dict(
+        {"type": "record", "name": "X", "fields": [{"name": "x", "type": field_type}]}
+    )
+    assert compile_writer(schema.parsed) is None
+
+
+def test_a_schema_the_compiler_does_not_handle_is_encoded_by_fastavro(tmp_path: Path) -> None:
+    for path in SCHEMA_DIR.glob("*.avsc"):
+        (tmp_path / path.name).write_text(path.read_text())
+    status = json.loads((SCHEMA_DIR / "status.avsc").read_text())
+    conn = next(f for f in status["fields"] if f["name"] == "conn")
+    conn["type"] = ["null", "string", "long"]  # a three-branch union: not compiled
+    (tmp_path / "status.avsc").write_text(json.dumps(status))
+    codec = AvroCodec(schema_dir=tmp_path)
+    assert compile_writer(codec.schema_for(StatusEvent).parsed) is None
+    record = next(r for r in EDGE_VALUES if isinstance(r, StatusEvent) and r.conn is not None)
+    _assert_encodes_like_fastavro(codec, record)
+    assert codec.encode(TRADE) == AvroCodec().encode(TRADE)  # the other schemas stay compiled
+
+
+def test_longs_outside_64_bits_are_rejected_like_fastavro() -> None:
+    assert long_bytes(2**63 - 1) == bytes.fromhex("feffffffffffffffff01")
+    assert long_bytes(-(2**63)) == bytes.fromhex("ffffffffffffffffff01")
+    for value in (2**63, -(2**63) - 1):
+        with pytest.raises(OverflowError):
+            long_bytes(value)
+
+
+def test_bad_enum_symbol_is_a_clear_error() -> None:
+    bad = msgspec.structs.replace(TRADE, side="sideways")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"'sideways' is not a symbol of enum io\.marketpipe\.Side"):
+        AvroCodec().encode(bad)
