@@ -1,16 +1,19 @@
-"""Throughput, CPU and latency of one stream worker (transactional loop), through a real broker.
+"""Throughput, CPU and latency of one stream worker (transactional loops), through a real broker.
 
-    python -m bench.stream_bench [--frames 100000] [--levels 400] [--rate 5000] [--trades 200000]
+    python -m bench.stream_bench [--capture FILE] [--rate 5000] [--trades 200000]
 
-Phase 1 (throughput): a backlog of raw frames (a busy Binance book: hundreds of levels,
-100 ms-style diffs; then trade-heavy traffic from four exchanges) is written to the raw
-topics first; one worker running the normalise stage is started and we time how fast it
-drains the backlog, from its first committed output to the last, and the worker's CPU time.
-The same frames through the parsers alone (in this process, no Kafka) give the reference
-rate, measured in the same run: the ratio is what the runtime costs.
-Phase 2 (latency): with the worker running, frames are produced at a steady --rate with
-recv_ns = the real send time; latency is the wall time a read-committed consumer receives
-each output minus the recv_ts it carries (what a downstream user sees).
+Input: a capture file (`marketpipe capture`); without --capture the bench records one
+first: the simulator's Binance feed, 10 symbols, 200 book updates and 20 trades per second
+each, for --record-s seconds (busy books: 500 levels a side).
+
+Phase 1 (throughput): the capture is written to raw.binance as a backlog; a worker running
+the normalise stage is started; the rate is measured from the group's committed offsets
+(first progress to the end, so start-up is excluded), with the worker's CPU over the same
+span. The same records through the parsers alone (in this process: parsers and books, no
+Kafka, no Avro, no bucket snapshots) give the reference rate measured in the same run.
+Phase 2 (latency): a warm worker fed the capture at a steady --rate with recv_ns = the
+real send time; latency is the wall time a read-committed consumer receives each output
+minus the recv_ts it carries (what a downstream user sees).
 Phase 3 (aggregation): --trades Avro trades on md.trades drained by the ohlcv stage.
 Uses KAFKA_BOOTSTRAP_SERVERS when set, else starts a throwaway local broker.
 """
@@ -21,46 +24,87 @@ import argparse
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from bench.normalize_bench import Frame, binance_book, trades
 from marketpipe.codec import AvroCodec
 from marketpipe.config import LocalBrokerSettings
-from marketpipe.kafka_local import LocalKafka, free_port
-from marketpipe.raw import RawRecord
+from marketpipe.kafka_local import LocalKafka, free_port, port_open
+from marketpipe.raw import RawRecord, read_capture
 from marketpipe.records import Trade
 from marketpipe.topics import Topology, apply_topology
-from streams.feed import FeedOutput
+from streams.feed import FeedOutput, FeedProcessor
 from streams.parsers import processor_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from kafka_helpers import marketpipe_process, worker_env
 
+MARKETPIPE = (sys.executable, "-m", "marketpipe.cli")
+SYMBOLS = "BTC-USDT,ETH-USDT,SOL-USDT,XRP-USDT,ADA-USDT,DOGE-USDT,LTC-USDT,BNB-USDT,DOT-USDT,LINK-USDT"
 
-FRAMES_T0_NS = 1_700_000_000_000_000_000
-"""the generated frames' event times start here (bench/normalize_bench.py); receive times follow them"""
 
-
-def _records(frames: list[tuple[str, Frame]], start_seq: int = 0, now_ns: bool = False) -> list[RawRecord]:
-    return [
-        RawRecord(
-            exchange,
-            f"{exchange}.bench.0",
-            start_seq + i,
-            kind,
-            time.time_ns() if now_ns else FRAMES_T0_NS + i * 100_000_000,
-            data.encode(),
-            url,
-        )  # type: ignore[arg-type]
-        for i, (exchange, (kind, data, url)) in enumerate(frames)
-    ]
+def record_capture(path: Path, seconds: float) -> None:
+    """The simulator's busy Binance feed through the real connector into a capture file."""
+    port = free_port()
+    sim = subprocess.Popen(
+        [
+            *MARKETPIPE,
+            "sim",
+            "--exchanges",
+            "binance",
+            "--symbols",
+            SYMBOLS,
+            "--port",
+            str(port),
+            "--rate",
+            "200",
+            "--trade-rate",
+            "20",
+            "--duration",
+            str(seconds + 15),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not port_open("127.0.0.1", port):
+            if time.monotonic() > deadline:
+                raise SystemExit("the simulator did not open its port")
+            time.sleep(0.1)
+        base = f"127.0.0.1:{port}/binance"
+        subprocess.run(
+            [
+                *MARKETPIPE,
+                "capture",
+                "--exchange",
+                "binance",
+                "--symbols",
+                SYMBOLS,
+                "--out",
+                str(path),
+                "--ws-url",
+                f"ws://{base}",
+                "--rest-url",
+                f"http://{base}",
+                "--duration",
+                str(seconds),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    finally:
+        sim.terminate()
+        sim.wait(10)
 
 
 def _produce(
@@ -90,171 +134,150 @@ def _produce(
     producer.flush(60)
 
 
-def _expected_outputs(records: list[RawRecord]) -> int:
-    processors: dict[str, object] = {}
+def _normalised(records: list[RawRecord]) -> FeedOutput:
+    processors: dict[str, FeedProcessor] = {}
     out = FeedOutput()
     for raw in records:
-        processors.setdefault(raw.exchange, processor_for(raw.exchange)).process(raw, out)  # type: ignore[attr-defined]
+        processor = processors.get(raw.exchange) or processors.setdefault(
+            raw.exchange, processor_for(raw.exchange)
+        )
+        processor.process(raw, out)
+    return out
+
+
+def _outputs(out: FeedOutput) -> int:
     return len(out.trades) + len(out.books) + len(out.bbos) + len(out.status) + len(out.control)
 
 
 def _parsers_alone(records: list[RawRecord]) -> float:
     """Frames/s of the parsers and book logic alone (no Kafka, no Avro): the reference rate."""
     started = time.process_time()
-    _expected_outputs(records)
+    _normalised(records)
     return len(records) / max(time.process_time() - started, 1e-9)
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children so far (Linux /proc)."""
+    """User + system CPU of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
 
 
-def _output_topics(topics: Topology) -> list[str]:
-    return [topics.trades, topics.book, topics.bbo, topics.status, topics.control]
-
-
-def _drain(bootstrap: str, topics: Topology, expected: int, timeout_s: float) -> list[tuple[int, int]]:
-    """(wall time received ms, recv_ts µs) of every output until `expected` arrived."""
-    codec = AvroCodec()
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
-    consumer.subscribe(_output_topics(topics))
-    seen: list[tuple[int, int]] = []
-    deadline = time.monotonic() + timeout_s
+def _committed(bootstrap: str, group: str, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
-        while len(seen) < expected and time.monotonic() < deadline:
-            for message in consumer.consume(5000, timeout=0.05):
-                if message.error():
-                    continue
-                received_ms = time.time() * 1000
-                record = codec.decode(message.value())
-                seen.append((received_ms, getattr(record, "recv_ts", getattr(record, "ts", 0))))
+        found = consumer.committed([TopicPartition(topic, 0)], timeout=10)
     finally:
         consumer.close()
-    return seen
+    return max(found[0].offset, 0)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--frames", type=int, default=100_000, help="frames per throughput scenario")
-    parser.add_argument("--levels", type=int, default=400)
-    parser.add_argument("--rate", type=float, default=5000, help="frames/s offered in the latency phase")
-    parser.add_argument("--latency-frames", type=int, default=20_000)
-    parser.add_argument("--trades", type=int, default=200_000, help="trades for the aggregation phase")
-    args = parser.parse_args()
-
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    broker = None
-    if not bootstrap:
-        broker = LocalKafka(
-            Path(tempfile.mkdtemp(prefix="stream-bench-")),
-            LocalBrokerSettings(port=free_port(), controller_port=free_port(), heap="1g"),
-        )
-        broker.start()
-        bootstrap = broker.bootstrap
-    try:
-        for name, frames in (
-            (
-                "binance-book",
-                [("binance", f) for f in binance_book(random.Random(1), args.frames, args.levels)],
-            ),
-            ("trades", list(trades(random.Random(2), args.frames))),
-        ):
-            run_scenario(bootstrap, name, frames, args)
-        run_aggregation(bootstrap, args.trades)
-    finally:
-        if broker is not None:
-            broker.stop()
+def _watch_drain(bootstrap: str, group: str, topic: str, end: int, pid: int) -> tuple[float, float, int]:
+    """(seconds, CPU seconds, records) from the first committed progress to the end."""
+    deadline = time.monotonic() + 600
+    first: tuple[float, float, int] | None = None
+    while time.monotonic() < deadline:
+        done = _committed(bootstrap, group, topic)
+        now = time.monotonic()
+        if done > 0 and first is None:
+            first = (now, _cpu_seconds(pid), done)
+        if done >= end and first is not None:
+            return now - first[0], _cpu_seconds(pid) - first[1], done - first[2]
+        time.sleep(0.05)
+    raise SystemExit(f"{topic}: not drained in 600 s")
 
 
 def _fresh_topology(bootstrap: str) -> Topology:
-    topics = Topology(
-        prefix=f"bench{uuid.uuid4().hex[:6]}.",
-        exchanges=("binance", "bybit", "coinbase", "okx"),
-        partitions=1,
-    )
+    topics = Topology(prefix=f"bench{uuid.uuid4().hex[:6]}.", exchanges=("binance",), partitions=1)
     apply_topology(AdminClient({"bootstrap.servers": bootstrap}), topics.specs())
     return topics
 
 
 def _producer(bootstrap: str) -> Producer:
-    return Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "linger.ms": 5,
-            "compression.type": "zstd",
-            "queue.buffering.max.messages": 500_000,
-        }
+    config = {"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 500_000}
+    return Producer({**config, "compression.type": "zstd"})
+
+
+def _end_offset(bootstrap: str, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}"})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+    finally:
+        consumer.close()
+
+
+def run_throughput(bootstrap: str, records: list[RawRecord]) -> None:
+    topics = _fresh_topology(bootstrap)
+    _produce(_producer(bootstrap), topics, records)
+    reference = _parsers_alone(records)
+    raw = topics.raw("binance")
+    end = _end_offset(bootstrap, raw)
+    with tempfile.TemporaryDirectory() as tmp:
+        env = worker_env(bootstrap, topics, Path(tmp))
+        with marketpipe_process(
+            "stream", "--stages", "normalise", env=env, log_path=Path(tmp) / "t.log"
+        ) as w:
+            seconds, cpu, count = _watch_drain(bootstrap, topics.streams_group, raw, end, w.pid)
+    rate, per_cpu_s = count / max(seconds, 1e-3), count / max(cpu, 1e-9)
+    print(
+        f"normalise  {count:,} frames in {seconds:.2f} s = {rate:,.0f} frames/s per worker; "
+        f"worker CPU {cpu * 1e6 / count:.1f} µs/frame = {per_cpu_s:,.0f} frames/CPU-s\n"
+        f"           parsers alone in this run: {reference:,.0f} frames/s "
+        f"(worker = {rate / reference:.0%} of it by wall time, {per_cpu_s / reference:.0%} by CPU)",
+        flush=True,
     )
 
 
-def run_scenario(
-    bootstrap: str, name: str, frames: list[tuple[str, Frame]], args: argparse.Namespace
-) -> None:
-    """Throughput on a backlog, then latency at a steady rate on fresh topics and a fresh worker."""
-    topics = _fresh_topology(bootstrap)
-    backlog = _records(frames)
-    _produce(_producer(bootstrap), topics, backlog)
-    expected = _expected_outputs(backlog)
-    reference = _parsers_alone(backlog)
-    with tempfile.TemporaryDirectory() as tmp:
-        env = worker_env(bootstrap, topics, Path(tmp))
-        args_ = ("stream", "--stages", "normalise")
-        with marketpipe_process(*args_, env=env, log_path=Path(tmp) / "stream.log") as worker:
-            outputs = _drain(bootstrap, topics, expected, timeout_s=600)
-            cpu = _cpu_seconds(worker.pid)
-            if worker.poll() is not None or len(outputs) < expected:
-                raise SystemExit(f"{name}: worker produced {len(outputs)}/{expected} outputs")
-            first, last = min(t for t, _ in outputs), max(t for t, _ in outputs)
-            rate = len(backlog) / max((last - first) / 1000, 1e-3)
-            print(
-                f"{name:<13} throughput: {len(backlog):,} frames -> {expected:,} records in "
-                f"{(last - first) / 1000:.2f} s = {rate:,.0f} frames/s per worker "
-                f"({rate / reference:.0%} of the parsers alone, {reference:,.0f} frames/s in this run); "
-                f"worker CPU {cpu * 1e6 / len(backlog):.1f} µs/frame incl. start-up",
-                flush=True,
-            )
-    run_latency(bootstrap, name, frames[: args.latency_frames], args.rate)
-
-
-def run_latency(bootstrap: str, name: str, frames: list[tuple[str, Frame]], rate: float) -> None:
-    """A warm worker with no backlog (all its agents idle), fed at a steady rate."""
+def run_latency(bootstrap: str, records: list[RawRecord], rate: float, count: int) -> None:
+    """A warm worker with no backlog, fed at a steady rate; latency as a read-committed consumer sees it."""
     topics = _fresh_topology(bootstrap)
     producer = _producer(bootstrap)
-    warmup, live = _records(frames[:200]), _records(frames[200:], start_seq=200)
+    warmup, live = records[:500], records[500 : 500 + count]
     _produce(producer, topics, warmup)
+    codec = AvroCodec()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex}",
+            "auto.offset.reset": "latest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         env = worker_env(bootstrap, topics, Path(tmp))
-        with marketpipe_process("stream", "--stages", "normalise", env=env, log_path=Path(tmp) / "s.log"):
-            warm = _expected_outputs(warmup)
-            _drain(bootstrap, topics, warm, timeout_s=120)
-            time.sleep(1)
-            started_ms = time.time() * 1000
-            _produce(producer, topics, live, rate=rate)
-            total_expected = _expected_outputs(warmup + live)
-            outputs = [
-                o for o in _drain(bootstrap, topics, total_expected, timeout_s=300) if o[0] >= started_ms
-            ]
-    latencies = sorted(max(0.0, created - recv_us / 1000) for created, recv_us in outputs if recv_us)
+        with marketpipe_process(
+            "stream", "--stages", "normalise", env=env, log_path=Path(tmp) / "l.log"
+        ) as w:
+            _watch_drain(bootstrap, topics.streams_group, topics.raw("binance"), len(warmup), w.pid)
+            consumer.subscribe([topics.trades, topics.book, topics.bbo])
+            consumer.consume(1, 3.0)  # joined and positioned at the end
+            expected = _outputs(_normalised(warmup + live)) - _outputs(_normalised(warmup))
+            started = time.monotonic()
+            feeder = threading.Thread(target=_produce, args=(producer, topics, live, rate))
+            feeder.start()
+            latencies = list(_latencies(consumer, codec, expected, started + 120))
+            feeder.join()
+    consumer.close()
     if latencies:
-        p50 = statistics.median(latencies)
-        p99 = latencies[int(len(latencies) * 0.99) - 1]
+        latencies.sort()
+        p50, p99 = statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
         print(
-            f"{name:<13} latency at {rate:,.0f} frames/s: recv -> read-committed consumer p50 {p50:.0f} ms, "
-            f"p99 {p99:.0f} ms over {len(latencies):,} records",
+            f"latency    at {rate:,.0f} frames/s: receive -> read-committed consumer p50 {p50:.0f} ms, "
+            f"p99 {p99:.0f} ms, max {latencies[-1]:.0f} ms over {len(latencies):,} records",
             flush=True,
         )
+
+
+def _latencies(consumer: Consumer, codec: AvroCodec, expected: int, deadline: float) -> Iterator[float]:
+    seen = 0
+    while seen < expected and time.monotonic() < deadline:
+        for message in consumer.consume(5000, timeout=0.05):
+            if message.error():
+                continue
+            now_ms = time.time() * 1000
+            record = codec.decode(message.value() or b"")
+            seen += 1
+            yield max(0.0, now_ms - getattr(record, "recv_ts", 0) / 1000)
 
 
 def run_aggregation(bootstrap: str, count: int) -> None:
@@ -289,32 +312,48 @@ def run_aggregation(bootstrap: str, count: int) -> None:
     producer.flush(60)
     with tempfile.TemporaryDirectory() as tmp:
         env = worker_env(bootstrap, topics, Path(tmp))
-        with marketpipe_process(
-            "stream", "--stages", "ohlcv", env=env, log_path=Path(tmp) / "o.log"
-        ) as worker:
-            started = time.monotonic()
-            deadline = started + 600
-            while (
-                time.monotonic() < deadline
-                and _committed(bootstrap, topics.ohlcv_group, topics.trades) < count
-            ):
-                time.sleep(0.2)
-            elapsed = time.monotonic() - started
-            cpu = _cpu_seconds(worker.pid)
+        with marketpipe_process("stream", "--stages", "ohlcv", env=env, log_path=Path(tmp) / "o.log") as w:
+            seconds, cpu, done = _watch_drain(bootstrap, topics.ohlcv_group, topics.trades, count, w.pid)
     print(
-        f"{'ohlcv':<13} throughput: {count:,} trades in {elapsed:.2f} s (incl. start-up) = "
-        f"{count / elapsed:,.0f} trades/s; worker CPU {cpu * 1e6 / count:.1f} µs/trade",
+        f"ohlcv      {done:,} trades in {seconds:.2f} s = {done / max(seconds, 1e-3):,.0f} trades/s; "
+        f"worker CPU {cpu * 1e6 / done:.1f} µs/trade",
         flush=True,
     )
 
 
-def _committed(bootstrap: str, group: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        found = consumer.committed([TopicPartition(topic, 0)], timeout=10)
-    finally:
-        consumer.close()
-    return max(found[0].offset, 0)
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--capture", type=Path, help="capture file to replay (default: record one)")
+    parser.add_argument("--record-s", type=float, default=25.0, help="length of the recorded capture")
+    parser.add_argument("--rate", type=float, default=5000, help="frames/s offered in the latency phase")
+    parser.add_argument("--latency-frames", type=int, default=30_000)
+    parser.add_argument("--trades", type=int, default=200_000, help="trades for the aggregation phase")
+    args = parser.parse_args()
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    broker = None
+    with tempfile.TemporaryDirectory(prefix="stream-bench-") as scratch:
+        if not bootstrap:
+            broker = LocalKafka(
+                Path(scratch) / "kafka", LocalBrokerSettings(port=free_port(), controller_port=free_port())
+            )
+            broker.start()
+            bootstrap = broker.bootstrap
+        try:
+            capture = args.capture
+            if capture is None:
+                capture = Path(scratch) / "binance.jsonl.zst"
+                record_capture(capture, args.record_s)
+            records = [r for r in read_capture(capture) if r.exchange == "binance"]
+            print(f"input      {len(records):,} binance records from {capture}", flush=True)
+            run_throughput(bootstrap, records)
+            run_latency(bootstrap, records, args.rate, args.latency_frames)
+            run_aggregation(bootstrap, args.trades)
+        finally:
+            if broker is not None:
+                broker.stop()
 
 
 if __name__ == "__main__":

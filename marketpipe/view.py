@@ -19,6 +19,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from marketpipe.topics import Topology
+
 STATE_FILE = "run-state.json"
 LIVE_FRAME_AGE_S = 10.0
 """a connection whose last frame is older than this is shown as stalled"""
@@ -57,8 +59,8 @@ class RunState:
     endpoints: list[Endpoint] = field(default_factory=list)
 
     @property
-    def streams_group(self) -> str:
-        return f"{self.prefix}marketpipe-streams"
+    def topology(self) -> Topology:
+        return Topology(prefix=self.prefix, exchanges=tuple(self.exchanges))
 
     @property
     def sink_group(self) -> str:
@@ -303,13 +305,11 @@ class Observer:
         if self.kafka is None:
             return {}
         prefix = self.state.prefix
-        raw = [f"{prefix}raw.{exchange}" for exchange in self.state.exchanges]
         md = {name: f"{prefix}md.{name}" for name in ("trades", "ohlcv", "book-buckets", "bbo", "status")}
         try:
-            streams = self.kafka.lag(
-                self.state.streams_group,
-                [*raw, md["trades"], md["book-buckets"], f"{self.state.streams_group}-consolidate"],
-            )
+            streams: dict[str, int] = {}
+            for group, inputs in self.state.topology.stream_stages():
+                streams |= self.kafka.lag(group, inputs)
             sink = self.kafka.lag(self.state.sink_group, md.values())
         except Exception as exc:  # broker down or restarting: show it, keep going
             picture.notes.append(f"kafka lag unavailable: {type(exc).__name__}: {exc}")
@@ -344,7 +344,7 @@ class Observer:
             total(
                 s,
                 "marketpipe_stream_messages_received_total",
-                topic=f"{self.state.streams_group}-consolidate",
+                topic=self.state.topology.consolidate,
             )
             for s in streams
         )
