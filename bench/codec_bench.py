@@ -1,25 +1,32 @@
-"""Cost of Avro encoding one record: the compiled writers against fastavro.
+"""Cost of Avro encoding and decoding one record: the compiled writers/readers against fastavro.
 
     python -m bench.codec_bench [--n N] [--repeat R]
 
 For each record type, µs per ``AvroCodec.encode`` (single-object encoding) through
 - fastavro: ``msgspec.to_builtins`` + ``fastavro.schemaless_writer`` (the codec before the
   compiled writers, and still its fallback), and
-- compiled: the writer compiled from the ``.avsc`` at codec construction.
-Both are timed interleaved in process CPU time, best of R rounds of N encodes, so load
+- compiled: the writer compiled from the ``.avsc`` at codec construction;
+then µs per ``AvroCodec.decode`` through
+- fastavro: ``fastavro.schemaless_reader`` + ``msgspec.convert`` (the codec before the
+  compiled readers, and still the path for other writer schemas), and
+- compiled: the reader compiled from the ``.avsc`` straight into the msgspec struct.
+Both are timed interleaved in process CPU time, best of R rounds of N calls, so load
 from other processes on the machine hits both alike. The outputs are checked to be
-byte-identical first.
+byte-identical (encode) and equal (decode) first.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import time
 from collections.abc import Callable
+from typing import Any
 
+import fastavro
 import msgspec
 
-from marketpipe.codec import SINGLE_OBJECT_MAGIC, AvroCodec, _write
+from marketpipe.codec import SINGLE_OBJECT_MAGIC, AvroCodec, DecodeError, _write
 from marketpipe.records import BBO, BookBuckets, BookChange, Bucket, Candle, DepthBand, Level, Record, Trade
 
 TS = 1_786_310_822_605_000
@@ -119,11 +126,35 @@ def fastavro_encoder(codec: AvroCodec) -> Callable[[Record], bytes]:
     return encode
 
 
-def us_per_call(encode: Callable[[Record], bytes], record: Record, n: int) -> float:
+class FastavroDecodeCodec(AvroCodec):
+    """The codec with decoding as it was before the compiled readers (fastavro + msgspec.convert)."""
+
+    def decode(self, data: bytes | bytearray | memoryview, record_type: type[Any] | None = None) -> Any:
+        writer, body = self._writer_of(data)
+        target = record_type or self._type_by_name[writer.name]
+        reader = self.schema_for(target)
+        try:
+            value = fastavro.schemaless_reader(io.BytesIO(body), writer.parsed, reader.parsed)
+        except (EOFError, ValueError, IndexError) as exc:
+            raise DecodeError(str(exc)) from exc
+        return msgspec.convert(value, type=target)
+
+
+def us_per_call(call: Callable[[Any], Any], arg: Any, n: int) -> float:
     start = time.process_time()
     for _ in range(n):
-        encode(record)
+        call(arg)
     return (time.process_time() - start) / n * 1e6
+
+
+def compare(
+    label: str, old_call: Callable[[Any], Any], new_call: Callable[[Any], Any], arg: Any, args: Any
+) -> str:
+    old = new = float("inf")
+    for _ in range(args.repeat):
+        old = min(old, us_per_call(old_call, arg, args.n))
+        new = min(new, us_per_call(new_call, arg, args.n))
+    return f"{label:<40} {old:9.2f} {new:9.2f} {old / new:8.1f}x"
 
 
 def main() -> None:
@@ -142,11 +173,16 @@ def main() -> None:
         data = codec.encode(record)
         if data != via_fastavro(record):
             raise SystemExit(f"{label(record)}: compiled writer output differs from fastavro")
-        old = new = float("inf")
-        for _ in range(args.repeat):
-            old = min(old, us_per_call(via_fastavro, record, args.n))
-            new = min(new, us_per_call(codec.encode, record, args.n))
-        print(f"{label(record):<40} {old:9.2f} {new:9.2f} {old / new:8.1f}x {len(data):6d}")
+        print(compare(label(record), via_fastavro, codec.encode, record, args), f"{len(data):6d}")
+
+    old_codec = FastavroDecodeCodec()
+    print(f"\ndecode, µs per record (best of {args.repeat} x {args.n})")
+    print(f"{'record':<40} {'fastavro':>9} {'compiled':>9} {'speed-up':>9}")
+    for record in sample_records():
+        data = codec.encode(record)
+        if not codec.decode(data) == old_codec.decode(data) == record:
+            raise SystemExit(f"{label(record)}: compiled reader output differs from fastavro")
+        print(compare(label(record), old_codec.decode, codec.decode, data, args))
 
 
 if __name__ == "__main__":

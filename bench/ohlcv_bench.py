@@ -6,7 +6,9 @@
   M markets interleaved, ~20 trades per market-second of event time, 1 % of them late;
 - candles (agent path): the same trades as Avro ``md.trades`` records through the
   ``ohlcv`` agent's batch code (``OhlcvStage.process``: decode, build, encode outputs)
-  plus the per-batch table serialisation, in batches of 5000, without a broker;
+  plus the per-batch table serialisation, in batches of 5000, without a broker; once with
+  the decoding as it was before the compiled readers (fastavro + msgspec.convert), once with
+  today's codec;
 - buckets: one snapshot of an L-levels-a-side book around 65 000 (default bucket size 5,
   out to 5 %), and the same through the journalled pre-change view.
 """
@@ -17,11 +19,13 @@ import argparse
 import random
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 from typing import Any
 
+from confluent_kafka import Message
+
+from bench.codec_bench import FastavroDecodeCodec
 from marketpipe.codec import AvroCodec
-from marketpipe.config import DEFAULT_INTERVALS
+from marketpipe.config import DEFAULT_INTERVALS, StreamSettings
 from marketpipe.records import Level, Trade
 from marketpipe.topics import Topology
 from streams.aggregations import OhlcvStage
@@ -62,7 +66,7 @@ def timed(label: str, count: int, unit: str, run: Callable[[], Any]) -> None:
     start = time.perf_counter()
     run()
     elapsed = time.perf_counter() - start
-    print(f"{label:<34} {count / elapsed:>12,.0f} {unit}/s   ({elapsed * 1e6 / count:.2f} µs each)")
+    print(f"{label:<40} {count / elapsed:>12,.0f} {unit}/s   ({elapsed * 1e6 / count:.2f} µs each)")
 
 
 def bench_pure(trades: list[Trade]) -> None:
@@ -76,17 +80,15 @@ def bench_pure(trades: list[Trade]) -> None:
         builder.take_published()
 
     timed("candles, pure (7 intervals)", len(rows), "trades", run)
-    print(f"{'':<34} published {len(builder.published)} pending, late {builder.late_trades}")
+    print(f"{'':<40} published {len(builder.published)} pending, late {builder.late_trades}")
 
 
-def bench_agent_path(trades: list[Trade]) -> None:
-    codec = AvroCodec()
+def bench_agent_path(trades: list[Trade], codec: AvroCodec, label: str) -> None:
     topology = Topology()
-    stage = OhlcvStage(
-        CandleBuilder(list(DEFAULT_INTERVALS), 2.0, 1.0), topology, codec, SymbolMap(), "consolidate"
-    )
-    events = [
-        SimpleNamespace(message=SimpleNamespace(value=codec.encode(t), partition=0, offset=i))
+    stage = OhlcvStage(topology, codec, StreamSettings(), SymbolMap())
+    builder = stage.new_state(topology.trades, 0)
+    messages = [
+        Message(topic=topology.trades, partition=0, offset=i, value=codec.encode(t))
         for i, t in enumerate(trades)
     ]
     sent = [0]
@@ -95,13 +97,13 @@ def bench_agent_path(trades: list[Trade]) -> None:
         sent[0] += 1
 
     def run() -> None:
-        for start in range(0, len(events), 5000):
-            stage.process(events[start : start + 5000], emit)  # type: ignore[arg-type]
-            for _ in stage.builder.state_changes():
+        for start in range(0, len(messages), 5000):
+            stage.process(builder, messages[start : start + 5000], emit)
+            for _ in builder.state_changes():
                 pass
 
-    timed("candles, agent batch path", len(events), "trades", run)
-    print(f"{'':<34} {sent[0]} output messages ({sent[0] / len(events):.2f} per trade)")
+    timed(f"candles, agent path ({label})", len(messages), "trades", run)
+    print(f"{'':<40} {sent[0]} output messages ({sent[0] / len(messages):.2f} per trade)")
 
 
 def bench_buckets(levels: int, rng: random.Random) -> None:
@@ -142,7 +144,8 @@ def main() -> None:
     rng = random.Random(args.seed)
     trades = make_trades(args.trades, args.markets, rng)
     bench_pure(trades)
-    bench_agent_path(trades)
+    bench_agent_path(trades, FastavroDecodeCodec(), "fastavro decode")
+    bench_agent_path(trades, AvroCodec(), "compiled decode")
     bench_buckets(args.levels, rng)
 
 

@@ -21,8 +21,10 @@ from marketpipe.codec import (
     AvroCodec,
     AvroSchema,
     DecodeError,
+    compile_reader,
     compile_writer,
     long_bytes,
+    read_long,
 )
 from marketpipe.records import (
     BBO,
@@ -156,7 +158,7 @@ def test_single_object_round_trip(record: object) -> None:
     assert data[:2] == SINGLE_OBJECT_MAGIC
     assert data[2:10] == codec.schema_for(type(record)).fingerprint  # type: ignore[arg-type]
     assert codec.decode(data) == record
-    assert codec.decode(data, type(record)) == record  # type: ignore[arg-type]
+    assert codec.decode(data, type(record)) == record  # type: ignore[type-var]
 
 
 @pytest.mark.parametrize("record", SAMPLES, ids=lambda r: type(r).__name__)
@@ -480,6 +482,178 @@ def test_longs_outside_64_bits_are_rejected_like_fastavro() -> None:
 
 
 def test_bad_enum_symbol_is_a_clear_error() -> None:
-    bad = msgspec.structs.replace(TRADE, side="sideways")  # type: ignore[arg-type]
+    bad = msgspec.structs.replace(TRADE, side="sideways")
     with pytest.raises(ValueError, match=r"'sideways' is not a symbol of enum io\.marketpipe\.Side"):
         AvroCodec().encode(bad)
+
+
+# -- compiled readers: the same records as fastavro + msgspec.convert ----------------------
+
+
+def _fastavro_decode(codec: AvroCodec, data: bytes, record_type: type[Record]) -> Record:
+    schema = codec.schema_for(record_type).parsed
+    return msgspec.convert(
+        fastavro.schemaless_reader(io.BytesIO(data[10:]), schema, schema), type=record_type
+    )
+
+
+@pytest.mark.parametrize("record_type", RECORD_TYPES, ids=lambda t: t.__name__)
+def test_every_schema_compiles_to_a_reader(record_type: type[Record]) -> None:
+    assert compile_reader(AvroCodec().schema_for(record_type).parsed, record_type) is not None
+
+
+@pytest.mark.parametrize("record", SAMPLES + EDGE_VALUES, ids=lambda r: type(r).__name__)
+def test_compiled_reader_decodes_like_fastavro(record: Record) -> None:
+    codec = AvroCodec()
+    data = codec.encode(record)
+    read = compile_reader(codec.schema_for(type(record)).parsed, type(record))
+    assert read is not None
+    compiled, end = read(data, 10)
+    assert end == len(data)
+    assert compiled == _fastavro_decode(codec, data, type(record)) == record
+    assert type(compiled) is type(record)
+    assert codec.decode(data) == codec.decode(bytearray(data)) == codec.decode(memoryview(data)) == record
+
+
+def test_trailing_bytes_are_ignored_like_fastavro() -> None:
+    codec = AvroCodec()
+    data = codec.encode(TRADE) + b"\x00trailing"
+    assert codec.decode(data) == _fastavro_decode(codec, data, Trade) == TRADE
+
+
+@pytest.mark.parametrize("record", SAMPLES + EDGE_VALUES[:6], ids=lambda r: type(r).__name__)
+def test_every_truncation_is_a_decode_error(record: Record) -> None:
+    codec = AvroCodec()
+    data = codec.encode(record)
+    for end in range(10, len(data)):
+        with pytest.raises(DecodeError, match="cannot decode"):
+            codec.decode(data[:end])
+
+
+# ControlRequest(exchange="b", symbol="s", exchange_symbol="x", action="resync", reason="", ts=1):
+# strings "b" "s" "x", enum index 0, empty reason, ts 1, conn null
+CONTROL_BODY = bytes.fromhex("02620273027800000200")
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (CONTROL_BODY[:6] + b"\x02" + CONTROL_BODY[7:], "enum io.marketpipe.ControlAction index 1"),
+        (CONTROL_BODY[:6] + b"\x01" + CONTROL_BODY[7:], "enum io.marketpipe.ControlAction index -1"),
+        (CONTROL_BODY[:9] + b"\x04", "union index 2"),
+        (CONTROL_BODY[:9] + b"\x02\x06ab", "3 bytes at offset"),  # conn longer than the body
+        (CONTROL_BODY[:9] + b"\x02\x03", "-2 bytes at offset"),  # negative length
+        (b"\x04\xff\xfe" + CONTROL_BODY[2:], "utf-8"),
+        (CONTROL_BODY[:8] + b"\xff" * 10 + b"\x7f\x00", "does not fit in an Avro long"),
+    ],
+    ids=[
+        "enum-index",
+        "negative-enum-index",
+        "union-index",
+        "string-past-end",
+        "negative-length",
+        "utf8",
+        "varint",
+    ],
+)
+def test_bad_bodies_are_decode_errors(body: bytes, reason: str) -> None:
+    codec = AvroCodec()
+    header = SINGLE_OBJECT_MAGIC + codec.schema_for(ControlRequest).fingerprint
+    assert codec.decode(header + CONTROL_BODY) == ControlRequest(
+        exchange="b", symbol="s", exchange_symbol="x", action="resync", reason="", ts=1
+    )
+    with pytest.raises(
+        DecodeError, match=f"cannot decode io.marketpipe.ControlRequest as ControlRequest: .*{reason}"
+    ):
+        codec.decode(header + body)
+
+
+class _Blocks(msgspec.Struct):
+    levels: list[Level]
+    names: list[str]
+
+
+BLOCKS_SCHEMA: dict[str, Any] = {
+    "type": "record",
+    "name": "Blocks",
+    "fields": [
+        {
+            "name": "levels",
+            "type": {
+                "type": "array",
+                "items": {
+                    "type": "record",
+                    "name": "Level",
+                    "fields": [{"name": "price", "type": "double"}, {"name": "size", "type": "double"}],
+                },
+            },
+        },
+        {"name": "names", "type": {"type": "array", "items": "string"}},
+    ],
+}
+
+
+def test_arrays_in_several_blocks_decode_like_fastavro() -> None:
+    """Other Avro writers split arrays into blocks, some with a negative count and a byte size."""
+    level = struct.pack("<dd", 1.5, 2.5)
+    body = (
+        long_bytes(-1)
+        + long_bytes(16)
+        + level
+        + long_bytes(2)
+        + level * 2
+        + b"\x00"
+        + long_bytes(-2)
+        + long_bytes(4)
+        + b"\x02a\x02b"
+        + long_bytes(1)
+        + b"\x02c"
+        + b"\x00"
+    )
+    schema = AvroSchema.from_dict(BLOCKS_SCHEMA)
+    read = compile_reader(schema.parsed, _Blocks)
+    assert read is not None
+    expected = msgspec.convert(
+        fastavro.schemaless_reader(io.BytesIO(body), schema.parsed, schema.parsed), _Blocks
+    )
+    assert read(body, 0) == (expected, len(body))
+    assert expected == _Blocks([Level(1.5, 2.5)] * 3, ["a", "b", "c"])
+
+
+@pytest.mark.parametrize(
+    "struct_type",
+    [
+        msgspec.defstruct("Renamed", [("levels", list[Level]), ("labels", list[str])]),
+        msgspec.defstruct("WrongType", [("levels", list[Level]), ("names", list[int])]),
+        msgspec.defstruct(
+            "Constrained",
+            [("levels", list[Level]), ("names", typing.Annotated[list[str], msgspec.Meta(max_length=1)])],
+        ),
+    ],
+    ids=lambda t: t.__name__,
+)
+def test_structs_that_do_not_match_the_schema_are_not_compiled(struct_type: type[Any]) -> None:
+    """msgspec.convert validates those (and rejects or renames); the compiled reader would not."""
+    assert compile_reader(AvroSchema.from_dict(BLOCKS_SCHEMA).parsed, struct_type) is None
+
+
+def test_a_schema_the_compiler_does_not_read_is_decoded_by_fastavro(tmp_path: Path) -> None:
+    for path in SCHEMA_DIR.glob("*.avsc"):
+        (tmp_path / path.name).write_text(path.read_text())
+    trade = json.loads((SCHEMA_DIR / "trade.avsc").read_text())
+    seq = next(f for f in trade["fields"] if f["name"] == "seq")
+    seq["type"] = {"type": "long", "logicalType": "timestamp-micros"}  # read by fastavro as a datetime
+    (tmp_path / "trade.avsc").write_text(json.dumps(trade))
+    codec = AvroCodec(schema_dir=tmp_path)
+    assert compile_reader(codec.schema_for(Trade).parsed, Trade) is None
+    body = AvroCodec().encode(TRADE)[10:]
+    with pytest.raises(DecodeError, match=r"cannot decode io\.marketpipe\.Trade as Trade"):
+        codec.decode(SINGLE_OBJECT_MAGIC + codec.schema_for(Trade).fingerprint + body)
+
+
+@pytest.mark.parametrize("bits", range(64))
+def test_read_long_inverts_long_bytes_at_every_width(bits: int) -> None:
+    for value in (2**bits - 1, -(2**bits), 2**bits + 12_345 if bits < 62 else 2**63 - 1):
+        data = long_bytes(value)
+        for before, after in ((b"", b""), (b"\x00", b"\xff" * 9), (b"\x80\x05", b"")):
+            assert read_long(before + data + after, len(before)) == (value, len(before) + len(data))
