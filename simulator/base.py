@@ -242,6 +242,9 @@ class Session:
             if frame.checksum_token and isinstance(text, str) and self.take_fault("checksum", frame.symbol):
                 text = text.replace(frame.checksum_token, corrupt_token(frame.checksum_token), 1)
         self.send_text(text)
+        if not self.closed:
+            # what the client was offered, by kind: frames_sent only counts what it read
+            stats[f"queued_{frame.kind}"] += 1
 
     def send(self, obj: Any) -> None:
         """A control frame (ack, pong, error) built from a JSON-able object."""

@@ -103,7 +103,9 @@ class Simulator:
                         totals[key] = totals.get(key, 0) + value
             steps = {f"{f.category}:{s}": m.steps for f in venue.feeds.values() for s, m in f.markets.items()}
             exchanges[name] = {**totals, "dialects": dialects, "market_steps": steps}
-        return {"uptime_s": round(time.time() - self.started_at, 3), "exchanges": exchanges}
+        # time: every frame counted here was stamped (Binance "E") before it, none after
+        now = time.time()
+        return {"time": now, "uptime_s": round(now - self.started_at, 3), "exchanges": exchanges}
 
     # -- HTTP wiring ---------------------------------------------------------------------
 
