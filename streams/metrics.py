@@ -42,6 +42,7 @@ LOOP_COUNTERS = {
     "replayed": "input records re-read to rebuild state after a restore (outputs discarded)",
     "restore_failures": "partitions that started with fresh state because their checkpoint was unreadable",
     "stalls": "stalls detected (unread input, no progress)",
+    "restarts": "times the stage started again with fresh clients from its last commit",
 }
 
 

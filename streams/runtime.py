@@ -63,6 +63,8 @@ TP = tuple[str, int]
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024
 MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024
 _POINTER_PREFIX = "cp1:"
+RETRY_FOR_S = 120.0
+"""how long retriable transaction errors (a broker restart) are retried before the worker gives up"""
 
 
 class Stage(Protocol[S]):
@@ -84,7 +86,15 @@ class Stage(Protocol[S]):
 
 
 class StageFailed(RuntimeError):
-    """The loop cannot go on without losing or duplicating output; the worker must exit non-zero."""
+    """The loop cannot go on with its clients: nothing uncommitted survives; start it again with
+    fresh ones (it restores from the last commit)."""
+
+
+class Fenced(StageFailed):
+    """Another process took this worker's transactional id: starting again would fence it back."""
+
+
+_FENCING_CODES = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 
 
 class Checkpoint(msgspec.Struct, array_like=True):
@@ -125,6 +135,7 @@ class LoopStats:
     replayed: int = 0
     restore_failures: int = 0
     stalls: int = 0
+    restarts: int = 0
     flushes: int = 0
     lag: dict[TP, int] = field(default_factory=dict)
 
@@ -148,6 +159,8 @@ class TransactionalLoop(Generic[S]):
         self._last_checkpoint = time.monotonic()
         self._last_progress = time.monotonic()
         self._last_lag_check = 0.0
+        self.heartbeat = time.monotonic()
+        """when the loop last came back from the broker (a watchdog on another thread reads it)"""
         self._delivered: dict[bytes, tuple[int, int]] = {}
         self._failures: list[str] = []
         client = settings.kafka_client_config()
@@ -176,6 +189,8 @@ class TransactionalLoop(Generic[S]):
                 **client,
                 "transactional.id": f"{stage.group}-{worker_id}",
                 "transaction.timeout.ms": int(streams.transaction_timeout_s * 1000),
+                # undeliverable outputs fail the transaction in time, rather than blocking its commit
+                "message.timeout.ms": int(streams.transaction_timeout_s * 1000),
                 "client.id": f"{stage.group}-{worker_id}",
                 "compression.type": settings.kafka.compression,
                 "linger.ms": 5,
@@ -205,6 +220,7 @@ class TransactionalLoop(Generic[S]):
         try:
             while not self.stopping.is_set():
                 messages = self.consumer.consume(self.batch_size, self.poll_s)
+                self.heartbeat = time.monotonic()
                 self._round(messages)
         finally:
             self._close()
@@ -328,8 +344,11 @@ class TransactionalLoop(Generic[S]):
             for tp in moved
         ]
         if offsets:
-            self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-        self._commit_transaction()
+            group = self.consumer.consumer_group_metadata()
+            self._retrying(
+                "send offsets", lambda: self.producer.send_offsets_to_transaction(offsets, group, 30)
+            )
+        self._retrying("commit", lambda: self.producer.commit_transaction(30))
         if self._failures:
             failures, self._failures = self._failures, []
             raise StageFailed(
@@ -339,28 +358,37 @@ class TransactionalLoop(Generic[S]):
             parts[tp].committed = max(parts[tp].position, parts[tp].committed)
         self.stats.transactions += 1
 
-    def _commit_transaction(self) -> None:
-        for _ in range(10):
+    def _retrying(self, what: str, call: Callable[[], object]) -> None:
+        """Retry a transactional call while its error is retriable (a broker restart, a coordinator
+        moving) for up to ``RETRY_FOR_S``; abortable and fatal errors go to the caller."""
+        deadline = time.monotonic() + RETRY_FOR_S
+        while True:
             try:
-                self.producer.commit_transaction(60)
+                call()
                 return
             except KafkaException as exc:
-                if not exc.args[0].retriable():
+                error: KafkaError = exc.args[0]
+                if not error.retriable() or error.txn_requires_abort() or error.fatal():
                     raise
-                log.warning("%s: commit retried: %s", self.stage.name, exc.args[0].str())
-        raise StageFailed(f"{self.stage.name}: the transaction could not be committed after 10 attempts")
+                if time.monotonic() > deadline:
+                    raise StageFailed(
+                        f"{self.stage.name}: {what} still failing after {RETRY_FOR_S} s: {error.str()}"
+                    ) from None
+                log.warning("%s: %s retried: %s", self.stage.name, what, error.str())
+                time.sleep(0.5)
 
     def _transaction_failed(self, exc: KafkaException) -> None:
         error: KafkaError = exc.args[0]
-        if error.fatal() or not error.txn_requires_abort():
-            raise StageFailed(
-                f"{self.stage.name}: transaction failed: {error.str()}"
-                + (" (another worker runs with the same worker id?)" if error.fatal() else "")
+        if error.code() in _FENCING_CODES:
+            raise Fenced(
+                f"{self.stage.name}: fenced ({error.str()}): another worker runs with the same worker id"
             ) from None
+        if error.fatal() or not error.txn_requires_abort():
+            raise StageFailed(f"{self.stage.name}: transaction failed: {error.str()}") from None
         log.warning(
             "%s: transaction aborted (%s); restoring from the last commit", self.stage.name, error.str()
         )
-        self.producer.abort_transaction(60)
+        self._retrying("abort", lambda: self.producer.abort_transaction(30))
         self._failures.clear()
         self.stats.aborts += 1
         assigned = [TopicPartition(topic, partition) for topic, partition in self.partitions]

@@ -8,17 +8,23 @@ per process (``marketpipe stream --stages normalise``).
 Signals: SIGTERM/SIGINT finish the current transaction and leave the groups; SIGHUP asks every
 stage to publish what waits for more input (the open candles' last trades) in its next
 transaction: `marketpipe run --exit-on-drain` sends it once every input is consumed, and
-waits for ``marketpipe_stream_flushes_total``. A stage that fails (or stalls) stops the worker
-with exit code 70 and nothing uncommitted; the supervisor restarts it.
+waits for ``marketpipe_stream_flushes_total``. A stage whose loop fails (a broker restart can
+leave a transactional producer unusable) or stalls starts again in place with fresh clients,
+from its last commit (``marketpipe_stream_restarts_total``). A stage stuck inside a client call,
+or fenced by another process with the same worker id, ends the worker with exit code 70 and
+nothing uncommitted; the supervisor starts it again.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import os
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +35,7 @@ from streams.aggregations import ConsolidateStage, OhlcvStage
 from streams.app import NormaliseStage
 from streams.buckets import Bucketer
 from streams.consolidate import SymbolMap
-from streams.runtime import StageFailed, TransactionalLoop
+from streams.runtime import Fenced, StageFailed, TransactionalLoop
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +58,25 @@ class StreamWorker:
             max_distance_pct=streams.bucket_max_distance_pct,
             sizes=dict(streams.bucket_sizes),
         )
-        built: dict[str, Any] = {
+        self._builders: dict[str, Any] = {
             "normalise": lambda: NormaliseStage(topology, codec, settings.exchanges, bucketer, symbols),
             "ohlcv": lambda: OhlcvStage(topology, codec, streams, symbols),
             "consolidate": lambda: ConsolidateStage(topology, codec, symbols, bucketer.interval_us),
         }
-        self.loops: dict[str, TransactionalLoop[Any]] = {
-            name: TransactionalLoop(built[name](), settings, self.worker_id) for name in stages
-        }
+        self.loops: dict[str, TransactionalLoop[Any]] = {name: self._new_loop(name) for name in stages}
+        self.stall_timeout_s = streams.stall_timeout_s
         self.failure: str | None = None
-        self._done = threading.Event()
+        self._stopping = threading.Event()
+
+    def _new_loop(self, name: str) -> TransactionalLoop[Any]:
+        return TransactionalLoop(self._builders[name](), self.settings, self.worker_id)
 
     def request_flush(self) -> None:
         for loop in self.loops.values():
             loop.flush_requested.set()
 
     def stop(self) -> None:
+        self._stopping.set()
         for loop in self.loops.values():
             loop.stopping.set()
 
@@ -78,28 +87,59 @@ class StreamWorker:
 
     def run(self) -> int:
         threads = [
-            threading.Thread(target=self._run_loop, args=(name, loop), name=f"stage-{name}", daemon=True)
-            for name, loop in self.loops.items()
+            threading.Thread(target=self._run_stage, args=(name,), name=f"stage-{name}", daemon=True)
+            for name in self.loops
         ]
         for thread in threads:
             thread.start()
         while any(thread.is_alive() for thread in threads):
-            self._done.wait(0.5)
+            self._stopping.wait(0.5)
+            self._watchdog()
         if self.failure:
             log.critical("stream worker %s stopped: %s", self.worker_id, self.failure)
             return EXIT_STAGE_FAILED
         return 0
 
-    def _run_loop(self, name: str, loop: TransactionalLoop[Any]) -> None:
-        try:
-            loop.run()
-        except StageFailed as exc:
-            self._fail(str(exc))
-        except Exception as exc:
-            log.exception("stage %s crashed", name)
-            self._fail(f"{name}: {type(exc).__name__}: {exc}")
-        finally:
-            self._done.set()
+    def _run_stage(self, name: str) -> None:
+        """Run a stage's loop; one that fails starts again with fresh clients from its last commit."""
+        backoff = 1.0
+        while not self._stopping.is_set():
+            loop = self.loops[name]
+            try:
+                loop.run()
+                return
+            except Fenced as exc:
+                self._fail(str(exc))
+                return
+            except StageFailed as exc:
+                log.error("stage %s failed, starting it again from its last commit: %s", name, exc)
+            except Exception as exc:
+                log.exception("stage %s crashed, starting it again from its last commit", name)
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+            loop.heartbeat = time.monotonic() + backoff  # waiting on purpose, not stuck
+            if self._stopping.wait(backoff):
+                return
+            backoff = min(backoff * 2, 30.0)
+            successor = self._new_loop(name)
+            successor.stats = loop.stats
+            successor.stats.restarts += 1
+            successor.flush_requested = loop.flush_requested
+            self.loops[name] = successor
+
+    def _watchdog(self) -> None:
+        """A stage stuck inside a client call (its loop no longer comes round) ends the process:
+        a thread cannot be unstuck in place; the supervisor starts the worker again."""
+        now = time.monotonic()
+        for name, loop in self.loops.items():
+            stuck = now - loop.heartbeat
+            if stuck > self.stall_timeout_s and not self._stopping.is_set():
+                log.critical(
+                    "stage %s stuck for %.0f s; stacks follow, exiting %d", name, stuck, EXIT_STAGE_FAILED
+                )
+                faulthandler.dump_traceback(all_threads=True)
+                logging.shutdown()
+                os._exit(EXIT_STAGE_FAILED)
 
     def _fail(self, reason: str) -> None:
         if self.failure is None:
@@ -116,6 +156,7 @@ def run_worker(settings: Settings, stages: Sequence[str] = STAGES, worker_id: st
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     signal.signal(signal.SIGHUP, lambda *_: worker.request_flush())
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints every thread's stack
     log.warning("stream worker %s: stages %s", worker.worker_id, ", ".join(worker.loops))
     code = worker.run()
     logging.shutdown()
