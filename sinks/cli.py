@@ -43,10 +43,22 @@ _RESULT_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "E
     default=None,
     help="Prometheus port (default: settings.metrics_port; 0 disables).",
 )
+@click.option(
+    "--session-timeout",
+    type=click.FloatRange(min=6),
+    default=None,
+    help="Seconds after which a killed sink's partitions move to the others or to its restart "
+    "(default: settings.streams.session_timeout_s).",
+)
 @click.option("--migrate-only", is_flag=True, help="Apply the ClickHouse migrations and exit.")
 @click.pass_context
 def sink(
-    ctx: click.Context, batch_rows: int, batch_seconds: float, metrics_port: int | None, migrate_only: bool
+    ctx: click.Context,
+    batch_rows: int,
+    batch_seconds: float,
+    metrics_port: int | None,
+    session_timeout: float | None,
+    migrate_only: bool,
 ) -> None:
     """Stream md.trades, md.ohlcv, md.book-buckets, md.bbo and md.status into ClickHouse.
 
@@ -71,13 +83,18 @@ def sink(
             client.close()
         click.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
         return
+    _require_kafka_access(settings.kafka_client_config(), unreachable_ok=True)  # the worker waits for Kafka
     port = settings.metrics_port if metrics_port is None else metrics_port
     _start_metrics(port)
     worker = SinkWorker(
         settings.kafka_client_config(),
         Topology.from_settings(settings),
         settings.clickhouse_dsn,
-        SinkConfig(batch_rows=batch_rows, batch_seconds=batch_seconds),
+        SinkConfig(
+            batch_rows=batch_rows,
+            batch_seconds=batch_seconds,
+            session_timeout_s=session_timeout or settings.streams.session_timeout_s,
+        ),
         codec=_codec(settings.schema_registry_url),
     )
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -85,6 +102,15 @@ def sink(
     try:
         worker.run()
     except DsnError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _require_kafka_access(config: dict[str, str], *, unreachable_ok: bool = False) -> None:
+    from marketpipe.kafka_security import KafkaAccessError, check_access
+
+    try:
+        check_access(config, unreachable_ok=unreachable_ok)
+    except KafkaAccessError as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -211,7 +237,7 @@ def _json_default(value: Any) -> Any:
     "streams_app",
     is_flag=True,
     help="Recompute everything from the raw topics: the streams app's group to the start of "
-    "raw.<exchange> and the end of its derived inputs, and its table changelogs deleted.",
+    "raw.<exchange>, the aggregation stages' groups to the end of their derived inputs.",
 )
 @click.option("--dry-run", is_flag=True, help="Print old and new offsets without changing anything.")
 @click.option("--force", is_flag=True, help="Do not refuse when the group has active members.")
@@ -249,16 +275,17 @@ def replay(
         )
     settings = settings_from(ctx)
     topic_list = [t.strip() for item in topics for t in item.split(",") if t.strip()] or None
+    _require_kafka_access(settings.kafka_client_config())
     try:
         resetter = OffsetResetter(AdminClient(dict(settings.kafka_client_config())))
         if streams_app:
             plan = resetter.plan_streams(Topology.from_settings(settings))
-            _print_changes(plan.group, plan.changes, dry_run)
-            verb = "would delete" if dry_run else "deleting"
-            click.echo(f"{verb} table changelog topic(s): {', '.join(plan.changelogs) or '(none)'}")
+            for stage_group, changes in plan.groups:
+                _print_changes(stage_group, changes, dry_run)
             if not dry_run:
                 resetter.apply_streams(plan, force=force)
-                click.echo(f"reset {len(plan.changes)} partition(s) of group {plan.group}")
+                for stage_group, changes in plan.groups:
+                    click.echo(f"reset {len(changes)} partition(s) of group {stage_group}")
             return
         assert group is not None
         target = Target(

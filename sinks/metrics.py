@@ -24,6 +24,12 @@ CONSUMER_LAG = Gauge(
 )
 CLICKHOUSE_UP = Gauge("marketpipe_sink_clickhouse_up", "1 while ClickHouse accepts inserts, 0 while paused")
 PAUSED = Gauge("marketpipe_sink_paused_partitions", "Partitions paused while ClickHouse is unavailable")
+REPLAYED_BATCHES = Counter(
+    "marketpipe_sink_replayed_batches",
+    "Recorded batches re-formed and inserted again after a restart or rebalance "
+    "(outcome exact: same records as recorded; changed: the range could not be read again as it was)",
+    ["table", "outcome"],
+)
 
 
 def record_librdkafka_stats(stats_json: str) -> None:

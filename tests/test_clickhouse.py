@@ -104,7 +104,7 @@ def test_migrations_apply_once_and_second_run_is_a_noop(chdb_dsn: str) -> None:
         assert _scalar(client, "SELECT count() FROM schema_migrations") == len(first)
         engine = _scalar(client, "SELECT engine_full FROM system.tables WHERE name = 'ohlcv'")
         assert "ReplacingMergeTree(version)" in str(engine)
-        assert "non_replicated_deduplication_window = 1000" in str(engine)
+        assert "non_replicated_deduplication_window = 10000" in str(engine)
     finally:
         client.close()
 
