@@ -25,6 +25,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 from marketpipe.raw import RawRecord, read_capture
 from streams.book import OrderBook
@@ -33,6 +34,11 @@ from streams.parsers import processor_for
 from streams.parsers.base import okx_checksum
 
 Frame = tuple[str, str, str | None]  # kind, data, url
+T0_NS = 1_700_000_000_000_000_000
+"""receive time of the first frame; the generated exchange times start there too (the feed
+dead-letters timestamps far from the receive time)"""
+RECV_STEP_NS = 100_000_000
+"""receive-time step per frame: the book scenarios' 100 ms event-time step"""
 
 
 class Market:
@@ -237,12 +243,12 @@ def trades(rng: random.Random, frames: int) -> Iterator[tuple[str, Frame]]:
                 "trade_id": str(index),
                 "price": price,
                 "size": size,
-                "time": "2026-08-09T21:05:48.167634Z",
+                "time": datetime.fromtimestamp(ts / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z",
                 "side": "SELL",
             }
             msg = {
                 "channel": "market_trades",
-                "timestamp": "2026-08-09T21:05:48.251397169Z",
+                "timestamp": datetime.fromtimestamp(ts / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z",
                 "sequence_num": index // 4,
                 "events": [{"type": "update", "trades": [trade]}],
             }
@@ -268,7 +274,7 @@ def trades(rng: random.Random, frames: int) -> Iterator[tuple[str, Frame]]:
 
 def _records(frames: list[tuple[str, Frame]]) -> list[RawRecord]:
     return [
-        RawRecord(exchange, f"{exchange}.bench.0", seq, kind, seq, data.encode(), url)  # type: ignore[arg-type]
+        RawRecord(exchange, f"{exchange}.bench.0", seq, kind, T0_NS + seq * RECV_STEP_NS, data.encode(), url)  # type: ignore[arg-type]
         for seq, (exchange, (kind, data, url)) in enumerate(frames)
     ]
 

@@ -190,6 +190,12 @@ class StreamSettings(BaseModel):
     stall_timeout_s: float = Field(
         60.0, gt=0, description="a stage with unread input and no progress this long exits (and is restarted)"
     )
+    max_ts_ahead_s: float = Field(
+        300.0, gt=0, description="exchange timestamps further ahead of the receive time are dead letters"
+    )
+    max_ts_behind_s: float = Field(
+        7 * 86_400.0, gt=0, description="exchange timestamps further behind the receive time are dead letters"
+    )
     bucket_max_distance_pct: float = Field(5.0, gt=0, le=100)
     bucket_sizes: dict[str, float] = Field(default_factory=dict, description="symbol -> bucket size")
     quote_equivalents: list[list[str]] = Field(

@@ -1,9 +1,16 @@
 """The raw record contract shared by producers, streams, replay and capture files.
 
 A raw record is one websocket frame (or REST response, or connection event) exactly
-as received. In Kafka: key = connection id, value = the frame bytes, headers =
-exchange, conn, seq, recv_ns, kind and (for open/rest) url. In a capture file: one
-JSON object per line with the same fields (see docs/capture-format.md).
+as received. In Kafka: key = the shard key (``kafka_key``), value = the frame bytes,
+headers = exchange, conn, seq, recv_ns, kind and (for open/rest) url. In a capture file:
+one JSON object per line with the same fields plus ``shard`` (see docs/producers.md).
+
+The shard key (``<exchange>:<hash of the shard's sorted symbols>``) is the same for every
+connection of one symbol set: successive and overlapping (make-before-break) connections and
+connections of a restarted producer land in one raw partition, in order, so the stream side
+sees a connection's close and its successor's snapshot in the order they happened and
+deduplicates the trades both delivered. Records without a shard (older captures) are keyed
+by their connection id.
 """
 
 from __future__ import annotations
@@ -29,6 +36,12 @@ class RawRecord(msgspec.Struct, frozen=True):
     recv_ns: int
     data: bytes | str | None
     url: str | None = None
+    shard: str | None = None
+    """the shard key of the connection (None: keyed by the connection id)"""
+
+    @property
+    def kafka_key(self) -> str:
+        return self.shard or self.conn
 
     @property
     def payload(self) -> bytes:
@@ -50,8 +63,13 @@ class RawRecord(msgspec.Struct, frozen=True):
         return headers
 
     @classmethod
-    def from_kafka(cls, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None) -> RawRecord:
-        """Rebuild a raw record from a Kafka value and headers.
+    def from_kafka(
+        cls,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]] | None,
+        key: bytes | None = None,
+    ) -> RawRecord:
+        """Rebuild a raw record from a Kafka value and headers (and key, to keep the shard).
 
         Raises ValueError when they break the contract.
         """
@@ -62,6 +80,7 @@ class RawRecord(msgspec.Struct, frozen=True):
         kind = found["kind"]
         if kind not in KINDS:
             raise ValueError(f"raw record kind {kind!r} is not one of {KINDS}")
+        shard = key.decode() if key else None
         return cls(
             exchange=found["exchange"],
             conn=found["conn"],
@@ -70,6 +89,7 @@ class RawRecord(msgspec.Struct, frozen=True):
             recv_ns=int(found["recv_ns"]),
             data=value,
             url=found.get("url"),
+            shard=shard if shard != found["conn"] else None,
         )
 
     def text(self) -> str:
@@ -88,6 +108,7 @@ class _CaptureLine(msgspec.Struct, omit_defaults=False):
     url: str | None
     data: str | None
     b64: bool
+    shard: str | None = None
 
 
 _line_encoder = msgspec.json.Encoder()
@@ -104,7 +125,15 @@ def to_capture_line(record: RawRecord) -> bytes:
     else:
         data, b64 = record.data, False
     line = _CaptureLine(
-        record.recv_ns, record.exchange, record.conn, record.seq, record.kind, record.url, data, b64
+        record.recv_ns,
+        record.exchange,
+        record.conn,
+        record.seq,
+        record.kind,
+        record.url,
+        data,
+        b64,
+        record.shard,
     )
     return _line_encoder.encode(line) + b"\n"
 
@@ -114,7 +143,9 @@ def from_capture_line(line: bytes | str) -> RawRecord:
     data: bytes | str | None = parsed.data
     if parsed.b64 and parsed.data is not None:
         data = base64.b64decode(parsed.data)
-    return RawRecord(parsed.exchange, parsed.conn, parsed.seq, parsed.kind, parsed.recv_ns, data, parsed.url)
+    return RawRecord(
+        parsed.exchange, parsed.conn, parsed.seq, parsed.kind, parsed.recv_ns, data, parsed.url, parsed.shard
+    )
 
 
 def _open(path: Path, mode: Literal["rb", "wb"]) -> IO[bytes]:

@@ -136,7 +136,7 @@ class Topology:
             TopicSpec(
                 self.raw(exchange),
                 n,
-                key="connection id",
+                key="shard key (exchange:hash of the symbols)",
                 value="raw frame bytes",
                 retention_ms=30 * DAY_MS,
                 max_message_bytes=16 * MiB,  # Coinbase full-book snapshots are ~5 MB

@@ -9,7 +9,8 @@ planned-reconnect signals). Everything else lives here, once:
   final ``close``, numbered per connection from 0 (see marketpipe/raw.py);
 * a :class:`Shard` keeps one group of symbols connected forever: capped exponential
   backoff with jitter, a per-exchange circuit breaker and connect-rate gate, and
-  planned reconnects that open the successor before closing the old connection;
+  planned reconnects that open the successor before closing the old connection; its
+  stable key (``shard_key``) is the Kafka key of all its connections' records;
 * a :class:`RestClient` spaces requests and honours 429/418 ``Retry-After``.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib
 import itertools
 import logging
@@ -24,7 +26,8 @@ import random
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import orjson
@@ -36,6 +39,9 @@ from marketpipe.config import ConnectorSettings, ProducerSettings
 from marketpipe.raw import Kind, RawRecord
 from producers.logs import log_event
 from producers.publisher import RawPublisher
+
+if TYPE_CHECKING:
+    from streams.instruments import Instruments
 
 log = logging.getLogger("producers")
 
@@ -62,6 +68,13 @@ _connection_numbers = itertools.count()
 
 def next_conn_id(exchange: str, run_id: str = RUN_ID) -> str:
     return f"{exchange}.{run_id}.{next(_connection_numbers)}"
+
+
+def shard_key(exchange: str, symbols: Sequence[str]) -> str:
+    """``<exchange>:<hash of the sorted symbols>``: the same for every connection of one symbol
+    set, in this process and the next, so they all share one raw partition (marketpipe/raw.py)."""
+    digest = hashlib.blake2b(",".join(sorted(symbols)).encode(), digest_size=6).hexdigest()
+    return f"{exchange}:{digest}"
 
 
 class SymbolError(ValueError):
@@ -257,6 +270,7 @@ class Connection:
         self.exchange = connector.exchange
         self.symbols = shard.symbols
         self.id = next_conn_id(connector.exchange, connector.run_id)
+        self.shard_key = shard.key
         self.url = connector.ws_url()  # open() sets what the open record shows (after any handshake)
         self.ping_s = connector.ping_s  # a handshake may set it (KuCoin's pingInterval)
         self._publisher = connector.publisher
@@ -285,7 +299,8 @@ class Connection:
             return False
         seq = self._seq
         self._seq = seq + 1
-        ok = self._publisher.publish(RawRecord(self.exchange, self.id, seq, kind, time.time_ns(), data, url))
+        record = RawRecord(self.exchange, self.id, seq, kind, time.time_ns(), data, url, self.shard_key)
+        ok = self._publisher.publish(record)
         if not ok:
             self._end(4900, "records dropped by the publisher")
         return ok
@@ -372,7 +387,7 @@ class Connection:
         ws = self._ws
         assert ws is not None
         publish = self._publisher.publish
-        exchange, conn, stats = self.exchange, self.id, self._stats
+        exchange, conn, stats, key = self.exchange, self.id, self._stats, self.shard_key
         inspect = self.connector.planned_reconnect_reason
         watch = self.connector.on_frame
         first_frame = self.first_frame
@@ -382,7 +397,7 @@ class Connection:
                 now = time.time_ns()
                 seq = self._seq
                 self._seq = seq + 1
-                if not publish(RawRecord(exchange, conn, seq, "recv", now, data)):
+                if not publish(RawRecord(exchange, conn, seq, "recv", now, data, None, key)):
                     self._end(4900, "records dropped by the publisher")
                     return
                 stats.frames += 1
@@ -489,6 +504,7 @@ class Shard:
         self.connector = connector
         self.index = index
         self.symbols = tuple(symbols)
+        self.key = shard_key(connector.exchange, self.symbols)
         self.stats = ShardStats(connector.exchange, index)
         self.current: Connection | None = None
         self._backoff = Backoff(connector.producer.backoff_initial_s, connector.producer.backoff_max_s)
@@ -685,19 +701,30 @@ class Connector:
         for message in self.resubscribe_book_messages(symbol):
             await conn.send(message)
 
-    def parse_instruments(self, body: bytes) -> dict[str, str]:
+    def parse_instruments(self, body: bytes, url: str | None = None) -> Instruments:
+        """The exchange parser's own reading of an instrument list (entries it cannot read are
+        skipped and listed in ``skipped``, never fatal for the rest)."""
         module = importlib.import_module(f"streams.parsers.{self.exchange}")
-        parse: Callable[[bytes], dict[str, str]] | None = getattr(module, "parse_instruments", None)
+        parse: Callable[..., Instruments] | None = getattr(module, "parse_instruments", None)
         if parse is None:
             raise RuntimeError(f"streams.parsers.{self.exchange} has no parse_instruments(body)")
-        return parse(body)
+        return parse(body) if url is None else parse(body, unquote(urlsplit(url).path))
 
     # -- symbols and shards --------------------------------------------------------------
 
     async def resolve_symbols(self) -> list[str]:
         """Map the requested BASE-QUOTE symbols to exchange symbols via instrument metadata."""
         url = self.all_instruments_url()
-        listed = self.parse_instruments(await self.rest.get(url))
+        listed = self.parse_instruments(await self.rest.get(url), url)
+        if listed.skipped:
+            log_event(
+                log,
+                logging.WARNING,
+                "instrument entries skipped",
+                exchange=self.exchange,
+                skipped=len(listed.skipped),
+                examples="; ".join(list(listed.skipped.values())[:3]),
+            )
         candidates: dict[str, list[str]] = {}
         for exchange_symbol, symbol in listed.items():
             candidates.setdefault(symbol, []).append(exchange_symbol)

@@ -7,6 +7,12 @@ marked *lossy*: its later records are dropped too, every drop is counted, and on
 gap marker (a ``close`` record, see docs/producers.md) is published as the
 connection's last record as soon as the queue has room. The connector then ends
 that connection and opens a new one (fresh snapshots) once the queue is writable.
+
+Records are keyed by their shard key (``RawRecord.kafka_key``), so a gap marker carries its
+connection's shard key too. Kafka reports a failed delivery with the key but without headers:
+the publisher remembers which connections each shard key carried (from their ``open``
+records) and marks the shard's live connections lossy (both, during a handover: each is then
+ended and replaced, never one left silently lossy).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from marketpipe.config import ProducerSettings, Settings
+from marketpipe.kafka_security import check_access
 from marketpipe.raw import CaptureWriter, RawRecord
 from marketpipe.topics import Topology
 from producers.logs import log_event
@@ -31,6 +38,7 @@ log = logging.getLogger(__name__)
 
 GAP_CLOSE_CODE = 4900  # private-use websocket close code range: "producer dropped records"
 _MAX_REMEMBERED_GAPS = 4096
+_CONNS_PER_SHARD = 8
 
 
 class RawPublisher(Protocol):
@@ -83,6 +91,8 @@ class Gap:
     reason: str
     dropped: int = 0
     marker_sent: bool = False
+    key: str | None = None
+    """the connection's shard key (None: keyed by the connection id)"""
 
     def marker(self) -> RawRecord:
         data = {
@@ -96,8 +106,16 @@ class Gap:
                 "reason": self.reason,
             },
         }
+        shard = self.key if self.key != self.conn else None
         return RawRecord(
-            self.exchange, self.conn, self.last_seq + 1, "close", time.time_ns(), orjson.dumps(data)
+            self.exchange,
+            self.conn,
+            self.last_seq + 1,
+            "close",
+            time.time_ns(),
+            orjson.dumps(data),
+            None,
+            shard,
         )
 
 
@@ -108,11 +126,18 @@ class _GapBook:
     gaps: OrderedDict[str, Gap] = field(default_factory=OrderedDict)
 
     def open(
-        self, exchange: str, conn: str, seq: int | None, recv_ns: int, reason: str, last_seq: int
+        self,
+        exchange: str,
+        conn: str,
+        seq: int | None,
+        recv_ns: int,
+        reason: str,
+        last_seq: int,
+        key: str | None = None,
     ) -> Gap:
         gap = self.gaps.get(conn)
         if gap is None:
-            gap = Gap(exchange, conn, seq, max(last_seq, seq or 0), recv_ns, reason)
+            gap = Gap(exchange, conn, seq, max(last_seq, seq or 0), recv_ns, reason, key=key)
             self.gaps[conn] = gap
             log_event(
                 log,
@@ -170,6 +195,7 @@ class KafkaRawPublisher:
             "logger": logging.getLogger("producers.kafka"),
         }
         self._producer = Producer(config)
+        self._client_config = dict(client_config)
         self._topology = topology
         self._topics: dict[str, str] = {}
         self._max_messages = bounds.buffer_max_messages
@@ -177,6 +203,8 @@ class KafkaRawPublisher:
         self._gaps = _GapBook()
         self._last_seq: dict[str, int] = {}
         self._ended: OrderedDict[str, int] = OrderedDict()
+        self._shard_conns: OrderedDict[str, list[str]] = OrderedDict()
+        """shard key -> the connections that published under it (newest last)"""
         self._poller: asyncio.Task[None] | None = None
         self._last_error_log = 0.0
         self.stats = PublisherStats()
@@ -200,6 +228,8 @@ class KafkaRawPublisher:
         if self._gaps.gaps and conn in self._gaps.gaps:
             self._drop(record, "connection already lossy")
             return False
+        if record.kind == "open":
+            self._remember_shard(record)
         try:
             self._produce(record)
         except BufferError:
@@ -219,19 +249,43 @@ class KafkaRawPublisher:
         self._producer.produce(
             topic,
             value=record.payload,
-            key=record.conn,
+            key=record.kafka_key,
             headers=record.kafka_headers(),  # type: ignore[arg-type]
             timestamp=record.recv_ns // 1_000_000,
         )
 
+    def _remember_shard(self, record: RawRecord) -> None:
+        if record.shard is None:
+            return
+        conns = self._shard_conns.get(record.shard)
+        if conns is None:
+            conns = self._shard_conns[record.shard] = []
+            while len(self._shard_conns) > _MAX_REMEMBERED_GAPS:
+                self._shard_conns.popitem(last=False)
+        conns.append(record.conn)
+        del conns[:-_CONNS_PER_SHARD]
+
+    def _conns_of(self, key: str) -> list[str]:
+        """The connections a failed delivery with this key may belong to: the shard's connections
+        still publishing, else the newest that ended; a key that names no shard is a connection id."""
+        conns = self._shard_conns.get(key)
+        if conns is None:
+            return [key]
+        live = [conn for conn in conns if conn in self._last_seq]
+        return live or conns[-1:]
+
     def _drop(self, record: RawRecord, reason: str) -> None:
         self.stats.dropped += 1
         last_seq = self._last_seq.get(record.conn, record.seq)
-        self._gaps.open(record.exchange, record.conn, record.seq, record.recv_ns, reason, last_seq)
+        self._gaps.open(
+            record.exchange, record.conn, record.seq, record.recv_ns, reason, last_seq, record.kafka_key
+        )
 
     # -- backpressure, gaps ----------------------------------------------------------
 
     async def publish_wait(self, record: RawRecord) -> None:
+        if record.kind == "open":
+            self._remember_shard(record)
         while True:
             try:
                 self._produce(record)
@@ -279,16 +333,26 @@ class KafkaRawPublisher:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             return
-        # Failed delivery reports carry key and value but no headers: the key is the conn id.
+        # Failed delivery reports carry key and value but no headers: the key is the shard key
+        # (or, for records without a shard, the conn id).
         self.stats.delivery_errors += 1
         self.stats.dropped += 1
-        conn = (msg.key() or b"").decode()
-        last_seq = self._last_seq.get(conn, self._ended.get(conn, 0))
-        gap = self._gaps.open(
-            conn.split(".", 1)[0], conn, None, time.time_ns(), f"delivery failed: {err.str()}", last_seq
-        )
-        if gap.marker_sent:
-            log_event(log, logging.ERROR, "delivery failure after the gap marker", conn=conn, error=err.str())
+        key = (msg.key() or b"").decode()
+        for conn in self._conns_of(key):
+            last_seq = self._last_seq.get(conn, self._ended.get(conn, 0))
+            gap = self._gaps.open(
+                conn.split(".", 1)[0],
+                conn,
+                None,
+                time.time_ns(),
+                f"delivery failed: {err.str()}",
+                last_seq,
+                key,
+            )
+            if gap.marker_sent:
+                log_event(
+                    log, logging.ERROR, "delivery failure after the gap marker", conn=conn, error=err.str()
+                )
 
     def _on_error(self, err: KafkaError) -> None:
         self.stats.errors += 1
@@ -304,7 +368,10 @@ class KafkaRawPublisher:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Fails with ``KafkaAccessError`` if Kafka refuses the credentials; an unreachable Kafka is
+        waited for (records buffer, then drop with a gap marker)."""
         if self._poller is None:
+            await asyncio.to_thread(check_access, self._client_config, 15.0, unreachable_ok=True)
             self._poller = asyncio.create_task(self._poll_loop(), name="kafka-poll")
 
     async def _poll_loop(self) -> None:

@@ -283,7 +283,8 @@ def replay(
             for stage_group, changes in plan.groups:
                 _print_changes(stage_group, changes, dry_run)
             if not dry_run:
-                resetter.apply_streams(plan, force=force)
+                # stopped workers keep their static group membership until their session times out
+                resetter.apply_streams(plan, force=force, wait_s=settings.streams.session_timeout_s + 5)
                 for stage_group, changes in plan.groups:
                     click.echo(f"reset {len(changes)} partition(s) of group {stage_group}")
             return

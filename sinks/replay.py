@@ -152,8 +152,16 @@ class OffsetResetter:
             for (topic, partition), offset in sorted(new.items())
         ]
 
-    def apply(self, group: str, changes: list[OffsetChange], force: bool = False) -> None:
+    def apply(
+        self, group: str, changes: list[OffsetChange], force: bool = False, wait_s: float = 0.0
+    ) -> None:
+        """Set the offsets; ``wait_s`` waits that long for members to leave first (a stream worker
+        that stopped keeps its static membership until its session times out)."""
         members = self.active_members(group)
+        deadline = time.monotonic() + wait_s
+        while members and not force and time.monotonic() < deadline:
+            time.sleep(1.0)
+            members = self.active_members(group)
         if members and not force:
             raise ReplayError(
                 f"group {group!r} has {len(members)} active member(s) ({', '.join(members)}); "
@@ -184,9 +192,9 @@ class OffsetResetter:
                 groups.append((group, self.plan(group, target, present)))
         return StreamsReplay(groups)
 
-    def apply_streams(self, replay: StreamsReplay, force: bool = False) -> None:
+    def apply_streams(self, replay: StreamsReplay, force: bool = False, wait_s: float = 0.0) -> None:
         for group, changes in replay.groups:
-            self.apply(group, changes, force=force)
+            self.apply(group, changes, force=force, wait_s=wait_s)
 
     def delete_topics(self, topics: list[str]) -> None:
         """Delete topics and wait until the broker no longer lists them (so they can be recreated)."""

@@ -10,6 +10,11 @@ A side can keep a *journal* of what the current change overwrote (``start_journa
 the feed takes price-bucket snapshots of the book as it was before the first change past
 an event-time boundary, and the parsers apply a change before the feed sees its time.
 The journal costs one list append per changed level and is off unless buckets are on.
+
+A side refuses a level whose size is negative or not finite, or whose price (checked when a
+level is created) is not a positive finite number: the level is left out and the first such
+one is kept in ``invalid`` for the feed to dead-letter the frame and unsync the book
+(``streams/feed.py``). The check is one float comparison per changed level.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from marketpipe.records import Level
 PriceSize = tuple[float, float]
 TextLevel = tuple[float, float, str]
 """price, size, checksum token (built from the price and size as sent)"""
+_INF = float("inf")
 
 
 class BookSide:
     """One side of a book. ``prices`` is ascending for both sides; the best bid is the last."""
 
-    __slots__ = ("is_bid", "journal", "prices", "sizes", "texts")
+    __slots__ = ("invalid", "is_bid", "journal", "prices", "sizes", "texts")
 
     def __init__(self, is_bid: bool, keep_text: bool = False) -> None:
         self.is_bid = is_bid
@@ -37,6 +43,8 @@ class BookSide:
         self.texts: dict[float, str] | None = {} if keep_text else None
         self.journal: list[tuple[Any, Any]] | None = None
         """(price, previous size or None) per overwritten level; (None, old sizes) for a reload"""
+        self.invalid: PriceSize | None = None
+        """the first level refused since the last ``clear`` (a bad price or size)"""
 
     def __len__(self) -> int:
         return len(self.prices)
@@ -44,10 +52,15 @@ class BookSide:
     def clear(self) -> None:
         self.prices.clear()
         self.sizes.clear()
+        self.invalid = None
         if self.texts is not None:
             self.texts.clear()
         if self.journal is not None:
             self.journal.clear()
+
+    def _refuse(self, price: float, size: float) -> None:
+        if self.invalid is None:
+            self.invalid = (price, size)
 
     def start_journal(self) -> None:
         if self.journal is None:
@@ -76,6 +89,9 @@ class BookSide:
     def set(self, price: float, size: float) -> None:
         """Absolute size at ``price``; 0 removes the level (a no-op when it is absent)."""
         sizes = self.sizes
+        if size != 0.0 and not (0.0 < size < _INF and (price in sizes or 0.0 < price < _INF)):
+            self._refuse(price, size)
+            return
         if self.journal is not None:
             self.journal.append((price, sizes.get(price)))
         if size == 0.0:
@@ -94,7 +110,7 @@ class BookSide:
         if texts is not None:
             if size == 0.0:
                 texts.pop(price, None)
-            else:
+            elif price in self.sizes:
                 texts[price] = token
 
     def apply(self, changes: Iterable[Level]) -> None:
@@ -103,16 +119,22 @@ class BookSide:
         if self.journal is not None:
             self._apply_journalled(changes)
             return
+        inf = _INF
         for level in changes:
             price, size = level.price, level.size
             if size == 0.0:
                 if price in sizes:
                     del sizes[price]
                     del prices[bisect_left(prices, price)]
-            else:
+            elif 0.0 < size < inf:
                 if price not in sizes:
+                    if not 0.0 < price < inf:
+                        self._refuse(price, size)
+                        continue
                     insort(prices, price)
                 sizes[price] = size
+            else:
+                self._refuse(price, size)
 
     def _apply_journalled(self, changes: Iterable[Level]) -> None:
         sizes, prices = self.sizes, self.prices
@@ -120,6 +142,9 @@ class BookSide:
         for level in changes:
             price, size = level.price, level.size
             old = sizes.get(price)
+            if size != 0.0 and not (0.0 < size < _INF and (old is not None or 0.0 < price < _INF)):
+                self._refuse(price, size)
+                continue
             log((price, old))
             if size == 0.0:
                 if old is not None:
@@ -139,6 +164,7 @@ class BookSide:
             changes = list(changes)
             for level, _ in changes:
                 log((level.price, sizes.get(level.price)))
+        inf = _INF
         for level, token in changes:
             price, size = level.price, level.size
             if size == 0.0:
@@ -146,11 +172,16 @@ class BookSide:
                     del sizes[price]
                     del texts[price]
                     del prices[bisect_left(prices, price)]
-            else:
+            elif 0.0 < size < inf:
                 if price not in sizes:
+                    if not 0.0 < price < inf:
+                        self._refuse(price, size)
+                        continue
                     insort(prices, price)
                 sizes[price] = size
                 texts[price] = token
+            else:
+                self._refuse(price, size)
 
     def _journal_reload(self) -> None:
         if self.journal is not None:
@@ -160,26 +191,36 @@ class BookSide:
     def load(self, levels: Iterable[PriceSize]) -> None:
         """Replace the side with ``levels`` (zero sizes are skipped)."""
         self._journal_reload()
+        self.invalid = None
         self.prices.clear()
         self.sizes.clear()
         if self.texts is not None:
             self.texts.clear()
         sizes = self.sizes
+        inf = _INF
         for price, size in levels:
             if size != 0.0:
-                sizes[price] = size
+                if 0.0 < size < inf and 0.0 < price < inf:
+                    sizes[price] = size
+                else:
+                    self._refuse(price, size)
         self.prices = sorted(sizes)
 
     def load_text(self, levels: Iterable[TextLevel]) -> None:
         self._journal_reload()
+        self.invalid = None
         self.prices.clear()
         self.sizes.clear()
         if self.texts is not None:
             self.texts.clear()
         sizes = self.sizes
         texts = self.texts
+        inf = _INF
         for price, size, token in levels:
             if size != 0.0:
+                if not (0.0 < size < inf and 0.0 < price < inf):
+                    self._refuse(price, size)
+                    continue
                 sizes[price] = size
                 if texts is not None:
                     texts[price] = token

@@ -13,14 +13,37 @@ reaches the next boundary, the snapshot is taken of the book as it was at the bo
 i.e. before that change (the book side's journal undoes it for the view), and stamped with
 the boundary. Boundaries a quiet book skipped over are filled with the same book (at most
 ``MAX_FILLED_BOUNDARIES``). Nothing depends on wall-clock time, so replays are identical.
+
+Values are validated here, once for every exchange, before anything is published: a trade
+with a non-finite or non-positive price or size, a book level with a non-finite or
+non-positive price or a negative size (``streams/book.py`` flags it as it is applied), and any
+trade or book timestamp further than ``ClockWindow`` from the receive time are dead-lettered
+with the reason (a book is also unsynced: it held the bad level). So no such value reaches a
+book, trade, candle or watermark.
+
+Trades are deduplicated by (symbol, exchange trade id) with a bounded memory per symbol
+(``TradeMemory``: the ids of the last ``trade_memory`` exchange timestamps): the same trade
+delivered again (a subscribe snapshot, a second connection, a make-before-break handover)
+carries its original time and id and is dropped and counted; one not seen yet is published.
+A trade older than everything the memory still holds (``ts`` at or before the newest
+forgotten one) cannot be told apart and is dead-lettered rather than risk a duplicate.
+
+Symbol resolution is injective: an exchange symbol resolves through the names every metadata
+answer agrees on, else its connection's own metadata, else the exchange's documented fallback
+rule; a normalised name is owned by the first instrument that claims it, and a second
+instrument claiming it is dead-lettered (``ambiguous_symbol``), never merged.
+
+Everything a processor holds is plain data (dicts, deques, slotted objects), so a processor
+pickles as checkpoint state and, restored, produces the same output.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
+from itertools import islice
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 
@@ -29,14 +52,91 @@ from marketpipe.records import BBO, BookBuckets, BookChange, ControlRequest, Lev
 from streams.book import OrderBook
 from streams.buckets import Bucketer
 
-UnsyncReason = Literal["gap", "checksum", "crossed", "close"]
+if TYPE_CHECKING:
+    from marketpipe.config import StreamSettings
+    from streams.instruments import Instruments
+
+UnsyncReason = Literal["gap", "checksum", "crossed", "close", "invalid"]
 MAX_FILLED_BOUNDARIES = 60
 """a book quiet for longer publishes only the latest this many skipped boundaries"""
 _NEVER = 1 << 62
+_INF = float("inf")
+US_PER_S = 1_000_000
+LIVE_WITHIN_NS = 120 * 1_000_000_000
+"""a connection heard from this recently is live (every connector reconnects after at most 60 s
+of silence)"""
+VANISHED_AFTER_NS = 3600 * 1_000_000_000
+"""a connection silent this long ended without a close record"""
 
 
 class ParseError(Exception):
-    """The frame cannot be normalised; the message is the dead-letter reason."""
+    """The frame cannot be normalised; the message is the dead-letter reason.
+
+    ``category`` is the short stable name the reason is counted under (``normalize --report``
+    ``dead_letters``); without one it is read from the message's wording.
+    """
+
+    def __init__(self, message: str, category: str | None = None) -> None:
+        super().__init__(message)
+        self.explicit_category = category
+
+    @property
+    def category(self) -> str:
+        return self.explicit_category or categorise(str(self))
+
+
+_WORDING: tuple[tuple[str, str], ...] = (
+    ("invalid JSON", "undecodable"),
+    ("empty", "undecodable"),
+    ("not a JSON object", "undecodable"),
+    ("gzip", "undecodable"),
+    ("protobuf", "undecodable"),
+    ("unsupported", "unsupported"),
+    ("unrecognised", "unsupported"),
+    ("unknown raw record kind", "unsupported"),
+    ("rejected", "exchange_error"),
+    (" error", "exchange_error"),
+    ("failed", "exchange_error"),
+    ("not successful", "exchange_error"),
+)
+DEAD_LETTER_CATEGORIES = (
+    "undecodable",  # not JSON / gzip / protobuf at all
+    "unsupported",  # a channel, event or message type no parser reads
+    "exchange_error",  # the exchange answered with an error or a rejection
+    "malformed",  # readable but not the documented shape (missing field, wrong type)
+    "unknown_symbol",  # no metadata names the symbol and no documented rule reads it
+    "unnamed_instrument",  # metadata lists it, but it has no normalised name (derivatives)
+    "ambiguous_symbol",  # its name already belongs to another instrument
+    "instruments_unreadable",  # a whole instrument-list answer could not be read
+    "invalid_value",  # NaN/inf/non-positive price, non-positive trade size, negative level size
+    "ts_out_of_range",  # timestamp too far from the receive time
+    "dedup_horizon",  # a trade older than the dedup memory: cannot tell whether it was published
+    "internal",  # a parser bug (an unexpected exception)
+)
+
+
+def categorise(message: str) -> str:
+    """The dead-letter category of a reason given without one."""
+    for words, category in _WORDING:
+        if words in message:
+            return category
+    return "malformed"
+
+
+@dataclass(frozen=True, slots=True)
+class ClockWindow:
+    """How far an exchange timestamp may be from the receive time before it is dead-lettered:
+    ahead of it (clock skew is seconds; a future timestamp would move watermarks) and behind it
+    (OKX re-sends the latest trade on subscribe, hours old on a quiet instrument; a week
+    behind is a unit mistake such as seconds read as milliseconds)."""
+
+    ahead_s: float = 300.0
+    behind_s: float = 7 * 86_400.0
+
+    @classmethod
+    def from_settings(cls, streams: StreamSettings) -> ClockWindow:
+        """``streams.max_ts_ahead_s`` / ``max_ts_behind_s`` (marketpipe/config.py)."""
+        return cls(streams.max_ts_ahead_s, streams.max_ts_behind_s)
 
 
 @dataclass(slots=True)
@@ -67,18 +167,25 @@ class FeedCounters:
     tickers: int = 0
     stale_updates: int = 0
     dropped_unsynced: int = 0
+    duplicates_dropped: int = 0
+    instruments_skipped: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    """dead letters (``parse_errors``) by category, see ``DEAD_LETTER_CATEGORIES``"""
 
     def report(self) -> dict[str, object]:
         """The JSON-friendly summary used by ``marketpipe normalize --report``."""
         return {
             "frames": self.frames,
             "trades": self.trades,
+            "duplicates_dropped": self.duplicates_dropped,
             "book_messages": self.book_messages,
             "checksums_verified": self.checksums_verified,
             "checksum_failures": self.checksum_failures,
             "sequence_gaps": self.sequence_gaps,
             "resyncs": self.resyncs,
             "parse_errors": self.parse_errors,
+            "dead_letters": dict(sorted(self.dead_letters.items())),
+            "instruments_skipped": self.instruments_skipped,
             "books_synced": sorted(self.books_synced),
         }
 
@@ -160,6 +267,35 @@ class Connection:
         self.conn = conn
         self.url = url
         self.books: dict[str, BookState] = {}
+        self.instruments: dict[str, str] = {}
+        """exchange symbol -> name, from this connection's own metadata answers"""
+        self.unresolved: dict[str, tuple[str, str]] = {}
+        """exchange symbols this connection's metadata named without a usable name: (category, reason)"""
+        self.last_ns = 0
+        """receive time of its latest record"""
+
+
+class TradeMemory:
+    """The trades of one symbol published last, by exchange time: ts -> trade id (or ids, when
+    several trades share a timestamp). A trade delivered again carries its original ts, so a
+    lookup hashes an int, not the id string. Holds between ``limit`` and ``2 * limit``
+    timestamps: at twice the limit it keeps the newest ``limit`` in one C-level copy."""
+
+    __slots__ = ("horizon", "times")
+
+    def __init__(self) -> None:
+        self.times: dict[int, str | list[str]] = {}
+        """ts -> trade id(s), in the order first seen"""
+        self.horizon = -1
+        """the newest forgotten ts: an unknown trade at or before it may be a duplicate"""
+
+    def forget_oldest(self, keep: int) -> None:
+        times = self.times
+        drop = len(times) - keep
+        newest_forgotten = max(islice(times, drop))
+        if newest_forgotten > self.horizon:
+            self.horizon = newest_forgotten
+        self.times = dict(islice(times.items(), drop, None))
 
 
 class FeedProcessor:
@@ -168,19 +304,41 @@ class FeedProcessor:
     exchange: ClassVar[str]
     instruments_path: ClassVar[str]
     """REST path (suffix) of the instrument-metadata request, e.g. ``/api/v3/exchangeInfo``."""
-    instruments_parser: ClassVar[staticmethod[[bytes], dict[str, str]]]
-    """The exchange module's ``parse_instruments`` (its connector uses the same function)."""
+    instruments_paths: ClassVar[tuple[str, ...]] = ()
+    """Every public form of the exchange's instrument list (paths; one resource below each, such
+    as KuCoin's ``/api/v2/symbols/{symbol}``, counts too); ``instruments_path`` when empty."""
+    instruments_parser: ClassVar[staticmethod[[bytes, str], Instruments]]
+    """The exchange module's ``parse_instruments(body, path)`` (its connector uses the same function)."""
     keep_text: ClassVar[bool] = False
     """Keep the wire text of book levels (for checksums over the original strings)."""
     connection_type: ClassVar[type[Connection]] = Connection
+    trade_memory: ClassVar[int] = 4096
+    """trade timestamps remembered per symbol for deduplication (up to twice as many are held:
+    about 1 MB for a busy symbol)"""
     bucketer: Bucketer | None = None
     """set to publish price-bucket snapshots (the stream app does; offline normalize does not)"""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: ClockWindow | None = None) -> None:
         self.counters = FeedCounters()
         self.instruments: dict[str, str] = {}
+        """exchange symbol -> name from every metadata answer seen (for connections without their own)"""
+        self._unresolved: dict[str, tuple[str, str]] = {}
+        self._claims: dict[str, tuple[str, bool]] = {}
+        """normalised name -> (the instrument owning it, claimed by metadata rather than a fallback rule)"""
+        self._by_rule: dict[str, str] = {}
+        """exchange symbol -> name the fallback rule gave (while its claim stands and no
+        metadata answer mentions the symbol)"""
+        self._memory_limit = self.trade_memory
+        self._memory_cap = 2 * self.trade_memory - 1
         self._connections: dict[str, Connection] = {}
         self._health: dict[str, SymbolHealth] = {}
+        self._trade_memories: dict[str, TradeMemory] = {}
+        self.set_clock(clock or ClockWindow())
+
+    def set_clock(self, clock: ClockWindow) -> None:
+        """The timestamp window (a restored processor takes the current configuration's)."""
+        self._ahead_us = int(clock.ahead_s * US_PER_S)
+        self._behind_us = int(clock.behind_s * US_PER_S)
 
     # ----------------------------------------------------------------- entry point
 
@@ -204,16 +362,20 @@ class FeedProcessor:
             else:
                 raise ParseError(f"unknown raw record kind {kind!r}")
         except ParseError as exc:
-            self.reject(raw, str(exc), out)
+            self.reject(raw, str(exc), out, exc.category)
         except KeyError as exc:
             self.reject(raw, f"malformed {self.exchange} {raw.kind} record: missing field {exc}", out)
         except (TypeError, ValueError, IndexError, AttributeError) as exc:
             self.reject(raw, f"malformed {self.exchange} {raw.kind} record: {type(exc).__name__}: {exc}", out)
         except Exception as exc:  # the contract: bad input never escapes process()
-            self.reject(raw, f"unexpected {type(exc).__name__} normalising {raw.kind} record: {exc}", out)
+            self.reject(
+                raw, f"unexpected {type(exc).__name__} normalising {raw.kind} record: {exc}", out, "internal"
+            )
 
-    def reject(self, raw: RawRecord, reason: str, out: FeedOutput) -> None:
-        self.counters.parse_errors += 1
+    def reject(self, raw: RawRecord, reason: str, out: FeedOutput, category: str = "malformed") -> None:
+        counters = self.counters
+        counters.parse_errors += 1
+        counters.dead_letters[category] = counters.dead_letters.get(category, 0) + 1
         out.errors.append((raw, reason))
 
     # ----------------------------------------------------------- exchange hooks
@@ -221,9 +383,19 @@ class FeedProcessor:
     def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
         raise NotImplementedError
 
-    def instruments_from(self, body: bytes) -> dict[str, str]:
-        """Exchange symbol -> BASE-QUOTE from the instrument-metadata response body."""
-        return self.instruments_parser(body)
+    def instruments_from(self, body: bytes, path: str) -> Instruments:
+        """Exchange symbol -> BASE-QUOTE from an instrument-list answer fetched from ``path``."""
+        return self.instruments_parser(body, path)
+
+    def is_instruments_path(self, path: str) -> bool:
+        """The listing, or one instrument's resource right below it (KuCoin, Gate.io per-symbol requests)."""
+        for listing in self.instruments_paths or (self.instruments_path,):
+            if path.endswith(listing):
+                return True
+            start = path.find(listing + "/")
+            if start >= 0 and "/" not in path[start + len(listing) + 1 :]:
+                return True
+        return False
 
     def on_sent(self, conn: Connection, raw: RawRecord) -> None:
         """A frame the client sent (subscribe requests); recognised, nothing to emit."""
@@ -232,8 +404,10 @@ class FeedProcessor:
         """A REST response other than instrument metadata (e.g. Binance depth snapshots)."""
         raise ParseError(f"unrecognised {self.exchange} REST response for {raw.url!r}")
 
-    def fallback_symbol(self, exchange_symbol: str) -> str | None:
-        """Normalised name when no metadata named the symbol (only where the wire name is BASE-QUOTE)."""
+    def fallback_instrument(self, exchange_symbol: str) -> tuple[str, str] | None:
+        """(name, instrument id) of a symbol no metadata named, by the exchange's documented rule
+        where its wire name is unambiguous (``BASE-QUOTE`` ids); None where it is not. May raise
+        ParseError to give a more precise reason (a derivative id, say)."""
         return None
 
     # -------------------------------------------------------------- connections
@@ -243,11 +417,21 @@ class FeedProcessor:
         if conn is None:
             # started mid-connection (no `open` seen): still process its frames
             conn = self._connections[raw.conn] = self.connection_type(raw.conn, None)
+        conn.last_ns = raw.recv_ns
         return conn
 
     def _on_open(self, raw: RawRecord) -> None:
         self.counters.connections += 1
-        self._connections[raw.conn] = self.connection_type(raw.conn, raw.url)
+        conn = self._connections[raw.conn] = self.connection_type(raw.conn, raw.url)
+        conn.last_ns = raw.recv_ns
+        self._forget_vanished(raw.recv_ns)
+
+    def _forget_vanished(self, now_ns: int) -> None:
+        """Connections silent for ``VANISHED_AFTER_NS`` ended without a ``close`` (a producer
+        killed): their state goes, so the processor (checkpointed) does not grow forever."""
+        vanished = [c for c, conn in self._connections.items() if now_ns - conn.last_ns > VANISHED_AFTER_NS]
+        for conn_id in vanished:
+            del self._connections[conn_id]
 
     def _on_close(self, raw: RawRecord, out: FeedOutput) -> None:
         conn = self._connections.pop(raw.conn, None)
@@ -258,35 +442,126 @@ class FeedProcessor:
             self.unsync(state, "close", f"connection closed {detail}".strip(), raw, out)
 
     def _on_rest(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
-        path = urlsplit(raw.url or "").path
-        instruments = self.instruments_path
-        # the listing, or one instrument's resource below it (KuCoin, Gate.io per-symbol requests)
-        if path.endswith(instruments) or instruments + "/" in path:
-            try:
-                learned = self.instruments_from(raw.payload)
-            except ParseError:
-                raise
-            except Exception as exc:
-                raise ParseError(
-                    f"{self.exchange} instrument metadata from {raw.url!r} unreadable: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            self.instruments.update(learned)
+        path = unquote(urlsplit(raw.url or "").path)
+        if not self.is_instruments_path(path):
+            self.on_rest(conn, raw, path, out)
             return
-        self.on_rest(conn, raw, path, out)
+        try:
+            learned = self.instruments_from(raw.payload, path)
+        except ParseError as exc:
+            raise ParseError(str(exc), exc.explicit_category or "instruments_unreadable") from None
+        except Exception as exc:
+            raise ParseError(
+                f"{self.exchange} instrument metadata from {raw.url!r} unreadable: "
+                f"{type(exc).__name__}: {exc}",
+                "instruments_unreadable",
+            ) from exc
+        self._learn(conn, learned)
 
     # ------------------------------------------------------------------ symbols
 
-    def symbol_of(self, exchange_symbol: str) -> str:
-        symbol = self.instruments.get(exchange_symbol)
-        if symbol is None:
-            symbol = self.fallback_symbol(exchange_symbol)
-            if symbol is None:
-                raise ParseError(
-                    f"unknown {self.exchange} symbol {exchange_symbol!r}: "
-                    "no instrument metadata (rest record) names it"
+    def _learn(self, conn: Connection, learned: Instruments) -> None:
+        """Take in one metadata answer: names the connection and the processor resolve from."""
+        self.counters.instruments_skipped += len(learned.skipped)
+        for entry, reason in learned.skipped.items():
+            unresolved = ("unnamed_instrument", f"{self.exchange} {entry!r}: {reason}")
+            conn.unresolved[entry] = unresolved
+            self._by_rule.pop(entry, None)
+            self._disagree(entry, unresolved)
+        claims = self._claims
+        for exchange_symbol, name in learned.items():
+            self._by_rule.pop(exchange_symbol, None)  # metadata mentions it: no rule applies
+            instrument = learned.instrument(exchange_symbol)
+            claim = claims.get(name)
+            if claim is not None and claim[1] and claim[0] != instrument:
+                conflict = (
+                    "ambiguous_symbol",
+                    f"{self.exchange} {exchange_symbol!r} ({instrument}) would be named {name!r}, "
+                    f"which already names {claim[0]}",
                 )
-        return symbol
+                self.counters.instruments_skipped += 1
+                conn.unresolved[exchange_symbol] = conflict
+                self._disagree(exchange_symbol, conflict)
+                continue
+            if claim is not None and not claim[1]:
+                self._drop_rule_names(name)
+            claims[name] = (instrument, True)
+            conn.instruments[exchange_symbol] = name
+            conn.unresolved.pop(exchange_symbol, None)
+            self._learn_shared(exchange_symbol, name)
+
+    def _disagree(self, exchange_symbol: str, unresolved: tuple[str, str]) -> None:
+        """An answer gives ``exchange_symbol`` no name: where another answer named it, the
+        processor-wide map drops it (it keeps only names every answer agrees on)."""
+        known = self.instruments.get(exchange_symbol)
+        if known is None:
+            self._unresolved.setdefault(exchange_symbol, unresolved)
+        else:
+            self._ambiguous(exchange_symbol, known, None)
+
+    def _learn_shared(self, exchange_symbol: str, name: str) -> None:
+        known = self.instruments.get(exchange_symbol)
+        if known == name:
+            return
+        if known is None and exchange_symbol not in self._unresolved:
+            self.instruments[exchange_symbol] = name
+        else:
+            self._ambiguous(exchange_symbol, known, name)
+
+    def _ambiguous(self, exchange_symbol: str, one: str | None, other: str | None) -> None:
+        """Answers disagree on a symbol's name (two market categories, say): only a connection's
+        own metadata resolves it from now on."""
+        self.instruments.pop(exchange_symbol, None)
+        self._unresolved[exchange_symbol] = (
+            "ambiguous_symbol",
+            f"{self.exchange} {exchange_symbol!r}: metadata answers disagree on its name "
+            f"({one or 'none'} / {other or 'none'}); only a connection's own metadata resolves it",
+        )
+
+    def symbol_of(self, exchange_symbol: str, conn: Connection | None = None) -> str:
+        """The normalised name; raises ParseError (with its category) when there is none."""
+        if conn is not None:
+            found = conn.instruments.get(exchange_symbol)
+            if found is not None:
+                return found
+            unresolved = conn.unresolved.get(exchange_symbol)
+            if unresolved is not None:
+                raise ParseError(unresolved[1], unresolved[0])
+        found = self.instruments.get(exchange_symbol) or self._by_rule.get(exchange_symbol)
+        if found is not None:
+            return found
+        return self._resolve_unlisted(exchange_symbol)
+
+    def _drop_rule_names(self, name: str) -> None:
+        """Metadata claims ``name``: symbols the fallback rule named so are resolved again."""
+        for exchange_symbol in [s for s, n in self._by_rule.items() if n == name]:
+            del self._by_rule[exchange_symbol]
+
+    def _resolve_unlisted(self, exchange_symbol: str) -> str:
+        unresolved = self._unresolved.get(exchange_symbol)
+        if unresolved is not None:
+            raise ParseError(unresolved[1], unresolved[0])
+        found = self.fallback_instrument(exchange_symbol)
+        if found is None:
+            raise ParseError(
+                f"unknown {self.exchange} symbol {exchange_symbol!r}: no instrument metadata (rest record) "
+                "names it and its wire name cannot be read without",
+                "unknown_symbol",
+            )
+        name, instrument = found
+        claim = self._claims.get(name)
+        if claim is None:
+            self._claims[name] = (instrument, False)
+            self._by_rule[exchange_symbol] = name
+        elif claim[0] == instrument:
+            self._by_rule[exchange_symbol] = name
+        else:
+            raise ParseError(
+                f"{self.exchange} {exchange_symbol!r} would be named {name!r}, "
+                f"which already names {claim[0]}",
+                "ambiguous_symbol",
+            )
+        return name
 
     # -------------------------------------------------------------------- trades
 
@@ -300,30 +575,106 @@ class FeedProcessor:
         size: float,
         side: Literal["buy", "sell", "unknown"],
         ts: int,
+        id_space: str = "",
     ) -> None:
+        """Publish one trade unless it is invalid (dead-lettered) or already published (dropped).
+
+        ``id_space`` keeps trade-id sequences of one symbol apart that may reuse numbers
+        (Binance ``trade`` and ``aggTrade`` ids)."""
+        # names every metadata answer agrees on, or the rule gave to symbols no answer mentions
+        symbol = self.instruments.get(exchange_symbol) or self._by_rule.get(exchange_symbol)
+        if symbol is None:
+            try:
+                symbol = self.symbol_of(exchange_symbol, self._connections.get(raw.conn))
+            except ParseError as exc:
+                self.reject(raw, str(exc), out, exc.category)
+                return
+        recv_us = raw.recv_ns // 1000
+        if not (
+            0.0 < price < _INF
+            and 0.0 < size < _INF
+            and recv_us - self._behind_us <= ts <= recv_us + self._ahead_us
+        ):
+            self._reject_trade(raw, out, exchange_symbol, trade_id, price, size, ts)
+            return
+        memory = self._trade_memories.get(symbol + id_space if id_space else symbol)
+        if memory is None:
+            memory = self._trade_memories[symbol + id_space] = TradeMemory()
+        times = memory.times
+        seen = times.get(ts)
+        if seen is None:
+            if ts <= memory.horizon:
+                self._reject_forgotten(raw, out, exchange_symbol, trade_id, ts, memory.horizon)
+                return
+            times[ts] = trade_id
+            if len(times) > self._memory_cap:
+                memory.forget_oldest(self._memory_limit)
+        elif seen == trade_id or (isinstance(seen, list) and trade_id in seen):
+            self.counters.duplicates_dropped += 1
+            return
+        elif isinstance(seen, list):
+            seen.append(trade_id)
+        else:
+            times[ts] = [seen, trade_id]
         self.counters.trades += 1
         out.trades.append(
             Trade(
                 exchange=self.exchange,
-                symbol=self.symbol_of(exchange_symbol),
+                symbol=symbol,
                 exchange_symbol=exchange_symbol,
                 trade_id=trade_id,
                 price=price,
                 size=size,
                 side=side,
                 ts=ts,
-                recv_ts=raw.recv_ns // 1000,
+                recv_ts=recv_us,
                 conn=raw.conn,
                 seq=raw.seq,
             )
         )
+
+    def _reject_forgotten(
+        self, raw: RawRecord, out: FeedOutput, exchange_symbol: str, trade_id: str, ts: int, horizon: int
+    ) -> None:
+        self.reject(
+            raw,
+            f"{self.exchange} trade {trade_id} of {exchange_symbol} at {ts} is older than the dedup "
+            f"memory ({self.trade_memory} timestamps, forgotten up to {horizon}): "
+            "it may have been published",
+            out,
+            "dedup_horizon",
+        )
+
+    def _reject_trade(
+        self,
+        raw: RawRecord,
+        out: FeedOutput,
+        exchange_symbol: str,
+        trade_id: str,
+        price: float,
+        size: float,
+        ts: int,
+    ) -> None:
+        what = f"{self.exchange} trade {trade_id} of {exchange_symbol}"
+        if not 0.0 < price < _INF:
+            self.reject(raw, f"{what}: price {price} is not a positive finite number", out, "invalid_value")
+        elif not 0.0 < size < _INF:
+            self.reject(raw, f"{what}: size {size} is not a positive finite number", out, "invalid_value")
+        else:
+            self.reject(raw, f"{what}: {self._clock_detail(ts, raw)}", out, "ts_out_of_range")
+
+    def _clock_detail(self, ts: int, raw: RawRecord) -> str:
+        offset_s = (ts - raw.recv_ns // 1000) / US_PER_S
+        direction = "ahead of" if offset_s > 0 else "behind"
+        limit_s = (self._ahead_us if offset_s > 0 else self._behind_us) / US_PER_S
+        return f"timestamp {ts} is {abs(offset_s):.0f} s {direction} the receive time (limit {limit_s:.0f} s)"
 
     # --------------------------------------------------------------------- books
 
     def book_state(self, conn: Connection, exchange_symbol: str) -> BookState:
         state = conn.books.get(exchange_symbol)
         if state is None:
-            symbol = self.symbol_of(exchange_symbol)
+            symbol = self.symbol_of(exchange_symbol, conn)
             state = conn.books[exchange_symbol] = BookState(
                 conn.conn, symbol, exchange_symbol, self.keep_text
             )
@@ -349,6 +700,8 @@ class FeedProcessor:
         checksum: int | None = None,
     ) -> bool:
         """Publish a book the exchange module has just loaded from a snapshot (and validated)."""
+        if self._refuse(state, raw, out, ts):
+            return False
         bucketer = self.bucketer
         if bucketer is not None:
             if state.synced and ts >= state.bucket_next:
@@ -398,6 +751,14 @@ class FeedProcessor:
         checksum: int | None = None,
     ) -> bool:
         """Publish a change the exchange module has applied to a synced book (and validated)."""
+        book = state.book
+        recv_us = raw.recv_ns // 1000
+        if (
+            book.bids.invalid is not None
+            or book.asks.invalid is not None
+            or not recv_us - self._behind_us <= ts <= recv_us + self._ahead_us
+        ) and self._refuse(state, raw, out, ts):
+            return False
         if ts >= state.bucket_next and self.bucketer is not None:
             self._buckets(state, ts, self.bucketer, out)
         self._end_change(state)
@@ -413,7 +774,7 @@ class FeedProcessor:
                 bids=bids,
                 asks=asks,
                 ts=ts,
-                recv_ts=raw.recv_ns // 1000,
+                recv_ts=recv_us,
                 first_update_id=first_id,
                 last_update_id=last_id,
                 checksum=checksum,
@@ -427,6 +788,8 @@ class FeedProcessor:
     def checksum_result(
         self, state: BookState, ok: bool, expected: int, actual: int, raw: RawRecord, out: FeedOutput
     ) -> bool:
+        if self._refuse(state, raw, out, None):
+            return False
         if ok:
             self.counters.checksums_verified += 1
             return True
@@ -467,7 +830,8 @@ class FeedProcessor:
         state.resync_requested = True
         counters.resyncs += 1
         health.resyncs += 1
-        self._status(state, "unsynced", reason, detail, raw, out)
+        if not self._synced_elsewhere(state, raw.recv_ns):
+            self._status(state, "unsynced", reason, detail, raw, out)
         out.control.append(
             ControlRequest(
                 exchange=self.exchange,
@@ -479,6 +843,38 @@ class FeedProcessor:
                 conn=state.conn,
             )
         )
+
+    def _synced_elsewhere(self, state: BookState, now_ns: int) -> bool:
+        """Another live connection (one heard from within ``LIVE_WITHIN_NS``: one that ended
+        without a close is not) holds a synced book of the symbol: that one is the symbol's
+        current state (the successor of a handover or reconnect), so this connection's loss of
+        the book is not news for md.status."""
+        for conn in self._connections.values():
+            if conn.conn != state.conn and now_ns - conn.last_ns <= LIVE_WITHIN_NS:
+                other = conn.books.get(state.exchange_symbol)
+                if other is not None and other.synced:
+                    return True
+        return False
+
+    def _refuse(self, state: BookState, raw: RawRecord, out: FeedOutput, ts: int | None) -> bool:
+        """The book holds a level it refused (``BookSide.invalid``) or the change's timestamp is
+        out of the clock window: dead-letter the frame and unsync the book (it misses that
+        change). False when neither is the case (the callers inline the cheap check)."""
+        book = state.book
+        bad = book.bids.invalid or book.asks.invalid
+        if bad is not None:
+            detail = f"book level price {bad[0]} size {bad[1]}: not a positive finite price with a size >= 0"
+            category = "invalid_value"
+        elif ts is not None and not (
+            raw.recv_ns // 1000 - self._behind_us <= ts <= raw.recv_ns // 1000 + self._ahead_us
+        ):
+            detail = f"book {self._clock_detail(ts, raw)}"
+            category = "ts_out_of_range"
+        else:
+            return False
+        self.reject(raw, f"{self.exchange} {state.exchange_symbol}: {detail}", out, category)
+        self.unsync(state, "invalid", detail, raw, out)
+        return True
 
     def skip_unsynced(self, state: BookState, raw: RawRecord, out: FeedOutput) -> None:
         """An update for a book that is not synced: dropped; if no snapshot ever came, ask for one."""

@@ -1,7 +1,11 @@
 """Offline normalisation: capture files in, JSON Lines of trades / book changes / BBOs out.
 
 Runs exactly the processors the stream agents run, so a capture normalised here gives the
-same records the pipeline would publish.
+same records the pipeline would publish. The report (``--report``) has, per exchange, the
+processor's counters: frames, trades, ``duplicates_dropped`` (trades delivered again: subscribe
+snapshots, overlapping connections), ``dead_letters`` by category (``streams.feed.
+DEAD_LETTER_CATEGORIES``; their sum is ``parse_errors``), ``instruments_skipped`` (metadata
+entries without a usable name), checksums, gaps and the books synced.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import msgspec
 
 from marketpipe.raw import RawRecord, read_capture, to_capture_line
 from marketpipe.records import BBO, BookChange, Level, Trade
-from streams.feed import FeedOutput, FeedProcessor
+from streams.feed import ClockWindow, FeedOutput, FeedProcessor
 from streams.parsers import processor_for
 
 _encoder = msgspec.json.Encoder()
@@ -99,9 +103,12 @@ def bbo_line(bbo: BBO) -> BboLine:
 class Normalizer:
     """Feeds raw records to one processor per exchange and writes the results as JSON Lines."""
 
-    def __init__(self, sink: IO[bytes], errors: IO[bytes] | None = None) -> None:
+    def __init__(
+        self, sink: IO[bytes], errors: IO[bytes] | None = None, clock: ClockWindow | None = None
+    ) -> None:
         self.sink = sink
         self.errors = errors
+        self.clock = clock
         self.processors: dict[str, FeedProcessor] = {}
         self._out = FeedOutput()
 
@@ -110,7 +117,7 @@ class Normalizer:
         for raw in records:
             processor = self.processors.get(raw.exchange)
             if processor is None:
-                processor = self.processors[raw.exchange] = processor_for(raw.exchange)
+                processor = self.processors[raw.exchange] = processor_for(raw.exchange, self.clock)
             processor.process(raw, out)
             self._drain(out)
 
@@ -135,10 +142,13 @@ class Normalizer:
 
 
 def normalize_captures(
-    paths: Iterable[str | Path], sink: IO[bytes], errors: IO[bytes] | None = None
+    paths: Iterable[str | Path],
+    sink: IO[bytes],
+    errors: IO[bytes] | None = None,
+    clock: ClockWindow | None = None,
 ) -> dict[str, Any]:
     """Normalise capture files in order (state carries across files); returns the report."""
-    normalizer = Normalizer(sink, errors)
+    normalizer = Normalizer(sink, errors, clock)
     for path in paths:
         normalizer.feed(read_capture(path))
     return normalizer.report()

@@ -6,10 +6,14 @@ import json
 from typing import Any
 
 from marketpipe.raw import Kind, RawRecord
-from streams.feed import FeedOutput, FeedProcessor
+from streams.feed import ClockWindow, FeedOutput, FeedProcessor
 from streams.parsers import processor_for
 
 BASE_NS = 1_786_000_000_000_000_000
+SAMPLE_CLOCK = ClockWindow(ahead_s=100 * 365 * 86_400.0, behind_s=100 * 365 * 86_400.0)
+"""The sample frames were recorded between 2020 and 2026 (some tests use tiny times) while
+``Feed`` stamps them with receive times from ``BASE_NS``: tests of parsing accept any exchange
+time; the clock-window tests pass ``clock=ClockWindow()`` and realistic receive times."""
 
 # Instrument-metadata responses in the real shapes (trimmed to the fields that matter).
 BINANCE_INFO_URL = "https://api.binance.com/api/v3/exchangeInfo?symbols=%5B%22NKNUSDT%22%2C%22LRCBTC%22%5D"
@@ -75,16 +79,25 @@ class Feed:
     """One connection of one exchange: each call feeds one raw record and returns its output."""
 
     def __init__(
-        self, exchange: str, conn: str | None = None, processor: FeedProcessor | None = None
+        self,
+        exchange: str,
+        conn: str | None = None,
+        processor: FeedProcessor | None = None,
+        *,
+        clock: ClockWindow = SAMPLE_CLOCK,
+        base_ns: int = BASE_NS,
     ) -> None:
         self.exchange = exchange
         self.conn = conn or f"{exchange}.t1.0"
-        self.proc = processor or processor_for(exchange)
+        self.proc = processor or processor_for(exchange, clock)
         self.seq = 0
+        self.base_ns = base_ns
         self.records: list[RawRecord] = []
 
     def record(self, kind: Kind, data: str | bytes | None, url: str | None = None) -> RawRecord:
-        raw = RawRecord(self.exchange, self.conn, self.seq, kind, BASE_NS + self.seq * 1_000_000, data, url)
+        raw = RawRecord(
+            self.exchange, self.conn, self.seq, kind, self.base_ns + self.seq * 1_000_000, data, url
+        )
         self.seq += 1
         self.records.append(raw)
         return raw

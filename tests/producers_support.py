@@ -48,7 +48,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[Cons
             if message is None or message.error():
                 continue
             headers = list(message.headers() or ())
-            record = RawRecord.from_kafka(message.value(), headers)
+            record = RawRecord.from_kafka(message.value(), headers, message.key())
             found.append(
                 Consumed(message.partition(), message.offset(), message.key(), dict(headers), record)  # type: ignore[arg-type]
             )

@@ -147,24 +147,32 @@ def test_real_heartbeats_of_two_channels_share_one_connection_sequence() -> None
     )
 
 
-def test_real_trade_snapshot_is_skipped_and_live_trades_count_once() -> None:
+def test_real_trade_snapshot_publishes_each_trade_once_oldest_first() -> None:
     frame = messages("bitfinex.json", "trade")[0]
     chan, rows, seq = json.loads(frame)
     feed = connected(("trades", chan))
     out = feed.recv(frame)
-    assert out.errors == [] and out.trades == []
-    assert feed.proc.skipped_trades == len(rows) == 30
-    # live frames rebuilt from the first two real rows (a buy, then a sell)
+    assert out.errors == [] and len(out.trades) == len(rows) == 30
+    assert [t.ts for t in out.trades] == sorted(t.ts for t in out.trades)  # the snapshot is newest first
+    newest = max(rows, key=lambda row: row[1])
+    assert out.trades[-1].trade_id == str(newest[0])
+    # the live te of a snapshot trade is the same trade: dropped; its tu is skipped
     buy, sell = rows[0], rows[4]
     te = feed.recv(json.dumps([chan, "te", buy, seq + 1]))
     tu = feed.recv(json.dumps([chan, "tu", buy, seq + 2]))
-    te_sell = feed.recv(json.dumps([chan, "te", sell, seq + 3]))
-    assert tu.trades == [] and tu.errors == []
+    assert te.trades == [] and tu.trades == [] and tu.errors == []
+    assert feed.proc.counters.duplicates_dropped == 1 and feed.proc.skipped_trades == 1
+    # a resubscribe re-sends the snapshot: nothing is published twice
+    assert feed.recv(json.dumps([chan, rows, seq + 3])).trades == []
+    assert feed.proc.counters.duplicates_dropped == 1 + 30
+    # live frames rebuilt from real rows with new ids: published, taker side from the amount sign
+    te = feed.recv(json.dumps([chan, "te", [buy[0] + 1000, buy[1] + 1, buy[2], buy[3]], seq + 4]))
+    te_sell = feed.recv(json.dumps([chan, "te", [sell[0] + 1000, sell[1] + 1, sell[2], sell[3]], seq + 5]))
     (trade,) = te.trades
-    assert (trade.trade_id, trade.price, trade.size, trade.side) == ("670086109", 282780.0, 0.018485, "buy")
-    assert trade.ts == 1618677372578_000 and trade.symbol == "BFT-USD"
+    assert (trade.trade_id, trade.price, trade.size, trade.side) == ("670087109", 282780.0, 0.018485, "buy")
+    assert trade.ts == 1618677372579_000 and trade.symbol == "BFT-USD"
     assert (te_sell.trades[0].side, te_sell.trades[0].size) == ("sell", 0.00154)
-    assert feed.proc.counters.trades == 2 and feed.proc.counters.sequence_gaps == 0
+    assert feed.proc.counters.trades == 32 and feed.proc.counters.sequence_gaps == 0
 
 
 def test_update_before_snapshot_asks_for_one_resync() -> None:

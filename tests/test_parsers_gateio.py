@@ -115,11 +115,17 @@ def test_create_time_ms_fractions() -> None:
     assert create_time_ms_to_us("1619093546958") == 1619093546958000
 
 
-def test_unknown_pair_is_dead_lettered_not_guessed() -> None:
+def test_pair_without_metadata_is_read_by_the_documented_rule_or_dead_lettered() -> None:
     feed = Feed("gateio")
     out = feed.recv(messages("gateio.json", "trade")[0])
+    (trade,) = out.trades
+    assert (trade.symbol, trade.exchange_symbol) == ("DIS-USDT", "DIS_USDT") and not out.errors
+    frame = json.loads(messages("gateio.json", "trade")[1])
+    frame["result"]["currency_pair"] = "NEO_BTC_X"  # not BASE_QUOTE: ambiguous without metadata
+    out = feed.recv(json.dumps(frame))
     ((_, reason),) = out.errors
-    assert "unknown gateio symbol 'DIS_USDT'" in reason
+    assert not out.trades and "unknown gateio symbol 'NEO_BTC_X'" in reason
+    assert feed.proc.counters.dead_letters == {"unknown_symbol": 1}
 
 
 # --------------------------------------------------------------------------- control frames

@@ -173,14 +173,31 @@ def test_v1_trades_field_by_field() -> None:
     first, second = out.trades
     assert (first.symbol, first.exchange_symbol) == ("XMR-USD", "XMR/USD")
     assert (first.price, first.size, first.side, first.ts) == (354.11, 0.89594024, "sell", 1618678142557535)
-    assert first.trade_id == "1618678142.557535-0"
+    # no trade id in v1: the price, volume, time and side as sent identify the trade
+    assert first.trade_id == "354.11000000:0.89594024:1618678142.557535:s"
     assert (second.side, second.price) == ("buy", 354.55)
 
 
-def test_v1_unknown_pair_needs_metadata() -> None:
+def test_v1_trade_identity_is_the_same_on_every_connection_and_repeats_are_numbered() -> None:
+    frame = json.loads(messages("kraken_v1.json", "trade")[0])
+    row = frame[1][0]
+    # one taker order filling two equal maker orders: two trades with the same four values
+    doubled = json.dumps([frame[0], [row, row], "trade", "XMR/USD"])
+    first = v1()
+    ids = [t.trade_id for t in first.recv(doubled).trades]
+    assert ids == [f"{':'.join(row[:4])}", f"{':'.join(row[:4])}#1"]
+    # the same frame on a second connection of the same processor: nothing new
+    second = Feed("kraken", conn="kraken.t1.1", processor=first.proc)
+    second.open("wss://ws.kraken.com", ["XMR/USD"])
+    second.rest(KRAKEN_PAIRS_URL, PAIRS)
+    assert second.recv(doubled).trades == [] and first.proc.counters.duplicates_dropped == 2
+
+
+def test_v1_pair_without_metadata_is_read_by_the_documented_rule() -> None:
     feed = Feed("kraken")
-    out = feed.recv(messages("kraken_v1.json", "trade")[0])
-    assert not out.trades and "unknown kraken v1 pair 'XMR/USD'" in out.errors[0][1]
+    (trade,) = feed.recv(messages("kraken_v1.json", "trade")[0]).trades
+    assert (trade.symbol, trade.exchange_symbol) == ("XMR-USD", "XMR/USD")
+    assert feed.proc.symbol_of("XBT/USD") == "BTC-USD"  # the documented v1 alias
 
 
 def test_v1_snapshot_loads_full_depth() -> None:

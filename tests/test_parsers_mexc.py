@@ -192,7 +192,11 @@ def test_documented_deals_push_field_by_field() -> None:
     assert first.price == 93220.00 and first.size == 0.04438243
     assert first.side == "sell" and second.side == "buy"  # tradeType 2 = sell, 1 = buy
     assert first.ts == second.ts == 1736409765051 * 1000
-    assert (first.trade_id, second.trade_id) == ("1736409765051-0", "1736409765051-1")
+    # aggregated deals carry no id: time, price, quantity and taker type as sent identify them
+    assert (first.trade_id, second.trade_id) == (
+        "1736409765051:93220.00:0.04438243:2",
+        "1736409765051:93220.01:0.01000000:1",
+    )
     assert first.conn == feed.conn and first.seq == feed.records[-1].seq
 
 

@@ -20,7 +20,7 @@ from marketpipe.codec import AvroCodec
 from marketpipe.config import ProducerSettings
 from marketpipe.records import ControlRequest
 from marketpipe.topics import Topology
-from producers.base import RUN_ID, Connector, SymbolError
+from producers.base import RUN_ID, Connector, SymbolError, shard_key
 from producers.connectors import EXCHANGES, connector_class
 from producers.control import ControlListener
 from producers.publisher import CaptureRawPublisher, KafkaRawPublisher
@@ -125,8 +125,10 @@ def _check_connection_contract(exchange: str, connector: Connector, items: list[
     assert re.fullmatch(rf"{exchange}\.{RUN_ID}\.\d+", conn)
     assert {item.partition for item in items} == {items[0].partition}, "one connection, one partition"
     assert [item.record.seq for item in items] == list(range(len(items))), "seq counts from 0 in offset order"
+    (shard,) = [s for s in connector.shards if connector.exchange_symbols[SYMBOL[exchange]] in s.symbols]
+    assert shard.key == shard_key(exchange, shard.symbols) and shard.key.startswith(f"{exchange}:")
     for item in items:
-        assert item.key == conn.encode()
+        assert item.key == shard.key.encode()  # every connection of the shard: one key, one partition
         assert item.headers["exchange"] == exchange.encode() and item.headers["conn"] == conn.encode()
         assert int(item.headers["recv_ns"]) > 0
         assert ("url" in item.headers) == (item.record.kind in ("open", "rest"))

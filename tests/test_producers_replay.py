@@ -24,7 +24,16 @@ MARKETPIPE = Path(sys.executable).with_name("marketpipe")
 
 
 def _fields(record: RawRecord) -> tuple[object, ...]:
-    return (record.exchange, record.conn, record.seq, record.kind, record.recv_ns, record.url, record.payload)
+    return (
+        record.exchange,
+        record.conn,
+        record.seq,
+        record.kind,
+        record.recv_ns,
+        record.url,
+        record.payload,
+        record.shard,
+    )
 
 
 async def _capture_live(path: Path, exchange: str, symbol: str, seconds: float) -> None:
@@ -68,8 +77,14 @@ async def test_capture_replay_kafka_capture_round_trip_is_byte_exact(kafka_boots
         writer.write_all(c.record for c in consumed)
     expected = sorted(original, key=lambda r: (r.conn, r.seq))
     assert [_fields(r) for r in read_capture(back)] == [_fields(r) for r in expected]
-    for item in consumed:
-        assert item.key == item.record.conn.encode()
+    # both connections of the shard: one key (the live one), one partition, in order
+    (key,) = {r.shard for r in original}
+    assert key is not None and key.startswith("binance:")
+    assert {item.key for item in consumed} == {key.encode()}
+    assert len({item.partition for item in consumed}) == 1
+    assert [(c.record.conn, c.record.seq) for c in sorted(consumed, key=lambda c: c.offset)] == [
+        (r.conn, r.seq) for r in original
+    ]
 
 
 async def test_replay_speed_follows_recv_ns_gaps(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from streams.feed import FeedCounters, FeedOutput, FeedProcessor
+from streams.feed import ClockWindow, FeedCounters, FeedOutput, FeedProcessor
 
 _MODULES = {
     "binance": ("streams.parsers.binance", "BinanceProcessor"),
@@ -30,9 +30,18 @@ def processor_class(exchange: str) -> type[FeedProcessor]:
     return found
 
 
-def processor_for(exchange: str) -> FeedProcessor:
-    """A new processor (holding state for all of the exchange's connections and symbols)."""
-    return processor_class(exchange)()
+def processor_for(exchange: str, clock: ClockWindow | None = None) -> FeedProcessor:
+    """A new processor (holding state for all of the exchange's connections and symbols);
+    ``clock`` bounds exchange timestamps around the receive time (default ``ClockWindow()``)."""
+    return processor_class(exchange)(clock)
 
 
-__all__ = ["EXCHANGES", "FeedCounters", "FeedOutput", "FeedProcessor", "processor_class", "processor_for"]
+__all__ = [
+    "EXCHANGES",
+    "ClockWindow",
+    "FeedCounters",
+    "FeedOutput",
+    "FeedProcessor",
+    "processor_class",
+    "processor_for",
+]

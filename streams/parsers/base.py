@@ -15,6 +15,7 @@ from marketpipe.records import Level
 from streams.book import BookSide, OrderBook
 from streams.feed import (
     BookState,
+    ClockWindow,
     Connection,
     FeedCounters,
     FeedOutput,
@@ -24,6 +25,7 @@ from streams.feed import (
 
 __all__ = [
     "BookState",
+    "ClockWindow",
     "Connection",
     "FeedCounters",
     "FeedOutput",
@@ -36,6 +38,7 @@ __all__ = [
     "kraken_levels",
     "levels",
     "ms_to_us",
+    "occurrences",
     "okx_levels",
     "rfc3339_to_us",
     "seconds_text_to_us",
@@ -71,6 +74,20 @@ def url_param(raw: RawRecord, name: str, what: str) -> str:
     if not found:
         raise ParseError(f"{what} url {raw.url!r} names no {name}")
     return found[0]
+
+
+def occurrences(identities: list[str]) -> list[str]:
+    """Trade identities built from content, for exchanges without trade ids: a repeat within one
+    frame (equal fills of one taker order) gets ``#1``, ``#2``... (the first keeps its own)."""
+    if len(identities) == len(set(identities)):
+        return identities
+    seen: dict[str, int] = {}
+    numbered = []
+    for identity in identities:
+        count = seen.get(identity, 0)
+        seen[identity] = count + 1
+        numbered.append(f"{identity}#{count}" if count else identity)
+    return numbered
 
 
 # ---------------------------------------------------------------------------- timestamps

@@ -13,18 +13,26 @@ from typing import Any
 from marketpipe.raw import RawRecord
 from marketpipe.records import Side
 from streams.bridge import Delta, SnapshotBridgeProcessor
+from streams.instruments import Instruments, read_entries, spot_name
 from streams.parsers.base import Connection, FeedOutput, ParseError, json_object, levels, ms_to_us, url_param
 
 INSTRUMENTS_PATH = "/api/v3/exchangeInfo"
 DEPTH_PATH = "/api/v3/depth"
+AGG_IDS = "#agg"
+"""aggTrade ids (``a``) are numbered apart from trade ids (``t``): deduplicated apart"""
 
 
-def parse_instruments(body: bytes) -> dict[str, str]:
-    """exchangeInfo -> {"BTCUSDT": "BTC-USDT", ...} from baseAsset/quoteAsset."""
+def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
+    """exchangeInfo -> {"BTCUSDT": "BTC-USDT", ...} from baseAsset/quoteAsset (an entry without
+    them is skipped). Concatenated names are never split without metadata."""
     info = json_object(body, "binance exchangeInfo response")
-    if "symbols" not in info:
-        raise ParseError(f"binance exchangeInfo response has no 'symbols': {str(info)[:200]}")
-    return {item["symbol"]: f"{item['baseAsset']}-{item['quoteAsset']}" for item in info["symbols"]}
+    if not isinstance(info.get("symbols"), list):
+        raise ParseError(f"binance exchangeInfo response has no 'symbols' list: {str(info)[:200]}")
+    return read_entries(info["symbols"], _entry, "binance exchangeInfo")
+
+
+def _entry(row: dict[str, Any], found: Instruments) -> None:
+    found.add(row["symbol"], spot_name(row["baseAsset"], row["quoteAsset"]))
 
 
 class BinanceProcessor(SnapshotBridgeProcessor):
@@ -60,7 +68,7 @@ class BinanceProcessor(SnapshotBridgeProcessor):
         if event == "depthUpdate":
             self._diff(conn, raw, data, out)
         elif event == "aggTrade":
-            self._trade(raw, data, data["a"], out)
+            self._trade(raw, data, data["a"], out, AGG_IDS)
         elif event == "trade":
             self._trade(raw, data, data["t"], out)
         elif event is None and "A" in data and "u" in data:
@@ -70,11 +78,13 @@ class BinanceProcessor(SnapshotBridgeProcessor):
         else:
             raise ParseError(f"unsupported binance event {event!r} on stream {stream!r}")
 
-    def _trade(self, raw: RawRecord, data: dict[str, Any], trade_id: object, out: FeedOutput) -> None:
+    def _trade(
+        self, raw: RawRecord, data: dict[str, Any], trade_id: object, out: FeedOutput, id_space: str = ""
+    ) -> None:
         # m: the buyer is the maker, so the taker sold
         side: Side = "sell" if data["m"] else "buy"
         price, size = float(data["p"]), float(data["q"])
-        self.trade(raw, out, data["s"], str(trade_id), price, size, side, ms_to_us(data["T"]))
+        self.trade(raw, out, data["s"], str(trade_id), price, size, side, ms_to_us(data["T"]), id_space)
 
     # ---------------------------------------------------------------------------- book
 

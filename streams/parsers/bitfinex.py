@@ -17,17 +17,23 @@ wire text is kept (decoded with ``float_hook=str``, as the Kraken v2 parser does
 in exponent notation (``5e-7``) enters the checksum in positional form (``0.0000005``), as the
 official client library converts it.
 
-Trades: the subscribe snapshot ``[chanId, [[ID, MTS, AMOUNT, PRICE], ...], seq]`` lists past
-trades and is re-sent at every (re)subscribe, so it is skipped (the same choice as the Kraken
-v2 connector's ``snapshot: false``: only live trades are published, never duplicates across
-reconnects). Each live trade arrives twice, ``te`` (executed) then ``tu`` (update, same ID):
+Trades: the subscribe snapshot ``[chanId, [[ID, MTS, AMOUNT, PRICE], ...], seq]`` lists recent
+trades and is re-sent at every (re)subscribe. Its trades go through the feed's trade-id
+deduplication, oldest first: those already published are dropped, the others fill the gap of
+a reconnect. Each live trade arrives twice, ``te`` (executed) then ``tu`` (update, same ID):
 ``te`` is published, ``tu`` skipped. AMOUNT < 0 is a sell (the taker sold).
 
-Instruments: ``GET /v2/conf/pub:list:pair:exchange,pub:map:currency:sym`` answers
-``[[pair, ...], [[code, name], ...]]``. Bitfinex publishes no base/quote fields, so the pair is
-split by its documented naming rule: six characters are BASE(3)+QUOTE(3) ("BTCUSD"); longer
-pairs put ':' between base and quote ("TESTBTC:TESTUSD"). Each currency code then goes through
-the currency map, upper-cased (UST -> "USDt" -> USDT). The websocket symbol is ``t`` + pair.
+Instruments: ``GET /v2/conf/<keys>`` answers one list per requested key, in the order of the
+keys in the path: ``pub:list:pair:exchange`` (the pairs), ``pub:info:pair`` (``[[pair, info],
+...]``), ``pub:map:currency:sym`` (``[[code, name], ...]``); the connector asks for the pair list
+and the currency map, other recorders for the pair list alone. The legacy ``/v1/symbols``
+(``["btcusd", ...]``) and ``/v1/symbols_details`` (``[{"pair": "btcusd"}, ...]``) are read too.
+Bitfinex publishes no base/quote fields, so the pair is split by its documented naming rule:
+six characters are BASE(3)+QUOTE(3) ("BTCUSD"); longer pairs put ':' between base and quote
+("TESTBTC:TESTUSD"). Each currency code then goes through the currency map, upper-cased (UST ->
+"USDt" -> USDT); without a map in the answer, through ``CURRENCY_NAMES``, a copy of Bitfinex's
+published ``pub:map:currency:sym``, so a pair has the same name whichever form named it. The
+websocket symbol is ``t`` + pair; a ``t`` symbol no answer named is read by the same rule.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ import msgspec
 
 from marketpipe.raw import RawRecord
 from marketpipe.records import Level, Side
+from streams.feed import ClockWindow
+from streams.instruments import Instruments, read_entries, spot_name
 from streams.parsers.base import (
     BookState,
     Connection,
@@ -65,23 +73,69 @@ _BASE_LENGTH = {"hb": 2, "cs": 3, "te": 3, "tu": 3}
 _decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(float_hook=str)
 
 
-def parse_instruments(body: bytes) -> dict[str, str]:
-    """``[[pairs], [[code, name], ...]]`` -> {"tBTCUSD": "BTC-USD", "tBTCUST": "BTC-USDT", ...}."""
+PAIRS = "pub:list:pair:exchange"
+PAIR_INFO = "pub:info:pair"
+CURRENCY_MAP = "pub:map:currency:sym"
+V1_PATHS = ("/v1/symbols", "/v1/symbols_details")
+CURRENCY_NAMES = {
+    code: name.upper()
+    for code, name in (
+        ("ABS", "ABYSS"), ("AIO", "AION"), ("ALG", "ALGO"), ("AMP", "AMPL"), ("ATO", "ATOM"),
+        ("BAB", "BCH"), ("CNHT", "CNHt"), ("CSX", "CS"), ("CTX", "CTXC"), ("DAT", "DATA"),
+        ("DOG", "MDOGE"), ("DRN", "DRGN"), ("DSH", "DASH"), ("DTX", "DT"), ("EDO", "PNT"),
+        ("EUS", "EURS"), ("EUT", "EURt"), ("GSD", "GUSD"), ("IOS", "IOST"), ("IOT", "IOTA"),
+        ("LBT", "LBTC"), ("MIT", "MITH"), ("MNA", "MANA"), ("NCA", "NCASH"), ("OMN", "OMNI"),
+        ("PAS", "PASS"), ("POY", "POLY"), ("QSH", "QASH"), ("QTM", "QTUM"), ("RBT", "RBTC"),
+        ("REP", "REP2"), ("SCR", "XD"), ("SNG", "SNGLS"), ("SPK", "SPANK"), ("STJ", "STORJ"),
+        ("TSD", "TUSD"), ("UDC", "USDC"), ("USK", "USDK"), ("UST", "USDt"), ("UTN", "UTNP"),
+        ("VSY", "VSYS"), ("WBT", "WBTC"), ("XAUT", "XAUt"), ("XCH", "XCHF"), ("YGG", "YEED"),
+        ("YYW", "YOYOW"),
+    )
+}  # fmt: skip
+"""Bitfinex's ``pub:map:currency:sym`` as published (upper-cased), for answers without the map"""
+
+
+def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
+    """A conf (or v1 symbols) answer -> {"tBTCUSD": "BTC-USD", "tBTCUST": "BTC-USDT", ...}."""
     found = decode_json(body)
-    if not isinstance(found, list) or not found or not isinstance(found[0], list):
-        if isinstance(found, list) and found and found[0] == "error":
-            raise ParseError(f"bitfinex conf error {found[1:]}")
-        raise ParseError("bitfinex conf response is not [[pairs], [currency map]]")
-    names = {str(code): str(name).upper() for code, name in found[1]} if len(found) > 1 else {}
-    symbols: dict[str, str] = {}
-    for pair in found[0]:
-        base, colon, quote = pair.partition(":")
-        if not colon:
-            if len(pair) != 6:
-                raise ParseError(f"bitfinex pair {pair!r} is neither BASEQUOTE (3+3) nor BASE:QUOTE")
-            base, quote = pair[:3], pair[3:]
-        symbols[f"t{pair}"] = f"{names.get(base, base)}-{names.get(quote, quote)}"
-    return symbols
+    if isinstance(found, list) and found and found[0] == "error":
+        raise ParseError(f"bitfinex conf error {found[1:]}")
+    if path.endswith(V1_PATHS):
+        return _v1_symbols(found)
+    keys = path.rsplit("/", 1)[-1].split(",")
+    if not isinstance(found, list) or len(found) != len(keys) or not all(isinstance(x, list) for x in found):
+        raise ParseError(f"bitfinex conf response is not one list per requested key {keys}")
+    lists = dict(zip(keys, found, strict=True))
+    names = dict(CURRENCY_NAMES)
+    if CURRENCY_MAP in lists:
+        names = {str(code): str(name).upper() for code, name in lists[CURRENCY_MAP]}
+    if PAIRS in lists:
+        pairs = lists[PAIRS]
+    elif PAIR_INFO in lists:
+        pairs = [row[0] if isinstance(row, list) and row else row for row in lists[PAIR_INFO]]
+    else:
+        raise ParseError(f"bitfinex conf response for {keys} lists no trading pairs")
+    return read_entries(pairs, lambda pair, into: _pair(pair, names, into), "bitfinex pair")
+
+
+def _v1_symbols(found: Any) -> Instruments:
+    if not isinstance(found, list):
+        raise ParseError("bitfinex v1 symbols response is not a list")
+    pairs = [row.get("pair") if isinstance(row, dict) else row for row in found]
+    return read_entries(pairs, lambda pair, into: _pair(pair.upper(), CURRENCY_NAMES, into), "bitfinex pair")
+
+
+def _pair(pair: str, names: dict[str, str], found: Instruments) -> None:
+    found.add(f"t{pair}", pair_name(pair, names))
+
+
+def pair_name(pair: str, names: dict[str, str]) -> str:
+    base, colon, quote = pair.partition(":")
+    if not colon:
+        if len(pair) != 6:
+            raise ParseError(f"bitfinex pair {pair!r} is neither BASEQUOTE (3+3) nor BASE:QUOTE")
+        base, quote = pair[:3], pair[3:]
+    return spot_name(names.get(base, base), names.get(quote, quote))
 
 
 def _text(value: object) -> str:
@@ -109,10 +163,22 @@ class BitfinexProcessor(FeedProcessor):
     keep_text = True
     connection_type = BitfinexConnection
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, clock: ClockWindow | None = None) -> None:
+        super().__init__(clock)
         self.skipped_trades = 0
-        """trade-snapshot rows and ``tu`` repeats (never published, see the module docstring)"""
+        """``tu`` repeats of ``te`` trades (never published, see the module docstring)"""
+
+    def is_instruments_path(self, path: str) -> bool:
+        if path.endswith(V1_PATHS):
+            return True
+        keys = path.rsplit("/", 1)[-1].split(",")
+        return "/conf/" in path and (PAIRS in keys or PAIR_INFO in keys)
+
+    def fallback_instrument(self, exchange_symbol: str) -> tuple[str, str] | None:
+        """``t`` + pair by the documented naming rule (funding ``f`` symbols have no pair)."""
+        if not exchange_symbol.startswith("t") or not exchange_symbol[1:].replace(":", "").isalnum():
+            return None
+        return pair_name(exchange_symbol[1:], CURRENCY_NAMES), exchange_symbol
 
     def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
         assert isinstance(conn, BitfinexConnection)
@@ -195,15 +261,19 @@ class BitfinexProcessor(FeedProcessor):
     # ------------------------------------------------------------------ trades
 
     def _trades(self, symbol: str, code: str | None, body: Any, raw: RawRecord, out: FeedOutput) -> None:
-        if code is None:  # the snapshot of past trades on subscribe
+        if code is None:  # the snapshot of recent trades on subscribe, newest first
             if not isinstance(body, list):
                 raise ParseError("bitfinex trades snapshot is not a list")
-            self.skipped_trades += len(body)
+            for row in sorted(body, key=lambda row: (row[1], row[0])):
+                self._trade(symbol, row, raw, out)
             return
         if code == "tu":
             self.skipped_trades += 1
             return
-        trade_id, mts, amount, price = body
+        self._trade(symbol, body, raw, out)
+
+    def _trade(self, symbol: str, row: list[Any], raw: RawRecord, out: FeedOutput) -> None:
+        trade_id, mts, amount, price = row
         size = float(amount)
         side: Side = "buy" if size > 0 else "sell"
         self.trade(raw, out, symbol, str(trade_id), float(price), abs(size), side, ms_to_us(mts))

@@ -11,6 +11,7 @@ from typing import Any
 
 from marketpipe.raw import RawRecord
 from marketpipe.records import Side
+from streams.instruments import Instruments, read_entries, spot_name
 from streams.parsers.base import (
     Connection,
     FeedOutput,
@@ -26,12 +27,22 @@ INSTRUMENTS_PATH = "/v5/market/instruments-info"
 TAKER_SIDES: dict[str, Side] = {"Buy": "buy", "Sell": "sell"}
 
 
-def parse_instruments(body: bytes) -> dict[str, str]:
-    """instruments-info -> {"BTCUSDT": "BTC-USDT", ...} from baseCoin/quoteCoin."""
+def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
+    """instruments-info -> {"BTCUSDT": "BTC-USDT", ...} from baseCoin/quoteCoin (an entry without
+    them is skipped). The spot and linear ``BTCUSDT`` are different instruments (ids
+    ``spot:BTCUSDT``, ``linear:BTCUSDT``): a processor seeing both never merges them."""
     info = json_object(body, "bybit instruments-info response")
     if info.get("retCode") != 0:
         raise ParseError(f"bybit instruments-info error {info.get('retCode')}: {info.get('retMsg')!r}")
-    return {item["symbol"]: f"{item['baseCoin']}-{item['quoteCoin']}" for item in info["result"]["list"]}
+    result = info.get("result")
+    if not isinstance(result, dict) or not isinstance(result.get("list"), list):
+        raise ParseError(f"bybit instruments-info response has no result.list: {str(info)[:200]}")
+    category = result.get("category") or "spot"
+
+    def entry(row: dict[str, Any], found: Instruments) -> None:
+        found.add(row["symbol"], spot_name(row["baseCoin"], row["quoteCoin"]), f"{category}:{row['symbol']}")
+
+    return read_entries(result["list"], entry, "bybit instruments-info")
 
 
 class BybitProcessor(FeedProcessor):

@@ -3,15 +3,20 @@
 ``sequence_num`` is one counter per connection across every channel, so a gap anywhere
 marks all of that connection's books unsynced. ``level2`` arrives as ``l2_data``: a
 snapshot event replaces the product's book, updates carry absolute ``new_quantity``.
-Public ``market_trades`` report the maker's side, so the taker side is the opposite.
+Public ``market_trades`` report the maker's side, so the taker side is the opposite. The
+``snapshot`` event of ``market_trades`` lists recent trades again at every subscribe: the feed's
+trade-id deduplication publishes only those not seen yet (oldest first).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 
 from marketpipe.raw import RawRecord
 from marketpipe.records import Level, Side
+from streams.instruments import Instruments, dashed_pair, read_entries, spot_name
 from streams.parsers.base import (
     Connection,
     FeedOutput,
@@ -19,20 +24,44 @@ from streams.parsers.base import (
     ParseError,
     apply_levels,
     decode_json,
-    json_object,
     rfc3339_to_us,
 )
 
 INSTRUMENTS_PATH = "/api/v3/brokerage/market/products"
+INSTRUMENTS_PATHS = (INSTRUMENTS_PATH, "/api/v3/brokerage/products", "/products")
+"""Advanced Trade public and authenticated product lists, and the Exchange API's ``/products``"""
 TAKER_SIDE: dict[str, Side] = {"BUY": "sell", "SELL": "buy"}
 
 
-def parse_instruments(body: bytes) -> dict[str, str]:
-    """products -> {"BTC-USD": "BTC-USD", ...} from base_currency_id/quote_currency_id."""
-    info = json_object(body, "coinbase products response")
-    if "products" not in info:
-        raise ParseError(f"coinbase products response has no 'products': {str(info)[:200]}")
-    return {p["product_id"]: f"{p['base_currency_id']}-{p['quote_currency_id']}" for p in info["products"]}
+def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
+    """Products -> {"BTC-USD": "BTC-USD", ...} from the base/quote currency fields, in every form:
+    Advanced Trade ``{"products": [...]}`` or one product (``product_id``, ``base_currency_id``,
+    ``quote_currency_id``), the Exchange API list or one product (``id``, ``base_currency``,
+    ``quote_currency``). Non-spot products (futures) are skipped: no normalised name yet."""
+    found = decode_json(body)
+    if isinstance(found, dict) and "products" in found:
+        rows = found["products"]
+    elif isinstance(found, dict) and ("product_id" in found or "id" in found):
+        rows = [found]
+    elif isinstance(found, list):
+        rows = found
+    else:
+        raise ParseError(f"coinbase products response has no products: {str(found)[:200]}")
+    if not isinstance(rows, list):
+        raise ParseError("coinbase products response: products is not a list")
+    return read_entries(rows, _product, "coinbase product", ("product_id", "id"))
+
+
+def _product(row: dict[str, Any], found: Instruments) -> None:
+    product_id = row["product_id"] if "product_id" in row else row["id"]
+    kind = row.get("product_type") or "SPOT"
+    if kind != "SPOT":
+        raise ParseError(f"{kind} product: not normalised yet (derivatives)", "unnamed_instrument")
+    if "product_id" in row:
+        base, quote = row["base_currency_id"], row["quote_currency_id"]
+    else:
+        base, quote = row["base_currency"], row["quote_currency"]
+    found.add(product_id, spot_name(base, quote))
 
 
 class _Level(msgspec.Struct):
@@ -77,11 +106,13 @@ class CoinbaseConnection(Connection):
 class CoinbaseProcessor(FeedProcessor):
     exchange = "coinbase"
     instruments_path = INSTRUMENTS_PATH
+    instruments_paths = INSTRUMENTS_PATHS
     instruments_parser = staticmethod(parse_instruments)
     connection_type = CoinbaseConnection
 
-    def fallback_symbol(self, exchange_symbol: str) -> str | None:
-        return exchange_symbol  # product ids are BASE-QUOTE already
+    def fallback_instrument(self, exchange_symbol: str) -> tuple[str, str] | None:
+        name = dashed_pair(exchange_symbol)  # spot product ids are BASE-QUOTE already
+        return None if name is None else (name, exchange_symbol)
 
     def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
         assert isinstance(conn, CoinbaseConnection)

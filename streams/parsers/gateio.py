@@ -15,6 +15,7 @@ from typing import Any
 from marketpipe.raw import RawRecord
 from marketpipe.records import Side
 from streams.bridge import Delta, SnapshotBridgeProcessor
+from streams.instruments import Instruments, dashed_pair, read_entries, spot_name
 from streams.parsers.base import (
     Connection,
     FeedOutput,
@@ -32,9 +33,9 @@ TAKER_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
 ACK_EVENTS = frozenset({"subscribe", "unsubscribe"})
 
 
-def parse_instruments(body: bytes) -> dict[str, str]:
+def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
     """currency_pairs (a list) or currency_pairs/{pair} (one object) -> {"BTC_USDT": "BTC-USDT"}
-    from the ``base``/``quote`` fields."""
+    from the ``base``/``quote`` fields (an entry without them is skipped)."""
     found = decode_json(body)
     if isinstance(found, dict):
         if "label" in found:  # {"label":"INVALID_CURRENCY_PAIR","message":...}
@@ -42,7 +43,11 @@ def parse_instruments(body: bytes) -> dict[str, str]:
         found = [found]
     elif not isinstance(found, list):
         raise ParseError("gateio currency_pairs response is neither a list nor an object")
-    return {item["id"]: f"{item['base']}-{item['quote']}" for item in found}
+    return read_entries(found, _pair, "gateio currency_pairs", ("id",))
+
+
+def _pair(row: dict[str, Any], found: Instruments) -> None:
+    found.add(row["id"], spot_name(row["base"], row["quote"]))
 
 
 def create_time_ms_to_us(text: str) -> int:
@@ -57,6 +62,10 @@ class GateioProcessor(SnapshotBridgeProcessor):
     instruments_parser = staticmethod(parse_instruments)
     strict_chain = True  # U == previous u + 1 after the first update
     id_name = "order book id"
+
+    def fallback_instrument(self, exchange_symbol: str) -> tuple[str, str] | None:
+        name = dashed_pair(exchange_symbol, "_")  # pairs are BASE_QUOTE
+        return None if name is None else (name, exchange_symbol)
 
     def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
         msg = json_object(raw.data, "gateio frame")

@@ -29,19 +29,36 @@ from typing import Any
 from marketpipe.raw import RawRecord
 from marketpipe.records import Side
 from streams.bridge import Delta, SnapshotBridgeProcessor
+from streams.instruments import Instruments, read_entries, spot_name
 from streams.parsers.base import Connection, FeedOutput, ParseError, json_object, levels, ms_to_us
 
 INSTRUMENTS_PATH = "/v2/settings/common/symbols"
+INSTRUMENTS_PATHS = (
+    INSTRUMENTS_PATH,
+    "/v1/settings/common/symbols",
+    "/v1/settings/common/market-symbols",
+    "/v1/common/symbols",
+)
+"""the v2 and v1 symbol settings (``sc``/``symbol``, ``bc``, ``qc``) and the older
+``/v1/common/symbols`` (``symbol``, ``base-currency``, ``quote-currency``)"""
 TAKER_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def parse_instruments(body: bytes) -> dict[str, str]:
-    """/v2/settings/common/symbols -> {"btcusdt": "BTC-USDT", ...} from bc/qc (base/quote currency)."""
+def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
+    """Any of ``INSTRUMENTS_PATHS`` -> {"btcusdt": "BTC-USDT", ...} from the base/quote currency
+    (an entry without them is skipped)."""
     info = json_object(body, "htx symbols response")
     if info.get("status") != "ok" or not isinstance(info.get("data"), list):
         raise ParseError(f"htx symbols error: {str(info)[:200]}")
-    return {item["sc"]: f"{item['bc'].upper()}-{item['qc'].upper()}" for item in info["data"]}
+    return read_entries(info["data"], _symbol, "htx symbols", ("sc", "symbol"))
+
+
+def _symbol(row: dict[str, Any], found: Instruments) -> None:
+    symbol = row["sc"] if "sc" in row else row["symbol"]
+    base = row["bc"] if "bc" in row else row["base-currency"]
+    quote = row["qc"] if "qc" in row else row["quote-currency"]
+    found.add(symbol, spot_name(base.upper(), quote.upper()))
 
 
 def inflate(data: bytes | str | None) -> bytes | str | None:
@@ -72,6 +89,7 @@ def _mbp_depth(topic: str) -> int:
 class HtxProcessor(SnapshotBridgeProcessor):
     exchange = "htx"
     instruments_path = INSTRUMENTS_PATH
+    instruments_paths = INSTRUMENTS_PATHS
     instruments_parser = staticmethod(parse_instruments)
     id_name = "seqNum"
 

@@ -16,6 +16,7 @@ import msgspec
 from marketpipe.raw import RawRecord
 from marketpipe.records import Level, Side
 from streams.book import BookSide
+from streams.instruments import Instruments, read_entries, spot_name
 from streams.parsers import kraken_v1
 from streams.parsers.base import (
     BookState,
@@ -47,20 +48,33 @@ def _asset(code: str) -> str:
     return ASSET_ALIASES.get(code, code)
 
 
-def parse_instruments(body: bytes) -> dict[str, str]:
-    """AssetPairs -> v1 ``wsname`` and v2 names -> BASE-QUOTE, e.g. "XBT/USD" and "BTC/USD" -> "BTC-USD"."""
+def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
+    """AssetPairs -> v1 ``wsname`` and v2 names -> BASE-QUOTE, e.g. "XBT/USD" and "BTC/USD" -> "BTC-USD"
+    (both names of the pair ``XXBTZUSD``). Pairs without a ``wsname`` (the dark-pool ``.d`` pairs,
+    not on the websocket) and unreadable entries are skipped."""
     info = json_object(body, "kraken AssetPairs response")
     if info.get("error"):
         raise ParseError(f"kraken AssetPairs error: {info['error']}")
-    found: dict[str, str] = {}
-    for pair in info["result"].values():
-        wsname = pair["wsname"]
-        base, slash, quote = wsname.partition("/")
-        if not slash:
-            raise ParseError(f"kraken AssetPairs wsname {wsname!r} is not BASE/QUOTE")
-        found[wsname] = f"{_asset(base)}-{_asset(quote)}"
-        found[f"{_asset(base)}/{_asset(quote)}"] = found[wsname]
+    result = info.get("result")
+    if not isinstance(result, dict):
+        raise ParseError(f"kraken AssetPairs response has no 'result' object: {str(info)[:200]}")
+    found = Instruments()
+    for key, pair in result.items():
+        read_entries([(key, pair)], _pair, "kraken AssetPairs", found=found)
     return found
+
+
+def _pair(entry: tuple[str, Any], found: Instruments) -> None:
+    key, pair = entry
+    wsname = pair.get("wsname")
+    if not wsname:
+        raise ParseError(f"{key}: no wsname (not traded on the websocket, e.g. a dark-pool '.d' pair)")
+    base, slash, quote = wsname.partition("/")
+    if not slash:
+        raise ParseError(f"{key}: wsname {wsname!r} is not BASE/QUOTE")
+    name = spot_name(_asset(base), _asset(quote))
+    found.add(wsname, name, key)
+    found.add(f"{_asset(base)}/{_asset(quote)}", name, key)
 
 
 def _text(value: object) -> str:
@@ -81,10 +95,14 @@ class KrakenProcessor(FeedProcessor):
     keep_text = True
     connection_type = KrakenConnection
 
-    def fallback_symbol(self, exchange_symbol: str) -> str | None:
-        # only v2 names reach here (v1 frames require metadata, see kraken_v1.symbol)
+    def fallback_instrument(self, exchange_symbol: str) -> tuple[str, str] | None:
+        """``BASE/QUOTE`` (v2, and v1 with the documented XBT/XDG aliases) -> ``BASE-QUOTE``; the
+        v1 and v2 names of one pair are one instrument."""
         base, slash, quote = exchange_symbol.partition("/")
-        return f"{base}-{quote}" if slash and base and quote else None
+        if not (slash and base.isalnum() and quote.isalnum()):
+            return None
+        base, quote = _asset(base), _asset(quote)
+        return f"{base}-{quote}", f"{base}/{quote}"
 
     def on_sent(self, conn: Connection, raw: RawRecord) -> None:
         assert isinstance(conn, KrakenConnection)

@@ -1,8 +1,14 @@
 """Kraken WS v1 (legacy): array frames ``[channelID, payload..., channelName, pair]`` and
 ``{"event": ...}`` objects. Used by ``KrakenProcessor`` for connections on the v1 endpoint.
 
-v1 pair names are AssetPairs ``wsname`` values (``XBT/USD``); they need the instrument
-metadata (asset aliases), so an unknown v1 pair is an error rather than a guess.
+v1 pair names are AssetPairs ``wsname`` values (``XBT/USD``), resolved through the instrument
+metadata; a pair it does not name is read by the documented rule (``BASE/QUOTE`` with the
+XBT->BTC and XDG->DOGE aliases, ``KrakenProcessor.fallback_instrument``).
+
+v1 trades carry no id. Their identity is built from what every connection receives alike:
+the price, volume, time and side as sent (``"price:volume:time:side"``), plus ``#k`` for the
+k-th row of the frame with exactly the same four values (one taker order filling two equal
+maker orders at one price and time); so the same trade delivered on two connections has one id.
 Book snapshots carry ``as``/``bs``; updates carry ``a``/``b`` (possibly in two objects)
 with the checksum ``c`` in the last one; the subscribed depth is in the channel name.
 """
@@ -19,6 +25,7 @@ from streams.parsers.base import (
     ParseError,
     TextRows,
     kraken_levels,
+    occurrences,
     seconds_text_to_us,
 )
 
@@ -26,13 +33,6 @@ if TYPE_CHECKING:
     from streams.parsers.kraken import KrakenConnection, KrakenProcessor
 
 TAKER_SIDES: dict[str, Side] = {"b": "buy", "s": "sell"}
-
-
-def symbol(proc: KrakenProcessor, pair: str) -> str:
-    found = proc.instruments.get(pair)
-    if found is None:
-        raise ParseError(f"unknown kraken v1 pair {pair!r}: no AssetPairs metadata (rest record) names it")
-    return found
 
 
 def learn_depth_from_request(conn: Connection, msg: dict[str, Any]) -> None:
@@ -79,15 +79,29 @@ def on_array(
         raise ParseError(f"unsupported kraken v1 channel {channel_name!r}")
 
 
-def _trades(proc: KrakenProcessor, rows: list[list[str]], pair: str, raw: RawRecord, out: FeedOutput) -> None:
-    symbol(proc, pair)
+def _trades(proc: KrakenProcessor, rows: list[list[Any]], pair: str, raw: RawRecord, out: FeedOutput) -> None:
     parsed = [
-        (float(row[0]), float(row[1]), row[2], seconds_text_to_us(row[2]), TAKER_SIDES.get(row[3], "unknown"))
+        (
+            trade_identity(row[:4]),
+            float(row[0]),
+            float(row[1]),
+            seconds_text_to_us(_text(row[2])),
+            TAKER_SIDES.get(row[3], "unknown"),
+        )
         for row in rows
     ]
-    for index, (price, size, time_text, ts, side) in enumerate(parsed):
-        # v1 trades have no id: time as sent plus the position in the frame is deterministic
-        proc.trade(raw, out, pair, f"{time_text}-{index}", price, size, side, ts)
+    identities = occurrences([identity for identity, *_ in parsed])
+    for identity, (_, price, size, ts, side) in zip(identities, parsed, strict=True):
+        proc.trade(raw, out, pair, identity, price, size, side, ts)
+
+
+def trade_identity(values: list[Any]) -> str:
+    """``price:volume:time:side`` as sent."""
+    return ":".join(_text(value) for value in values)
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else str(value)
 
 
 def _book(
@@ -99,7 +113,6 @@ def _book(
     raw: RawRecord,
     out: FeedOutput,
 ) -> None:
-    symbol(proc, pair)
     proc.counters.book_messages += 1
     state = proc.book_state(conn, pair)
     state.depth = depth

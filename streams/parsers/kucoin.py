@@ -19,18 +19,21 @@ from typing import Any
 from marketpipe.raw import RawRecord
 from marketpipe.records import Level, Side
 from streams.bridge import Delta, SnapshotBridgeProcessor
+from streams.instruments import Instruments, dashed_pair, read_entries, spot_name
 from streams.parsers.base import Connection, FeedOutput, ParseError, json_object, levels, ms_to_us, url_param
 
 INSTRUMENTS_PATH = "/api/v2/symbols"
+INSTRUMENTS_PATHS = (INSTRUMENTS_PATH, "/api/v1/symbols")
 SNAPSHOT_PATH = "/api/v1/market/orderbook/level2_100"
 OK = "200000"
 TAKER_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
 CONTROL_ACKS = frozenset({"welcome", "ack"})
 
 
-def parse_instruments(body: bytes) -> dict[str, str]:
-    """``/api/v2/symbols`` (a list) or ``/api/v2/symbols/{symbol}`` (one object) ->
-    {"BTC-USDT": "BTC-USDT", ...} from baseCurrency/quoteCurrency."""
+def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
+    """``/api/v2/symbols`` or ``/api/v1/symbols`` (a list), ``/api/v2/symbols/{symbol}`` (one
+    object) -> {"BTC-USDT": "BTC-USDT", ...} from baseCurrency/quoteCurrency (both versions carry
+    them; an entry without them is skipped)."""
     info = json_object(body, "kucoin symbols response")
     if info.get("code") != OK:
         raise ParseError(f"kucoin symbols error {info.get('code')}: {info.get('msg')!r}")
@@ -38,7 +41,11 @@ def parse_instruments(body: bytes) -> dict[str, str]:
     rows = [data] if isinstance(data, dict) else data
     if not isinstance(rows, list):
         raise ParseError(f"kucoin symbols response data is {type(data).__name__}, not a list or object")
-    return {row["symbol"]: f"{row['baseCurrency']}-{row['quoteCurrency']}" for row in rows}
+    return read_entries(rows, _symbol, "kucoin symbols")
+
+
+def _symbol(row: dict[str, Any], found: Instruments) -> None:
+    found.add(row["symbol"], spot_name(row["baseCurrency"], row["quoteCurrency"]))
 
 
 def changes(rows: list[list[Any]], after: int | None = None) -> list[Level]:
@@ -57,10 +64,12 @@ class KucoinProcessor(SnapshotBridgeProcessor):
     id_name = "sequence"
     max_buffered_deltas = 20_000  # level2 pushes every book event
     instruments_path = INSTRUMENTS_PATH
+    instruments_paths = INSTRUMENTS_PATHS
     instruments_parser = staticmethod(parse_instruments)
 
-    def fallback_symbol(self, exchange_symbol: str) -> str | None:
-        return exchange_symbol  # spot symbols are BASE-QUOTE already
+    def fallback_instrument(self, exchange_symbol: str) -> tuple[str, str] | None:
+        name = dashed_pair(exchange_symbol)  # spot symbols are BASE-QUOTE already
+        return None if name is None else (name, exchange_symbol)
 
     def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
         msg = json_object(raw.data, "kucoin frame")

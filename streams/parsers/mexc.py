@@ -21,7 +21,16 @@ from google.protobuf.message import DecodeError
 from marketpipe.raw import RawRecord
 from marketpipe.records import Level, Side
 from streams.bridge import Delta, SnapshotBridgeProcessor
-from streams.parsers.base import Connection, FeedOutput, ParseError, json_object, levels, url_param
+from streams.instruments import Instruments, read_entries, spot_name
+from streams.parsers.base import (
+    Connection,
+    FeedOutput,
+    ParseError,
+    json_object,
+    levels,
+    occurrences,
+    url_param,
+)
 from streams.parsers.mexc_pb import PushDataV3ApiWrapper
 
 INSTRUMENTS_PATH = "/api/v3/exchangeInfo"
@@ -30,12 +39,17 @@ TAKER_SIDES: dict[int, Side] = {1: "buy", 2: "sell"}
 _decode_push = PushDataV3ApiWrapper.FromString
 
 
-def parse_instruments(body: bytes) -> dict[str, str]:
-    """exchangeInfo -> {"BTCUSDT": "BTC-USDT", ...} from baseAsset/quoteAsset."""
+def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
+    """exchangeInfo -> {"BTCUSDT": "BTC-USDT", ...} from baseAsset/quoteAsset (an entry without
+    them is skipped). Concatenated names are never split without metadata."""
     info = json_object(body, "mexc exchangeInfo response")
-    if "symbols" not in info:
-        raise ParseError(f"mexc exchangeInfo response has no 'symbols': {str(info)[:200]}")
-    return {item["symbol"]: f"{item['baseAsset']}-{item['quoteAsset']}" for item in info["symbols"]}
+    if not isinstance(info.get("symbols"), list):
+        raise ParseError(f"mexc exchangeInfo response has no 'symbols' list: {str(info)[:200]}")
+    return read_entries(info["symbols"], _symbol, "mexc exchangeInfo")
+
+
+def _symbol(row: dict[str, Any], found: Instruments) -> None:
+    found.add(row["symbol"], spot_name(row["baseAsset"], row["quoteAsset"]))
 
 
 def _levels(items: Any) -> list[Level]:
@@ -88,15 +102,13 @@ class MexcProcessor(SnapshotBridgeProcessor):
 
     def _deals(self, raw: RawRecord, push: PushDataV3ApiWrapper, out: FeedOutput) -> None:
         symbol = self._symbol(push)
-        same_ms = 0
-        previous = None
-        for deal in push.publicAggreDeals.deals:
-            # aggregated deals carry no id: the time plus the position among that ms's deals
-            same_ms = same_ms + 1 if deal.time == previous else 0
-            previous = deal.time
+        deals = push.publicAggreDeals.deals
+        # aggregated deals carry no id: their content as sent is what every connection receives
+        identities = occurrences([f"{d.time}:{d.price}:{d.quantity}:{d.tradeType}" for d in deals])
+        for identity, deal in zip(identities, deals, strict=True):
             side = TAKER_SIDES.get(deal.tradeType, "unknown")
             price, size = float(deal.price), float(deal.quantity)
-            self.trade(raw, out, symbol, f"{deal.time}-{same_ms}", price, size, side, deal.time * 1000)
+            self.trade(raw, out, symbol, identity, price, size, side, deal.time * 1000)
 
     # ---------------------------------------------------------------------------- book
 

@@ -5,6 +5,12 @@ Books: each update's ``prevSeqId`` must equal the previous ``seqId``, except the
 (``prevSeqId == seqId``, no levels) and the maintenance reset (``seqId < prevSeqId``).
 A non-zero ``checksum`` (frames before the June 2026 deprecation) is verified: signed
 CRC32 over the top 25 bid/ask levels interleaved, using the price/size strings as sent.
+
+Trades: OKX pushes the latest trade of an instrument on every subscribe (hours old on a quiet
+one); the feed's trade-id deduplication drops it when it was published already. Instruments:
+spot (and margin) ``instId``s are named from ``baseCcy``/``quoteCcy`` or, without metadata, are
+read as ``BASE-QUOTE``; swaps, futures and options are not normalised yet, so their frames are
+dead-lettered (``unnamed_instrument``), each under its own id.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 
 from marketpipe.raw import RawRecord
 from marketpipe.records import Side
+from streams.instruments import Instruments, dashed_pair, read_entries, spot_name
 from streams.parsers.base import (
     BookState,
     Connection,
@@ -34,12 +41,24 @@ TAKER_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
 ACK_EVENTS = frozenset({"subscribe", "unsubscribe", "channel-conn-count"})
 
 
-def parse_instruments(body: bytes) -> dict[str, str]:
-    """instruments -> {"BTC-USDT": "BTC-USDT", ...} from baseCcy/quoteCcy."""
+SPOT_TYPES = frozenset({"SPOT", "MARGIN"})
+UNNAMED = "not normalised yet (derivatives)"
+
+
+def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
+    """instruments -> {"BTC-USDT": "BTC-USDT", ...} from baseCcy/quoteCcy. SWAP, FUTURES and
+    OPTION instruments (empty baseCcy/quoteCcy) are skipped, never named ``-``."""
     info = json_object(body, "okx instruments response")
-    if info.get("code") != "0":
+    if info.get("code") != "0" or not isinstance(info.get("data"), list):
         raise ParseError(f"okx instruments error {info.get('code')}: {info.get('msg')!r}")
-    return {item["instId"]: f"{item['baseCcy']}-{item['quoteCcy']}" for item in info["data"]}
+    return read_entries(info["data"], _instrument, "okx instruments", ("instId",))
+
+
+def _instrument(row: dict[str, Any], found: Instruments) -> None:
+    kind = row.get("instType") or "SPOT"
+    if kind not in SPOT_TYPES:
+        raise ParseError(f"{kind} instrument: {UNNAMED}", "unnamed_instrument")
+    found.add(row["instId"], spot_name(row["baseCcy"], row["quoteCcy"]))
 
 
 class OkxProcessor(FeedProcessor):
@@ -48,8 +67,16 @@ class OkxProcessor(FeedProcessor):
     instruments_parser = staticmethod(parse_instruments)
     keep_text = True
 
-    def fallback_symbol(self, exchange_symbol: str) -> str | None:
-        return exchange_symbol  # spot instIds are BASE-QUOTE already
+    def fallback_instrument(self, exchange_symbol: str) -> tuple[str, str] | None:
+        """Spot instIds are BASE-QUOTE already; swaps (``UNI-USD-SWAP``) and futures
+        (``BTC-USD-220527``) are dead-lettered, each under its own id."""
+        name = dashed_pair(exchange_symbol)
+        if name is None:
+            raise ParseError(
+                f"okx instrument {exchange_symbol!r} is not a spot BASE-QUOTE id: {UNNAMED}",
+                "unnamed_instrument",
+            )
+        return name, exchange_symbol
 
     def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
         if raw.data in ("pong", b"pong"):
