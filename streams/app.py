@@ -20,7 +20,7 @@ from marketpipe.records import DeadLetter
 from marketpipe.topics import Topology
 from streams.buckets import Bucketer
 from streams.consolidate import SymbolMap
-from streams.feed import FeedOutput, FeedProcessor
+from streams.feed import ClockWindow, FeedOutput, FeedProcessor
 from streams.parsers import processor_for
 from streams.runtime import Emit
 
@@ -40,11 +40,13 @@ class NormaliseStage:
         exchanges: Sequence[str],
         bucketer: Bucketer | None,
         symbols: SymbolMap,
+        clock: ClockWindow,
     ) -> None:
         self.topology = topology
         self.codec = codec
         self.bucketer = bucketer
         self.symbols = symbols
+        self.clock = clock
         self.group = topology.streams_group
         self.topics = [topology.raw(exchange) for exchange in exchanges]
         self._exchange_of = {topology.raw(exchange): exchange for exchange in exchanges}
@@ -52,10 +54,12 @@ class NormaliseStage:
         self._out = FeedOutput()
 
     def new_state(self, topic: str, partition: int) -> FeedProcessor:
-        return processor_for(self._exchange_of[topic])
+        return processor_for(self._exchange_of[topic], self.clock)
 
     def process(self, processor: FeedProcessor, messages: Sequence[Message], emit: Emit | None) -> None:
-        processor.bucketer = self.bucketer  # not from the checkpoint: the configuration may have changed
+        # not from the checkpoint: the configuration may have changed
+        processor.bucketer = self.bucketer
+        processor.set_clock(self.clock)
         out = self._out
         exchange = processor.exchange
         for message in messages:

@@ -65,18 +65,25 @@ def stream(ctx: click.Context, stages: str, worker_id: str | None, loglevel: str
     default=None,
     help="Write frames that could not be normalised (capture lines plus 'reason') here.",
 )
-def normalize(captures: tuple[Path, ...], report_path: Path | None, errors_path: Path | None) -> None:
+@click.pass_context
+def normalize(
+    ctx: click.Context, captures: tuple[Path, ...], report_path: Path | None, errors_path: Path | None
+) -> None:
     """Normalise capture files (.jsonl, .jsonl.gz, .jsonl.zst) to JSON Lines on stdout.
 
     One line per trade, validated book change and BBO change, in frame order, using the
     same parsers and book validation as the stream processors.
     """
+    from marketpipe.cli import settings_from
+    from streams.feed import ClockWindow
     from streams.normalize import normalize_captures
+
+    settings = settings_from(ctx)
 
     sink = sys.stdout.buffer
     errors = errors_path.open("wb") if errors_path else None
     try:
-        report = normalize_captures(captures, sink, errors)
+        report = normalize_captures(captures, sink, errors, ClockWindow.from_settings(settings.streams))
     except ValueError as exc:  # an unreadable capture line (read_capture names file and line)
         raise click.ClickException(str(exc)) from None
     finally:

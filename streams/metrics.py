@@ -30,6 +30,7 @@ FEED_COUNTERS = {
     "crossed_books": "crossed books detected",
     "parse_errors": "frames that could not be parsed (dead-lettered)",
     "dropped_unsynced": "updates dropped while a book was unsynced",
+    "duplicates_dropped": "trades already published (re-sent on subscribe or by an overlapping connection)",
 }
 
 

@@ -35,6 +35,7 @@ from streams.aggregations import ConsolidateStage, OhlcvStage
 from streams.app import NormaliseStage
 from streams.buckets import Bucketer
 from streams.consolidate import SymbolMap
+from streams.feed import ClockWindow
 from streams.runtime import Fenced, StageFailed, TransactionalLoop
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,16 @@ class StreamWorker:
         codec = AvroCodec(settings.schema_registry_url)
         streams = settings.streams
         symbols = SymbolMap(streams.quote_equivalents)
+        clock = ClockWindow.from_settings(streams)
         bucketer = Bucketer(
             interval_us=int(streams.bucket_interval_s * 1_000_000),
             max_distance_pct=streams.bucket_max_distance_pct,
             sizes=dict(streams.bucket_sizes),
         )
         self._builders: dict[str, Any] = {
-            "normalise": lambda: NormaliseStage(topology, codec, settings.exchanges, bucketer, symbols),
+            "normalise": lambda: NormaliseStage(
+                topology, codec, settings.exchanges, bucketer, symbols, clock
+            ),
             "ohlcv": lambda: OhlcvStage(topology, codec, streams, symbols),
             "consolidate": lambda: ConsolidateStage(topology, codec, symbols, bucketer.interval_us),
         }
