@@ -231,3 +231,23 @@ def test_run_capture_exits_on_drain(sim_captures: list[Path], tmp_path: Path) ->
     )
     assert int(str(candles[0]["n"])) == expected
     assert _sql("SELECT count() AS n FROM ohlcv_final WHERE NOT closed", env)[0]["n"] != 0
+
+    # the same run again on the same data directory: it restores every stage's state, drains,
+    # exits 0 and changes no count (the replayed frames are the same trades)
+    counts = _counts(env)
+    for again in range(2):
+        out = tmp_path / f"run.{again}.out"
+        with _run(["--source", source, "--exit-on-drain", "--plain"], env, out) as process:
+            assert process.wait(240) == 0, out.read_text()[-3000:]
+        assert "event=drained" in out.read_text()
+        assert _counts(env) == counts
+
+
+def _counts(env: dict[str, str]) -> dict[str, int]:
+    found = _sql(
+        "SELECT (SELECT count() FROM trades) AS trades,"
+        " (SELECT count() FROM trades FINAL) AS distinct_trades,"
+        " (SELECT sum(trades) FROM ohlcv_final WHERE interval = '1m' AND exchange != 'all') AS candle_trades",
+        env,
+    )[0]
+    return {name: int(str(value)) for name, value in found.items()}
