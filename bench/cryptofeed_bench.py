@@ -62,6 +62,9 @@ from marketpipe.config import LocalBrokerSettings
 from marketpipe.kafka_local import LocalKafka, free_port
 from marketpipe.topics import Topology
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from kafka_helpers import stop_process
+
 CRYPTOFEED_VERSION = "3.0.1"  # needs Python 3.13+
 # cryptofeed[kafka] asks for aiokafka>=0.7.0; pinned to the newest release so
 # every run installs the same client. 0.10 and 0.14 both talk to the Kafka 4.3 broker.
@@ -106,17 +109,7 @@ def spawn(
 
 
 def stop(spawned: Spawned, grace_s: float = 15.0) -> None:
-    process = spawned.process
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    stop_process(spawned.process, grace_s)
 
 
 def _stat_fields(pid: str) -> list[str] | None:
