@@ -178,10 +178,10 @@ def _watch_drain(bootstrap: str, group: str, topic: str, end: int, pid: int) -> 
     while time.monotonic() < deadline:
         done = _committed(bootstrap, group, topic)
         now = time.monotonic()
-        if done > 0 and first is None:
+        if first is None and (done > 0 or done >= end):
             first = (now, _cpu_seconds(pid), done)
         if done >= end and first is not None:
-            return now - first[0], _cpu_seconds(pid) - first[1], done - first[2]
+            return now - first[0], _cpu_seconds(pid) - first[1], max(done - first[2], 1)
         time.sleep(0.05)
     raise SystemExit(f"{topic}: not drained in 600 s")
 
