@@ -22,11 +22,12 @@ goes on live from ``C``. Stages are pure functions of their input, so the rebuil
 the one a never-interrupted worker would hold. Without a pointer (first run) the stage gets
 a fresh state at the committed offset.
 
-Failure policy: a retriable commit error is retried; an abortable one aborts the transaction
-and restores every assigned partition from its last commit (nothing of the aborted round
-survives); a fatal one (fenced by a newer instance of the same worker id) stops the loop with
-an error and a non-zero exit. A loop that holds partitions with unread records and makes no
-progress for ``stall_timeout_s`` stops itself so the supervisor restarts it (counted).
+Failure policy: retriable errors are retried; an abortable one aborts the transaction and
+restores every assigned partition from its last commit (nothing of the aborted round
+survives); anything else raises ``StageFailed`` (``Fenced`` when another process took the
+transactional id), and the worker (streams/worker.py) starts the loop again with fresh
+clients, which restores the same way. A loop that holds partitions with unread records and
+makes no progress for ``stall_timeout_s`` raises ``StageFailed`` too.
 """
 
 from __future__ import annotations
@@ -227,7 +228,9 @@ class TransactionalLoop(Generic[S]):
 
     def _close(self) -> None:
         try:
-            self.consumer.close()  # leaves the group: partitions move at once, not after the session timeout
+            # a static member stays in the group: restarted with the same worker id it gets its
+            # partitions back at once; gone for good, they move after the session timeout
+            self.consumer.close()
         except KafkaException as exc:
             log.warning("%s: closing the consumer: %s", self.stage.name, exc)
 
