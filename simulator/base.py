@@ -349,6 +349,8 @@ class Feed:
         ts_ns = time.time_ns()
         for symbol, market in self.markets.items():
             step = market.step(self.depths(symbol))
+            for trade in step.trades:
+                trade.ts_ns = ts_ns
             for dialect in self.dialects:
                 if dialect.sessions:
                     dialect.publish(market, step, ts_ns)

@@ -153,7 +153,8 @@ class BitfinexDialect(Dialect):
         symbol = market.spec.symbol
         amount = float(self.size[symbol](trade.qty))
         price = float(self.price[symbol](trade.price))
-        return [trade.trade_id, time.time_ns() // 1_000_000, amount if trade.taker_buy else -amount, price]
+        stamp_ns = trade.ts_ns or time.time_ns()
+        return [trade.trade_id, stamp_ns // 1_000_000, amount if trade.taker_buy else -amount, price]
 
     def _checksum(self, market: SymbolMarket) -> int:
         symbol = market.spec.symbol

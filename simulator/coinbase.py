@@ -67,7 +67,10 @@ class CoinbaseDialect(Dialect):
             self._send_book_snapshot(session, product, now_ns)
         elif channel == "market_trades":
             trades = list(reversed(self.feed.markets[product].recent_trades))
-            event = {"type": "snapshot", "trades": [self._trade(product, t, now_ns) for t in trades]}
+            event = {
+                "type": "snapshot",
+                "trades": [self._trade(product, t, t.ts_ns or now_ns) for t in trades],
+            }
             self._envelope(session, "market_trades", [event], now_ns)
         else:
             session.heartbeat_counter = int(time.monotonic() - _START)

@@ -260,11 +260,11 @@ class KrakenV2(KrakenBase):
         return Frame(text, "book", symbol, checksum_token=f'"checksum":{crc}', gap_ok=changed_top)
 
     def trade_text(self, symbol: str, trades: list[Trade], ts_ns: int, kind: str = "update") -> str:
-        price, qty, stamp = self.price[symbol], self.qty[symbol], iso_us(ts_ns)
+        price, qty = self.price[symbol], self.qty[symbol]
         entries = ",".join(
             f'{{"symbol":"{self.wire[symbol]}","side":"{"buy" if t.taker_buy else "sell"}",'
             f'"price":{price(t.price)},"qty":{qty(t.qty)},"ord_type":"{_ord_type(t)}",'
-            f'"trade_id":{t.trade_id},"timestamp":"{stamp}"}}'
+            f'"trade_id":{t.trade_id},"timestamp":"{iso_us(t.ts_ns or ts_ns)}"}}'
             for t in trades
         )
         return f'{{"channel":"trade","type":"{kind}","data":[{entries}]}}'

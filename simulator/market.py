@@ -76,6 +76,8 @@ class Trade:
     price: int  # ticks
     qty: int  # lots
     taker_buy: bool
+    ts_ns: int = 0
+    """when it happened (set by the feed's step): snapshots re-send it with this time, as exchanges do"""
 
 
 @dataclass(slots=True)
