@@ -138,8 +138,6 @@ class ConsolidateStage:
             elif isinstance(record, BookBuckets):
                 merged_buckets.extend(state.buckets.add(record))
         candles = state.candles.publish()
-        state.candles.changed.clear()
-        state.candles.expired.clear()
         if emit is None:
             return
         for snapshot in merged_buckets:

@@ -1,4 +1,4 @@
-"""Order-book price buckets (heatmap rows): the pure logic, no Faust.
+"""Order-book price buckets (heatmap rows): the pure logic, used by the normalise stage.
 
 A snapshot groups one side's levels into buckets of ``bucket_size`` (lower edge =
 ``floor(price / size) * size``) out to ``max_distance_pct`` from mid, and measures the

@@ -1,4 +1,4 @@
-"""Cross-exchange views per symbol (exchange ``"all"``): the pure logic, no Faust.
+"""Cross-exchange views per symbol (exchange ``"all"``): the pure logic of the consolidate stage.
 
 * Symbols consolidate by name; with ``quote_equivalents`` (e.g. ``[["USD", "USDT", "USDC"]]``)
   the quote currencies of a group count as one, named by the group's first currency, so
@@ -19,8 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
-
-import msgspec
 
 from marketpipe.records import BookBuckets, Bucket, Candle
 from streams.buckets import BAND_PCTS, bands_of, bucket_floor, next_step
@@ -94,7 +92,6 @@ class CandleMerger:
         self.windows: dict[str, dict[str, Any]] = {}
         """state key -> {"v": version, "m": {market: Candle}}"""
         self.changed: set[str] = set()
-        self.expired: set[str] = set()
         self._series: dict[tuple[str, str], dict[int, str]] = {}
         """(symbol, interval) -> open_time -> state key, in arrival order"""
         self._progress: dict[tuple[str, str], dict[str, int]] = {}
@@ -139,7 +136,6 @@ class CandleMerger:
             del series[open_time]
             self.windows.pop(key, None)
             self.changed.discard(key)
-            self.expired.add(key)
 
     def publish(self) -> list[Candle]:
         """Merged candles of every window changed since the last call (one version each)."""
@@ -148,30 +144,8 @@ class CandleMerger:
             window = self.windows[key]
             window["v"] += 1
             out.append(merge_candles(key.split(":", 1)[0], list(window["m"].values()), window["v"]))
-        return out
-
-    def state_changes(self) -> Iterable[tuple[str, bytes | None]]:
-        for key in self.expired:
-            yield key, None
-        for key in self.changed:
-            window = self.windows[key]
-            yield key, msgspec.msgpack.encode({"v": window["v"], "m": list(window["m"].values())})
-        self.expired.clear()
         self.changed.clear()
-
-    def restore(self, items: Iterable[tuple[str, bytes]]) -> None:
-        self.windows.clear()
-        self._series.clear()
-        self._progress.clear()
-        for key, value in sorted(items, key=lambda item: int(item[0].rsplit(":", 1)[1])):
-            row = msgspec.msgpack.decode(value)
-            candles = [msgspec.convert(c, Candle) for c in row["m"]]
-            self.windows[key] = {"v": row["v"], "m": {f"{c.exchange}:{c.symbol}": c for c in candles}}
-            symbol, interval, open_time = key.rsplit(":", 2)
-            self._series.setdefault((symbol, interval), {})[int(open_time)] = key
-            progress = self._progress.setdefault((symbol, interval), {})
-            for market in self.windows[key]["m"]:
-                progress[market] = max(progress.get(market, int(open_time)), int(open_time))
+        return out
 
 
 # --------------------------------------------------------------------------------- buckets

@@ -1,4 +1,4 @@
-"""OHLCV candles in exchange event time: the pure logic (no Faust), shared by the agent and the bench.
+"""OHLCV candles in exchange event time: the pure logic of the ohlcv stage (and its bench).
 
 Rules (one market = one ``exchange:symbol``):
 
@@ -16,9 +16,11 @@ Rules (one market = one ``exchange:symbol``):
   candles when a trade's ``ts`` reaches ``last publication + update interval``. So every
   output, version numbers included, is a pure function of the trade sequence: replaying the
   same trades publishes the same records.
-* Replays after a crash: each market keeps the last offset applied per input partition and
-  skips trades at or below it; closed candles keep their own offsets (late updates of a
-  closed candle are persisted separately from the market's record).
+* The ohlcv stage (streams/aggregations.py) keeps one builder per md.trades partition and the
+  stream runtime checkpoints it whole with the committed offsets, so it passes no offsets.
+  Callers that persist state themselves can: each market then keeps the last offset applied
+  per input partition and skips trades at or below it, and ``state_changes``/``restore``
+  write and read that state entry by entry.
 
 Hot path: a trade only updates a small accumulator ("chunk") for its slice of the finest
 grid (the gcd of the intervals, 1 s by default); the chunk is merged into the candles of
