@@ -70,6 +70,8 @@ def _market_seconds() -> tuple[float, float]:
     stamps wall-clock time, so the run must reach a little past the boundary.
     """
     to_boundary = 60 - time.time() % 60
+    if to_boundary < 15:  # too close for the connectors to be up and trading before it: the next one
+        to_boundary += 60
     wait = max(0.0, to_boundary - 26)
     return wait, max(18.0, to_boundary - wait + 5 + GRACE_US / 1e6)
 
