@@ -136,6 +136,60 @@ class Candle(Record, frozen=True, kw_only=True):
         return f"{self.exchange}:{self.symbol}:{self.interval}:{self.open_time}"
 
 
+class Ticker(Record, frozen=True, kw_only=True):
+    """The exchange's own ticker; a field the exchange does not send stays None."""
+
+    schema_name: ClassVar[str] = "ticker"
+    exchange: str
+    symbol: str
+    exchange_symbol: str
+    last_price: float | None = None
+    last_size: float | None = None
+    bid_price: float | None = None
+    bid_size: float | None = None
+    ask_price: float | None = None
+    ask_size: float | None = None
+    open_24h: float | None = None
+    high_24h: float | None = None
+    low_24h: float | None = None
+    volume_24h: float | None = None
+    quote_volume_24h: float | None = None
+    trades_24h: int | None = None
+    ts: int
+    recv_ts: int
+    conn: str
+    seq: int
+
+
+class ExchangeCandle(Record, frozen=True, kw_only=True):
+    """A candle (kline) built by the exchange itself."""
+
+    schema_name: ClassVar[str] = "exchange_candle"
+    exchange: str
+    symbol: str
+    exchange_symbol: str
+    interval: str
+    open_time: int
+    close_time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float | None = None
+    quote_volume: float | None = None
+    trades: int | None = None
+    first_trade_id: str | None = None
+    last_trade_id: str | None = None
+    closed: bool
+    ts: int
+    recv_ts: int
+    conn: str
+    seq: int
+
+    def key(self) -> str:
+        return f"{self.exchange}:{self.symbol}:{self.interval}:{self.open_time}"
+
+
 class StatusEvent(Record, frozen=True, kw_only=True):
     schema_name: ClassVar[str] = "status"
     exchange: str
@@ -185,6 +239,8 @@ RECORD_TYPES: tuple[type[Record], ...] = (
     BBO,
     BookBuckets,
     Candle,
+    Ticker,
+    ExchangeCandle,
     StatusEvent,
     ControlRequest,
     DeadLetter,

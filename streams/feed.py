@@ -48,7 +48,17 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 
 from marketpipe.raw import RawRecord
-from marketpipe.records import BBO, BookBuckets, BookChange, ControlRequest, Level, StatusEvent, Trade
+from marketpipe.records import (
+    BBO,
+    BookBuckets,
+    BookChange,
+    ControlRequest,
+    ExchangeCandle,
+    Level,
+    StatusEvent,
+    Ticker,
+    Trade,
+)
 from streams.book import OrderBook
 from streams.buckets import Bucketer
 
@@ -193,7 +203,17 @@ class FeedCounters:
 class FeedOutput:
     """What processing produced; the caller drains and clears it between batches."""
 
-    __slots__ = ("bbos", "books", "buckets", "control", "errors", "status", "trades")
+    __slots__ = (
+        "bbos",
+        "books",
+        "buckets",
+        "control",
+        "errors",
+        "exchange_candles",
+        "status",
+        "tickers",
+        "trades",
+    )
 
     def __init__(self) -> None:
         self.trades: list[Trade] = []
@@ -202,6 +222,8 @@ class FeedOutput:
         self.bbos: list[BBO] = []
         self.status: list[StatusEvent] = []
         self.control: list[ControlRequest] = []
+        self.tickers: list[Ticker] = []
+        self.exchange_candles: list[ExchangeCandle] = []
         self.errors: list[tuple[RawRecord, str]] = []
 
     def clear(self) -> None:
@@ -211,6 +233,8 @@ class FeedOutput:
         self.bbos.clear()
         self.status.clear()
         self.control.clear()
+        self.tickers.clear()
+        self.exchange_candles.clear()
         self.errors.clear()
 
 

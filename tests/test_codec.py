@@ -37,10 +37,12 @@ from marketpipe.records import (
     ControlRequest,
     DeadLetter,
     DepthBand,
+    ExchangeCandle,
     Level,
     Record,
     Side,
     StatusEvent,
+    Ticker,
     Trade,
 )
 from schemas import SCHEMA_DIR
@@ -352,7 +354,70 @@ def _edge_values() -> list[Record]:
             recv_ts=2**63 - 1,
         )
     ]
-    return [*trades, empty_book, deep_book, *bbos, buckets, *candles, *statuses, *controls, *letters]
+    tickers = [
+        Ticker(
+            exchange="htx", symbol="BTC-USDT", exchange_symbol="btcusdt", ts=0, recv_ts=BIG, conn="", seq=0
+        ),
+        Ticker(
+            exchange=UNICODE,
+            symbol="ETH-USD",
+            exchange_symbol=UNICODE,
+            last_price=1e308,
+            last_size=5e-324,
+            bid_price=-0.0,
+            bid_size=0.0,
+            ask_price=float("inf"),
+            ask_size=1.0,
+            open_24h=2.0,
+            high_24h=3.0,
+            low_24h=-1.0,
+            volume_24h=4.0,
+            quote_volume_24h=5.0,
+            trades_24h=-BIG,
+            ts=-BIG,
+            recv_ts=2**63 - 1,
+            conn=UNICODE,
+            seq=BIG,
+        ),
+    ]
+    exchange_candles = [
+        ExchangeCandle(
+            exchange="binance",
+            symbol="BTC-USDT",
+            exchange_symbol="BTCUSDT",
+            interval="1m",
+            open_time=-BIG,
+            close_time=BIG,
+            open=1.0,
+            high=2.0,
+            low=0.5,
+            close=1.5,
+            volume=volume,
+            quote_volume=volume,
+            trades=trades,
+            first_trade_id=first,
+            last_trade_id=first,
+            closed=closed,
+            ts=0,
+            recv_ts=-1,
+            conn="binance.a.1",
+            seq=1,
+        )
+        for volume, trades, first, closed in ((None, None, None, False), (1e308, BIG, UNICODE, True))
+    ]
+    return [
+        *trades,
+        empty_book,
+        deep_book,
+        *bbos,
+        buckets,
+        *candles,
+        *tickers,
+        *exchange_candles,
+        *statuses,
+        *controls,
+        *letters,
+    ]
 
 
 EDGE_VALUES = _edge_values()
