@@ -86,6 +86,14 @@ class Topology:
         return self.name("md.ohlcv")
 
     @property
+    def ticker(self) -> str:
+        return self.name("md.ticker")
+
+    @property
+    def exchange_candles(self) -> str:
+        return self.name("md.exchange-candles")
+
+    @property
     def status(self) -> str:
         return self.name("md.status")
 
@@ -154,6 +162,15 @@ class Topology:
                 n,
                 key="exchange:symbol:interval:open_time",
                 value="Candle",
+                compacted=True,
+                retention_ms=-1,
+            ),
+            TopicSpec(self.ticker, n, key="exchange:symbol", value="Ticker", compacted=True),
+            TopicSpec(
+                self.exchange_candles,
+                n,
+                key="exchange:symbol:interval:open_time",
+                value="ExchangeCandle",
                 compacted=True,
                 retention_ms=-1,
             ),

@@ -1,5 +1,5 @@
-"""The normalise stage: raw.<exchange> -> md.trades, md.book, md.bbo, md.book-buckets, md.status,
-md.control, md.dlq (and bucket snapshots to the consolidation topic).
+"""The normalise stage: raw.<exchange> -> md.trades, md.book, md.bbo, md.book-buckets, md.ticker,
+md.exchange-candles, md.status, md.control, md.dlq (and bucket snapshots to the consolidation topic).
 
 Its state is one ``FeedProcessor`` per raw partition: a partition holds whole connections
 (every record of a shard of symbols shares a key), so a processor has everything it needs
@@ -90,6 +90,8 @@ class NormaliseStage:
             (t.trades, out.trades),
             (t.book, out.books),
             (t.bbo, out.bbos),
+            (t.ticker, out.tickers),
+            (t.exchange_candles, out.exchange_candles),
             (t.status, out.status),
             (t.control, out.control),
         ):

@@ -9,7 +9,15 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 
 from marketpipe.topics import Topology, apply_topology, describe_configs
 
-COMPACTED = {"md.bbo", "md.book-buckets", "md.ohlcv", "md.status", "marketpipe-streams-checkpoints"}
+COMPACTED = {
+    "md.bbo",
+    "md.book-buckets",
+    "md.ohlcv",
+    "md.ticker",
+    "md.exchange-candles",
+    "md.status",
+    "marketpipe-streams-checkpoints",
+}
 
 
 def test_apply_twice_then_configs_match(kafka_admin: AdminClient) -> None:
