@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 import orjson
 from aiohttp import WSMsgType, web
 
+from simulator.klines import MarketStats
 from simulator.market import MarketParams, Step, SymbolMarket, SymbolSpec
 
 log = logging.getLogger(__name__)
@@ -339,6 +340,8 @@ class Feed:
         self.markets = {
             s: SymbolMarket(SymbolSpec.for_symbol(s), params, config.seed, venue) for s in symbols
         }
+        self.stats = {symbol: MarketStats(market.spec) for symbol, market in self.markets.items()}
+        """klines and 24 h tickers of the trades sent, for the dialects' ticker and kline channels"""
         self.dialects: list[Dialect] = []
         self.depth_refs: Counter[tuple[str, int]] = Counter()
 
@@ -349,8 +352,10 @@ class Feed:
         ts_ns = time.time_ns()
         for symbol, market in self.markets.items():
             step = market.step(self.depths(symbol))
+            stats = self.stats[symbol]
             for trade in step.trades:
                 trade.ts_ns = ts_ns
+                stats.add(trade)
             for dialect in self.dialects:
                 if dialect.sessions:
                     dialect.publish(market, step, ts_ns)
