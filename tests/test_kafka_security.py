@@ -127,6 +127,12 @@ async def test_every_client_authenticates_with_credentials_only_in_kafka_client(
     finally:
         lag.close()
 
+    # last: the worker adds the simulator's trades to md.trades
+    _stream_worker_normalises_the_raw_topic(secured, topology, tmp_path, env)
+    books = _marketpipe(tmp_path, env, "tail", "md.book", "--from-beginning", "-e", "-n", "1")
+    assert books.returncode == 0, books.stderr
+    assert json.loads(books.stdout.splitlines()[0])["value"]["exchange"] == "binance"
+
 
 async def _producers_publish_and_serve_a_resync(
     secured: SecuredKafka, prefix: str, topology: Topology
@@ -185,6 +191,34 @@ async def _wait(predicate: Any, running: asyncio.Task[None], what: str) -> None:
         assert not running.done(), running.exception()
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.1)
+
+
+def _stream_worker_normalises_the_raw_topic(
+    secured: SecuredKafka, topology: Topology, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """The transactional stream worker (consumer, transactional producer, admin) over the secured
+    listener: it commits every raw record it read and stops cleanly."""
+    command = ["stream", "--stages", "normalise", "--worker-id", "secured-1"]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "marketpipe.cli", "--data-dir", str(tmp_path), *command],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    raw = topology.raw("binance")
+    lag = KafkaLag(secured.librdkafka_config())
+    try:
+        _until(
+            lambda: worker.poll() is None and lag.lag(topology.streams_group, [raw]) == {raw: 0},
+            90,
+            "the stream worker to commit every raw record",
+        )
+    finally:
+        lag.close()
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=60)
+    assert worker.returncode == 0, stderr
 
 
 def _sink_stores_trades(
