@@ -29,8 +29,6 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -465,21 +463,21 @@ def _array_writer(items: Any, named: dict[str, Any], enclosing: frozenset[str]) 
 
 
 def _flat_record_array_writer(item_format: str, names: list[str]) -> BodyWriter:
-    """An array of records of fixed-width fields only (e.g. Level): one struct.pack for all items."""
-    get = attrgetter(*names)
-    flatten: Callable[[Any], Any] = chain.from_iterable if len(names) > 1 else iter  # one field: no tuples
-
-    @lru_cache(maxsize=256)
-    def pack_for(count: int) -> Callable[..., bytes]:
-        return struct.Struct("<" + item_format * count).pack
-
-    def write(out: bytearray, values: Any) -> None:
-        if values:
-            count = len(values)
-            out += long_bytes(count)
-            out += pack_for(count)(*flatten(map(get, values)))
-        out.append(0)
-
+    """An array of records of fixed-width fields only (e.g. Level): one struct.pack per item,
+    joined (faster than packing every item with one format built for the count)."""
+    fields = ", ".join(f"value.{name}" for name in names)
+    source = "\n".join(
+        [
+            "def write(out, values):",
+            "    if values:",
+            "        out += long_bytes(len(values))",
+            f"        out += b''.join([pack({fields}) for value in values])",
+            "    out.append(0)",
+        ]
+    )
+    namespace: dict[str, Any] = {"long_bytes": long_bytes, "pack": struct.Struct("<" + item_format).pack}
+    exec(source, namespace)  # source built from the parsed schema only
+    write: BodyWriter = namespace["write"]
     return write
 
 
