@@ -124,7 +124,9 @@ def _side(
     thresholds = [mid * (1 - pct / 100) if is_bid else mid * (1 + pct / 100) for pct in BAND_PCTS]
     band = 0
     edge: float | None = None
+    edge_index: int | None = None  # bucket_floor(price, size) == round(edge_index * size, 12)
     bucket_size = notional = 0.0
+    floor = math.floor
     for price, amount in levels:
         while band < n_bands and (price < thresholds[band] if is_bid else price > thresholds[band]):
             band += 1
@@ -132,11 +134,11 @@ def _side(
             in_band[band] += amount
         if price < limit if is_bid else price > limit:
             continue
-        lower = bucket_floor(price, size)
-        if lower != edge:
+        index = floor(price / size + _EDGE_EPS)
+        if index != edge_index:
             if edge is not None:
                 buckets.append(Bucket(edge, bucket_size, notional))
-            edge, bucket_size, notional = lower, 0.0, 0.0
+            edge_index, edge, bucket_size, notional = index, round(index * size, 12), 0.0, 0.0
         bucket_size += amount
         notional += price * amount
     if edge is not None:
