@@ -56,7 +56,7 @@ proto: $(VENV)/.synced
 
 # Re-resolve the lock file after changing dependencies in pyproject.toml.
 lock: | $(UV)
-	$(UV) pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 -o requirements.lock
+	$(UV) pip compile pyproject.toml --extra dev --extra client --generate-hashes --python-version 3.11 -o requirements.lock
 
 clean:
 	-$(BIN)/marketpipe kafka stop
