@@ -53,8 +53,16 @@ def sim(
     okx_checksum: str,
     duration: float | None,
 ) -> None:
-    """Serve simulated binance, coinbase, kraken, bybit and okx feeds on one local port."""
+    """Serve simulated feeds of the ten supported exchanges on one local port.
+
+    binance, coinbase, kraken, bybit, okx, bitfinex, kucoin, gateio, htx and mexc, each on
+    its own path with the exchange's websocket protocol and REST endpoints.
+    """
     chosen, wanted_symbols = _csv(exchanges), _csv(symbols)
+    if wanted_symbols is not None:
+        from marketpipe.config import check_symbols
+
+        check_symbols(wanted_symbols, "--symbols")
     if chosen is None or wanted_symbols is None:
         from marketpipe.cli import settings_from
 

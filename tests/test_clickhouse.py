@@ -359,7 +359,7 @@ def test_sql_command_prints_table_csv_and_json(chdb_dsn: str, monkeypatch: pytes
         ],
     )
     assert json_out.exit_code == 0, json_out.output
-    assert json.loads(json_out.stdout) == [{"tables": 2}]
+    assert [json.loads(line) for line in json_out.stdout.splitlines()] == [{"tables": 2}]  # JSON lines
     table_out = runner.invoke(main, ["sql", query])
     assert table_out.exit_code == 0 and "doubled" in table_out.stdout and "4" in table_out.stdout
     bad = runner.invoke(main, ["sql", "SELECT nonexistent_column FROM trades"])

@@ -44,7 +44,7 @@ def _marketpipe(*args: str, env: dict[str, str], timeout: float = 60) -> subproc
 def _sql(query: str, env: dict[str, str]) -> list[dict[str, object]]:
     done = _marketpipe("sql", query, "--format", "json", env=env)
     assert done.returncode == 0, done.stderr
-    rows: list[dict[str, object]] = json.loads(done.stdout)
+    rows: list[dict[str, object]] = [json.loads(line) for line in done.stdout.splitlines()]  # JSON lines
     return rows
 
 
