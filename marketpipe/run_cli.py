@@ -11,16 +11,18 @@ endpoints and Kafka (or key=value lines with --plain), and writes the ports to
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 from confluent_kafka import KafkaException
@@ -28,10 +30,21 @@ from confluent_kafka import KafkaException
 from marketpipe.cli import settings_from
 from marketpipe.config import ConfigError, Settings
 from marketpipe.kafka_local import LocalKafka, LocalKafkaError, free_port, port_open
-from marketpipe.kafka_security import KafkaAccessError, aiokafka_options, check_access
+from marketpipe.kafka_security import KafkaAccessError, aiokafka_options, require_kafka_of
 from marketpipe.supervisor import Child, Supervisor, signal_child
 from marketpipe.topics import Topology, apply_topology
-from marketpipe.view import Endpoint, KafkaLag, Observer, RunState, plain_lines, render_rich, total
+from marketpipe.view import (
+    VIEWS,
+    Endpoint,
+    KafkaLag,
+    KeyReader,
+    Observer,
+    RunState,
+    next_view,
+    plain_lines,
+    render_rich,
+    total,
+)
 
 log = logging.getLogger(__name__)
 
@@ -200,12 +213,31 @@ class Drain:
         return total(scrape(worker.metrics_port), "marketpipe_stream_flushes_total") >= 1
 
 
-def _start_broker(settings: Settings, say: Callable[[str], None]) -> LocalKafka | None:
+@contextlib.contextmanager
+def _starting(plain: bool) -> Iterator[Callable[[str], None]]:
+    """Until the first picture: on a terminal, a spinner line saying what the run waits for."""
+    if plain:
+        yield lambda text: None
+        return
+    from rich.console import Console
+
+    with Console().status("starting") as status:
+        yield status.update
+
+
+def _start_broker(
+    settings: Settings, say: Callable[[str], None], step: Callable[[str], None]
+) -> LocalKafka | None:
     """The local broker when no cluster is configured; returned only if this run started it."""
     if not settings.uses_local_broker:
         return None
     broker = LocalKafka(settings.data_dir, settings.kafka.local)
     started = broker.pid() is None
+    say(f"event=kafka_starting bootstrap={broker.bootstrap} started_here={started} log={broker.log_file}")
+    if started:
+        step(f"Starting Kafka on {broker.bootstrap} (a first start takes up to a minute) ...")
+    else:
+        step(f"Waiting for the local Kafka broker on {broker.bootstrap} ...")
     try:
         seconds = broker.start()
     except LocalKafkaError as exc:
@@ -252,10 +284,29 @@ def sync_endpoints(state: RunState, supervisor: Supervisor) -> None:
 )
 @click.option("--exit-on-drain", is_flag=True, help="capture: exit 0 once every frame is processed and sunk.")
 @click.option("--plain", is_flag=True, help="Log the picture as key=value lines instead of a live view.")
+@click.option(
+    "--view",
+    type=click.Choice(VIEWS),
+    default="auto",
+    show_default=True,
+    help="Live view: compact (fits 80x24), full (every table) or auto (full when it fits). Keys: f / c.",
+)
 @click.option("--interval", type=float, default=None, help="Seconds between pictures (1 live, 5 plain).")
 @click.option("--stream-workers", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option(
     "--drain-timeout", type=float, default=900.0, show_default=True, help="--exit-on-drain limit (s)."
+)
+@click.option(
+    "--exchanges",
+    default=None,
+    metavar="A,B,...",
+    help="Comma-separated exchanges to run (default: settings.exchanges, all ten).",
+)
+@click.option(
+    "--symbols",
+    default=None,
+    metavar="BASE-QUOTE,...",
+    help="Comma-separated symbols, e.g. BTC-USDT,ETH-USDT (default: settings.symbols).",
 )
 @click.pass_context
 def run(
@@ -263,11 +314,15 @@ def run(
     source: str,
     exit_on_drain: bool,
     plain: bool,
+    view: str,
     interval: float | None,
     stream_workers: int,
     drain_timeout: float,
+    exchanges: str | None,
+    symbols: str | None,
 ) -> None:
     """Run the whole pipeline: broker, topics, connectors, streams, sink, metrics, live view."""
+    _select(exchanges, symbols)
     settings = settings_from(ctx)
     if exit_on_drain and not source.startswith("capture:"):
         raise click.UsageError("--exit-on-drain needs --source capture:PATH[,PATH...]")
@@ -282,18 +337,19 @@ def run(
         click.echo(f"ts={time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())} {line}")
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    broker = _start_broker(settings, say)
+    with _starting(plain) as step:
+        broker = _start_broker(settings, say, step)
     supervisor = Supervisor(settings.data_dir / "logs")
     code = 1
     try:
         from confluent_kafka.admin import AdminClient
 
-        check_access(settings.kafka_client_config())  # refused credentials: one clear error, no children
+        require_kafka_of(settings, long_running=True)  # refused or unreachable: one line, no children
         admin = AdminClient(dict(settings.kafka_client_config()))
         apply_topology(admin, Topology.from_settings(settings).specs(), settings.kafka.replication_factor)
         del admin
         code = _supervise(
-            settings, source, plan, supervisor, exit_on_drain, plain, interval, drain_timeout, say
+            settings, source, plan, supervisor, exit_on_drain, plain, interval, drain_timeout, say, view
         )
     except KeyboardInterrupt:
         code = 0
@@ -307,6 +363,16 @@ def run(
             broker.stop()
         say(f"event=stopped exit_code={code}")
     ctx.exit(code)
+
+
+def _select(exchanges: str | None, symbols: str | None) -> None:
+    """--exchanges/--symbols: set as MARKETPIPE_EXCHANGES/MARKETPIPE_SYMBOLS, so they get the
+    same validation as the variables and every child process (connectors, simulator, streams,
+    sink) sees the same selection."""
+    if exchanges is not None:
+        os.environ["MARKETPIPE_EXCHANGES"] = exchanges.strip().lower()
+    if symbols is not None:
+        os.environ["MARKETPIPE_SYMBOLS"] = symbols.strip().upper()
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -323,6 +389,7 @@ def _supervise(
     interval: float | None,
     drain_timeout: float,
     say: Callable[[str], None],
+    view: str = "auto",
 ) -> int:
     if plan.simulator is not None:
         supervisor.add(plan.simulator)
@@ -340,8 +407,12 @@ def _supervise(
     drain: Drain | None = None
     every = interval or (5.0 if plain else 1.0)
     live = None
+    keys = KeyReader(enabled=not plain)
     if not plain:
         from rich.live import Live
+
+        # restarts show in the view; logged to the terminal they would scroll it away
+        logging.getLogger("marketpipe.supervisor").setLevel(logging.ERROR)
 
         live = Live(auto_refresh=False, screen=False, transient=False)
         live.start()
@@ -358,7 +429,7 @@ def _supervise(
             if drain is not None:
                 try:
                     if drain.step() == "done":
-                        _show(observer, live, plain, say)
+                        _show(observer, live, plain, view, keys.active)
                         say("event=drained")
                         return 0
                 except TimeoutError as exc:
@@ -367,23 +438,28 @@ def _supervise(
             if time.monotonic() >= next_picture:
                 sync_endpoints(state, supervisor)
                 state.write(settings.data_dir)
-                _show(observer, live, plain, say)
+                _show(observer, live, plain, view, keys.active)
                 next_picture = time.monotonic() + every
-            time.sleep(0.5)
+            key = keys.read(0.5)
+            if next_view(view, key) != view:
+                view, next_picture = next_view(view, key), 0.0  # redraw now
     finally:
+        keys.close()
         if live is not None:
             live.stop()
         observer.close()
 
 
-def _show(observer: Observer, live: object, plain: bool, say: Callable[[str], None]) -> None:
+def _show(observer: Observer, live: Any, plain: bool, view: str, keys: bool) -> None:
     picture = observer.collect()
     if plain or live is None:
         for line in plain_lines(picture):
             click.echo(line)
         sys.stdout.flush()
         return
-    live.update(render_rich(picture, f"marketpipe run --source {observer.state.source}"), refresh=True)  # type: ignore[attr-defined]
+    title = f"marketpipe run --source {observer.state.source}"
+    size = live.console.size
+    live.update(render_rich(picture, title, view, (size.width, size.height), keys), refresh=True)
 
 
 def _wait_for_port(child: Child, timeout_s: float) -> None:

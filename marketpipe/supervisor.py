@@ -57,7 +57,7 @@ class Child:
         with self.log_path.open("rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
             lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
-        return lines[-1][:200] if lines else ""
+        return lines[-1][:1000] if lines else ""  # the view shows failure reasons in full
 
 
 @dataclass

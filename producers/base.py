@@ -186,6 +186,8 @@ class RestClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
         self.calls = 0
+        self.failures = 0  # consecutive failed attempts (the view shows them as `failing`)
+        self.last_problem = ""
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -224,12 +226,15 @@ class RestClient:
                         problem = f"HTTP {status}"
                         continue
                     if status < 400:
+                        self.failures = 0
                         return body
                     problem = f"HTTP {status}: {body[:200]!r}"
                     if status < 500:
                         raise RestError(f"{method} {url} failed: {problem}")
             except (aiohttp.ClientError, TimeoutError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+            self.failures += 1
+            self.last_problem = f"{method} {url}: {problem}"
             log_event(log, logging.WARNING, "rest retry", exchange=self.exchange, url=url, problem=problem)
             await backoff.sleep()
         raise RestError(f"{method} {url} failed after {self.attempts} attempts: {problem}")
@@ -256,6 +261,8 @@ class ShardStats:
     reconnects: int = 0
     last_frame_ns: int = 0
     conn: str = ""
+    failures: int = 0  # consecutive failed connects (reset by the next one that opens)
+    last_error: str = ""
 
 
 Outcome = Literal["planned", "ended"]
@@ -350,7 +357,7 @@ class Connection:
     async def _prepare(self) -> None:
         for url in self.connector.instrument_urls(self.symbols):
             await self.fetch_rest(url)
-        for message in self.connector.subscribe_messages(self.symbols):
+        for message in self.connector.connection_subscribe_messages(self):
             await self.send(message)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -547,6 +554,8 @@ class Shard:
                 raise
             except Exception as exc:
                 connector.breaker.failure()
+                self.stats.failures += 1
+                self.stats.last_error = f"{conn.url}: {type(exc).__name__}: {exc}"
                 log_event(
                     log,
                     logging.WARNING,
@@ -560,6 +569,7 @@ class Shard:
                 await self._backoff.sleep()
                 continue
             connector.breaker.success()
+            self.stats.failures = 0
             self.current = conn
             return conn
 
@@ -676,6 +686,11 @@ class Connector:
 
     def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
         raise NotImplementedError
+
+    def connection_subscribe_messages(self, conn: Connection) -> list[str]:
+        """The subscribe frames of one connection: its symbols' (a connector with a second kind
+        of connection, OKX's candles on /business, tells them apart by ``conn.shard``)."""
+        return self.subscribe_messages(conn.symbols)
 
     def resubscribe_book_messages(self, symbol: str) -> list[str]:
         """Unsubscribe + subscribe the book channel of one symbol (forces a fresh snapshot)."""

@@ -43,7 +43,35 @@ class ProducerCollector(Collector):
                 family.add_metric([shard.stats.exchange, str(shard.index)], getattr(shard.stats, attribute))
             yield family
         yield self._frame_age(shards)
+        yield from self._failures()
         yield from self._publisher_families()
+
+    def _failures(self) -> Iterator[Any]:
+        """Consecutive failed attempts per shard, and the latest reason while it fails.
+
+        Shard ``-`` is the instrument-list request made before any shard exists: offline it is
+        the first thing to fail, so it is reported as soon as the endpoint serves.
+        """
+        count = GaugeMetricFamily(
+            "marketpipe_producer_connect_failures",
+            "consecutive failed connect attempts (shard - = the instrument list request)",
+            labels=_SHARD_LABELS,
+        )
+        reason = GaugeMetricFamily(
+            "marketpipe_producer_failure",
+            "1 with the latest failure reason while a shard keeps failing",
+            labels=[*_SHARD_LABELS, "reason"],
+        )
+        for connector in self.connectors:
+            slots = [(str(s.index), s.stats.failures, s.stats.last_error) for s in connector.shards]
+            if not connector.shards:
+                slots = [("-", connector.rest.failures, connector.rest.last_problem)]
+            for shard, failures, last in slots:
+                count.add_metric([connector.exchange, shard], failures)
+                if failures:
+                    reason.add_metric([connector.exchange, shard, last], 1)
+        yield count
+        yield reason
 
     @staticmethod
     def _frame_age(shards: Sequence[Any]) -> GaugeMetricFamily:

@@ -70,9 +70,10 @@ async def run_producers(
         )
     await publisher.start()
     try:
+        # served before the instrument lists are fetched: a failing fetch shows in the view at once
+        serve_metrics(settings.metrics_port, list(connectors.values()), publisher)
         for connector in connectors.values():
             await connector.start()
-        serve_metrics(settings.metrics_port, list(connectors.values()), publisher)
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(c.run(), name=f"connector.{name}") for name, c in connectors.items()]
             if listener is not None:
