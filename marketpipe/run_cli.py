@@ -213,6 +213,15 @@ class Drain:
         return total(scrape(worker.metrics_port), "marketpipe_stream_flushes_total") >= 1
 
 
+def restore_failures(workers: list[Child]) -> int:
+    """Partitions the stream workers started with fresh state (checkpoint unreadable): what was
+    derived from them until new connections re-taught the state may be missing."""
+    from marketpipe.view import scrape
+
+    counts = (scrape(worker.metrics_port) for worker in workers)
+    return int(sum(total(samples, "marketpipe_stream_restore_failures_total") for samples in counts))
+
+
 @contextlib.contextmanager
 def _starting(plain: bool) -> Iterator[Callable[[str], None]]:
     """Until the first picture: on a terminal, a spinner line saying what the run waits for."""
@@ -430,6 +439,10 @@ def _supervise(
                 try:
                     if drain.step() == "done":
                         _show(observer, live, plain, view, keys.active)
+                        lost = restore_failures(workers)
+                        if lost:
+                            say(f"event=drained_with_state_lost restore_failures={lost}")
+                            return 1
                         say("event=drained")
                         return 0
                 except TimeoutError as exc:

@@ -510,6 +510,8 @@ class TransactionalLoop(Generic[S]):
                 **self.settings.kafka_client_config(),
                 "group.id": f"{self.stage.group}-restore",
                 "enable.auto.commit": False,
+                # the record gone (deleted, compacted): read the oldest one, see it is not ours at once
+                "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
                 "fetch.max.bytes": MAX_CHECKPOINT_BYTES + 1024 * 1024,
                 "max.partition.fetch.bytes": MAX_CHECKPOINT_BYTES + 1024 * 1024,

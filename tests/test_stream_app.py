@@ -5,18 +5,23 @@ from __future__ import annotations
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 from kafka_helpers import consume, marketpipe_process, produce_raw, worker_env
 from test_normalize import capture_records
 
 from marketpipe.codec import AvroCodec
+from marketpipe.kafka_local import free_port
 from marketpipe.raw import RawRecord
 from marketpipe.records import BBO, BookChange, DeadLetter, Record, Trade
+from marketpipe.run_cli import restore_failures
+from marketpipe.supervisor import Child
 from marketpipe.topics import Topology
+from marketpipe.view import KafkaLag
 from streams.feed import FeedOutput
 from streams.parsers import processor_for
 
@@ -72,8 +77,6 @@ def test_stream_app_matches_offline_and_is_deterministic(
     records = capture_records()
     # a record that breaks the raw contract (no headers) must be dead-lettered, not crash the agent
     produce_raw(kafka_bootstrap, topics, records)
-    from confluent_kafka import Producer
-
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
     producer.produce(topics.raw("okx"), key=b"okx.t1.0", value=b"headerless")
     assert producer.flush(10) == 0
@@ -104,3 +107,86 @@ def test_stream_app_matches_offline_and_is_deterministic(
         second = _collect(kafka_bootstrap, topics, doubled, worker)
     for name in ("trades", "books", "bbos"):
         assert Counter(map(repr, second[name])) == Counter(map(repr, first[name] * 2)), name
+
+
+def test_an_unreadable_checkpoint_is_counted_and_fails_the_drain(
+    kafka_bootstrap: str, kafka_admin: AdminClient, topics: Topology, tmp_path: Path
+) -> None:
+    """A checkpoint that is gone when the worker restores (records deleted here) leaves the
+    partition's state fresh: the worker says so in its metrics and `run --exit-on-drain`'s
+    check counts it, so the run cannot exit 0 as if nothing was lost."""
+    produce_raw(kafka_bootstrap, topics, capture_records())
+    raw_topics = [topics.raw(e) for e in topics.exchanges]
+    env = worker_env(kafka_bootstrap, topics, tmp_path)
+    lag = KafkaLag({"bootstrap.servers": kafka_bootstrap})
+    try:
+        with marketpipe_process("stream", "--worker-id", "cp", env=env, log_path=tmp_path / "first.log"):
+            stages = topics.stream_stages()
+            _until(lambda: all(_lag(lag, group, inputs) == 0 for group, inputs in stages), "the first run")
+        # one checkpoint per input partition a stage read (normalise, ohlcv, consolidate)
+        inputs = [*raw_topics, topics.trades, topics.consolidate]
+        checkpointed = sum(tp.offset > 0 for topic in inputs for tp in _ends(kafka_bootstrap, topic))
+        _delete_checkpoints(kafka_admin, kafka_bootstrap, topics)
+        port = free_port()
+        env |= {"MARKETPIPE_METRICS_PORT": str(port)}
+        with marketpipe_process("stream", "--worker-id", "cp", env=env, log_path=tmp_path / "second.log"):
+            workers = [Child(name="stream", argv=[], role="stream", metrics_port=port)]
+            _until(lambda: restore_failures(workers) == checkpointed, "the restore failures to be counted")
+    finally:
+        lag.close()
+    assert "starting with fresh state" in (tmp_path / "second.log").read_text()
+
+
+def _delete_checkpoints(admin: AdminClient, bootstrap: str, topics: Topology) -> None:
+    """Delete every checkpoint record and write one unrelated record per partition."""
+    ends = _ends(bootstrap, topics.checkpoints)
+    assert any(tp.offset > 0 for tp in ends), "the first run wrote no checkpoint"
+    _cleanup_policy(admin, topics.checkpoints, "delete")  # a compacted topic refuses deletions
+    _until(lambda: _deleted(admin, [tp for tp in ends if tp.offset > 0]), "the policy change", 30)
+    _cleanup_policy(admin, topics.checkpoints, "compact")
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for tp in ends:
+        producer.produce(topics.checkpoints, key=b"unrelated", value=b"x", partition=tp.partition)
+    assert producer.flush(10) == 0
+
+
+def _cleanup_policy(admin: AdminClient, topic: str, policy: str) -> None:
+    entry = ConfigEntry("cleanup.policy", policy, incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result()
+
+
+def _deleted(admin: AdminClient, ends: list[TopicPartition]) -> bool:
+    try:
+        for future in admin.delete_records(ends).values():
+            future.result()
+    except KafkaException:  # POLICY_VIOLATION until the brokers apply the new cleanup.policy
+        return False
+    return True
+
+
+def _lag(lag: KafkaLag, group: str, topics: list[str]) -> int | None:
+    try:
+        return sum(lag.lag(group, topics).values())
+    except KafkaException:  # a young broker: the group coordinator is still loading
+        return None
+
+
+def _ends(bootstrap: str, topic: str) -> list[TopicPartition]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return [
+            TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
+            for p in partitions
+        ]
+    finally:
+        consumer.close()
+
+
+def _until(predicate: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
