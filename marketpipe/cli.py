@@ -1,67 +1,131 @@
-"""The ``marketpipe`` command. Each part of the product registers its own commands:
-``marketpipe.kafka_cli`` (kafka, topics), ``producers.cli`` (produce, capture),
-``simulator.cli`` (sim), ``streams.cli`` (stream, normalize), ``sinks.cli`` (sink, sql, replay).
+"""The ``marketpipe`` command. Each part of the product defines its own commands in its own
+module (``marketpipe.kafka_cli``, ``producers.cli``, ``sinks.cli``, ...); ``COMMANDS`` below names
+the module and the short help of each, so a new command is one entry there.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+from click.utils import make_default_short_help
 
-from marketpipe.config import ConfigError, Settings, load_settings
+if TYPE_CHECKING:  # marketpipe.config (pydantic) costs 0.3 s: imported only when a command runs
+    from marketpipe.config import Settings
 
-# module path -> names of the click commands it defines
+# command name -> (module that defines it, its short help). The short help is kept here so
+# that `marketpipe --help` lists the commands without importing them (tests/test_cli.py checks
+# each one against the first sentence of the real command's help).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "capture": ("producers.cli", "Record a live session to a capture file instead of Kafka."),
+    "exchanges": (
+        "marketpipe.catalog_cli",
+        "List the supported exchanges, their channels and default symbols.",
+    ),
+    "export": ("sinks.export_cli", "Write a table or query result from ClickHouse to a Parquet or CSV file."),
+    "kafka": ("marketpipe.kafka_cli", "Run the local single-node Kafka broker (KRaft, jars from Maven)."),
+    "normalize": (
+        "streams.cli",
+        "Normalise capture files (.jsonl, .jsonl.gz, .jsonl.zst) to JSON Lines on stdout.",
+    ),
+    "produce": ("producers.cli", "Stream raw exchange frames into Kafka topics raw.<exchange>."),
+    "replay": ("sinks.cli", "Reset GROUP's committed offsets so its consumers re-read (replay) from there."),
+    "run": (
+        "marketpipe.run_cli",
+        "Run the whole pipeline: broker, topics, connectors, streams, sink, metrics, live view.",
+    ),
+    "sim": ("simulator.cli", "Serve simulated feeds of the ten supported exchanges on one local port."),
+    "sink": (
+        "sinks.cli",
+        "Stream md.trades, md.ohlcv, md.book-buckets, md.bbo, md.status, md.ticker and "
+        "md.exchange-candles into ClickHouse.",
+    ),
+    "sql": ("sinks.cli", "Run QUERY on ClickHouse and print the result (works while the pipeline runs)."),
+    "status": (
+        "marketpipe.status_cli",
+        "Print the picture of the `marketpipe run` using this data dir (ports from its state file).",
+    ),
+    "stream": (
+        "streams.cli",
+        "Run a stream worker: raw frames to md.* and candles, exactly once; workers share the partitions.",
+    ),
+    "symbols": ("marketpipe.catalog_cli", "List the symbols an exchange offers for subscription."),
+    "tail": ("marketpipe.status_cli", "Print the records of TOPIC (md.*, raw.*) decoded, like kcat."),
+    "topics": ("marketpipe.kafka_cli", "Provision and inspect the declared topics."),
+}
+
+# module path -> names of the click commands it defines (derived; tests/test_compose.py reads it)
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
-    "marketpipe.kafka_cli": ("kafka", "topics"),
-    "marketpipe.run_cli": ("run",),
-    "marketpipe.status_cli": ("status", "tail"),
-    "producers.cli": ("produce", "capture"),
-    "simulator.cli": ("sim",),
-    "streams.cli": ("stream", "normalize"),
-    "sinks.cli": ("sink", "sql", "replay"),
+    module: tuple(name for name, (where, _) in COMMANDS.items() if where == module)
+    for module in dict.fromkeys(where for where, _ in COMMANDS.values())
 }
 
 
 class _Group(click.Group):
-    """Loads a command's module only when that command runs (keeps `marketpipe --help` fast)."""
+    """Loads a command's module only when that command runs; lists them from COMMANDS.
+
+    Keeps `marketpipe --help` fast: importing every command module costs seconds.
+    """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        names = set(super().list_commands(ctx))
-        for module, commands in COMMAND_MODULES.items():
-            if importlib.util.find_spec(module) is not None:
-                names.update(commands)
-        return sorted(names)
+        return sorted({*super().list_commands(ctx), *COMMANDS})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         command = super().get_command(ctx, name)
-        if command is not None:
+        if command is not None or name not in COMMANDS:
             return command
-        for module, commands in COMMAND_MODULES.items():
-            if name in commands and importlib.util.find_spec(module) is not None:
-                found = getattr(importlib.import_module(module), name, None)
-                return found if isinstance(found, click.Command) else None
-        return None
+        found = getattr(importlib.import_module(COMMANDS[name][0]), name, None)
+        return found if isinstance(found, click.Command) else None
+
+    def invoke(self, ctx: click.Context) -> object:
+        """The one error path: a ``marketpipe.errors.UserError`` (a ClickException) is printed by
+        click as one ``Error:`` line with its exit code, also when asyncio wraps it in a group;
+        anything else keeps its traceback."""
+        from marketpipe.errors import user_errors_in
+
+        try:
+            return super().invoke(ctx)
+        except BaseExceptionGroup as group:
+            found = user_errors_in(group)
+            if found is None:
+                raise
+            raise found from None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            if name in COMMANDS:
+                rows.append((name, make_default_short_help(COMMANDS[name][1], limit)))
+            else:
+                command = super().get_command(ctx, name)
+                rows.append((name, command.get_short_help_str(limit) if command else ""))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 def settings_from(ctx: click.Context) -> Settings:
-    """The validated settings for this invocation (loaded once, on first use)."""
+    """The validated settings for this invocation (loaded once, on first use); a bad setting is
+    a ``ConfigError``: one message, exit code 2."""
+    from marketpipe.config import load_settings
+
     root = ctx.find_root()
     root.ensure_object(dict)
     if "settings" not in root.obj:
-        try:
-            root.obj["settings"] = load_settings(**root.obj.get("overrides", {}))
-        except ConfigError as exc:
-            raise click.UsageError(str(exc)) from None
+        root.obj["settings"] = load_settings(**root.obj.get("overrides", {}))
     settings: Settings = root.obj["settings"]
     return settings
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="marketpipe", prog_name="marketpipe")
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path),

@@ -9,19 +9,38 @@ variables with the ``MARKETPIPE_`` prefix (nested fields with ``__``, e.g.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
+import tomllib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
+
+from marketpipe.errors import EXIT_USAGE, UserError
+
+log = logging.getLogger(__name__)
 
 EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx", "bitfinex", "kucoin", "gateio", "htx", "mexc")
 """every supported exchange (all run when ``exchanges`` is not set)"""
@@ -31,8 +50,26 @@ _INTERVAL_RE = re.compile(r"^(\d+)([smhd])$")
 _INTERVAL_UNIT_US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 
 
-class ConfigError(ValueError):
-    """Bad configuration; the message says which setting and how to fix it."""
+class ConfigError(UserError, ValueError):
+    """Bad configuration; the message says which setting and how to fix it (exit code 2)."""
+
+    default_exit_code = EXIT_USAGE
+
+
+def check_symbols(symbols: Sequence[str], source: str) -> list[str]:
+    """The symbols when each is BASE-QUOTE in capitals; else a ConfigError naming ``source``."""
+    bad = [symbol for symbol in symbols if not _SYMBOL_RE.match(symbol)]
+    if bad:
+        raise ConfigError(
+            f"{source}: {', '.join(bad)}: symbols are normalised BASE-QUOTE in capitals, e.g. BTC-USDT"
+        )
+    return list(symbols)
+
+
+class _Section(BaseModel):
+    """A settings table: a key it does not know is an error (a typo must not be ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def interval_to_us(interval: str) -> int:
@@ -47,7 +84,7 @@ _LOCAL_USER_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _LOCAL_PASSWORD_RE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]{1,128}")  # printable ASCII but " and \
 
 
-class LocalBrokerSettings(BaseModel):
+class LocalBrokerSettings(_Section):
     """The single-node KRaft broker that `marketpipe kafka start` runs from Maven jars."""
 
     kafka_version: str = "4.3.1"
@@ -116,7 +153,7 @@ def client_security_problem(client: dict[str, str]) -> str | None:
     return None
 
 
-class KafkaSettings(BaseModel):
+class KafkaSettings(_Section):
     bootstrap_servers: str | None = Field(
         None, description="Existing cluster to use; when unset, commands use the local broker."
     )
@@ -127,6 +164,12 @@ class KafkaSettings(BaseModel):
     replication_factor: int = Field(1, ge=1)
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
     linger_ms: int = Field(20, ge=0)
+    connect_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="how long stream, sink and produce wait at start for a Kafka that does not answer "
+        "before they exit with an error (a Kafka lost later is waited for)",
+    )
     local: LocalBrokerSettings = Field(default_factory=lambda: LocalBrokerSettings())
 
     @field_validator("client", mode="before")
@@ -159,13 +202,13 @@ class KafkaSettings(BaseModel):
         return value
 
 
-class ClickHouseSettings(BaseModel):
+class ClickHouseSettings(_Section):
     dsn: str | None = Field(
         None, description="chdb:///path (embedded) or http(s)://user:pass@host:8123/db; default embedded."
     )
 
 
-class StreamSettings(BaseModel):
+class StreamSettings(_Section):
     ohlcv_intervals: list[str] = Field(default_factory=lambda: list(DEFAULT_INTERVALS))
     ohlcv_update_interval_s: float = Field(1.0, gt=0)
     ohlcv_grace_s: float = Field(2.0, ge=0)
@@ -210,7 +253,7 @@ class StreamSettings(BaseModel):
         return value
 
 
-class ConnectorSettings(BaseModel):
+class ConnectorSettings(_Section):
     """Connector overrides for one exchange; ``None`` keeps the exchange module's default."""
 
     ws_url: str | None = Field(
@@ -232,7 +275,7 @@ class ConnectorSettings(BaseModel):
     book_depth: int | None = Field(default=None, ge=1, description="book depth for exchanges that take one")
 
 
-class ProducerSettings(BaseModel):
+class ProducerSettings(_Section):
     binance: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
     coinbase: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
     kraken: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
@@ -310,7 +353,9 @@ class Settings(BaseSettings):
     def _normalised_symbols(cls, value: list[str]) -> list[str]:
         bad = [symbol for symbol in value if not _SYMBOL_RE.match(symbol)]
         if bad:
-            raise ValueError(f"symbols {bad} must be normalised BASE-QUOTE in capitals, e.g. BTC-USDT")
+            raise ValueError(
+                f"{', '.join(bad)}: symbols are normalised BASE-QUOTE in capitals, e.g. BTC-USDT"
+            )
         return value
 
     @classmethod
@@ -322,7 +367,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _KnownEnvSettings(settings_cls)]
         config_file = _config_file()
         if config_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
@@ -344,9 +389,16 @@ class Settings(BaseSettings):
     def clickhouse_dsn(self) -> str:
         return self.clickhouse.dsn or f"chdb:///{self.data_dir.resolve() / 'clickhouse'}"
 
-    def kafka_client_config(self) -> dict[str, str]:
-        """librdkafka configuration shared by every confluent-kafka client."""
-        return {"bootstrap.servers": self.bootstrap_servers, **self.kafka.client}
+    def kafka_client_config(self) -> dict[str, Any]:
+        """librdkafka configuration shared by every confluent-kafka client (its own log lines go
+        through logging, rate-limited: see marketpipe.kafka_logs)."""
+        from marketpipe.kafka_logs import librdkafka_logger
+
+        return {
+            "bootstrap.servers": self.bootstrap_servers,
+            **self.kafka.client,
+            "logger": librdkafka_logger(),
+        }
 
 
 def _config_file() -> Path | None:
@@ -367,7 +419,12 @@ _UNPREFIXED_ENV = {
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build and validate the settings; raise ConfigError with a readable message."""
+    """Build and validate the settings; raise ConfigError with a readable message.
+
+    The message names the file and line or the variable, what is wrong and the accepted
+    form; ``MARKETPIPE_*`` variables that set nothing are logged as warnings, with the
+    closest known name.
+    """
     nested: dict[str, dict[str, Any]] = {}
     for env_name, (section, field) in _UNPREFIXED_ENV.items():
         if os.environ.get(env_name):
@@ -377,16 +434,200 @@ def load_settings(**overrides: Any) -> Settings:
         if isinstance(base, BaseModel):
             base = base.model_dump()
         overrides[section] = {**fields, **(base or {})}
+    config_file = _config_file()
+    table = _read_toml(config_file) if config_file is not None else {}
+    _warn_unknown_variables()
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        raise ConfigError(_explain(exc)) from None
+        raise ConfigError(_explain(exc, config_file, table)) from None
+    except SettingsError as exc:
+        if isinstance(exc.__cause__, ConfigError):
+            raise exc.__cause__ from None
+        raise ConfigError(f"invalid configuration: {exc}") from None
 
 
-def _explain(exc: ValidationError) -> str:
-    lines = ["invalid configuration:"]
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "(root)"
-        env = "MARKETPIPE_" + "__".join(str(part) for part in error["loc"]).upper()
-        lines.append(f"  - {where}: {error['msg']} (set it in marketpipe.toml or {env})")
-    return "\n".join(lines)
+# -- environment variables --------------------------------------------------------------
+
+_OTHER_VARIABLES = ("MARKETPIPE_CONFIG", "MARKETPIPE_JAR_CACHE")
+"""MARKETPIPE_* variables read outside the settings object"""
+_warned: set[str] = set()
+
+
+def _env_names(model: type[BaseModel], prefix: str) -> tuple[list[str], list[str]]:
+    """The variables that set a field of ``model``: exact names, and prefixes of free-form tables."""
+    exact: list[str] = []
+    open_prefixes: list[str] = []
+    for name, field in model.model_fields.items():
+        if field.validation_alias is not None:  # read from its alias only (SCHEMA_REGISTRY_URL)
+            continue
+        env = f"{prefix}{name.upper()}"
+        exact.append(env)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            more, more_open = _env_names(annotation, env + "__")
+            exact += more
+            open_prefixes += more_open
+        elif get_origin(annotation) is dict:
+            open_prefixes.append(env + "__")
+    return exact, open_prefixes
+
+
+def unknown_variables(environ: Mapping[str, str]) -> dict[str, str | None]:
+    """``MARKETPIPE_*`` variables that set nothing -> the closest known name (None: nothing close)."""
+    exact, open_prefixes = _env_names(Settings, "MARKETPIPE_")
+    known = [*exact, *_OTHER_VARIABLES]
+    candidates = [*known, *(alias.upper() for alias in ("SCHEMA_REGISTRY_URL", *_UNPREFIXED_ENV))]
+    unknown: dict[str, str | None] = {}
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith("MARKETPIPE_") or upper in known or upper.startswith(tuple(open_prefixes)):
+            continue
+        close = difflib.get_close_matches(upper, candidates, n=1, cutoff=0.6)
+        unknown[name] = close[0] if close else None
+    return unknown
+
+
+def _warn_unknown_variables() -> None:
+    for name, close in unknown_variables(os.environ).items():
+        if name not in _warned:
+            _warned.add(name)
+            hint = f"did you mean {close}?" if close else "docs/runbook.md lists the settings"
+            log.warning("%s is not a marketpipe setting and is ignored; %s", name, hint)
+
+
+def _takes_text_list(annotation: Any) -> bool:
+    return get_origin(annotation) is list and get_args(annotation) == (str,)
+
+
+class _KnownEnvSettings(EnvSettingsSource):
+    """The environment, without unknown ``MARKETPIPE_*`` names (warned about instead); list
+    settings also take comma-separated values (MARKETPIPE_STREAMS__OHLCV_INTERVALS=1m,5m)."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        unknown = {name.lower() for name in unknown_variables(os.environ)}
+        return {
+            name: value for name, value in super()._load_env_vars().items() if name.lower() not in unknown
+        }
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            annotation = field.annotation if field is not None else None
+            if isinstance(value, str) and _takes_text_list(annotation):
+                return [part.strip() for part in value.split(",") if part.strip()]
+            example = '{"name": "value"}' if get_origin(annotation) is dict else '[["USD", "USDT"]]'
+            raise ConfigError(
+                f"{self._variable(field_name, value)}={value!r} is not JSON; this setting takes JSON, "
+                f"e.g. {example}"
+            ) from None
+
+    def _variable(self, field_name: str, value: Any) -> str:
+        suffix = field_name.lower()
+        found = (name for name, env in self.env_vars.items() if env == value and name.endswith(suffix))
+        return next(found, f"MARKETPIPE_…{field_name}").upper()
+
+
+# -- the TOML file ----------------------------------------------------------------------
+
+_TOML_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+_TOML_HEADER = re.compile(r"^\[\[?\s*([^\]]+?)\s*\]\]?")
+_TOML_KEY = re.compile(r"""^("[^"]*"|'[^']*'|[A-Za-z0-9_.-]+)\s*=""")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        at = _TOML_AT.search(message)
+        where = f"{path}:{at.group(1)}:{at.group(2)}" if at else str(path)
+        raise ConfigError(f"{where}: not valid TOML: {_TOML_AT.sub('', message)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the settings file: {exc}") from None
+
+
+def _toml_parts(text: str) -> tuple[str, ...]:
+    if text[:1] in "\"'":
+        return (text[1:-1],)
+    return tuple(part.strip().strip("\"'") for part in text.split("."))
+
+
+def _toml_line(path: Path, loc: tuple[str, ...]) -> int | None:
+    """The line of the file that sets ``loc`` (a table header or a key), if it can be told."""
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        stripped = line.strip()
+        header = _TOML_HEADER.match(stripped)
+        if header:
+            table = _toml_parts(header.group(1))
+            if table == loc:
+                return number
+            continue
+        key = _TOML_KEY.match(stripped)
+        if key and (table + _toml_parts(key.group(1)))[: len(loc)] == loc:
+            return number
+    return None
+
+
+def _in_table(table: Mapping[str, Any], loc: tuple[str, ...]) -> bool:
+    node: Any = table
+    for part in loc:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+# -- explaining validation errors -------------------------------------------------------
+
+
+def _explain(exc: ValidationError, config_file: Path | None, table: Mapping[str, Any]) -> str:
+    problems = [_problem(error, config_file, table) for error in exc.errors()]
+    if len(problems) == 1:
+        return f"invalid configuration: {problems[0]}"
+    return "invalid configuration:\n" + "\n".join(f"  - {problem}" for problem in problems)
+
+
+def _problem(error: Any, config_file: Path | None, table: Mapping[str, Any]) -> str:
+    loc = tuple(str(part) for part in error["loc"])
+    source = _source_of(loc, config_file, table)
+    if error["type"] == "extra_forbidden":
+        known = _keys_at(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+        where = f"[{'.'.join(loc[:-1])}]" if len(loc) > 1 else "the top level"
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+        return f"{source}: unknown key {loc[-1]!r} in {where}; {hint}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{'.'.join(loc) or '(root)'}: {message} ({source})"
+
+
+def _source_of(loc: tuple[str, ...], config_file: Path | None, table: Mapping[str, Any]) -> str:
+    """Where the bad value came from: the variable, else the file and line."""
+    environ = {name.upper() for name in os.environ}
+    for size in range(len(loc), 0, -1):
+        name = "MARKETPIPE_" + "__".join(loc[:size]).upper()
+        if name in environ:
+            return name
+        unprefixed = next((env for env, path in _UNPREFIXED_ENV.items() if path == loc[:size]), None)
+        if unprefixed and os.environ.get(unprefixed):
+            return unprefixed
+    if config_file is not None:
+        for size in range(len(loc), 0, -1):
+            if _in_table(table, loc[:size]):
+                line = _toml_line(config_file, loc[:size])
+                return f"{config_file}:{line}" if line else str(config_file)
+    env = "MARKETPIPE_" + "__".join(loc).upper()
+    return f"set it in marketpipe.toml or {env}"
+
+
+def _keys_at(loc: tuple[str, ...]) -> list[str]:
+    model: type[BaseModel] = Settings
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)

@@ -6,13 +6,12 @@ from typing import Any
 
 import click
 from confluent_kafka.admin import AdminClient
-from rich.console import Console
-from rich.table import Table
 
 from marketpipe.cli import settings_from
 from marketpipe.config import Settings
 from marketpipe.kafka_local import LocalKafka, LocalKafkaError, fetch_jars
-from marketpipe.kafka_security import KafkaAccessError, check_access
+from marketpipe.kafka_security import require_kafka_of
+from marketpipe.output import Rows, format_option, write
 from marketpipe.topics import Topology, apply_topology, describe_configs
 
 
@@ -90,11 +89,8 @@ def topics() -> None:
 
 
 def _admin(settings: Settings) -> AdminClient:
+    require_kafka_of(settings)
     config: dict[str, Any] = dict(settings.kafka_client_config())
-    try:
-        check_access(config)
-    except KafkaAccessError as exc:
-        raise click.ClickException(str(exc)) from None
     return AdminClient(config)
 
 
@@ -122,8 +118,9 @@ def apply_cmd(ctx: click.Context) -> None:
 
 
 @topics.command("list")
+@format_option
 @click.pass_context
-def list_cmd(ctx: click.Context) -> None:
+def list_cmd(ctx: click.Context, fmt: str | None) -> None:
     """Show the declared topics as they are on the cluster."""
     settings = settings_from(ctx)
     topology = Topology.from_settings(settings)
@@ -134,28 +131,27 @@ def list_cmd(ctx: click.Context) -> None:
         raise click.ClickException(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}") from None
     specs = topology.specs()
     configs = describe_configs(admin, [s.name for s in specs if s.name in existing])
-    table = Table("topic", "partitions", "cleanup", "retention.ms", "key", "value", "state")
+    rows = []
     for spec in specs:
         if spec.name not in existing:
-            table.add_row(
-                spec.name,
-                str(spec.partitions),
-                spec.configs()["cleanup.policy"],
-                "",
-                spec.key,
-                spec.value,
-                "[red]missing[/]",
-            )
+            cleanup, partitions = spec.configs()["cleanup.policy"], spec.partitions
+            rows.append((spec.name, partitions, cleanup, "", spec.key, spec.value, "missing"))
             continue
         config = configs[spec.name]
         drift = any(config.get(k) != v for k, v in spec.configs().items())
-        table.add_row(
-            spec.name,
-            str(len(existing[spec.name].partitions)),
-            config.get("cleanup.policy", ""),
-            config.get("retention.ms", ""),
-            spec.key,
-            spec.value,
-            "[yellow]drift[/]" if drift else "ok",
+        rows.append(
+            (
+                spec.name,
+                len(existing[spec.name].partitions),
+                config.get("cleanup.policy", ""),
+                config.get("retention.ms", ""),
+                spec.key,
+                spec.value,
+                "drift" if drift else "ok",
+            )
         )
-    Console().print(table)
+    columns = ("topic", "partitions", "cleanup", "retention.ms", "key", "value", "state")
+    write(Rows(columns, rows, styles={"state": _STATE_STYLE.get}), fmt)
+
+
+_STATE_STYLE = {"missing": "red", "drift": "yellow"}

@@ -6,6 +6,8 @@
 * ``check_access`` asks Kafka for metadata the way every client will connect and turns a
   refusal (bad SASL credentials, a TLS handshake that fails) into one clear
   ``KafkaAccessError`` at start, instead of a client that retries and logs forever;
+  ``require_kafka`` (every command that needs Kafka) also turns a Kafka that does not answer
+  within a bounded wait into one line naming the address and what to check;
 * ``aiokafka_options`` translates the settings for aiokafka (the producers' control
   listener), including an ``ssl.SSLContext`` built from the ``ssl.*`` files, and rejects
   with a ``ConfigError`` what aiokafka cannot do, before any connector starts.
@@ -21,7 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from marketpipe.config import ConfigError
+from marketpipe.config import ConfigError, Settings
+from marketpipe.errors import UserError
 
 _REFUSALS = {"_AUTHENTICATION": "refused the credentials in kafka.client", "_SSL": "failed the TLS handshake"}
 _HINTS = {
@@ -29,12 +32,49 @@ _HINTS = {
     "_SSL": "check ssl.ca.location in kafka.client",
 }
 # librdkafka prefixes "<proto>://host:port/id: " and appends "(after 301ms in state AUTH_REQ)"
-_LOCATION_RE = re.compile(r"^\S+://\S+?/\S+?: ")
-_AFTER_RE = re.compile(r"\s*\(after \d+ms in state \w+\)\s*$")
+_LOCATION_RE = re.compile(r"^(\S+://)?\S+?/\S+?: ")
+_AFTER_RE = re.compile(r"\s*\(after \d+ms in state \w+(, \d+ identical error\(s\) suppressed)?\)\s*$")
 
 
-class KafkaAccessError(RuntimeError):
+ONE_SHOT_WAIT_S = 10.0
+"""how long a command that does one thing (topics, replay, tail) waits for Kafka to answer"""
+
+
+class KafkaAccessError(UserError):
     """Kafka refused this client (credentials, TLS) or did not answer; the message says which."""
+
+
+class KafkaUnreachable(KafkaAccessError):
+    """No broker answered within the wait."""
+
+
+def require_kafka(
+    config: Mapping[str, Any], timeout_s: float = ONE_SHOT_WAIT_S, *, local_broker: bool
+) -> None:
+    """Return once Kafka answers with these settings; else one ``KafkaAccessError`` that names the
+    address and what to check. ``local_broker``: the address is the local broker's (no
+    KAFKA_BOOTSTRAP_SERVERS), so the advice is to start it."""
+    try:
+        check_access(config, timeout_s)
+    except KafkaUnreachable as exc:
+        if local_broker:
+            advice = "is the local broker running? `marketpipe kafka start` starts it"
+        else:
+            advice = "check that a broker runs at that address (KAFKA_BOOTSTRAP_SERVERS) and is reachable"
+        raise KafkaUnreachable(f"{exc.message}; {advice}") from None
+
+
+def require_kafka_of(
+    settings: Settings, *, long_running: bool = False, config: Mapping[str, Any] | None = None
+) -> None:
+    """``require_kafka`` with the settings' client config (or ``config``); ``long_running``
+    commands (stream, sink, produce) wait ``kafka.connect_timeout_s``, the others that or
+    ``ONE_SHOT_WAIT_S``, whichever is shorter."""
+    timeout_s = settings.kafka.connect_timeout_s
+    if not long_running:
+        timeout_s = min(timeout_s, ONE_SHOT_WAIT_S)
+    config = settings.kafka_client_config() if config is None else config
+    require_kafka(config, timeout_s, local_broker=settings.uses_local_broker)
 
 
 def check_access(config: Mapping[str, Any], timeout_s: float = 15.0, *, unreachable_ok: bool = False) -> bool:
@@ -70,7 +110,7 @@ def check_access(config: Mapping[str, Any], timeout_s: float = 15.0, *, unreacha
             return False
         if time.monotonic() >= deadline:
             detail = _clean(next((e.str() for e in errors if e.code() == KafkaError._TRANSPORT), last))
-            raise KafkaAccessError(f"Kafka at {bootstrap} did not answer within {timeout_s:.0f}s: {detail}")
+            raise KafkaUnreachable(f"Kafka at {bootstrap} did not answer within {timeout_s:.0f}s ({detail})")
 
 
 def _refusal_message(bootstrap: str, name: str, detail: str) -> str:

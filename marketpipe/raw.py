@@ -17,12 +17,19 @@ from __future__ import annotations
 
 import base64
 import gzip
-import io
+import logging
+import os
+import time
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal, cast
 
 import msgspec
+
+from marketpipe.errors import UserError
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["open", "sent", "recv", "rest", "close"]
 KINDS: tuple[str, ...] = ("open", "sent", "recv", "rest", "close")
@@ -148,51 +155,156 @@ def from_capture_line(line: bytes | str) -> RawRecord:
     )
 
 
-def _open(path: Path, mode: Literal["rb", "wb"]) -> IO[bytes]:
-    if path.suffix == ".gz":
-        return cast(IO[bytes], gzip.open(path, mode))
+_CHUNK_BYTES = 1 << 17
+FLUSH_INTERVAL_S = 1.0
+"""a capture writer makes what it has written readable from the file at least this often"""
+
+
+class CaptureError(UserError, ValueError):
+    """A capture file that cannot be read (not a capture file, or a bad record in the middle)."""
+
+
+def _decompression_errors(path: Path) -> tuple[type[Exception], ...]:
     if path.suffix == ".zst":
         import zstandard
 
-        raw = path.open(mode)
-        if mode == "rb":
-            return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-        return cast(IO[bytes], zstandard.ZstdCompressor(level=6).stream_writer(raw, closefd=True))
-    return path.open(mode)
+        return (zstandard.ZstdError, EOFError)
+    if path.suffix == ".gz":
+        return (EOFError, gzip.BadGzipFile, zlib.error)
+    return ()
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as raw:
+        if path.suffix == ".zst":
+            yield from _zstd_chunks(raw)
+            return
+        handle = gzip.GzipFile(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw
+        while chunk := handle.read1(_CHUNK_BYTES):  # read() would lose what precedes a cut-off end
+            yield chunk
+
+
+def _zstd_chunks(raw: IO[bytes]) -> Iterator[bytes]:
+    """A capture is a sequence of zstd frames, one per flush (CaptureWriter.flush); the last one
+    cut off raises EOFError (zstandard's stream reader would end there silently)."""
+    import zstandard
+
+    decompressor = zstandard.ZstdDecompressor()
+    frame, started = decompressor.decompressobj(), False
+    while data := raw.read(_CHUNK_BYTES):
+        while data:
+            if out := frame.decompress(data):
+                yield out
+            started = True
+            if not frame.eof:
+                break
+            data = frame.unused_data
+            frame, started = decompressor.decompressobj(), False
+    if started:
+        raise EOFError("the last zstd frame is cut off")
 
 
 def read_capture(path: str | Path) -> Iterator[RawRecord]:
-    """Records of a capture file (.jsonl, .jsonl.gz or .jsonl.zst), in file order."""
+    """Records of a capture file (.jsonl, .jsonl.gz or .jsonl.zst), in file order.
+
+    A file cut off mid-record (its writer was killed) gives every complete record and a
+    warning; a file that is not a capture at all, or a bad record before the end, raises
+    ``CaptureError`` naming the file (and line).
+    """
     path = Path(path)
-    with _open(path, "rb") as handle:
-        for number, line in enumerate(io.BufferedReader(cast(Any, handle)), start=1):
+    errors = _decompression_errors(path)
+    chunks = _chunks(path)
+    pending, number, records = b"", 0, 0
+    while True:
+        try:
+            chunk = next(chunks, None)
+        except errors as exc:
+            _cut_off(path, records, f"{path.suffix[1:]}: {exc}")
+            return
+        if chunk is None:
+            break
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            number += 1
             if not line.strip():
                 continue
             try:
-                yield from_capture_line(line)
+                record = from_capture_line(line)
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-                raise ValueError(f"{path}:{number}: not a capture record: {exc}") from exc
+                raise CaptureError(f"{path}:{number}: not a capture record: {exc}") from None
+            records += 1
+            yield record
+    if pending.strip():
+        try:
+            record = from_capture_line(pending)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+            _cut_off(path, records, f"line {number + 1} ends mid-record")
+            return
+        yield record
+
+
+def _cut_off(path: Path, records: int, reason: str) -> None:
+    if records == 0:
+        raise CaptureError(f"{path}: not a readable capture file ({reason})")
+    log.warning("%s is cut off after %d complete record(s) (%s): the tail is skipped", path, records, reason)
 
 
 class CaptureWriter:
-    """Appends raw records to a capture file; compression follows the file suffix."""
+    """Appends raw records to a capture file; compression follows the file suffix.
 
-    def __init__(self, path: str | Path) -> None:
+    What is written becomes readable from the file at least every ``flush_interval_s`` (a
+    closed zstd frame, a gzip sync point) and is synced to disk, so a writer killed mid-way
+    leaves every record up to its last flush.
+    """
+
+    def __init__(self, path: str | Path, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = _open(self.path, "wb")
+        self._file = self.path.open("wb")
+        self._handle: IO[bytes] = self._file
+        self._zstd_frame_end: int | None = None
+        if self.path.suffix == ".gz":
+            self._handle = cast(IO[bytes], gzip.GzipFile(fileobj=self._file, mode="wb"))
+        elif self.path.suffix == ".zst":
+            import zstandard
+
+            self._handle = cast(IO[bytes], zstandard.ZstdCompressor(level=6).stream_writer(self._file))
+            self._zstd_frame_end = zstandard.FLUSH_FRAME
+        self.flush_interval_s = flush_interval_s
+        self._last_flush = time.monotonic()
+        self._unflushed = 0
         self.count = 0
 
     def write(self, record: RawRecord) -> None:
         self._handle.write(to_capture_line(record))
         self.count += 1
+        self._unflushed += 1
+        if time.monotonic() - self._last_flush >= self.flush_interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Make everything written so far readable from the file, and sync it to disk."""
+        self._last_flush = time.monotonic()
+        if not self._unflushed:
+            return
+        self._unflushed = 0
+        if self._zstd_frame_end is not None:
+            cast(Any, self._handle).flush(self._zstd_frame_end)
+        else:
+            self._handle.flush()
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def write_all(self, records: Iterable[RawRecord]) -> None:
         for record in records:
             self.write(record)
 
     def close(self) -> None:
-        self._handle.close()
+        if self._file.closed:
+            return
+        self._handle.close()  # ends the last zstd frame / the gzip stream
+        self._file.close()
 
     def __enter__(self) -> CaptureWriter:
         return self

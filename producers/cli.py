@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from marketpipe.cli import settings_from
-from marketpipe.config import ConfigError, Settings
-from marketpipe.kafka_security import KafkaAccessError
+from marketpipe.config import Settings, check_symbols
+from marketpipe.errors import UserError
+from marketpipe.kafka_security import require_kafka_of
 from marketpipe.topics import Topology
 from producers.base import RestError, SymbolError
 from producers.connectors import EXCHANGES
@@ -53,7 +54,9 @@ def _plan(
     if (overrides.get("ws_url") or overrides.get("rest_url")) and len(chosen) != 1:
         raise click.UsageError("--ws-url/--rest-url need exactly one --exchange")
     names = (
-        [s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols else list(settings.symbols)
+        check_symbols([s.strip().upper() for s in symbols.split(",") if s.strip()], "--symbols")
+        if symbols
+        else list(settings.symbols)
     )
     if not names:
         raise click.UsageError("no symbols given")
@@ -67,10 +70,9 @@ def _run(
     connectors = build_connectors(settings, plan, publisher)
     try:
         asyncio.run(run_producers(settings, connectors, publisher, control=control, duration_s=duration))
-    except* ConfigError as group:
-        raise click.UsageError("; ".join(str(exc) for exc in group.exceptions)) from None
-    except* (SymbolError, RestError, KafkaAccessError) as group:
-        raise click.ClickException("; ".join(str(exc) for exc in group.exceptions)) from None
+    except* (SymbolError, RestError) as group:
+        raise UserError("; ".join(str(exc) for exc in group.exceptions)) from None
+    # ConfigError and KafkaAccessError are UserErrors: the command's error path prints them
 
 
 @click.command()
@@ -108,13 +110,18 @@ def produce(
 ) -> None:
     """Stream raw exchange frames into Kafka topics raw.<exchange>."""
     settings = settings_from(ctx)
-    publisher = KafkaRawPublisher.from_settings(settings, Topology.from_settings(settings))
     if captures:
         files = [*captures, *more_captures]
-        try:
-            count = asyncio.run(_replay(files, publisher, speed))
-        except KafkaAccessError as exc:
-            raise click.ClickException(str(exc)) from None
+        require_kafka_of(settings, long_running=True)
+        publisher = KafkaRawPublisher.from_settings(settings, Topology.from_settings(settings))
+        count = asyncio.run(_replay(files, publisher, speed))
+        undelivered = publisher.stats.dropped + publisher.stats.unsent
+        if undelivered:
+            raise UserError(
+                f"{undelivered} of {count} records from {len(files)} capture file(s) were not delivered "
+                f"to Kafka at {settings.bootstrap_servers} ({publisher.stats.dropped} dropped, "
+                f"{publisher.stats.unsent} still unsent after {publisher.close_timeout_s:.0f}s)"
+            )
         click.echo(f"published {count} records from {len(files)} capture file(s)")
         return
     if more_captures:
@@ -124,6 +131,8 @@ def produce(
     plan = _plan(
         settings, exchanges, symbols, ws_url=ws_url, rest_url=rest_url, protocol=protocol, category=category
     )
+    require_kafka_of(settings, long_running=True)
+    publisher = KafkaRawPublisher.from_settings(settings, Topology.from_settings(settings))
     _run(settings, plan, publisher, control=not no_control, duration=duration)
 
 

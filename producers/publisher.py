@@ -29,6 +29,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from marketpipe.config import ProducerSettings, Settings
+from marketpipe.kafka_logs import librdkafka_logger
 from marketpipe.kafka_security import check_access
 from marketpipe.raw import CaptureWriter, RawRecord
 from marketpipe.topics import Topology
@@ -77,6 +78,8 @@ class PublisherStats:
     delivery_errors: int = 0
     gap_markers: int = 0
     errors: int = 0
+    unsent: int = 0
+    """records still queued when ``close`` stopped waiting for Kafka"""
 
 
 @dataclass
@@ -192,7 +195,7 @@ class KafkaRawPublisher:
             "delivery.report.only.error": True,
             "on_delivery": self._on_delivery,
             "error_cb": self._on_error,
-            "logger": logging.getLogger("producers.kafka"),
+            "logger": librdkafka_logger(),
         }
         self._producer = Producer(config)
         self._client_config = dict(client_config)
@@ -292,6 +295,12 @@ class KafkaRawPublisher:
             except BufferError:
                 await asyncio.sleep(self._poll_interval_s)
                 continue
+            except KafkaException as exc:  # the record itself is refused (too large, ...): count it
+                self.stats.dropped += 1
+                log_event(
+                    log, logging.ERROR, "record not published", conn=record.conn, seq=record.seq, reason=exc
+                )
+                return
             self._last_seq[record.conn] = record.seq
             self.stats.published += 1
             return
@@ -393,6 +402,7 @@ class KafkaRawPublisher:
         self._emit_gap_markers()
         remaining = await asyncio.to_thread(self._producer.flush, self.close_timeout_s)
         self._emit_gap_markers()
+        self.stats.unsent = remaining
         if remaining:
             log.error("records still unsent at shutdown", extra={"unsent": remaining})
 
@@ -404,6 +414,7 @@ class CaptureRawPublisher:
         self._writer = CaptureWriter(path)
         self.path = self._writer.path
         self.stats = PublisherStats()
+        self._flusher: asyncio.Task[None] | None = None
 
     def publish(self, record: RawRecord) -> bool:
         self._writer.write(record)
@@ -426,7 +437,17 @@ class CaptureRawPublisher:
         return 0
 
     async def start(self) -> None:
-        pass
+        """Flushes the file while records are slow to come (the writer flushes as it writes)."""
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_loop(), name="capture-flush")
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._writer.flush_interval_s)
+            self._writer.flush()
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
         self._writer.close()

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 import logging
+import re
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import date, datetime
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
-from uuid import UUID
+from typing import Any, BinaryIO
 
 import click
 
 from marketpipe.cli import settings_from
+from marketpipe.kafka_security import require_kafka_of
+from marketpipe.output import Rows, chosen_format, format_option, write
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ def sink(
     session_timeout: float | None,
     migrate_only: bool,
 ) -> None:
-    """Stream md.trades, md.ohlcv, md.book-buckets, md.bbo and md.status into ClickHouse.
+    """Stream md.trades, md.ohlcv, md.book-buckets, md.bbo, md.status, md.ticker and
+    md.exchange-candles into ClickHouse.
 
     Run several for more throughput (one consumer group). With the embedded engine the
     first one owns the database and serves it on loopback; the others and `marketpipe sql`
@@ -83,7 +84,7 @@ def sink(
             client.close()
         click.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
         return
-    _require_kafka_access(settings.kafka_client_config(), unreachable_ok=True)  # the worker waits for Kafka
+    require_kafka_of(settings, long_running=True)  # a Kafka lost later is waited for by the worker
     port = settings.metrics_port if metrics_port is None else metrics_port
     _start_metrics(port)
     worker = SinkWorker(
@@ -105,15 +106,6 @@ def sink(
         raise click.ClickException(str(exc)) from None
 
 
-def _require_kafka_access(config: dict[str, str], *, unreachable_ok: bool = False) -> None:
-    from marketpipe.kafka_security import KafkaAccessError, check_access
-
-    try:
-        check_access(config, unreachable_ok=unreachable_ok)
-    except KafkaAccessError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
 def _codec(registry_url: str | None) -> Any:
     from marketpipe.codec import AvroCodec
 
@@ -128,12 +120,45 @@ def _start_metrics(port: int) -> None:
 
 @click.command()
 @click.argument("query")
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True
-)
+@format_option
 @click.pass_context
-def sql(ctx: click.Context, query: str, fmt: str) -> None:
-    """Run QUERY on ClickHouse and print the result (works while the pipeline runs)."""
+def sql(ctx: click.Context, query: str, fmt: str | None) -> None:
+    """Run QUERY on ClickHouse and print the result (works while the pipeline runs).
+
+    As with clickhouse-client, a trailing FORMAT clause (`... FORMAT JSONEachRow`,
+    `FORMAT Parquet`, `FORMAT CSVWithNames`) is run as written and the server's bytes are
+    printed unchanged. Otherwise --format chooses: table on a terminal, tsv when piped,
+    csv, or json (JSON lines, one object per row).
+    """
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
+    clause = trailing_format(query)
+    if clause and fmt:
+        raise click.UsageError(f"the query ends with FORMAT {clause}; leave out --format {fmt}")
+    client = open_clickhouse(ctx)
+    try:
+        if clause:
+            copy_out(client.raw_stream(query), sys.stdout.buffer)
+            return
+        columns, rows = run_query(client, query)
+    except ClickHouseError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        client.close()
+    render(columns, rows, fmt)
+
+
+_TRAILING_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z][A-Za-z0-9_]*)\s*;?\s*\Z", re.IGNORECASE)
+
+
+def trailing_format(query: str) -> str | None:
+    """The format named by the query's own trailing FORMAT clause, if it has one."""
+    match = _TRAILING_FORMAT.search(query)
+    return match.group(1) if match else None
+
+
+def open_clickhouse(ctx: click.Context) -> Any:
+    """A client for settings.clickhouse_dsn; a fresh embedded database gets the schema first."""
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
     from sinks.clickhouse import ClickHouseUnavailable, DsnError, connect, is_embedded
@@ -144,15 +169,23 @@ def sql(ctx: click.Context, query: str, fmt: str) -> None:
         client = connect(settings.clickhouse_dsn)
     except (DsnError, ClickHouseUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
-    try:
-        if is_embedded(client):
+    if is_embedded(client):
+        try:
             migrate(client)  # a fresh data dir still offers the documented tables and views
-        columns, rows = run_query(client, query)
-    except ClickHouseError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        client.close()
-    render(columns, rows, fmt)
+        except ClickHouseError as exc:
+            client.close()
+            raise click.ClickException(str(exc)) from None
+    return client
+
+
+def copy_out(source: Any, sink: BinaryIO) -> None:
+    """Write a raw result (a file-like object or an iterator of byte chunks) to sink."""
+    if hasattr(source, "read"):
+        shutil.copyfileobj(source, sink)
+    else:
+        for chunk in source:
+            sink.write(chunk)
+    sink.flush()
 
 
 def run_query(client: Any, query: str) -> tuple[list[str], list[Sequence[Any]]]:
@@ -168,49 +201,12 @@ def run_query(client: Any, query: str) -> tuple[list[str], list[Sequence[Any]]]:
     return ["result"], [[answer]]
 
 
-def render(columns: list[str], rows: list[Sequence[Any]], fmt: str) -> None:
-    if fmt == "json":
-        import orjson
-
-        objects = [dict(zip(columns, row, strict=True)) for row in rows]
-        sys.stdout.write(
-            orjson.dumps(objects, default=_json_default, option=orjson.OPT_INDENT_2).decode() + "\n"
-        )
-    elif fmt == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows([[_text(v) for v in row] for row in rows])
-    else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(*columns, show_lines=False)
-        for row in rows:
-            table.add_row(*[_text(v) for v in row])
-        Console().print(table)
-        Console(stderr=True).print(f"{len(rows)} row(s)", style="dim")
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, datetime | date):
-        return value.isoformat(sep=" ") if isinstance(value, datetime) else value.isoformat()
-    return str(value)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, UUID | bytes | set | tuple):
-        return (
-            value.hex()
-            if isinstance(value, bytes)
-            else str(value)
-            if isinstance(value, UUID)
-            else list(value)
-        )
-    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+def render(columns: list[str], rows: list[Sequence[Any]], fmt: str | None) -> None:
+    if not columns:
+        return
+    write(Rows(columns, rows), fmt)
+    if chosen_format(fmt) == "table":
+        click.echo(f"{len(rows)} row(s)", err=True)
 
 
 @click.command()
@@ -275,7 +271,7 @@ def replay(
         )
     settings = settings_from(ctx)
     topic_list = [t.strip() for item in topics for t in item.split(",") if t.strip()] or None
-    _require_kafka_access(settings.kafka_client_config())
+    require_kafka_of(settings)
     try:
         resetter = OffsetResetter(AdminClient(dict(settings.kafka_client_config())))
         if streams_app:

@@ -28,7 +28,7 @@ def stream(ctx: click.Context, stages: str, worker_id: str | None, loglevel: str
     import logging
 
     from marketpipe.cli import settings_from
-    from marketpipe.kafka_security import KafkaAccessError, check_access
+    from marketpipe.kafka_security import require_kafka_of
     from streams.worker import STAGES, run_worker
 
     chosen = [name.strip() for name in stages.split(",") if name.strip()]
@@ -40,10 +40,9 @@ def stream(ctx: click.Context, stages: str, worker_id: str | None, loglevel: str
     levels = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO}
     logging.getLogger().setLevel(levels.get(loglevel, logging.DEBUG))
     settings = settings_from(ctx)
-    try:  # refused credentials: one clear error, not clients retrying and logging forever
-        check_access(settings.kafka_client_config(), unreachable_ok=True)
-    except KafkaAccessError as exc:
-        raise click.ClickException(str(exc)) from None
+    # refused credentials or no Kafka within kafka.connect_timeout_s: one clear error, not
+    # clients retrying and logging; a Kafka lost later is the runtime's to wait for
+    require_kafka_of(settings, long_running=True)
     run_worker(settings, chosen, worker_id)
 
 

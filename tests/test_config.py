@@ -94,3 +94,83 @@ def test_interval_parsing() -> None:
     assert interval_to_us("4h") == 4 * 3_600_000_000
     with pytest.raises(ValueError):
         interval_to_us("0m")
+
+
+def test_nested_list_variables_take_comma_separated_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARKETPIPE_STREAMS__OHLCV_INTERVALS", "1m, 5m")
+    assert load_settings().streams.ohlcv_intervals == ["1m", "5m"]
+    monkeypatch.setenv("MARKETPIPE_STREAMS__OHLCV_INTERVALS", '["1h"]')  # JSON still works
+    assert load_settings().streams.ohlcv_intervals == ["1h"]
+
+
+def test_a_variable_that_takes_json_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARKETPIPE_STREAMS__QUOTE_EQUIVALENTS", "USD,USDT")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "MARKETPIPE_STREAMS__QUOTE_EQUIVALENTS='USD,USDT' is not JSON; this setting takes JSON, "
+        'e.g. [["USD", "USDT"]]'
+    )
+    assert caught.value.exit_code == 2
+
+
+def test_a_toml_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
+    (tmp_path / "marketpipe.toml").write_text('symbols = ["BTC-USDT"]\n[kafka]\nlinger_ms = = 5\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == "marketpipe.toml:3:13: not valid TOML: Invalid value"
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        (
+            "[kafka]\nlingerms = 5\n",
+            "marketpipe.toml:2: unknown key 'lingerms' in [kafka]; did you mean 'linger_ms'?",
+        ),
+        (
+            '[producers.binanse]\nws_url = "ws://x"\n',
+            "marketpipe.toml:1: unknown key 'binanse' in [producers]; did you mean 'binance'?",
+        ),
+        (
+            "[kafka.local]\nporrt = 9\n",
+            "marketpipe.toml:2: unknown key 'porrt' in [kafka.local]; did you mean 'port'?",
+        ),
+        (
+            'symbol = ["BTC-USDT"]\n',
+            "marketpipe.toml:1: unknown key 'symbol' in the top level; did you mean 'symbols'?",
+        ),
+        ("[clickhouse]\nzzz = 1\n", "marketpipe.toml:2: unknown key 'zzz' in [clickhouse]; known keys: dsn"),
+    ],
+)
+def test_unknown_keys_are_errors_naming_the_closest_known_key(
+    tmp_path: Path, toml: str, message: str
+) -> None:
+    (tmp_path / "marketpipe.toml").write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == f"invalid configuration: {message}"
+
+
+def test_misspelt_variables_are_warnings_naming_the_closest_known_one(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import marketpipe.config
+
+    monkeypatch.setattr(marketpipe.config, "_warned", set())
+    monkeypatch.setenv("MARKETPIPE_KAFKA__LINGERMS", "5")
+    monkeypatch.setenv("MARKETPIPE_SYMBOL", "BTC-USDT")
+    monkeypatch.setenv("MARKETPIPE_SCHEMA_REGISTRY_URL", "http://registry:8081")
+    monkeypatch.setenv("MARKETPIPE_PRODUCERS__BINANCE__WS_URL", "ws://x")  # known: no warning
+    monkeypatch.setenv("MARKETPIPE_KAFKA__CLIENT", "{}")  # known: no warning
+    with caplog.at_level("WARNING", logger="marketpipe.config"):
+        settings = load_settings()
+    assert settings.kafka.linger_ms == 20 and settings.producers.binance.ws_url == "ws://x"
+    assert sorted(record.getMessage() for record in caplog.records) == [
+        "MARKETPIPE_KAFKA__LINGERMS is not a marketpipe setting and is ignored; "
+        "did you mean MARKETPIPE_KAFKA__LINGER_MS?",
+        "MARKETPIPE_SCHEMA_REGISTRY_URL is not a marketpipe setting and is ignored; "
+        "did you mean SCHEMA_REGISTRY_URL?",
+        "MARKETPIPE_SYMBOL is not a marketpipe setting and is ignored; did you mean MARKETPIPE_SYMBOLS?",
+    ]
