@@ -1,5 +1,8 @@
 """Binance spot: combined streams at /stream, SUBSCRIBE/UNSUBSCRIBE by id, protocol pings,
-depthUpdate with contiguous U/u bridged by the REST depth snapshot's lastUpdateId."""
+depthUpdate with contiguous U/u bridged by the REST depth snapshot's lastUpdateId, and the
+``<s>@ticker`` (24hrTicker) and ``<s>@kline_1m`` streams from the simulator's own klines: the
+open kline after each step with trades, and the closed one once with ``x:true`` when its
+window ends (no subscribe snapshot, as on Binance)."""
 
 from __future__ import annotations
 
@@ -11,10 +14,12 @@ import orjson
 from aiohttp import web
 
 from simulator.base import Decimals, Dialect, Feed, Frame, Session, SimConfig, SubKey, Venue, dumps
+from simulator.kline_frames import FinalCandles, StatsTexts
+from simulator.klines import Kline
 from simulator.market import Step, SymbolMarket, Trade
 
 _STREAM = re.compile(
-    r"^([a-z0-9]+)@(trade|aggTrade|depth|depth@100ms|bookTicker|depth(?:5|10|20)(?:@100ms)?)$"
+    r"^([a-z0-9]+)@(trade|aggTrade|depth|depth@100ms|bookTicker|ticker|kline_1m|depth(?:5|10|20)(?:@100ms)?)$"
 )
 _DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000, 5000)
 
@@ -32,6 +37,8 @@ class BinanceDialect(Dialect):
         self.qty = {s: Decimals(m.spec.qty_decimals, 8) for s, m in feed.markets.items()}
         self.agg_id = {s: 3_000_000 + i * 1_000_000 for i, s in enumerate(feed.markets)}
         self.last_bbo: dict[str, tuple[int, int, int, int]] = {}
+        self.texts = StatsTexts(feed, places=8, trim=False)
+        self.finals = FinalCandles()
 
     # -- requests -----------------------------------------------------------------------
 
@@ -91,6 +98,7 @@ class BinanceDialect(Dialect):
     def publish(self, market: SymbolMarket, step: Step, ts_ns: int) -> None:
         symbol = market.spec.symbol
         keys = {k[0]: k for k in self.subscribers if k[1] == symbol}
+        final = self.finals.due(symbol, self.feed.stats[symbol], ts_ns)
         if not keys:
             return
         ms = ts_ns // 1_000_000
@@ -105,6 +113,100 @@ class BinanceDialect(Dialect):
             if "aggTrade" in keys:
                 for data in self._agg_trades(symbol, step.trades, ms):
                     self._emit(keys["aggTrade"], data, "trade")
+        self._publish_stats(market, step, ms, keys, final)
+
+    # -- ticker and kline ---------------------------------------------------------------
+
+    def _publish_stats(
+        self, market: SymbolMarket, step: Step, ms: int, keys: dict[str, SubKey], final: Kline | None
+    ) -> None:
+        """After the step's trades: the closed kline once (``x:true``) when its window ended,
+        and the 24 h ticker and open kline when the step traded."""
+        symbol = market.spec.symbol
+        stats = self.feed.stats[symbol]
+        kline_key = keys.get("kline_1m")
+        if kline_key is not None and final is not None:
+            self._emit(kline_key, self._kline(symbol, final, ms, closed=True), "kline")
+        if not step.trades:
+            return
+        if kline_key is not None and stats.current is not None:
+            self._emit(kline_key, self._kline(symbol, stats.current, ms, closed=False), "kline")
+        if "ticker" in keys:
+            ticker = self._ticker(market, ms)
+            if ticker is not None:
+                self._emit(keys["ticker"], ticker, "ticker")
+
+    def _kline(self, symbol: str, kline: Kline, ms: int, closed: bool) -> str:
+        texts = self.texts
+        price, qty = texts.price[symbol], texts.qty[symbol]
+        open_ms = kline.open_ns // 1_000_000
+        return dumps(
+            {
+                "e": "kline",
+                "E": ms,
+                "s": self.wire[symbol],
+                "k": {
+                    "t": open_ms,
+                    "T": open_ms + kline.interval_ns // 1_000_000 - 1,
+                    "s": self.wire[symbol],
+                    "i": "1m",
+                    "f": kline.first_trade_id,
+                    "L": kline.last_trade_id,
+                    "o": price(kline.open),
+                    "c": price(kline.close),
+                    "h": price(kline.high),
+                    "l": price(kline.low),
+                    "v": qty(kline.volume_lots),
+                    "n": kline.trades,
+                    "x": closed,
+                    "q": texts.quote[symbol](kline.quote_units),
+                    "V": qty(0),  # taker-buy volumes: not kept by the simulator's klines
+                    "Q": texts.quote[symbol](0),
+                    "B": "0",
+                },
+            }
+        )
+
+    def _ticker(self, market: SymbolMarket, ms: int) -> str | None:
+        symbol = market.spec.symbol
+        stats = self.feed.stats[symbol]
+        day = stats.ticker()
+        if day is None or stats.current is None:
+            return None
+        texts = self.texts
+        price, qty = texts.price[symbol], texts.qty[symbol]
+        (bid, bid_qty), (ask, ask_qty) = market.bids.top(1)[0], market.asks.top(1)[0]
+        change = day.last - day.open
+        last_id = stats.current.last_trade_id
+        spec = market.spec
+        weighted = day.quote_units / day.volume_lots / 10**spec.price_decimals
+        return dumps(
+            {
+                "e": "24hrTicker",
+                "E": ms,
+                "s": self.wire[symbol],
+                "p": ("-" if change < 0 else "") + price(abs(change)),
+                "P": f"{100 * change / day.open:.3f}",
+                "w": f"{weighted:.8f}",
+                "x": price(day.open),
+                "c": price(day.last),
+                "Q": qty(day.last_qty),
+                "b": price(bid),
+                "B": qty(bid_qty),
+                "a": price(ask),
+                "A": qty(ask_qty),
+                "o": price(day.open),
+                "h": price(day.high),
+                "l": price(day.low),
+                "v": qty(day.volume_lots),
+                "q": texts.quote[symbol](day.quote_units),
+                "O": ms - 86_400_000,
+                "C": ms,
+                "F": last_id - day.trades + 1,
+                "L": last_id,
+                "n": day.trades,
+            }
+        )
 
     def _emit(self, key: SubKey, data: str, kind: str) -> None:
         self.fan_out(key, Frame(f'{{"stream":"{self._stream_name(key)}","data":{data}}}', kind, key[1]))

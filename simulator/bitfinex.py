@@ -2,7 +2,12 @@
 per-connection sequence number to every channel frame, OB_CHECKSUM 131072 adds ``cs`` frames),
 ``subscribe``/``unsubscribe`` with a chanId per subscription, P0 ``book`` (len 1/25/100/250:
 snapshot, then one frame per changed level, deletes first so the book never crosses), ``trades``
-(snapshot of recent trades, then ``te`` + ``tu`` per trade), ``hb`` heartbeats, app ``ping``.
+(snapshot of recent trades, then ``te`` + ``tu`` per trade), ``ticker`` (the current ticker on
+subscribe, then one per step with trades; no quote volume, no time, the 24 h change instead of
+the open), ``candles`` with key ``trade:1m:<symbol>`` (a newest-first snapshot of the recent
+candles on subscribe, then the open candle ``[MTS, OPEN, CLOSE, HIGH, LOW, VOLUME]`` after every
+step with trades; no final flag), ``hb`` heartbeats, app ``ping``; at most 30 channels per
+connection (error 10305 beyond).
 REST: ``/v2/conf/<keys>`` for ``pub:list:pair:exchange`` and ``pub:map:currency:sym``.
 """
 
@@ -27,13 +32,18 @@ from simulator.base import (
     interleaved_crc32,
     trimmed_texts,
 )
+from simulator.klines import Kline
 from simulator.market import Step, SymbolMarket
 
+CHANNELS = ("book", "trades", "ticker", "candles")
+MAX_CHANNELS = 30  # public channels per connection
 SEQ_ALL = 65536
 OB_CHECKSUM = 131072
 BOOK_LENGTHS = (1, 25, 100, 250)
 CURRENCY_NAMES = {"UST": "USDt", "DSH": "DASH", "EUT": "EURt"}
 _CODES = {name.upper(): code for code, name in CURRENCY_NAMES.items()}
+CANDLE_TIMEFRAME = "1m"  # the simulator's klines are 1 minute (simulator/klines.py)
+CANDLE_SNAPSHOT = 30
 
 
 def pair_of(symbol: str) -> str:
@@ -80,26 +90,40 @@ class BitfinexDialect(Dialect):
 
     def _subscribe(self, session: Session, request: dict[str, Any]) -> None:
         channel, wire_symbol = request.get("channel"), request.get("symbol")
+        if channel == "candles":
+            wire_symbol = self._candle_symbol(request.get("key"))
         symbol = self.by_symbol.get(str(wire_symbol))
         length = int(request.get("len", 25))
-        if channel not in ("book", "trades") or symbol is None or length not in BOOK_LENGTHS:
+        if channel not in CHANNELS or symbol is None or length not in BOOK_LENGTHS:
             session.send({"event": "error", "msg": "symbol: invalid", "code": 10300, **request})
             return
         key: SubKey = (channel, symbol, length if channel == "book" else 0)
         if key in session.subs or any(k[:2] == key[:2] for k in session.subs):
             session.send({"event": "error", "msg": "subscribe: dup", "code": 10301, **request})
             return
+        if len(session.subs) >= MAX_CHANNELS:
+            session.send({"event": "error", "msg": "subscribe: limit", "code": 10305, **request})
+            return
         self.subscribe(session, key)
         chan = self.next_chan
         self.next_chan += 1
         session.extra["chans"][key] = chan
-        reply = {"event": "subscribed", "channel": channel, "chanId": chan, "symbol": wire_symbol}
-        if channel == "book":
-            reply.update(prec="P0", freq="F0", len=str(length))
-        session.send({**reply, "pair": str(wire_symbol)[1:]})
+        if channel == "candles":
+            session.send({"event": "subscribed", "channel": channel, "chanId": chan, "key": request["key"]})
+        else:
+            reply = {"event": "subscribed", "channel": channel, "chanId": chan, "symbol": wire_symbol}
+            if channel == "book":
+                reply.update(prec="P0", freq="F0", len=str(length))
+            session.send({**reply, "pair": str(wire_symbol)[1:]})
         market = self.feed.markets[symbol]
         if channel == "book":
             self._send(session, key, self._book_snapshot(market, length), "snapshot", None)
+        elif channel == "ticker":
+            ticker = self._ticker(market)
+            if ticker is not None:
+                self._send(session, key, ticker, "ticker", None)
+        elif channel == "candles":
+            self._send(session, key, self._candle_snapshot(symbol), "kline", None)
         else:
             self._send(
                 session,
@@ -108,6 +132,13 @@ class BitfinexDialect(Dialect):
                 "trade",
                 None,
             )
+
+    @staticmethod
+    def _candle_symbol(key: object) -> str | None:
+        """``trade:1m:tBTCUSD`` -> ``tBTCUSD`` (only the simulator's 1m trade candles exist)."""
+        parts = key.split(":", 2) if isinstance(key, str) else []
+        ok = len(parts) == 3 and parts[0] == "trade" and parts[1] == CANDLE_TIMEFRAME
+        return parts[2] if ok else None
 
     def _unsubscribe(self, session: Session, request: dict[str, Any]) -> None:
         chan = request.get("chanId")
@@ -156,6 +187,45 @@ class BitfinexDialect(Dialect):
         stamp_ns = trade.ts_ns or time.time_ns()
         return [trade.trade_id, stamp_ns // 1_000_000, amount if trade.taker_buy else -amount, price]
 
+    def _ticker(self, market: SymbolMarket) -> str | None:
+        """``[BID, BID_SIZE, ASK, ASK_SIZE, DAILY_CHANGE, DAILY_CHANGE_RELATIVE, LAST_PRICE, VOLUME,
+        HIGH, LOW]`` of the trades sent so far (None before the first trade)."""
+        symbol = market.spec.symbol
+        day = self.feed.stats[symbol].ticker()
+        if day is None:
+            return None
+        price, size = self.price[symbol], self.size[symbol]
+        bid, ask = market.bids.top(1), market.asks.top(1)
+        change = day.last - day.open
+        book = [
+            price(bid[0][0]) if bid else "0",
+            size(bid[0][1]) if bid else "0",
+            price(ask[0][0]) if ask else "0",
+            size(ask[0][1]) if ask else "0",
+        ]
+        signed_change = ("-" if change < 0 else "") + price(abs(change))
+        relative = round(change / day.open, 4)
+        rest = [
+            signed_change,
+            str(relative),
+            price(day.last),
+            size(day.volume_lots),
+            price(day.high),
+            price(day.low),
+        ]
+        return "[" + ",".join(book + rest) + "]"
+
+    def _candle(self, symbol: str, kline: Kline) -> str:
+        price = self.price[symbol]
+        prices = (price(kline.open), price(kline.close), price(kline.high), price(kline.low))
+        return f"[{kline.open_ns // 1_000_000},{','.join(prices)},{self.size[symbol](kline.volume_lots)}]"
+
+    def _candle_snapshot(self, symbol: str) -> str:
+        stats = self.feed.stats[symbol]
+        klines = [*stats.closed, stats.current] if stats.current is not None else []
+        rows = [self._candle(symbol, kline) for kline in reversed(klines[-CANDLE_SNAPSHOT:])]
+        return f"[{','.join(rows)}]"
+
     def _checksum(self, market: SymbolMarket) -> int:
         symbol = market.spec.symbol
         price, size = self.price[symbol], self.size[symbol]
@@ -174,6 +244,23 @@ class BitfinexDialect(Dialect):
                 for row in rows:
                     self._send(session, trade_key, f'"te",{row}', "trade", symbol)
                     self._send(session, trade_key, f'"tu",{row}', "trade", symbol)
+        if step.trades:  # after the trades: a client has every trade a candle counts
+            self._publish_stats(market)
+
+    def _publish_stats(self, market: SymbolMarket) -> None:
+        """The ticker and the open candle after trades (the candle of a finished window was sent
+        with its last trade: no final frame, as on Bitfinex)."""
+        symbol = market.spec.symbol
+        ticker_key: SubKey = ("ticker", symbol, 0)
+        if ticker_key in self.subscribers and (ticker := self._ticker(market)) is not None:
+            for session in list(self.subscribers.get(ticker_key, ())):
+                self._send(session, ticker_key, ticker, "ticker", symbol)
+        candle_key: SubKey = ("candles", symbol, 0)
+        current = self.feed.stats[symbol].current
+        if candle_key in self.subscribers and current is not None:
+            row = self._candle(symbol, current)
+            for session in list(self.subscribers.get(candle_key, ())):
+                self._send(session, candle_key, row, "kline", symbol)
 
     def _publish_book(self, market: SymbolMarket, step: Step, key: SubKey) -> None:
         view = step.views.get(key[2])

@@ -1,7 +1,11 @@
 """Bybit v5 public streams, spot (/v5/public/spot) and linear (/v5/public/linear): op
 subscribe/unsubscribe (spot: at most 10 args), JSON ping/pong, ``orderbook.{depth}.{symbol}``
-snapshot then deltas (``u`` +1 per delta, cross sequence ``seq``), ``publicTrade``; connections
-that stop pinging are closed."""
+snapshot then deltas (``u`` +1 per delta, cross sequence ``seq``), ``publicTrade``,
+``tickers.{symbol}`` (spot: a whole snapshot after each step with trades, no bid/ask; linear: a
+snapshot on subscribe, then deltas with bid/ask) and ``kline.1.{symbol}`` from the simulator's
+own klines (the open candle after trades; the final one with ``confirm:true`` when its window
+ends: on its own on spot, together with the next open candle on linear when that has begun);
+connections that stop pinging are closed."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import orjson
 from aiohttp import web
 
 from simulator.base import Decimals, Dialect, Feed, Frame, Session, SimConfig, SubKey, Venue, dumps
+from simulator.kline_frames import FinalCandles, StatsTexts
+from simulator.klines import Kline
 from simulator.market import Step, SymbolMarket, Trade
 
 Levels = list[tuple[int, int]]
@@ -36,6 +42,8 @@ class BybitBase(Dialect):
             s: Decimals(m.spec.qty_decimals, m.spec.qty_decimals, True) for s, m in feed.markets.items()
         }
         self.last_trade_price: dict[str, int] = {}
+        self.texts = StatsTexts(feed)
+        self.finals = FinalCandles()
 
     # -- requests -------------------------------------------------------------------------
 
@@ -85,6 +93,9 @@ class BybitBase(Dialect):
             for _, key in keys:
                 if key[0] == "orderbook":
                     session.offer(self._snapshot(key, time.time_ns()))
+                elif key[0] == "tickers":
+                    session.extra.setdefault("ticker_snapshots", set()).discard(key[1])
+                    self._send_ticker(session, self.feed.markets[key[1]], time.time_ns())
 
     def bad_topic(self, topic: str) -> str:
         return f"error:handler not found,topic:{topic}"
@@ -94,8 +105,10 @@ class BybitBase(Dialect):
         if len(parts) == 3 and parts[0] == "orderbook" and parts[1].isdigit():
             depth, symbol = int(parts[1]), self.native.get(parts[2])
             return ("orderbook", symbol, depth) if symbol and depth in self.depths else None
-        if len(parts) == 2 and parts[0] == "publicTrade" and parts[1] in self.native:
-            return ("publicTrade", self.native[parts[1]], 0)
+        if len(parts) == 2 and parts[0] in ("publicTrade", "tickers") and parts[1] in self.native:
+            return (parts[0], self.native[parts[1]], 0)
+        if len(parts) == 3 and parts[0] == "kline" and parts[1] == "1" and parts[2] in self.native:
+            return ("kline", self.native[parts[2]], 0)  # the simulator's klines are 1 minute
         return None
 
     def on_timer(self, session: Session, now: float) -> None:
@@ -146,6 +159,93 @@ class BybitBase(Dialect):
         trade_key = ("publicTrade", symbol, 0)
         if step.trades and trade_key in self.subscribers:
             self.fan_out(trade_key, Frame(self._trade_text(symbol, step, ts_ns), "trade", symbol))
+        self._publish_stats(market, step, ts_ns)
+
+    # -- tickers and klines -----------------------------------------------------------------
+
+    def _publish_stats(self, market: SymbolMarket, step: Step, ts_ns: int) -> None:
+        symbol = market.spec.symbol
+        stats = self.feed.stats[symbol]
+        final = self.finals.due(symbol, stats, ts_ns)
+        kline_key: SubKey = ("kline", symbol, 0)
+        if kline_key in self.subscribers:
+            candles = [(final, True)] if final is not None else []
+            current = stats.current if step.trades else None
+            if current is not None and candles and self.category == "spot":
+                self._send_klines(symbol, candles, ts_ns)
+                candles = []
+            if current is not None and current is not final:
+                candles.append((current, False))
+            if candles:
+                self._send_klines(symbol, candles, ts_ns)
+        ticker_key: SubKey = ("tickers", symbol, 0)
+        if step.trades and ticker_key in self.subscribers:
+            for session in list(self.subscribers[ticker_key]):
+                self._send_ticker(session, market, ts_ns)
+
+    def _send_ticker(self, session: Session, market: SymbolMarket, ts_ns: int) -> None:
+        """Spot: always a snapshot. Linear: a snapshot first on each subscription (the first
+        one the simulator can build: none before the first trade), then deltas."""
+        symbol = market.spec.symbol
+        sent: set[str] = session.extra.setdefault("ticker_snapshots", set())
+        kind = "delta" if self.category == "linear" and symbol in sent else "snapshot"
+        ticker = self._ticker(market, kind, ts_ns)
+        if ticker is not None:
+            sent.add(symbol)
+            session.offer(Frame(ticker, "ticker", symbol))
+
+    def _send_klines(self, symbol: str, candles: list[tuple[Kline, bool]], ts_ns: int) -> None:
+        ms = ts_ns // 1_000_000
+        data = dumps([self._kline(symbol, kline, closed, ms) for kline, closed in candles])
+        topic = f"kline.1.{self.wire[symbol]}"
+        text = f'{{"topic":"{topic}","data":{data},"ts":{ms},"type":"snapshot"}}'
+        self.fan_out(("kline", symbol, 0), Frame(text, "kline", symbol))
+
+    def _kline(self, symbol: str, kline: Kline, closed: bool, ms: int) -> dict[str, Any]:
+        texts = self.texts
+        price = texts.price[symbol]
+        start = kline.open_ns // 1_000_000
+        return {
+            "start": start,
+            "end": start + kline.interval_ns // 1_000_000 - 1,
+            "interval": "1",
+            "open": price(kline.open),
+            "close": price(kline.close),
+            "high": price(kline.high),
+            "low": price(kline.low),
+            "volume": texts.qty[symbol](kline.volume_lots),
+            "turnover": texts.quote[symbol](kline.quote_units),
+            "confirm": closed,
+            "timestamp": kline.last_trade_ns // 1_000_000 if not closed else ms,
+        }
+
+    def _ticker(self, market: SymbolMarket, kind: str, ts_ns: int) -> str | None:
+        symbol = market.spec.symbol
+        day = self.feed.stats[symbol].ticker()
+        if day is None:
+            return None
+        texts = self.texts
+        price = texts.price[symbol]
+        data: dict[str, Any] = {
+            "symbol": self.wire[symbol],
+            "lastPrice": price(day.last),
+            "highPrice24h": price(day.high),
+            "lowPrice24h": price(day.low),
+            "prevPrice24h": price(day.open),
+            "volume24h": texts.qty[symbol](day.volume_lots),
+            "turnover24h": texts.quote[symbol](day.quote_units),
+            "price24hPcnt": f"{(day.last - day.open) / day.open:.4f}",
+        }
+        if self.category == "linear":
+            (bid, bid_qty), (ask, ask_qty) = market.bids.top(1)[0], market.asks.top(1)[0]
+            size = texts.qty[symbol]
+            data.update(
+                bid1Price=price(bid), bid1Size=size(bid_qty), ask1Price=price(ask), ask1Size=size(ask_qty)
+            )
+        ms = ts_ns // 1_000_000
+        return (
+            f'{self._head(f"tickers.{self.wire[symbol]}", kind, ms)},"cs":{market.seq},"data":{dumps(data)}}}'
+        )
 
     def _publish_book(self, market: SymbolMarket, step: Step, key: SubKey, ts_ns: int) -> None:
         view = step.views.get(key[2])

@@ -1,6 +1,10 @@
 """Coinbase Advanced Trade: one channel per subscribe, envelope with a per-connection
 ``sequence_num`` across all channels, level2 as ``l2_data`` snapshot/update, market_trades,
-heartbeats with ``heartbeat_counter``."""
+heartbeats with ``heartbeat_counter``, ``ticker`` (a snapshot on subscribe, then an update after
+each step with trades; no open, no quote volume) and five-minute ``candles`` (the only
+granularity: the feed's klines are five minutes here) from the simulator's own klines: the
+recent candles as a snapshot on subscribe, then the open candle after trades; no final flag,
+as on Coinbase: a candle is final once one with a later start arrives."""
 
 from __future__ import annotations
 
@@ -11,10 +15,12 @@ import orjson
 from aiohttp import web
 
 from simulator.base import Dialect, Feed, Frame, Session, SimConfig, Venue, dumps, iso_trimmed, trimmed_texts
+from simulator.kline_frames import StatsTexts
+from simulator.klines import Kline, MarketStats
 from simulator.market import Step, SymbolMarket, Trade
 
-_CHANNELS = ("level2", "market_trades", "heartbeats")
-_WIRE_CHANNEL = {"level2": "l2_data", "market_trades": "market_trades", "heartbeats": "heartbeats"}
+_CHANNELS = ("level2", "market_trades", "heartbeats", "ticker", "candles")
+CANDLE_S = 300
 _START = time.monotonic()
 
 
@@ -33,6 +39,9 @@ class CoinbaseDialect(Dialect):
     def __init__(self, feed: Feed) -> None:
         super().__init__(feed)
         self.price, self.size = trimmed_texts(feed)
+        # this feed serves only this dialect: its klines are the candles channel's five minutes
+        feed.stats = {symbol: MarketStats(market.spec, CANDLE_S) for symbol, market in feed.markets.items()}
+        self.texts = StatsTexts(feed)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -72,6 +81,15 @@ class CoinbaseDialect(Dialect):
                 "trades": [self._trade(product, t, t.ts_ns or now_ns) for t in trades],
             }
             self._envelope(session, "market_trades", [event], now_ns)
+        elif channel == "ticker":
+            ticker = self._ticker(self.feed.markets[product], "snapshot")
+            if ticker is not None:
+                self._envelope(session, "ticker", [ticker], now_ns, "ticker", product)
+        elif channel == "candles":
+            stats = self.feed.stats[product]
+            klines = [*stats.closed, stats.current] if stats.current is not None else []
+            event = {"type": "snapshot", "candles": [self._candle(product, k) for k in klines]}
+            self._envelope(session, "candles", [event], now_ns, "kline", product)
         else:
             session.heartbeat_counter = int(time.monotonic() - _START)
             session.last_heartbeat = 0.0
@@ -161,6 +179,59 @@ class CoinbaseDialect(Dialect):
                 "market_trades", [{"type": "update", "trades": trades}], ts_ns, "trade", product
             )
             self.fan_out(trades_key, frame)
+        if step.trades:  # after the trades: a client has every trade the figures count
+            self._publish_stats(market, ts_ns)
+
+    # -- ticker and candles -------------------------------------------------------------------
+
+    def _publish_stats(self, market: SymbolMarket, ts_ns: int) -> None:
+        product = market.spec.symbol
+        ticker_key = ("ticker", product, 0)
+        if ticker_key in self.subscribers:
+            ticker = self._ticker(market, "update")
+            if ticker is not None:
+                self.fan_out(ticker_key, self._frame("ticker", [ticker], ts_ns, "ticker", product))
+        candle_key = ("candles", product, 0)
+        current = self.feed.stats[product].current
+        if candle_key in self.subscribers and current is not None:
+            event = {"type": "update", "candles": [self._candle(product, current)]}
+            self.fan_out(candle_key, self._frame("candles", [event], ts_ns, "kline", product))
+
+    def _ticker(self, market: SymbolMarket, kind: str) -> dict[str, Any] | None:
+        product = market.spec.symbol
+        day = self.feed.stats[product].ticker()
+        if day is None:
+            return None
+        price, size = self.price[product], self.size[product]
+        (bid, bid_qty), (ask, ask_qty) = market.bids.top(1)[0], market.asks.top(1)[0]
+        ticker = {
+            "type": "ticker",
+            "product_id": product,
+            "price": price(day.last),
+            "volume_24_h": size(day.volume_lots),
+            "low_24_h": price(day.low),
+            "high_24_h": price(day.high),
+            "low_52_w": price(day.low),
+            "high_52_w": price(day.high),
+            "price_percent_chg_24_h": f"{100 * (day.last - day.open) / day.open:.14f}",
+            "best_bid": price(bid),
+            "best_ask": price(ask),
+            "best_bid_quantity": size(bid_qty),
+            "best_ask_quantity": size(ask_qty),
+        }
+        return {"type": kind, "tickers": [ticker]}
+
+    def _candle(self, product: str, kline: Kline) -> dict[str, str]:
+        price = self.price[product]
+        return {
+            "start": str(kline.open_ns // 1_000_000_000),
+            "high": price(kline.high),
+            "low": price(kline.low),
+            "open": price(kline.open),
+            "close": price(kline.close),
+            "volume": self.size[product](kline.volume_lots),
+            "product_id": product,
+        }
 
 
 def _rest(dialect: CoinbaseDialect) -> list[tuple[str, Any]]:

@@ -1,6 +1,9 @@
 """Gate.io v4 spot: ``{"time","channel","event","payload"}`` requests at /ws/v4/, one ack per
 request, ``spot.ping`` -> ``spot.pong``, ``spot.trades`` (one trade per frame) and
-``spot.order_book_update`` with contiguous ``U``/``u`` bridged by the REST order_book ``id``.
+``spot.order_book_update`` with contiguous ``U``/``u`` bridged by the REST order_book ``id``,
+``spot.tickers`` (after every step with trades, sent after its trades) and 1m ``spot.candlesticks``
+(``v`` the quote volume, ``a`` the base amount; pushed after every step with trades, and once more
+with ``w: true`` when the window has ended before a trade opened the next one).
 
 Clients that send nothing (no ping) for ``client_idle_timeout_s`` are dropped: the simulator's
 way of making the connector's application ping matter.
@@ -14,11 +17,26 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from simulator.base import Dialect, Feed, Frame, Session, SimConfig, SubKey, Venue, dumps, trimmed_texts
+from simulator.base import (
+    Dialect,
+    Feed,
+    Frame,
+    Session,
+    SimConfig,
+    SubKey,
+    Venue,
+    dumps,
+    trimmed_texts,
+)
+from simulator.kline_frames import StatsTexts
+from simulator.klines import Kline
 from simulator.market import Step, SymbolMarket, Trade
 
 BOOK = "spot.order_book_update"
 TRADES = "spot.trades"
+TICKERS = "spot.tickers"
+CANDLES = "spot.candlesticks"
+CANDLE_INTERVAL = "1m"  # the simulator's klines are 1 minute (simulator/klines.py)
 INTERVALS = frozenset({"100ms", "1000ms"})
 MAX_BOOK_LIMIT = 100
 Levels = list[tuple[int, int]]
@@ -35,6 +53,7 @@ class GateioDialect(Dialect):
         self.native = {s.replace("-", "_"): s for s in feed.markets}
         self.wire = {s: s.replace("-", "_") for s in feed.markets}
         self.price, self.size = trimmed_texts(feed)
+        self.quote = StatsTexts(feed).quote  # quote volumes (tick x lot units) as decimal text
 
     # -- requests -------------------------------------------------------------------------
 
@@ -49,7 +68,7 @@ class GateioDialect(Dialect):
         if channel == "spot.ping":
             session.send(_reply("spot.pong", "", result=None))
             return
-        if event not in ("subscribe", "unsubscribe") or channel not in (BOOK, TRADES):
+        if event not in ("subscribe", "unsubscribe") or channel not in (BOOK, TRADES, TICKERS, CANDLES):
             session.send(_reply(channel, event, error={"code": 2, "message": "unknown channel or event"}))
             return
         keys = self._keys(channel, request.get("payload"))
@@ -69,6 +88,10 @@ class GateioDialect(Dialect):
             if len(payload) != 2 or payload[1] not in INTERVALS:
                 return f"invalid payload {payload!r}: expected [currency_pair, interval]"
             pairs = payload[:1]
+        elif channel == CANDLES:
+            if len(payload) != 2 or payload[0] != CANDLE_INTERVAL:
+                return f"invalid payload {payload!r}: expected [{CANDLE_INTERVAL!r}, currency_pair]"
+            pairs = payload[1:]
         else:
             pairs = payload
         unknown = [p for p in pairs if p not in self.native]
@@ -79,6 +102,14 @@ class GateioDialect(Dialect):
     def on_timer(self, session: Session, now: float) -> None:
         if now - session.last_client_ping > self.client_idle_timeout_s:
             session.abort(1000, "no ping from the client")
+            return
+        now_ns = time.time_ns()
+        for key in [k for k in session.subs if k[0] == CANDLES]:
+            ended = self.feed.stats[key[1]].close_due(now_ns)
+            marker = f"final:{key[1]}"
+            if ended is not None and session.extra.get(marker) != ended.open_ns:
+                session.extra[marker] = ended.open_ns  # one final frame per window
+                session.offer(Frame(self._candle(key[1], ended, now_ns, final=True), "kline", key[1]))
 
     # -- market data ------------------------------------------------------------------------
 
@@ -91,6 +122,50 @@ class GateioDialect(Dialect):
         if step.trades and trade_key in self.subscribers:
             for trade in step.trades:
                 self.fan_out(trade_key, Frame(self._trade(symbol, trade, ts_ns), "trade", symbol))
+        if step.trades:  # after the trades: a client has every trade a candle counts
+            self._publish_stats(market, ts_ns)
+
+    def _publish_stats(self, market: SymbolMarket, ts_ns: int) -> None:
+        symbol = market.spec.symbol
+        if (TICKERS, symbol, 0) in self.subscribers:
+            self.fan_out((TICKERS, symbol, 0), Frame(self._ticker(market, ts_ns), "ticker", symbol))
+        current = self.feed.stats[symbol].current
+        if (CANDLES, symbol, 0) in self.subscribers and current is not None:
+            self.fan_out((CANDLES, symbol, 0), Frame(self._candle(symbol, current, ts_ns), "kline", symbol))
+
+    def _ticker(self, market: SymbolMarket, ts_ns: int) -> str:
+        symbol = market.spec.symbol
+        price = self.price[symbol]
+        day = self.feed.stats[symbol].ticker()
+        assert day is not None, "published after a trade"
+        result = {
+            "currency_pair": self.wire[symbol],
+            "last": price(day.last),
+            "lowest_ask": price(market.asks.top(1)[0][0]),
+            "highest_bid": price(market.bids.top(1)[0][0]),
+            "change_percentage": f"{(day.last - day.open) * 100 / day.open:.4f}",
+            "base_volume": self.size[symbol](day.volume_lots),
+            "quote_volume": self.quote[symbol](day.quote_units),
+            "high_24h": price(day.high),
+            "low_24h": price(day.low),
+        }
+        return _push(TICKERS, result, ts_ns)
+
+    def _candle(self, symbol: str, kline: Kline, ts_ns: int, final: bool = False) -> str:
+        price = self.price[symbol]
+        result: dict[str, Any] = {
+            "t": str(kline.open_ns // 1_000_000_000),
+            "v": self.quote[symbol](kline.quote_units),
+            "c": price(kline.close),
+            "h": price(kline.high),
+            "l": price(kline.low),
+            "o": price(kline.open),
+            "n": f"{CANDLE_INTERVAL}_{self.wire[symbol]}",
+            "a": self.size[symbol](kline.volume_lots),
+        }
+        if final:
+            result["w"] = True
+        return _push(CANDLES, result, ts_ns)
 
     def _levels(self, symbol: str, levels: Levels) -> list[list[str]]:
         price, size = self.price[symbol], self.size[symbol]

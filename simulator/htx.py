@@ -5,8 +5,11 @@ answered with the MBP snapshot ``{"id","rep","status","data":{"seqNum","bids","a
 server ``{"ping":ms}`` every ``heartbeat_interval_s`` that the client answers with ``{"pong":ms}``
 (after ``MISSED_PINGS`` unanswered pings the connection is closed); ``market.<sym>.mbp.<n>``
 incremental updates chained by ``prevSeqNum``/``seqNum`` (levels leaving the top ``n`` are sent
-with size 0), ``market.<sym>.depth.step0`` full top-150 books and ``market.<sym>.trade.detail``.
-Prices and sizes are JSON numbers. Served on ``/ws`` and on ``/feed`` (where HTX serves MBP).
+with size 0), ``market.<sym>.depth.step0`` full top-150 books, ``market.<sym>.trade.detail``, and
+after every step with trades (sent after its trades) ``market.<sym>.ticker`` (24 h stats, best
+bid/ask and last trade), ``market.<sym>.detail`` (24 h stats) and ``market.<sym>.kline.1min`` (with
+the window's trade ``count``; no final flag). Prices and sizes are JSON numbers. Served on ``/ws``
+and on ``/feed`` (where HTX serves MBP).
 """
 
 from __future__ import annotations
@@ -19,13 +22,28 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from simulator.base import Dialect, Feed, Frame, Session, SimConfig, SubKey, Venue, dumps, trimmed_texts
+from simulator.base import (
+    Dialect,
+    Feed,
+    Frame,
+    Session,
+    SimConfig,
+    SubKey,
+    Venue,
+    dumps,
+    trimmed_texts,
+)
+from simulator.kline_frames import StatsTexts
 from simulator.market import Step, SymbolMarket
 
 MBP_LEVELS = (5, 20, 150, 400)
 STEP0_LEVELS = 150
 MISSED_PINGS = 2
-_TOPIC = re.compile(r"^market\.([a-z0-9]+)\.(mbp\.(\d+)|depth\.step0|trade\.detail)$")
+_TOPIC = re.compile(
+    r"^market\.([a-z0-9]+)\.(mbp\.(\d+)|depth\.step0|trade\.detail|ticker|detail|kline\.1min)$"
+)
+STATS_TOPICS = ("ticker", "detail", "kline.1min")
+"""published from the simulator's own klines and 24 h window (simulator/klines.py: 1 minute)"""
 Levels = list[tuple[int, int]]
 
 
@@ -51,6 +69,7 @@ class HtxDialect(Dialect):
         self.price, self.size = trimmed_texts(feed)
         self.seq_nums: dict[tuple[str, int], int] = {}  # (symbol, levels) -> last seqNum sent
         self.trade_ids = {s: 100_000_000_000 + i * 1_000_000_000 for i, s in enumerate(feed.markets)}
+        self.quote = StatsTexts(feed).quote  # quote volumes (tick x lot units) as decimal text
 
     def encode(self, text: str) -> bytes:
         return gzip_text(text)
@@ -157,6 +176,51 @@ class HtxDialect(Dialect):
         trades: SubKey = ("trade.detail", symbol, 0)
         if step.trades and trades in self.subscribers:
             self.fan_out(trades, self._trades(market, step, trades, ms))
+        for topic in STATS_TOPICS if step.trades else ():  # after the trades: a candle counts no unseen trade
+            key = (topic, symbol, 0)
+            if key in self.subscribers:
+                self.fan_out(key, Frame(self._stats_push(market, key, ms), "kline", symbol))
+
+    def _stats_push(self, market: SymbolMarket, key: SubKey, ms: int) -> str:
+        symbol = key[1]
+        if key[0] == "kline.1min":
+            tick = self._kline_tick(symbol)
+        elif key[0] == "ticker":
+            tick = self._day_tick(symbol) + self._book_tick(market)
+        else:  # detail
+            tick = f'"id":{market.seq},{self._day_tick(symbol)},"version":{market.seq}'
+        return f'{{"ch":"{self._topic(symbol, key)}","ts":{ms},"tick":{{{tick}}}}}'
+
+    def _numbers(
+        self, symbol: str, prices: dict[str, int], sizes: dict[str, int], quotes: dict[str, int]
+    ) -> str:
+        texts = [(name, self.price[symbol](units)) for name, units in prices.items()]
+        texts += [(name, self.size[symbol](units)) for name, units in sizes.items()]
+        texts += [(name, self.quote[symbol](units)) for name, units in quotes.items()]
+        return ",".join(f'"{name}":{_number(text)}' for name, text in texts)
+
+    def _kline_tick(self, symbol: str) -> str:
+        kline = self.feed.stats[symbol].current
+        assert kline is not None, "published after a trade"
+        prices = {"open": kline.open, "close": kline.close, "low": kline.low, "high": kline.high}
+        numbers = self._numbers(symbol, prices, {"amount": kline.volume_lots}, {"vol": kline.quote_units})
+        return f'"id":{kline.open_ns // 1_000_000_000},{numbers},"count":{kline.trades}'
+
+    def _day_tick(self, symbol: str) -> str:
+        day = self.feed.stats[symbol].ticker()
+        assert day is not None, "published after a trade"
+        prices = {"open": day.open, "high": day.high, "low": day.low, "close": day.last}
+        numbers = self._numbers(symbol, prices, {"amount": day.volume_lots}, {"vol": day.quote_units})
+        return f'{numbers},"count":{day.trades}'
+
+    def _book_tick(self, market: SymbolMarket) -> str:
+        symbol = market.spec.symbol
+        day = self.feed.stats[symbol].ticker()
+        assert day is not None, "published after a trade"
+        (bid, bid_qty), (ask, ask_qty) = market.bids.top(1)[0], market.asks.top(1)[0]
+        prices = {"bid": bid, "ask": ask, "lastPrice": day.last}
+        sizes = {"bidSize": bid_qty, "askSize": ask_qty, "lastSize": day.last_qty}
+        return "," + self._numbers(symbol, prices, sizes, {})
 
     def _publish_mbp(self, symbol: str, key: SubKey, step: Step, ms: int) -> None:
         view = step.views.get(key[2])

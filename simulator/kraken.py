@@ -2,6 +2,12 @@
 symbol) and the legacy WS v1 at the bare path (array frames, ``as``/``bs`` snapshots, ``c``
 checksums on updates). Both share one set of books. Prices use the pair precision (BTC/USD 1
 decimal, ETH/USD 2), quantities 8 decimals; checksums are computed from the exact wire text.
+
+Tickers and 1-minute OHLC from the simulator's own klines (v2 ``ticker`` and ``ohlc`` with
+``interval`` 1, v1 ``ticker`` and ``ohlc-1``): the current ticker and (v2) the recent candles
+as a snapshot on subscribe, v1 the "last valid candle"; then the ticker and the open candle
+after each step with trades. There is no final flag, as on Kraken: a candle is final once one
+with a later window arrives.
 """
 
 from __future__ import annotations
@@ -14,9 +20,14 @@ import orjson
 from aiohttp import web
 
 from simulator.base import Decimals, Dialect, Feed, Frame, Session, SimConfig, SubKey, Venue, dumps, iso_us
+from simulator.kline_frames import StatsTexts
+from simulator.klines import Kline, Ticker24h
 from simulator.market import Step, SymbolMarket, Trade, ViewDiff
 
 DEPTHS = (10, 25, 100, 500, 1000)
+CHANNELS = ("book", "trade", "ticker", "ohlc")
+OHLC_INTERVAL = 1  # minutes: the simulator's klines
+OHLC_SNAPSHOT = 30
 _LEGACY_ASSETS = {
     "BTC": "XXBT",
     "ETH": "XETH",
@@ -65,6 +76,7 @@ class KrakenBase(Dialect):
         }
         self.qty = {s: Decimals(sp.qty_decimals, 8) for s, sp in specs.items()}
         self.last_checksum: dict[str, int] = {}
+        self.stats_texts = StatsTexts(feed)
 
     def texts(self, symbol: str, levels: Levels) -> list[tuple[str, str]]:
         price, qty = self.price[symbol], self.qty[symbol]
@@ -95,6 +107,43 @@ class KrakenBase(Dialect):
         trade_key = ("trade", symbol, 0)
         if step.trades and trade_key in self.subscribers:
             self.fan_out(trade_key, Frame(self.trade_text(symbol, step.trades, ts_ns), "trade", symbol))
+        if step.trades:  # after the trades: a client has every trade the figures count
+            self._publish_stats(market, ts_ns)
+
+    def _publish_stats(self, market: SymbolMarket, ts_ns: int) -> None:
+        symbol = market.spec.symbol
+        stats = self.feed.stats[symbol]
+        ticker_key: SubKey = ("ticker", symbol, 0)
+        day = stats.ticker()
+        if ticker_key in self.subscribers and day is not None:
+            self.fan_out(ticker_key, Frame(self.ticker_text(market, day, "update"), "ticker", symbol))
+        ohlc_key: SubKey = ("ohlc", symbol, 0)
+        if ohlc_key in self.subscribers and stats.current is not None:
+            text = self.ohlc_text(symbol, [stats.current], "update", ts_ns)
+            self.fan_out(ohlc_key, Frame(text, "kline", symbol))
+
+    def send_stats_snapshot(self, session: Session, channel: str, symbol: str) -> None:
+        """On subscribe: the current ticker; the recent candles (v2) or the last one (v1)."""
+        stats = self.feed.stats[symbol]
+        day = stats.ticker()
+        if channel == "ticker" and day is not None:
+            text = self.ticker_text(self.feed.markets[symbol], day, "snapshot")
+            session.offer(Frame(text, "ticker", symbol))
+        elif channel == "ohlc" and stats.current is not None:
+            klines = [*stats.closed, stats.current][-self.ohlc_snapshot :]
+            session.offer(Frame(self.ohlc_text(symbol, klines, "snapshot", time.time_ns()), "kline", symbol))
+
+    ohlc_snapshot: ClassVar[int] = OHLC_SNAPSHOT
+
+    def ticker_text(self, market: SymbolMarket, day: Ticker24h, kind: str) -> str:
+        raise NotImplementedError
+
+    def ohlc_text(self, symbol: str, klines: list[Kline], kind: str, ts_ns: int) -> str:
+        raise NotImplementedError
+
+    def vwap(self, symbol: str, quote_units: int, lots: int) -> str:
+        spec = self.feed.markets[symbol].spec
+        return f"{quote_units / lots / 10**spec.price_decimals:.{spec.price_decimals + 3}f}"
 
     def resend_snapshots(self, session: Session, symbol: str | None) -> None:
         ts_ns = time.time_ns()
@@ -176,12 +225,14 @@ class KrakenV2(KrakenBase):
     ) -> None:
         channel = params.get("channel")
         depth = int(params.get("depth", 10)) if channel == "book" else 0
-        snapshot = bool(params.get("snapshot", channel == "book"))
+        snapshot = bool(params.get("snapshot", channel != "trade"))
         for wire in params.get("symbol") or []:
             symbol = self.native.get(wire)
             error = None
-            if channel not in ("book", "trade"):
+            if channel not in CHANNELS:
                 error = f"Channel {channel} not found"
+            elif channel == "ohlc" and params.get("interval") != OHLC_INTERVAL:
+                error = "Invalid interval"
             elif symbol is None:
                 error = f"Currency pair not supported {wire}"
             elif channel == "book" and depth not in DEPTHS:
@@ -209,6 +260,8 @@ class KrakenV2(KrakenBase):
             result: dict[str, Any] = {"channel": channel}
             if channel == "book":
                 result["depth"] = depth
+            elif channel == "ohlc":
+                result["interval"] = OHLC_INTERVAL
             if method == "subscribe":
                 result["snapshot"] = snapshot
             result["symbol"] = wire
@@ -230,6 +283,8 @@ class KrakenV2(KrakenBase):
         ts_ns = time.time_ns()
         if channel == "book":
             session.offer(self.snapshot_frame(market, (channel, symbol, depth), ts_ns))
+        elif channel in ("ticker", "ohlc"):
+            self.send_stats_snapshot(session, channel, symbol)
         elif market.recent_trades:
             text = self.trade_text(symbol, market.recent_trades[-50:], ts_ns, "snapshot")
             session.offer(Frame(text, "snapshot", symbol))
@@ -268,6 +323,33 @@ class KrakenV2(KrakenBase):
             for t in trades
         )
         return f'{{"channel":"trade","type":"{kind}","data":[{entries}]}}'
+
+    def ticker_text(self, market: SymbolMarket, day: Ticker24h, kind: str) -> str:
+        symbol = market.spec.symbol
+        price, qty = self.price[symbol], self.qty[symbol]
+        (bid, bid_qty), (ask, ask_qty) = market.bids.top(1)[0], market.asks.top(1)[0]
+        change = day.last - day.open
+        change_text = ("-" if change < 0 else "") + price(abs(change))
+        entry = (
+            f'{{"symbol":"{self.wire[symbol]}","bid":{price(bid)},"bid_qty":{qty(bid_qty)},'
+            f'"ask":{price(ask)},"ask_qty":{qty(ask_qty)},"last":{price(day.last)},'
+            f'"volume":{qty(day.volume_lots)},"vwap":{self.vwap(symbol, day.quote_units, day.volume_lots)},'
+            f'"low":{price(day.low)},"high":{price(day.high)},"change":{change_text},'
+            f'"change_pct":{round(100 * change / day.open, 2)}}}'
+        )
+        return f'{{"channel":"ticker","type":"{kind}","data":[{entry}]}}'
+
+    def ohlc_text(self, symbol: str, klines: list[Kline], kind: str, ts_ns: int) -> str:
+        price, qty = self.price[symbol], self.qty[symbol]
+        entries = ",".join(
+            f'{{"symbol":"{self.wire[symbol]}","open":{price(k.open)},"high":{price(k.high)},'
+            f'"low":{price(k.low)},"close":{price(k.close)},"trades":{k.trades},'
+            f'"volume":{qty(k.volume_lots)},"vwap":{self.vwap(symbol, k.quote_units, k.volume_lots)},'
+            f'"interval_begin":"{_iso_ns(k.open_ns)}","interval":{OHLC_INTERVAL},'
+            f'"timestamp":"{iso_us(k.close_ns)}"}}'
+            for k in klines
+        )
+        return f'{{"channel":"ohlc","type":"{kind}","timestamp":"{_iso_ns(ts_ns)}","data":[{entries}]}}'
 
 
 class KrakenV1(KrakenBase):
@@ -321,12 +403,16 @@ class KrakenV1(KrakenBase):
         subscription = request.get("subscription") or {}
         name = subscription.get("name")
         depth = int(subscription.get("depth", 10)) if name == "book" else 0
-        echo = {"depth": depth, "name": name} if name == "book" else {"name": name}
+        echo: dict[str, Any] = {"depth": depth, "name": name} if name == "book" else {"name": name}
+        if name == "ohlc":
+            echo = {"interval": subscription.get("interval", 1), "name": name}
         for wire in request.get("pair") or []:
             symbol = self.native.get(wire)
             error = None
-            if name not in ("book", "trade"):
+            if name not in CHANNELS:
                 error = "Subscription name invalid"
+            elif name == "ohlc" and echo["interval"] != OHLC_INTERVAL:
+                error = "Subscription ohlc interval not supported"
             elif symbol is None:
                 error = "Currency pair not supported"
             elif name == "book" and depth not in DEPTHS:
@@ -361,9 +447,15 @@ class KrakenV1(KrakenBase):
             )
             if event == "subscribe" and name == "book":
                 session.offer(self.snapshot_frame(self.feed.markets[symbol], key, time.time_ns()))
+            elif event == "subscribe" and name in ("ticker", "ohlc"):
+                self.send_stats_snapshot(session, name, symbol)
+
+    ohlc_snapshot = 1  # v1 sends the last valid candle on subscribe
 
     @staticmethod
     def _channel_name(key: SubKey) -> str:
+        if key[0] == "ohlc":
+            return f"ohlc-{OHLC_INTERVAL}"
         return f"book-{key[2]}" if key[0] == "book" else key[0]
 
     def _entries(self, symbol: str, levels: Levels, stamp: str) -> list[list[str]]:
@@ -409,6 +501,42 @@ class KrakenV1(KrakenBase):
         ]
         return self._wrap(("trade", symbol, 0), rows)
 
+    def ticker_text(self, market: SymbolMarket, day: Ticker24h, kind: str) -> str:
+        """``{a,b,c,v,p,t,l,h,o}``, each [today, last 24 h] (the same here: the run is shorter)."""
+        symbol = market.spec.symbol
+        price, qty = self.price[symbol], self.qty[symbol]
+        (bid, bid_qty), (ask, ask_qty) = market.bids.top(1)[0], market.asks.top(1)[0]
+        lot = 10**market.spec.qty_decimals
+        vwap = self.vwap(symbol, day.quote_units, day.volume_lots)
+        body = {
+            "a": [price(ask), ask_qty // lot, qty(ask_qty)],
+            "b": [price(bid), bid_qty // lot, qty(bid_qty)],
+            "c": [price(day.last), qty(day.last_qty)],
+            "v": [qty(day.volume_lots)] * 2,
+            "p": [vwap, vwap],
+            "t": [day.trades, day.trades],
+            "l": [price(day.low)] * 2,
+            "h": [price(day.high)] * 2,
+            "o": [price(day.open)] * 2,
+        }
+        return self._wrap(("ticker", symbol, 0), body)
+
+    def ohlc_text(self, symbol: str, klines: list[Kline], kind: str, ts_ns: int) -> str:
+        k = klines[-1]
+        price, qty = self.price[symbol], self.qty[symbol]
+        row = [
+            _v1_time(k.last_trade_ns),
+            _v1_time(k.close_ns),
+            price(k.open),
+            price(k.high),
+            price(k.low),
+            price(k.close),
+            self.vwap(symbol, k.quote_units, k.volume_lots),
+            qty(k.volume_lots),
+            k.trades,
+        ]
+        return self._wrap(("ohlc", symbol, 0), row)
+
 
 def _opt(name: str, value: Any) -> dict[str, Any]:
     return {} if value is None else {name: value}
@@ -416,6 +544,11 @@ def _opt(name: str, value: Any) -> dict[str, Any]:
 
 def _ord_type(trade: Trade) -> str:
     return "limit" if trade.trade_id % 4 == 0 else "market"
+
+
+def _iso_ns(ns: int) -> str:
+    """RFC 3339 with nine fractional digits, as Kraken v2 sends ``interval_begin``."""
+    return iso_us(ns)[:-1] + f"{ns % 1000:03d}Z"
 
 
 def _v1_time(ts_ns: int) -> str:

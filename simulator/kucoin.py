@@ -3,7 +3,11 @@ endpoint on this simulator, ``welcome`` on connect (token checked), subscribe/un
 by id, JSON ``ping`` -> ``pong`` (clients silent for pingInterval + pingTimeout are dropped),
 ``/market/level2`` updates numbered by ``sequenceStart``/``sequenceEnd`` (every change carries
 its own sequence; trades add a ``["0","0",seq]`` entry that only advances it) bridged by the REST
-``level2_100`` snapshot's ``sequence``, and ``/market/match`` trades (``trade.l3match``)."""
+``level2_100`` snapshot's ``sequence``, ``/market/match`` trades (``trade.l3match``), and after
+every step with trades (sent after its trades): ``/market/ticker`` (``trade.ticker``: last trade
+and best bid/ask), ``/market/snapshot`` (``trade.snapshot``: 24 h stats as JSON numbers) and
+``/market/candles:<symbol>_1min`` (``[start s, open, close, high, low, volume, turnover]``;
+``trade.candles.add`` for a window's first push, ``trade.candles.update`` after that)."""
 
 from __future__ import annotations
 
@@ -28,13 +32,22 @@ from simulator.base import (
     dumps,
     trimmed_texts,
 )
+from simulator.kline_frames import StatsTexts
+from simulator.klines import Kline
 from simulator.market import Step, SymbolMarket, Trade
 
 WS_PATH = "/ws"
 OK = "200000"
 SNAPSHOT_DEPTH = 100
 MAX_TOPICS = 100  # per connection; every symbol of a topic counts
-CHANNELS = {"/market/level2": "level2", "/market/match": "match"}
+CHANNELS = {
+    "/market/level2": "level2",
+    "/market/match": "match",
+    "/market/ticker": "ticker",
+    "/market/snapshot": "snapshot",
+    "/market/candles": "candles",
+}
+CANDLE_TYPE = "1min"  # the simulator's klines are 1 minute (simulator/klines.py)
 TOPICS = {channel: topic for topic, channel in CHANNELS.items()}
 
 
@@ -52,6 +65,9 @@ class KucoinDialect(Dialect):
         self.extra: dict[str, int] = dict.fromkeys(feed.markets, 0)
         self.tokens: set[str] = set()
         self._token_numbers = itertools.count(1)
+        self.quote = StatsTexts(feed).quote  # quote volumes (tick x lot units) as decimal text
+        self.candle_sent: dict[str, int] = {}
+        """symbol -> open time (ns) of the candle last pushed: the next window's first push is an add"""
 
     # -- handshake ----------------------------------------------------------------------------
 
@@ -92,6 +108,10 @@ class KucoinDialect(Dialect):
         prefix, _, names = topic.partition(":") if isinstance(topic, str) else ("", "", "")
         channel = CHANNELS.get(prefix)
         symbols = names.split(",") if names else []
+        if channel == "candles":  # BTC-USDT_1min
+            symbols = [
+                name[: -len(CANDLE_TYPE) - 1] if name.endswith(f"_{CANDLE_TYPE}") else "" for name in symbols
+            ]
         if channel is None or not symbols or any(s not in self.feed.markets for s in symbols):
             session.send({"id": req_id, "type": "error", "code": 404, "data": f"topic {topic} is not found"})
             return
@@ -130,6 +150,82 @@ class KucoinDialect(Dialect):
         if step.trades and match_key in self.subscribers:
             for trade in step.trades:
                 self.fan_out(match_key, Frame(self._match(symbol, trade, ts_ns), "trade", symbol))
+        if step.trades:  # after the trades: a client has every trade a candle counts
+            self._publish_stats(market, ts_ns)
+
+    def _publish_stats(self, market: SymbolMarket, ts_ns: int) -> None:
+        symbol = market.spec.symbol
+        stats = self.feed.stats[symbol]
+        # the 24 h snapshot first (real KuCoin sends it every 2 s): a ticker after it joins current stats
+        if ("snapshot", symbol, 0) in self.subscribers:
+            self.fan_out(("snapshot", symbol, 0), Frame(self._snapshot(market, ts_ns), "ticker", symbol))
+        if ("ticker", symbol, 0) in self.subscribers:
+            self.fan_out(("ticker", symbol, 0), Frame(self._ticker(market, ts_ns), "ticker", symbol))
+        current = stats.current
+        if current is None:
+            return
+        subject = "update" if self.candle_sent.get(symbol) == current.open_ns else "add"
+        self.candle_sent[symbol] = current.open_ns
+        if ("candles", symbol, 0) in self.subscribers:
+            frame = Frame(self._candle(symbol, current, subject, ts_ns), "kline", symbol)
+            self.fan_out(("candles", symbol, 0), frame)
+
+    def _ticker(self, market: SymbolMarket, ts_ns: int) -> str:
+        symbol = market.spec.symbol
+        price, size = self.price[symbol], self.size[symbol]
+        last = market.recent_trades[-1]
+        (bid, bid_qty), (ask, ask_qty) = market.bids.top(1)[0], market.asks.top(1)[0]
+        data = {
+            "sequence": str(self.sequence(market)),
+            "price": price(last.price),
+            "size": size(last.qty),
+            "bestAsk": price(ask),
+            "bestAskSize": size(ask_qty),
+            "bestBid": price(bid),
+            "bestBidSize": size(bid_qty),
+            "time": ts_ns // 1_000_000,
+        }
+        return _message(f"/market/ticker:{symbol}", "trade.ticker", dumps(data))
+
+    def _snapshot(self, market: SymbolMarket, ts_ns: int) -> str:
+        """24 h stats as KuCoin renders them: JSON numbers (the raw decimal text)."""
+        symbol = market.spec.symbol
+        price, size = self.price[symbol], self.size[symbol]
+        day = self.feed.stats[symbol].ticker()
+        assert day is not None, "published after a trade"
+        (bid, _), (ask, _) = market.bids.top(1)[0], market.asks.top(1)[0]
+        numbers = {
+            "buy": price(bid),
+            "sell": price(ask),
+            "open": price(day.open),
+            "high": price(day.high),
+            "low": price(day.low),
+            "close": price(day.last),
+            "lastTradedPrice": price(day.last),
+            "vol": size(day.volume_lots),
+            "volValue": self.quote[symbol](day.quote_units),
+        }
+        fields = ",".join(f'"{name}":{value}' for name, value in numbers.items())
+        data = (
+            f'{{"sequence":"{self.sequence(market)}","data":{{"baseCurrency":"{market.spec.base}",{fields},'
+            f'"datetime":{ts_ns // 1_000_000},"quoteCurrency":"{market.spec.quote}","symbol":"{symbol}",'
+            f'"trading":true}}}}'
+        )
+        return _message(f"/market/snapshot:{symbol}", "trade.snapshot", data)
+
+    def _candle(self, symbol: str, kline: Kline, subject: str, ts_ns: int) -> str:
+        price = self.price[symbol]
+        row = [
+            str(kline.open_ns // 1_000_000_000),
+            price(kline.open),
+            price(kline.close),
+            price(kline.high),
+            price(kline.low),
+            self.size[symbol](kline.volume_lots),
+            self.quote[symbol](kline.quote_units),
+        ]
+        data = f'{{"symbol":"{symbol}","candles":{dumps(row)},"time":{ts_ns}}}'
+        return _message(f"/market/candles:{symbol}_{CANDLE_TYPE}", f"trade.candles.{subject}", data)
 
     def _l2update(self, market: SymbolMarket, step: Step, ts_ns: int) -> Frame:
         symbol = market.spec.symbol
@@ -174,6 +270,10 @@ class KucoinDialect(Dialect):
             "bids": [[price(p), size(q)] for p, q in market.bids.top(SNAPSHOT_DEPTH)],
             "asks": [[price(p), size(q)] for p, q in market.asks.top(SNAPSHOT_DEPTH)],
         }
+
+
+def _message(topic: str, subject: str, data: str) -> str:
+    return f'{{"type":"message","topic":"{topic}","subject":"{subject}","data":{data}}}'
 
 
 # -- REST -------------------------------------------------------------------------------------

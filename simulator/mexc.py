@@ -1,7 +1,10 @@
 """MEXC spot v3: SUBSCRIPTION/UNSUBSCRIPTION and PING as JSON text, replies ``{"id":0,"code":0,
 "msg":...}``; market data as binary protobuf ``PushDataV3ApiWrapper`` frames (aggregated depth
 with contiguous fromVersion/toVersion bridged by the REST depth snapshot's lastUpdateId, and
-aggregated deals); at most 30 subscriptions per connection; closed after 30 s without any."""
+aggregated deals), and after every step with trades (sent after its deals) the 1m kline
+(``spot@public.kline.v3.api.pb@<SYMBOL>@Min1``, no final flag) and the rolling 24 h miniTicker
+(``spot@public.miniTicker.v3.api.pb@<SYMBOL>@<timezone>``: last price, high, low, quote ``volume``
+and base ``quantity``); at most 30 subscriptions per connection; closed after 30 s without any."""
 
 from __future__ import annotations
 
@@ -13,12 +16,17 @@ import orjson
 from aiohttp import web
 
 from simulator.base import Decimals, Dialect, Feed, Frame, Session, SimConfig, SubKey, Venue, dumps
+from simulator.kline_frames import StatsTexts
 from simulator.market import Step, SymbolMarket
 from streams.parsers.mexc_pb import PushDataV3ApiWrapper
 
 DEPTH = "spot@public.aggre.depth.v3.api.pb"
 DEALS = "spot@public.aggre.deals.v3.api.pb"
 _CHANNEL = re.compile(r"^(spot@public\.aggre\.(?:depth|deals)\.v3\.api\.pb)@(100ms|10ms)@([A-Z0-9]+)$")
+KLINE = "spot@public.kline.v3.api.pb"
+MINI_TICKER = "spot@public.miniTicker.v3.api.pb"
+_STATS_CHANNEL = re.compile(r"^(spot@public\.(?:kline|miniTicker)\.v3\.api\.pb)@([A-Z0-9]+)@(\S+)$")
+KLINE_INTERVAL = "Min1"  # the simulator's klines are 1 minute (simulator/klines.py)
 MAX_SUBSCRIPTIONS = 30
 NO_SUBSCRIPTION_TIMEOUT_S = 30.0
 MAX_DEPTH_LIMIT = 5000
@@ -41,6 +49,7 @@ class MexcDialect(Dialect):
             s: Decimals(m.spec.price_decimals, m.spec.price_decimals) for s, m in feed.markets.items()
         }
         self.qty = {s: Decimals(m.spec.qty_decimals, 8) for s, m in feed.markets.items()}
+        self.quote = StatsTexts(feed).quote  # quote volumes (tick x lot units) as decimal text
 
     # -- requests -----------------------------------------------------------------------
 
@@ -77,6 +86,12 @@ class MexcDialect(Dialect):
         session.send(reply(",".join(params)))
 
     def _key(self, name: Any) -> SubKey | None:
+        stats = _STATS_CHANNEL.match(name) if isinstance(name, str) else None
+        if stats is not None:
+            prefix, wire, suffix = stats.groups()
+            if wire not in self.native or (prefix == KLINE and suffix != KLINE_INTERVAL):
+                return None
+            return (f"{prefix}@*@{suffix}", self.native[wire], 0)  # * stands for the symbol
         match = _CHANNEL.match(name) if isinstance(name, str) else None
         if match is None or match.group(3) not in self.native:
             return None
@@ -99,6 +114,43 @@ class MexcDialect(Dialect):
                 self.fan_out(key, Frame(self._depth(key, market, step, ms), "book", symbol))
             elif key[0].startswith(DEALS) and step.trades:
                 self.fan_out(key, Frame(self._deals(key, market, step, ms), "trade", symbol))
+        for key in keys if step.trades else ():  # after the deals: a kline counts no unseen trade
+            if key[0].startswith(KLINE):
+                self.fan_out(key, Frame(self._kline(key, ms), "kline", symbol))
+            elif key[0].startswith(MINI_TICKER):
+                self.fan_out(key, Frame(self._mini_ticker(key, ms), "ticker", symbol))
+
+    def _stats_wrapper(self, key: SubKey, ms: int) -> PushDataV3ApiWrapper:
+        wire = self.wire[key[1]]
+        return PushDataV3ApiWrapper(channel=key[0].replace("*", wire), symbol=wire, sendTime=ms)
+
+    def _kline(self, key: SubKey, ms: int) -> bytes:
+        kline = self.feed.stats[key[1]].current
+        assert kline is not None, "published after a trade"
+        price = self.price[key[1]]
+        push = self._stats_wrapper(key, ms)
+        body = push.publicSpotKline
+        body.interval = KLINE_INTERVAL
+        body.windowStart = kline.open_ns // 1_000_000_000
+        body.windowEnd = kline.close_ns // 1_000_000_000
+        body.openingPrice, body.closingPrice = price(kline.open), price(kline.close)
+        body.highestPrice, body.lowestPrice = price(kline.high), price(kline.low)
+        body.volume = self.qty[key[1]](kline.volume_lots)
+        body.amount = self.quote[key[1]](kline.quote_units)
+        return push.SerializeToString()
+
+    def _mini_ticker(self, key: SubKey, ms: int) -> bytes:
+        day = self.feed.stats[key[1]].ticker()
+        assert day is not None, "published after a trade"
+        price = self.price[key[1]]
+        push = self._stats_wrapper(key, ms)
+        body = push.publicMiniTicker
+        body.symbol = self.wire[key[1]]
+        body.price, body.high, body.low = price(day.last), price(day.high), price(day.low)
+        body.rate = f"{(day.last - day.open) / day.open:.4f}"
+        body.volume = self.quote[key[1]](day.quote_units)
+        body.quantity = self.qty[key[1]](day.volume_lots)
+        return push.SerializeToString()
 
     def _wrapper(self, key: SubKey, ms: int) -> PushDataV3ApiWrapper:
         wire = self.wire[key[1]]

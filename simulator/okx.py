@@ -1,7 +1,10 @@
 """OKX v5 public: op subscribe/unsubscribe with one ack per arg, text ``ping`` -> ``pong``,
 ``books`` (400 levels) snapshot with prevSeqId -1 then updates chained by seqId/prevSeqId, the
 25-level CRC32 checksum (or 0, as production sends since June 2026), periodic no-change
-keep-alive updates, and ``trades``."""
+keep-alive updates, ``trades`` and ``tickers`` (the current ticker on subscribe, then one after
+each step with trades); candles only on /ws/v5/business (``OkxBusinessDialect``): ``candle1m``
+from the simulator's own klines, the open candle on subscribe and after trades, and the final
+one once with confirm ``"1"`` when its window ends (9-field rows)."""
 
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from simulator.base import (
     interleaved_crc32,
     trimmed_texts,
 )
+from simulator.kline_frames import FinalCandles, StatsTexts
+from simulator.klines import Kline
 from simulator.market import Step, SymbolMarket
 
 BOOK_DEPTH = 400
@@ -35,12 +40,14 @@ class OkxDialect(Dialect):
     name = "okx"
     path = "/ws/v5/public"
     faults = frozenset({"gap", "checksum", "disconnect", "silent", "malformed", "snapshot"})
+    channels: tuple[str, ...] = ("books", "trades", "tickers")
 
     def __init__(self, feed: Feed) -> None:
         super().__init__(feed)
         self.price, self.size = trimmed_texts(feed)
         self.seq_ids: dict[str, int] = {}
         self.last_keepalive: dict[str, float] = {}
+        self.texts = StatsTexts(feed)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -83,7 +90,7 @@ class OkxDialect(Dialect):
     def _one(self, session: Session, op: str, arg: Any, req_id: Any) -> None:
         channel = arg.get("channel") if isinstance(arg, dict) else None
         inst = arg.get("instId") if isinstance(arg, dict) else None
-        if channel not in ("books", "trades") or inst not in self.feed.markets:
+        if channel not in self.channels or inst not in self.feed.markets:
             session.send(
                 {
                     **_id(req_id),
@@ -104,8 +111,17 @@ class OkxDialect(Dialect):
                 "connId": session.conn_id,
             }
         )
-        if op == "subscribe" and channel == "books":
+        if op == "subscribe":
+            self.on_subscribed(session, key)
+
+    def on_subscribed(self, session: Session, key: SubKey) -> None:
+        """What OKX pushes right after the ack: the book snapshot, the current ticker."""
+        if key[0] == "books":
             session.offer(self._snapshot(key[1], time.time_ns()))
+        elif key[0] == "tickers":
+            ticker = self._ticker(self.feed.markets[key[1]], time.time_ns())
+            if ticker is not None:
+                session.offer(Frame(ticker, "ticker", key[1]))
 
     def on_timer(self, session: Session, now: float) -> None:
         if not session.subs and now - session.opened_at > self.config.okx_idle_timeout_s:
@@ -188,6 +204,38 @@ class OkxDialect(Dialect):
             ]
             text = f'{{"arg":{{"channel":"trades","instId":"{symbol}"}},"data":{dumps(data)}}}'
             self.fan_out(trade_key, Frame(text, "trade", symbol))
+        ticker_key = ("tickers", symbol, 0)
+        if step.trades and ticker_key in self.subscribers:
+            ticker = self._ticker(market, ts_ns)
+            if ticker is not None:
+                self.fan_out(ticker_key, Frame(ticker, "ticker", symbol))
+
+    def _ticker(self, market: SymbolMarket, ts_ns: int) -> str | None:
+        symbol = market.spec.symbol
+        day = self.feed.stats[symbol].ticker()
+        if day is None:
+            return None
+        price, size = self.texts.price[symbol], self.texts.qty[symbol]
+        (bid, bid_qty), (ask, ask_qty) = market.bids.top(1)[0], market.asks.top(1)[0]
+        data = {
+            "instType": "SPOT",
+            "instId": symbol,
+            "last": price(day.last),
+            "lastSz": size(day.last_qty),
+            "askPx": price(ask),
+            "askSz": size(ask_qty),
+            "bidPx": price(bid),
+            "bidSz": size(bid_qty),
+            "open24h": price(day.open),
+            "high24h": price(day.high),
+            "low24h": price(day.low),
+            "volCcy24h": self.texts.quote[symbol](day.quote_units),
+            "vol24h": size(day.volume_lots),
+            "ts": str(ts_ns // 1_000_000),
+            "sodUtc0": price(day.open),
+            "sodUtc8": price(day.open),
+        }
+        return f'{{"arg":{{"channel":"tickers","instId":"{symbol}"}},"data":[{dumps(data)}]}}'
 
     def _publish_book(self, market: SymbolMarket, step: Step, key: SubKey, ts_ns: int) -> None:
         symbol = key[1]
@@ -206,6 +254,53 @@ class OkxDialect(Dialect):
             frame = self._book_frame(symbol, "update", [], [], seq, seq, market, ts_ns)
             frame.gap_ok = False  # dropping a no-change update is not observable
             self.fan_out(key, frame)
+
+
+class OkxBusinessDialect(OkxDialect):
+    """/ws/v5/business: the candle channels (only ``candle1m``: the simulator's klines)."""
+
+    name = "okx-business"
+    path = "/ws/v5/business"
+    faults = frozenset({"disconnect", "silent", "malformed"})
+    channels = ("candle1m",)
+
+    def __init__(self, feed: Feed) -> None:
+        super().__init__(feed)
+        self.finals = FinalCandles()
+
+    def on_subscribed(self, session: Session, key: SubKey) -> None:
+        current = self.feed.stats[key[1]].current
+        if current is not None:
+            session.offer(self._candle_frame(key[1], current, closed=False))
+
+    def publish(self, market: SymbolMarket, step: Step, ts_ns: int) -> None:
+        symbol = market.spec.symbol
+        stats = self.feed.stats[symbol]
+        final = self.finals.due(symbol, stats, ts_ns)
+        key = ("candle1m", symbol, 0)
+        if key not in self.subscribers:
+            return
+        if final is not None:
+            self.fan_out(key, self._candle_frame(symbol, final, closed=True))
+        if step.trades and stats.current is not None and stats.current is not final:
+            self.fan_out(key, self._candle_frame(symbol, stats.current, closed=False))
+
+    def _candle_frame(self, symbol: str, kline: Kline, closed: bool) -> Frame:
+        texts = self.texts
+        price, quote = texts.price[symbol], texts.quote[symbol](kline.quote_units)
+        row = [
+            str(kline.open_ns // 1_000_000),
+            price(kline.open),
+            price(kline.high),
+            price(kline.low),
+            price(kline.close),
+            texts.qty[symbol](kline.volume_lots),
+            quote,
+            quote,
+            "1" if closed else "0",
+        ]
+        text = f'{{"arg":{{"channel":"candle1m","instId":"{symbol}"}},"data":[{dumps(row)}]}}'
+        return Frame(text, "kline", symbol)
 
 
 def _orders(qty: int) -> int:
@@ -276,4 +371,5 @@ def _rest(dialect: OkxDialect) -> list[tuple[str, Any]]:
 def create(config: SimConfig) -> Venue:
     feed = Feed("okx", "spot", config.listed("okx"), config)
     dialect = OkxDialect(feed)
-    return Venue("okx", {"spot": feed}, [dialect], _rest(dialect))
+    business = OkxBusinessDialect(feed)
+    return Venue("okx", {"spot": feed}, [dialect, business], _rest(dialect))

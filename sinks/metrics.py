@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -30,6 +32,27 @@ REPLAYED_BATCHES = Counter(
     "(outcome exact: same records as recorded; changed: the range could not be read again as it was)",
     ["table", "outcome"],
 )
+
+
+CANDLE_CHECK_HORIZON_H = 24
+CANDLE_DISAGREEING = Gauge(
+    "marketpipe_candle_check_disagreeing_windows",
+    "Windows of the last 24 h where marketpipe's candle differs from the exchange's final candle "
+    "(view candle_check: missed or doubled trades)",
+    ["exchange", "interval"],
+)
+CANDLE_COMPARED = Gauge(
+    "marketpipe_candle_check_windows",
+    "Windows of the last 24 h compared with the exchange's final candle (view candle_check)",
+    ["exchange", "interval"],
+)
+
+
+def set_candle_check(counts: Sequence[Sequence[Any]]) -> None:
+    """One ``candle_check`` count (exchange, interval, disagreeing, compared) per row."""
+    for exchange, interval, disagreeing, compared in counts:
+        CANDLE_DISAGREEING.labels(exchange, interval).set(disagreeing)
+        CANDLE_COMPARED.labels(exchange, interval).set(compared)
 
 
 def record_librdkafka_stats(stats_json: str) -> None:

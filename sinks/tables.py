@@ -26,7 +26,7 @@ import fastavro
 import msgspec
 
 from marketpipe.codec import SINGLE_OBJECT_MAGIC, AvroCodec, AvroSchema, DecodeError
-from marketpipe.records import BBO, BookBuckets, Candle, Record, StatusEvent, Trade
+from marketpipe.records import BBO, BookBuckets, Candle, ExchangeCandle, Record, StatusEvent, Ticker, Trade
 
 Row = dict[str, Any]
 ColumnBuilder = Callable[[Sequence[Row]], list[Any]]
@@ -99,6 +99,8 @@ def sink_tables(codec: AvroCodec) -> dict[str, Table]:
         ("book_buckets", BookBuckets),
         ("bbo", BBO),
         ("status", StatusEvent),
+        ("ticker", Ticker),
+        ("exchange_candles", ExchangeCandle),
     ]
     return {name: Table.from_schema(name, rtype, codec.schema_for(rtype)) for name, rtype in specs}
 

@@ -96,6 +96,18 @@ class SinkConfig:
     consume_chunk: int = 10_000
     # A worker silent this long (killed) leaves the group and its partitions move on.
     session_timeout_s: float = 20.0
+    # How often the candle_check view is counted into the disagreeing-windows metric (0: never).
+    candle_check_s: float = 30.0
+
+
+CANDLE_CHECK_QUERY = f"""
+SELECT exchange, interval, countIf(disagrees), count()
+FROM candle_check
+WHERE open_time >= now64(6) - INTERVAL {metrics.CANDLE_CHECK_HORIZON_H} HOUR
+GROUP BY exchange, interval
+"""
+"""windows compared and disagreeing per exchange and interval, recent ones only (the view
+covers all history; the metric is about now)"""
 
 
 def group_id(topology: Topology) -> str:
@@ -110,6 +122,8 @@ def table_topics(topology: Topology) -> dict[str, str]:
         topology.book_buckets: "book_buckets",
         topology.bbo: "bbo",
         topology.status: "status",
+        topology.ticker: "ticker",
+        topology.exchange_candles: "exchange_candles",
     }
 
 
@@ -292,6 +306,7 @@ class SinkWorker:
         self._dlq_errors: list[str] = []
         self._committed: dict[PartitionKey, int] = {}  # what this worker knows is committed
         self._next_position_check = 0.0
+        self._next_candle_check = 0.0
         session_ms = int(self.config.session_timeout_s * 1000)
         self.consumer = Consumer(
             {
@@ -322,6 +337,7 @@ class SinkWorker:
                 self._consume()
                 if self._flush_due():
                     self.flush()
+                self._check_candles_when_due()
             self.flush()
         finally:
             self.consumer.close()
@@ -346,6 +362,19 @@ class SinkWorker:
                 self.link.reset()
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, self.config.backoff_max_s)
+
+    def _check_candles_when_due(self) -> None:
+        every = self.config.candle_check_s
+        now = time.monotonic()
+        if every <= 0 or now < self._next_candle_check or self.link.client is None:
+            return
+        self._next_candle_check = now + every
+        try:
+            counts = self.link.client.query(CANDLE_CHECK_QUERY).result_rows
+        except Exception as exc:  # the metric must never stop the sink
+            log.warning("candle_check metric not updated: %s", exc)
+            return
+        metrics.set_candle_check(counts)
 
     # -- consuming ----------------------------------------------------------------------
 

@@ -19,7 +19,10 @@ with a non-finite or non-positive price or size, a book level with a non-finite 
 non-positive price or a negative size (``streams/book.py`` flags it as it is applied), and any
 trade or book timestamp further than ``ClockWindow`` from the receive time are dead-lettered
 with the reason (a book is also unsynced: it held the bad level). So no such value reaches a
-book, trade, candle or watermark.
+book, trade, candle or watermark. The exchanges' own tickers and candles (``ticker``,
+``exchange_candle``) are checked the same way (and a candle's low/high must bound its
+open/close); a candle without the exchange's final flag becomes final when a later window of it
+arrives on the same connection.
 
 Trades are deduplicated by (symbol, exchange trade id) with a bounded memory per symbol
 (``TradeMemory``: the ids of the last ``trade_memory`` exchange timestamps): the same trade
@@ -297,6 +300,8 @@ class Connection:
         """exchange symbols this connection's metadata named without a usable name: (category, reason)"""
         self.last_ns = 0
         """receive time of its latest record"""
+        self.candles: dict[tuple[str, str], ExchangeCandle] = {}
+        """(exchange symbol, interval) -> the latest exchange candle without a final flag"""
 
 
 class TradeMemory:
@@ -693,6 +698,196 @@ class FeedProcessor:
         limit_s = (self._ahead_us if offset_s > 0 else self._behind_us) / US_PER_S
         return f"timestamp {ts} is {abs(offset_s):.0f} s {direction} the receive time (limit {limit_s:.0f} s)"
 
+    # ------------------------------------------------------- tickers and klines
+
+    def ticker(
+        self,
+        raw: RawRecord,
+        out: FeedOutput,
+        exchange_symbol: str,
+        ts: int | None,
+        *,
+        last_price: float | None = None,
+        last_size: float | None = None,
+        bid_price: float | None = None,
+        bid_size: float | None = None,
+        ask_price: float | None = None,
+        ask_size: float | None = None,
+        open_24h: float | None = None,
+        high_24h: float | None = None,
+        low_24h: float | None = None,
+        volume_24h: float | None = None,
+        quote_volume_24h: float | None = None,
+        trades_24h: int | None = None,
+    ) -> bool:
+        """Publish the exchange's ticker of one symbol; a field it does not send stays None.
+
+        ``ts`` None: the exchange sends no time, the receive time stands in. Dead-lettered
+        (False) when the symbol does not resolve, a price is not positive and finite, a size,
+        volume or count is negative or not finite, or ``ts`` is outside the clock window."""
+        symbol = self._symbol_or_reject(raw, out, exchange_symbol)
+        if symbol is None:
+            return False
+        recv_us = raw.recv_ns // 1000
+        prices = (last_price, bid_price, ask_price, open_24h, high_24h, low_24h)
+        amounts = (last_size, bid_size, ask_size, volume_24h, quote_volume_24h, trades_24h)
+        problem = _bad_values(prices, amounts) or self._out_of_window(ts, raw)
+        if problem:
+            what = f"{self.exchange} ticker of {exchange_symbol}: {problem[1]}"
+            self.reject(raw, what, out, problem[0])
+            return False
+        self.counters.tickers += 1
+        out.tickers.append(
+            Ticker(
+                exchange=self.exchange,
+                symbol=symbol,
+                exchange_symbol=exchange_symbol,
+                last_price=last_price,
+                last_size=last_size,
+                bid_price=bid_price,
+                bid_size=bid_size,
+                ask_price=ask_price,
+                ask_size=ask_size,
+                open_24h=open_24h,
+                high_24h=high_24h,
+                low_24h=low_24h,
+                volume_24h=volume_24h,
+                quote_volume_24h=quote_volume_24h,
+                trades_24h=trades_24h,
+                ts=recv_us if ts is None else ts,
+                recv_ts=recv_us,
+                conn=raw.conn,
+                seq=raw.seq,
+            )
+        )
+        return True
+
+    def exchange_candle(
+        self,
+        conn: Connection,
+        raw: RawRecord,
+        out: FeedOutput,
+        exchange_symbol: str,
+        interval: str,
+        open_time: int,
+        close_time: int,
+        open_: float,
+        high: float,
+        low: float,
+        close: float,
+        *,
+        volume: float | None = None,
+        quote_volume: float | None = None,
+        trades: int | None = None,
+        first_trade_id: str | None = None,
+        last_trade_id: str | None = None,
+        closed: bool | None = None,
+        ts: int | None = None,
+    ) -> bool:
+        """Publish one exchange-built candle (times in µs, ``close_time`` exclusive, ``interval``
+        in marketpipe spelling: ``interval_name``).
+
+        ``closed`` is the exchange's final flag; None where it has none: then the candle is
+        final once a later window of the same symbol and interval arrives on the connection,
+        and that later candle re-publishes this one's last state with ``closed=True`` (the
+        connection remembers one candle per symbol and interval; within one batch the open
+        version is replaced rather than published twice). A candle older than the
+        remembered one is final at once; a candle the exchange flags final ends the memory of
+        its window (the flag may be optional). ``ts`` None: the receive time stands in.
+        Dead-lettered (False) like tickers, and also when low/high do not bound open/close
+        or the window is empty."""
+        symbol = self._symbol_or_reject(raw, out, exchange_symbol)
+        if symbol is None:
+            return False
+        problem = (
+            _bad_values((open_, high, low, close), (volume, quote_volume, trades))
+            or _bad_candle(open_time, close_time, open_, high, low, close)
+            or self._out_of_window(ts, raw)
+            or self._out_of_window(open_time, raw, ahead_only=True)
+            or self._out_of_window(close_time, raw, behind_only=True)
+        )
+        if problem:
+            what = f"{self.exchange} {interval} candle of {exchange_symbol} at {open_time}: {problem[1]}"
+            self.reject(raw, what, out, problem[0])
+            return False
+        recv_us = raw.recv_ns // 1000
+        candle = ExchangeCandle(
+            exchange=self.exchange,
+            symbol=symbol,
+            exchange_symbol=exchange_symbol,
+            interval=interval,
+            open_time=open_time,
+            close_time=close_time,
+            open=open_,
+            high=high,
+            low=low,
+            close=close,
+            volume=volume,
+            quote_volume=quote_volume,
+            trades=trades,
+            first_trade_id=first_trade_id,
+            last_trade_id=last_trade_id,
+            closed=bool(closed),
+            ts=recv_us if ts is None else ts,
+            recv_ts=recv_us,
+            conn=raw.conn,
+            seq=raw.seq,
+        )
+        if closed is None:
+            candle = self._close_by_later_window(conn, candle, raw, out)
+        elif closed:
+            self._forget_closed(conn, candle)
+        out.exchange_candles.append(candle)
+        return True
+
+    def _close_by_later_window(
+        self, conn: Connection, candle: ExchangeCandle, raw: RawRecord, out: FeedOutput
+    ) -> ExchangeCandle:
+        """The later-window rule for exchanges without a final flag (see ``exchange_candle``)."""
+        memory = conn.__dict__.setdefault("candles", {})  # absent on connections from old checkpoints
+        key = (candle.exchange_symbol, candle.interval)
+        latest: ExchangeCandle | None = memory.get(key)
+        if latest is not None and candle.open_time < latest.open_time:
+            return msgspec.structs.replace(candle, closed=True)
+        if latest is not None and candle.open_time > latest.open_time:
+            final = msgspec.structs.replace(latest, closed=True, recv_ts=raw.recv_ns // 1000, seq=raw.seq)
+            published = out.exchange_candles
+            if published and published[-1] is latest:  # earlier in this batch (a snapshot's list)
+                published[-1] = final
+            else:
+                published.append(final)
+        memory[key] = candle
+        return candle
+
+    @staticmethod
+    def _forget_closed(conn: Connection, candle: ExchangeCandle) -> None:
+        """An exchange whose final flag is optional (Gate.io ``w``) finalised a window itself:
+        a remembered state of that window (or an older one) must not be re-published as final."""
+        memory: dict[tuple[str, str], ExchangeCandle] = conn.__dict__.get("candles") or {}
+        key = (candle.exchange_symbol, candle.interval)
+        latest = memory.get(key)
+        if latest is not None and latest.open_time <= candle.open_time:
+            del memory[key]
+
+    def _symbol_or_reject(self, raw: RawRecord, out: FeedOutput, exchange_symbol: str) -> str | None:
+        try:
+            return self.symbol_of(exchange_symbol, self._connections.get(raw.conn))
+        except ParseError as exc:
+            self.reject(raw, str(exc), out, exc.category)
+            return None
+
+    def _out_of_window(
+        self, ts: int | None, raw: RawRecord, *, ahead_only: bool = False, behind_only: bool = False
+    ) -> tuple[str, str] | None:
+        if ts is None:
+            return None
+        recv_us = raw.recv_ns // 1000
+        if (not behind_only and ts > recv_us + self._ahead_us) or (
+            not ahead_only and ts < recv_us - self._behind_us
+        ):
+            return "ts_out_of_range", self._clock_detail(ts, raw)
+        return None
+
     # --------------------------------------------------------------------- books
 
     def book_state(self, conn: Connection, exchange_symbol: str) -> BookState:
@@ -987,3 +1182,27 @@ class FeedProcessor:
                 crossed=health.crossed,
             )
         )
+
+
+def _bad_values(
+    prices: tuple[float | None, ...], amounts: tuple[float | int | None, ...]
+) -> tuple[str, str] | None:
+    """("invalid_value", detail) for a price that is not positive and finite or an amount
+    (size, volume, count) that is negative or not finite; None values are not sent, so fine."""
+    for price in prices:
+        if price is not None and not 0.0 < price < _INF:
+            return "invalid_value", f"price {price} is not a positive finite number"
+    for amount in amounts:
+        if amount is not None and not 0.0 <= amount < _INF:
+            return "invalid_value", f"size/volume/count {amount} is not a finite number >= 0"
+    return None
+
+
+def _bad_candle(
+    open_time: int, close_time: int, open_: float, high: float, low: float, close: float
+) -> tuple[str, str] | None:
+    if close_time <= open_time:
+        return "invalid_value", f"close time {close_time} is not after the open time"
+    if not (low <= open_ <= high and low <= close <= high):
+        return "invalid_value", f"low {low} / high {high} do not bound open {open_} and close {close}"
+    return None

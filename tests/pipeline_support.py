@@ -32,7 +32,15 @@ def sink_group(topology: Topology) -> str:
 
 
 def sink_topics(topology: Topology) -> list[str]:
-    return [topology.trades, topology.ohlcv, topology.book_buckets, topology.bbo, topology.status]
+    return [
+        topology.trades,
+        topology.ohlcv,
+        topology.book_buckets,
+        topology.bbo,
+        topology.status,
+        topology.ticker,
+        topology.exchange_candles,
+    ]
 
 
 def streams_topics(topology: Topology) -> list[str]:

@@ -12,6 +12,16 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from feed_rig import running_rig
+from kline_check import (
+    check_candles,
+    check_tickers,
+    replay,
+    start_trading,
+    wait_for_candles,
+    wait_for_symbols,
+)
 from producers_support import sim_settings, wait_until
 
 import simulator
@@ -104,3 +114,35 @@ async def test_gap_and_checksum_faults_unsync_once_and_resync_restores(tmp_path:
     # every te has its tu (skipped); the subscribe snapshots' trades are published once each
     assert counters.trades > 0 and processor.skipped_trades > 0
     assert len({(t.symbol, t.trade_id) for t in out.trades}) == len(out.trades) == counters.trades
+
+
+async def test_tickers_and_exchange_candles_equal_what_the_trades_add_up_to(tmp_path: Path) -> None:
+    """Trades start only once every channel is subscribed, so the simulated exchange counted no
+    trade the connector missed: each candle and ticker must match the trades received before it."""
+    async with running_rig("bitfinex", SYMBOLS, tmp_path, trade_rate=0.0) as rig:
+        await start_trading(rig.sim, "bitfinex", 4 * len(SYMBOLS), 20.0)
+        await wait_for_candles(tmp_path, "bitfinex", 30)
+    found = replay(tmp_path / "bitfinex.jsonl", "bitfinex")
+    assert found.errors == []
+    assert {c.symbol for c in found.candles} == set(SYMBOLS)
+    assert {t.symbol for t in found.tickers} == set(SYMBOLS)
+    assert check_tickers(found) == len(found.tickers)
+    assert len(found.trades) >= check_candles(found) > 20
+    del found.trades[len(found.trades) // 2]  # one trade missed: the check must see it
+    with pytest.raises(AssertionError):
+        check_candles(found)
+    sent = rig.sent()
+    assert sum(b'"channel":"ticker"' in frame for frame in sent) == len(SYMBOLS)
+    assert sum(b'"key":"trade:1m:t' in frame for frame in sent) == len(SYMBOLS)
+
+
+async def test_eight_symbols_take_two_connections_within_the_30_channel_limit(tmp_path: Path) -> None:
+    """Four channels a symbol: seven symbols fill a connection (28 of 30 channels; the simulator
+    refuses the 31st like Bitfinex), the eighth opens a second one."""
+    symbols = ["BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "DOGE-USD", "LTC-USD", "ADA-USD", "DOT-USD"]
+    async with running_rig(
+        "bitfinex", symbols, tmp_path, listings={"bitfinex": tuple(symbols)}, trade_rate=5.0
+    ) as rig:
+        found = await wait_for_symbols(tmp_path, "bitfinex", symbols)
+        assert sorted(len(shard.symbols) for shard in rig.connector.shards) == [1, 7]
+    assert found.errors == []

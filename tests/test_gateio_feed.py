@@ -10,11 +10,13 @@ crossed and ends where the processor's book ends.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from feed_rig import Rig, check_replay, published_between, running_rig
+from kline_check import check_candles, check_tickers, replay, start_trading, wait_for_candles
 from producers_support import wait_until
 from websockets.asyncio.client import connect
 
@@ -22,6 +24,7 @@ import simulator
 from marketpipe.raw import RawRecord
 from marketpipe.records import BookChange, StatusEvent
 from simulator.gateio import GateioDialect
+from simulator.market import Trade as SimTrade
 from streams.feed import FeedOutput
 from streams.parsers.gateio import GateioProcessor
 
@@ -134,3 +137,53 @@ async def test_simulator_protocol_ping_errors_and_idle_drop(monkeypatch: pytest.
             assert asyncio.get_running_loop().time() - started >= 0.3
     finally:
         await sim.stop()
+
+
+async def test_tickers_and_exchange_candles_equal_what_the_trades_add_up_to(tmp_path: Path) -> None:
+    """Trades start only once every channel is subscribed, so the simulated exchange counted no
+    trade the connector missed: each candle and ticker must match the trades received before it
+    (the candle's ``a`` is the base volume compared; its ``v`` the quote volume)."""
+    async with running_rig("gateio", SYMBOLS, tmp_path, trade_rate=0.0) as rig:
+        await start_trading(rig.sim, "gateio", 4 * len(SYMBOLS), 20.0)
+        await wait_for_candles(tmp_path, "gateio", 30)
+    found = replay(tmp_path / "gateio.jsonl", "gateio")
+    assert found.errors == []
+    assert {c.symbol for c in found.candles} == {t.symbol for t in found.tickers} == set(SYMBOLS)
+    assert len(found.trades) >= check_candles(found) > 20
+    assert check_tickers(found) == len(found.tickers)
+    for candle in found.candles:
+        assert candle.quote_volume is not None and candle.volume is not None
+        assert candle.quote_volume == pytest.approx(candle.volume * candle.close, rel=0.01)
+    sent = b"".join(rig.sent())
+    assert sent.count(b'"spot.candlesticks"') == len(SYMBOLS) and sent.count(b'"spot.tickers"') == 1
+
+
+async def test_simulator_sends_the_final_candle_with_w_once_its_window_has_ended() -> None:
+    """Gate.io's final flag: once a window has ended (and no trade opened the next one), the
+    simulator pushes that candle again with ``w: true``; the parser publishes it closed."""
+    sim = await simulator.start_simulator(seed=1, exchanges=("gateio",), trade_rate=0.0)
+    ws_base, _ = sim.urls()["gateio"]
+    stats = sim.venues["gateio"].feeds["spot"].stats["BTC-USDT"]
+    market = sim.venues["gateio"].feeds["spot"].markets["BTC-USDT"]
+    minute_ns = 60_000_000_000
+    window_ns = time.time_ns() // minute_ns * minute_ns - 2 * minute_ns  # a window long over
+    first, last = market.asks.top(1)[0][0], market.bids.top(1)[0][0]  # ticks of 0.1, lots of 1e-6
+    stats.add(SimTrade(1, first, 3, True, window_ns + 1_000_000_000))
+    stats.add(SimTrade(2, last, 2, False, window_ns + 2_000_000_000))
+    processor = GateioProcessor()
+    out = FeedOutput()
+    try:
+        async with connect(f"{ws_base}/ws/v4/") as ws:
+            await ws.send(
+                '{"time":1,"channel":"spot.candlesticks","event":"subscribe","payload":["1m","BTC_USDT"]}'
+            )
+            ack, final = await ws.recv(decode=False), await ws.recv(decode=False)
+    finally:
+        await sim.stop()
+    recv_ns = time.time_ns()
+    for seq, data in enumerate((ack, final)):
+        processor.process(RawRecord("gateio", "c", seq, "recv", recv_ns, data), out)
+    assert out.errors == [], out.errors
+    (candle,) = out.exchange_candles
+    assert candle.closed and candle.open_time == window_ns // 1000
+    assert (candle.open, candle.close, candle.volume) == (first / 10, last / 10, 5e-6)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from feed_rig import Rig, check_replay, published_between, running_rig
+from kline_check import check_candles, check_tickers, replay, start_trading, wait_for_candles
 from producers_support import sim_settings, wait_until
 
 import simulator
@@ -146,3 +147,23 @@ def test_on_frame_answers_gzip_pings_only() -> None:
     assert connector.on_frame(gzip.compress(b'{"ping":"x"}')) is None
     assert connector.on_frame(b"\x1f\x8b garbage") is None
     assert connector.on_frame(gzip.compress(b'{"ping":1}' + b" " * 200)) is None  # too long to be a ping
+
+
+async def test_tickers_and_exchange_candles_equal_what_the_trades_add_up_to(tmp_path: Path) -> None:
+    """Trades start only once every topic is subscribed, so the simulated exchange counted no trade
+    the connector missed: each kline (its trade ``count`` too) and ticker (24 h count included)
+    must match the trades received before it."""
+    async with running_rig("htx", SYMBOLS, tmp_path, trade_rate=0.0) as rig:
+        await start_trading(rig.sim, "htx", 4 * len(SYMBOLS), 20.0)
+        await wait_for_candles(tmp_path, "htx", 30)
+    found = replay(tmp_path / "htx.jsonl", "htx")
+    assert found.errors == []
+    assert {c.symbol for c in found.candles} == {t.symbol for t in found.tickers} == set(SYMBOLS)
+    assert all(c.trades for c in found.candles) and all(t.trades_24h and t.bid_price for t in found.tickers)
+    assert check_tickers(found) == len(found.tickers)
+    assert len(found.trades) >= check_candles(found) > 20
+    del found.trades[len(found.trades) // 2]  # one trade missed: the check must see it
+    with pytest.raises(AssertionError):
+        check_candles(found)
+    sent = b"".join(rig.sent())
+    assert sent.count(b".kline.1min") == sent.count(b".ticker") == len(SYMBOLS)

@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 import pytest
 from feed_rig import LivePublisher, Rig, running_rig
+from kline_check import check_candles, check_tickers, replay, start_trading, wait_for_candles
 from producers_support import wait_until
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -155,3 +156,22 @@ async def test_simulator_checks_the_token_and_drops_clients_that_stop_pinging() 
                     await asyncio.wait_for(ws.recv(), 5)
     finally:
         await sim.stop()
+
+
+async def test_tickers_and_exchange_candles_equal_what_the_trades_add_up_to(tmp_path: Path) -> None:
+    """Trades start only once every topic is subscribed, so the simulated exchange counted no trade
+    the connector missed: each candle and ticker must match the trades received before it. The
+    two ticker topics join: every ticker after the first snapshot has the book and the 24 h stats."""
+    async with running_rig("kucoin", SYMBOLS, tmp_path, trade_rate=0.0) as rig:
+        await start_trading(rig.sim, "kucoin", 5 * len(SYMBOLS), 20.0)
+        await wait_for_candles(tmp_path, "kucoin", 30)
+    found = replay(tmp_path / "kucoin.jsonl", "kucoin")
+    assert found.errors == []
+    assert {c.symbol for c in found.candles} == {t.symbol for t in found.tickers} == set(SYMBOLS)
+    assert len(found.trades) >= check_candles(found) > 20
+    assert check_tickers(found) == len(found.tickers)
+    joined = [t for t in found.tickers if t.open_24h is not None and t.bid_price is not None]
+    assert len(joined) > len(found.tickers) / 2
+    assert all(t.quote_volume_24h for t in joined)
+    sent = b"".join(rig.sent())
+    assert sent.count(b"/market/candles:") == len(SYMBOLS) and b"/market/snapshot:" in sent

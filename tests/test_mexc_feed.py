@@ -13,6 +13,14 @@ from pathlib import Path
 
 import pytest
 from feed_rig import Rig, running_rig
+from kline_check import (
+    check_candles,
+    check_tickers,
+    replay,
+    start_trading,
+    wait_for_candles,
+    wait_for_symbols,
+)
 from producers_support import wait_until
 
 from marketpipe.raw import read_capture
@@ -78,3 +86,41 @@ async def test_disconnect_unsyncs_and_the_new_connection_resyncs_by_itself(runni
     assert current is not None and current.id != first.id
     assert live.errors == [] and running.publisher.processor.counters.sequence_gaps == 0
     _assert_replay_is_clean(running.publisher.path)
+
+
+async def test_tickers_and_exchange_candles_equal_what_the_trades_add_up_to(tmp_path: Path) -> None:
+    """Trades start only once every channel is subscribed, so the simulated exchange counted no
+    trade the connector missed: each kline and miniTicker must match the deals received before it."""
+    symbols = [SYMBOL, "ETH-USDT"]
+    async with running_rig("mexc", symbols, tmp_path, trade_rate=0.0) as rig:
+        await start_trading(rig.sim, "mexc", 4 * len(symbols), 20.0)
+        await wait_for_candles(tmp_path, "mexc", 30)
+    found = replay(tmp_path / "mexc.jsonl", "mexc")
+    assert found.errors == []
+    assert {c.symbol for c in found.candles} == {t.symbol for t in found.tickers} == set(symbols)
+    assert all(c.quote_volume for c in found.candles) and all(t.quote_volume_24h for t in found.tickers)
+    assert len(found.trades) >= check_candles(found) > 20
+    assert check_tickers(found) == len(found.tickers)
+    (subscribe,) = [frame for frame in rig.sent() if b"SUBSCRIPTION" in frame]
+    assert b"@BTCUSDT@Min1" in subscribe and b"spot@public.miniTicker.v3.api.pb@ETHUSDT@24H" in subscribe
+
+
+async def test_eight_symbols_take_two_connections_within_the_30_subscription_limit(tmp_path: Path) -> None:
+    """Four subscriptions a symbol: seven symbols fill a connection (28 of 30; the simulator
+    refuses more, like MEXC), the eighth opens a second one."""
+    symbols = [
+        "BTC-USDT",
+        "ETH-USDT",
+        "SOL-USDT",
+        "XRP-USDT",
+        "DOGE-USDT",
+        "LTC-USDT",
+        "ADA-USDT",
+        "DOT-USDT",
+    ]
+    async with running_rig(
+        "mexc", symbols, tmp_path, listings={"mexc": tuple(symbols)}, trade_rate=5.0
+    ) as rig:
+        found = await wait_for_symbols(tmp_path, "mexc", symbols)
+        assert sorted(len(shard.symbols) for shard in rig.connector.shards) == [1, 7]
+    assert found.errors == []

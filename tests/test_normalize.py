@@ -179,7 +179,7 @@ def test_report_counts_dead_letters_by_category_and_dropped_duplicates(tmp_path:
     trades = messages("okx.json", "trade")
     okx.recv_all([*trades, trades[-1]])  # the latest trade again, as a resubscribe sends it
     okx.recv_all(messages("okx_derivatives.json", "trade"))  # a swap and a future: no name yet
-    okx.recv('{"arg":{"channel":"candle1m","instId":"BTC-USDT"},"data":[]}')
+    okx.recv('{"arg":{"channel":"mark-price","instId":"BTC-USDT"},"data":[]}')
     okx.recv("{not json")
     capture = tmp_path / "session.jsonl"
     with CaptureWriter(capture) as writer:

@@ -200,8 +200,8 @@ def test_acks_shutdown_and_sent_are_recognised_not_dead_lettered() -> None:
         ('{"stream":"nknusdt@aggTrade","data":{"e":"aggTrade"', "invalid JSON"),
         ('{"stream":"nknusdt@depth","data":{"e":"depthUpdate","s":"NKNUSDT","U":1}}', "missing field"),
         (
-            '{"stream":"nknusdt@kline_1m","data":{"e":"kline","s":"NKNUSDT"}}',
-            "unsupported binance event 'kline'",
+            '{"stream":"nknusdt@miniTicker","data":{"e":"24hrMiniTicker","s":"NKNUSDT"}}',
+            "unsupported binance event '24hrMiniTicker'",
         ),
         ("[1,2]", "not a JSON object"),
         ("", "empty frame"),

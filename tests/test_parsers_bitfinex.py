@@ -218,3 +218,117 @@ def test_resubscribe_gives_a_new_chan_id_and_snapshot_that_resyncs() -> None:
     out = feed.recv("[6,[[99,1,2],[101,1,-2]],4]")
     assert [s.state for s in out.status] == ["synced"] and out.books[0].bids[0].price == 99
     assert feed.recv("[5,[100,1,3],5]").errors  # the old chanId is gone
+
+
+# -- ticker and candles (bitfinex_ticker_kline.json) -----------------------------------------------
+
+TK = "bitfinex_ticker_kline.json"
+
+
+def test_real_ticker_with_seq_all_field_by_field() -> None:
+    feed = connected()
+    assert empty(feed.recv_all(messages(TK, "ack")))
+    out = feed.recv(messages(TK, "ticker")[0])  # [232949, [10 fields], 1]: the trailing 1 is SEQ_ALL
+    assert out.errors == []
+    (ticker,) = out.tickers
+    assert (ticker.exchange, ticker.symbol, ticker.exchange_symbol) == ("bitfinex", "BFT-USD", "tBFTUSD")
+    assert (ticker.bid_price, ticker.bid_size) == (0.068965, 60157.36709703)
+    assert (ticker.ask_price, ticker.ask_size) == (0.0774, 48578.50804052)
+    assert (ticker.last_price, ticker.high_24h, ticker.low_24h) == (0.076989, 0.0828, 0.068961)
+    assert ticker.volume_24h == 101459.39453471
+    assert ticker.open_24h == 0.07502, "LAST_PRICE - DAILY_CHANGE on the wire decimals (0.076989 - 0.001969)"
+    assert ticker.last_size is None and ticker.quote_volume_24h is None and ticker.trades_24h is None
+    assert ticker.ts == ticker.recv_ts == feed.recv_us(-1), "Bitfinex tickers carry no time"
+
+
+def test_real_ticker_with_whole_number_prices() -> None:
+    feed = connected(("ticker", 232950))
+    feed.rest(CONF_URL, CONF)
+    out = feed.recv(messages(TK, "ticker")[1])
+    (ticker,) = out.tickers
+    assert (ticker.bid_price, ticker.ask_price, ticker.last_price) == (278200.0, 282030.0, 282780.0)
+    assert ticker.open_24h == 282780 + 66440
+
+
+def rewrapped(frame: str, chan_id: int) -> str:
+    """crypto-msg-parser's frames lead with ``{channel, key}`` instead of the chanId Bitfinex sends:
+    the same body behind a real chanId (the ``source`` note of the sample file)."""
+    return json.dumps([chan_id, json.loads(frame)[1]])
+
+
+def candles_feed(chan_id: int = 77) -> Feed:
+    feed = connected()
+    feed.recv(
+        json.dumps(
+            {"event": "subscribed", "channel": "candles", "chanId": chan_id, "key": "trade:1m:tBTCUST"}
+        )
+    )
+    return feed
+
+
+def test_real_candle_snapshot_newest_first_and_close_before_high() -> None:
+    feed = candles_feed()
+    snapshot, update = messages(TK, "kline")
+    out = feed.recv(rewrapped(snapshot, 77))
+    assert out.errors == []
+    newest, middle, oldest = out.exchange_candles
+    assert [c.open_time for c in out.exchange_candles] == [
+        1654074480000000,
+        1654074420000000,
+        1654074300000000,
+    ]
+    assert (newest.symbol, newest.interval, newest.closed) == ("BTC-USDT", "1m", False)
+    assert middle.closed and oldest.closed, "rows older than the newest are final"
+    # [MTS, OPEN, CLOSE, HIGH, LOW, VOLUME] = [1654074420000, 31633, 31631, 31640, 31631, 0.11289119]
+    assert (middle.open, middle.high, middle.low, middle.close) == (31633.0, 31640.0, 31631.0, 31631.0)
+    assert middle.volume == 0.11289119 and middle.close_time == 1654074480000000
+    assert middle.quote_volume is None and middle.trades is None
+    later = feed.recv(rewrapped(update, 77))
+    final, current = later.exchange_candles
+    assert (final.open_time, final.closed, final.close) == (1654074480000000, True, 31636.0)
+    assert (current.open_time, current.closed, current.volume) == (1654075080000000, False, 0.00843875)
+
+
+def test_candle_subscribed_event_and_heartbeat_are_understood() -> None:
+    feed = candles_feed(78)
+    assert feed.proc.counters.acks == 1
+    out = feed.recv('[78,"hb"]')
+    assert out.errors == [] and feed.proc.counters.heartbeats == 1
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        ("[77,[1654074480000,31636,31636,31636]]", "is not [MTS, OPEN, CLOSE, HIGH, LOW, VOLUME]"),
+        ("[77,[1654074480000,31636,31630,31640,31641,1]]", "do not bound"),
+        ("[77,[1654074480000,0,0,0,0,1]]", "not a positive finite"),
+        ("[77,[1654074480000,31636,31636,31636,31636,-1]]", "not a finite number >= 0"),
+        ('[77,"te",[1]]', "bitfinex"),
+    ],
+)
+def test_bad_candles_are_dead_lettered_with_a_reason(frame: str, reason: str) -> None:
+    feed = candles_feed()
+    out = feed.recv(frame)
+    assert len(out.errors) == 1 and reason in out.errors[0][1], out.errors
+    assert out.exchange_candles == []
+
+
+def test_bad_tickers_are_dead_lettered_with_a_reason() -> None:
+    feed = connected(("ticker", 5))
+    for frame, reason in {
+        "[5,[1,2,3,4,5,6,7,8]]": "10-field",
+        '[5,[1,2,3,4,5,6,"x",8,9,10]]': "not a number",
+        "[5,[1,2,3,4,5,6,0,8,9,10]]": "not a positive finite",
+    }.items():
+        out = feed.recv(frame)
+        assert len(out.errors) == 1 and reason in out.errors[0][1], (frame, out.errors)
+        assert out.tickers == []
+
+
+def test_unknown_candle_timeframe_is_unsupported() -> None:
+    feed = connected()
+    feed.recv(
+        json.dumps({"event": "subscribed", "channel": "candles", "chanId": 9, "key": "trade:2m:tBTCUST"})
+    )
+    out = feed.recv("[9,[1654074480000,1,1,1,1,1]]")
+    assert len(out.errors) == 1 and "unsupported bitfinex candles key" in out.errors[0][1]

@@ -140,7 +140,7 @@ def test_acks_and_pong_are_counted() -> None:
     ("frame", "reason"),
     [
         ('{"success":false,"ret_msg":"Invalid topic","op":"subscribe"}', "subscribe rejected"),
-        ('{"topic":"tickers.BTCUSDT","type":"snapshot","data":{}}', "unsupported bybit topic"),
+        ('{"topic":"liquidation.BTCUSDT","type":"snapshot","data":{}}', "unsupported bybit topic"),
         ('{"topic":"orderbook.200.BTCUSDT","type":"delta","ts":1,"data":{"s":"BTCUSDT"}}', "missing field"),
         ('{"topic":"orderbook.200.DOGEUSDT","type":"snapshot","ts":1,"data":{"s":"DOGEUSDT","b":[],"a":[],"u":5}}',
          "unknown bybit symbol 'DOGEUSDT'"),

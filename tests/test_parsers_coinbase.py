@@ -158,7 +158,7 @@ def test_update_before_snapshot_asks_for_one_resync() -> None:
 @pytest.mark.parametrize(
     ("frame", "reason"),
     [
-        ('{"channel":"ticker","sequence_num":0,"events":[]}', "unsupported coinbase channel 'ticker'"),
+        ('{"channel":"status","sequence_num":0,"events":[]}', "unsupported coinbase channel 'status'"),
         ('{"type":"error","message":"failure to subscribe"}', "coinbase error"),
         ('{"channel":"l2_data","sequence_num":0,"events":[{"type":"update","product_id":"ETH-USD",'
          '"updates":[{"side":"middle","price_level":"1","new_quantity":"1"}]}]}', "side 'middle'"),

@@ -149,8 +149,8 @@ def test_real_acks_and_pong_are_counted_errors_are_dead_letters() -> None:
     assert "spot.order_book_update subscribe error 2" in reason and "NOPE_USDT" in reason
     ((_, reason),) = feed.recv(variant(messages("gateio.json", "ack")[0], status="fail")).errors
     assert "unrecognised" in reason or "not successful" in reason
-    ((_, reason),) = feed.recv('{"time":1,"channel":"spot.tickers","event":"update","result":{}}').errors
-    assert "unsupported gateio channel 'spot.tickers'" in reason
+    ((_, reason),) = feed.recv('{"time":1,"channel":"spot.book_ticker","event":"update","result":{}}').errors
+    assert "unsupported gateio channel 'spot.book_ticker'" in reason
 
 
 @pytest.mark.parametrize("frame", ["", "{", "[]", '{"channel":"spot.trades","event":"update","result":{}}'])
@@ -284,3 +284,117 @@ def test_close_unsyncs_the_book_and_requests_one_resync() -> None:
     feed.recv(updates()[1])
     out = feed.close()
     assert [s.reason for s in out.status] == ["close"] and len(out.control) == 1
+
+
+# -- tickers and candlesticks (gateio_ticker_kline.json) --------------------------------------------
+
+TK = "gateio_ticker_kline.json"
+
+
+def ticker_feed() -> Feed:
+    feed = connected()
+    rows = [pair(*p) for p in (*PAIRS, ("BTC_USDT", "BTC", "USDT"))]
+    feed.rest(PAIRS_URL, json.dumps(rows))
+    return feed
+
+
+def test_real_ticker_field_by_field() -> None:
+    feed = ticker_feed()
+    out = feed.recv(messages(TK, "ticker")[2])
+    assert out.errors == []
+    (ticker,) = out.tickers
+    assert (ticker.symbol, ticker.exchange_symbol) == ("BTC-USDT", "BTC_USDT")
+    assert (ticker.last_price, ticker.bid_price, ticker.ask_price) == (29968.31, 29968.3, 29968.31)
+    assert (ticker.high_24h, ticker.low_24h) == (32399.99, 29324.36)
+    assert (ticker.volume_24h, ticker.quote_volume_24h) == (10676.32785905, 324419781.600232)
+    assert ticker.ts == 1654161931_000000
+    assert (ticker.bid_size, ticker.ask_size, ticker.open_24h, ticker.trades_24h) == (None, None, None, None)
+
+
+def test_real_2021_tickers_and_ack() -> None:
+    feed = ticker_feed()
+    assert empty(feed.recv_all(messages(TK, "ack")))
+    out = feed.recv_all(messages(TK, "ticker")[:2])
+    assert out.errors == []
+    assert [(t.symbol, t.ask_price) for t in out.tickers] == [("NEO-BTC", 0.0018734), ("NEO-BTC", 0.0018735)]
+
+
+def test_real_candles_v_is_quote_and_a_is_base() -> None:
+    feed = ticker_feed()
+    out = feed.recv(messages(TK, "kline")[2])
+    assert out.errors == []
+    (candle,) = out.exchange_candles
+    assert (candle.symbol, candle.interval, candle.open_time) == ("BTC-USDT", "1m", 1662803040_000000)
+    assert (candle.open, candle.high, candle.low, candle.close) == (21352.26, 21352.26, 21342.41, 21342.41)
+    assert (candle.volume, candle.quote_volume) == (0.1533, 3272.187909)
+    assert candle.close_time == 1662803100_000000 and candle.ts == 1662803082_000000
+    assert candle.closed is False, "no w: open until a later window arrives"
+
+
+def test_real_2021_candles_without_a_or_w() -> None:
+    feed = ticker_feed()
+    out = feed.recv_all(messages(TK, "kline")[:2])
+    assert out.errors == []
+    assert [(c.symbol, c.volume, c.quote_volume, c.closed) for c in out.exchange_candles] == [
+        ("DIS-USDT", None, 0.0, False),
+        ("NEO-BTC", None, 0.0, False),
+    ]
+
+
+def test_doc_candle_with_w_true_is_final_and_uses_time_ms() -> None:
+    feed = ticker_feed()
+    (candle,) = feed.recv(messages(TK, "kline")[3]).exchange_candles
+    assert candle.closed is True and candle.ts == 1606292600376000
+    assert (candle.volume, candle.quote_volume) == (3.8283, 2362.32035)
+
+
+def test_candle_without_w_is_final_once_a_later_window_arrives() -> None:
+    feed = ticker_feed()
+    frame = json.loads(messages(TK, "kline")[2])
+    feed.recv(json.dumps(frame))
+    frame["result"]["t"] = str(int(frame["result"]["t"]) + 60)
+    out = feed.recv(json.dumps(frame))
+    final, current = out.exchange_candles
+    assert (final.open_time, final.closed) == (1662803040_000000, True)
+    assert (current.open_time, current.closed) == (1662803100_000000, False)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"n": "2m_BTC_USDT"}, "unsupported gateio candlestick name"),
+        ({"h": "1"}, "do not bound"),
+        ({"v": "-3"}, "not a finite number >= 0"),
+        ({"c": "x"}, "could not convert"),
+    ],
+)
+def test_bad_candles_are_dead_lettered_with_a_reason(change: dict[str, str], reason: str) -> None:
+    feed = ticker_feed()
+    frame = json.loads(messages(TK, "kline")[2])
+    frame["result"].update(change)
+    out = feed.recv(json.dumps(frame))
+    assert len(out.errors) == 1 and reason in out.errors[0][1], out.errors
+    assert out.exchange_candles == []
+
+
+def test_bad_ticker_is_dead_lettered() -> None:
+    feed = ticker_feed()
+    frame = json.loads(messages(TK, "ticker")[2])
+    frame["result"]["last"] = "0"
+    out = feed.recv(json.dumps(frame))
+    assert len(out.errors) == 1 and "not a positive finite" in out.errors[0][1]
+
+
+def test_a_final_w_frame_is_not_followed_by_a_stale_final_copy() -> None:
+    feed = ticker_feed()
+    frame = json.loads(messages(TK, "kline")[3])  # 1m BTC_USDT, w: true
+    open_frame = json.loads(json.dumps(frame))
+    del open_frame["result"]["w"]
+    open_frame["result"]["c"] = open_frame["result"]["l"] = "19120"  # an earlier state of the window
+    feed.recv(json.dumps(open_frame))
+    (final,) = feed.recv(json.dumps(frame)).exchange_candles
+    assert (final.closed, final.close) == (True, 19128.1)
+    frame["result"].update(t=str(int(frame["result"]["t"]) + 60))
+    del frame["result"]["w"]
+    (current,) = feed.recv(json.dumps(frame)).exchange_candles
+    assert (current.open_time, current.closed) == (1606292640_000000, False)

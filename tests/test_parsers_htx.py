@@ -210,7 +210,7 @@ def test_bad_frames_are_dead_lettered_with_a_reason() -> None:
         gz(
             {"id": "1", "status": "error", "err-code": "bad-request", "err-msg": "invalid topic x"}
         ): "invalid topic",
-        gz({"ch": "market.btcusdt.kline.1min", "ts": 1, "tick": {}}): "unsupported htx channel",
+        gz({"ch": "market.btcusdt.bbo", "ts": 1, "tick": {}}): "unsupported htx channel",
         gz(
             {"ch": "market.nope.mbp.150", "ts": 1, "tick": {"seqNum": 2, "prevSeqNum": 1}}
         ): "unknown htx symbol",
@@ -222,3 +222,98 @@ def test_bad_frames_are_dead_lettered_with_a_reason() -> None:
         out = feed.recv(frame)
         assert len(out.errors) == 1 and reason in out.errors[0][1], (reason, out.errors)
     assert feed.proc.counters.parse_errors == len(cases)
+
+
+# -- tickers and klines (htx_ticker_kline.json) -----------------------------------------------------
+
+TK = "htx_ticker_kline.json"
+
+
+def ticker_feed() -> Feed:
+    feed = connected()
+    feed.rest(INFO_URL, symbols_body(("btcusdt", "btc", "usdt"), ("ethbtc", "eth", "btc")))
+    return feed
+
+
+def test_real_detail_is_a_24h_ticker() -> None:
+    feed = ticker_feed()
+    out = feed.recv(gz(messages(TK, "ticker")[0]))
+    assert out.errors == []
+    (ticker,) = out.tickers
+    assert (ticker.symbol, ticker.exchange_symbol, ticker.ts) == ("BTC-USDT", "btcusdt", 1654164208520000)
+    assert (ticker.open_24h, ticker.high_24h, ticker.low_24h, ticker.last_price) == (
+        31666.3,
+        31899.51,
+        29326.15,
+        29952.31,
+    )
+    assert (ticker.volume_24h, ticker.quote_volume_24h) == (26897.159881877742, 818158859.8785326)
+    assert ticker.trades_24h == 699452
+    assert ticker.bid_price is None and ticker.last_size is None
+
+
+def test_doc_ticker_has_the_book_and_last_trade() -> None:
+    feed = ticker_feed()
+    (ticker,) = feed.recv(gz(messages(TK, "ticker")[1])).tickers
+    assert (ticker.bid_price, ticker.bid_size, ticker.ask_price, ticker.ask_size) == (
+        52732.88,
+        0.036,
+        52732.89,
+        0.583653,
+    )
+    assert (ticker.last_price, ticker.last_size, ticker.open_24h, ticker.trades_24h) == (
+        52735.63,
+        0.03,
+        51732.0,
+        448737,
+    )
+    assert (ticker.volume_24h, ticker.quote_volume_24h) == (13259.24137056181, 687640987.4125315)
+
+
+def test_real_and_doc_klines_with_trade_count() -> None:
+    feed = ticker_feed()
+    outs = [feed.recv(gz(frame)) for frame in messages(TK, "kline")]
+    assert [out.errors for out in outs] == [[], []]
+    ((real,), (doc,)) = (out.exchange_candles for out in outs)
+    assert (real.symbol, real.interval, real.open_time, real.close_time) == (
+        "BTC-USDT",
+        "1m",
+        1654081320_000000,
+        1654081380_000000,
+    )
+    assert (real.open, real.high, real.low, real.close) == (31545.71, 31545.72, 31545.71, 31545.72)
+    assert (real.volume, real.quote_volume, real.trades, real.closed) == (
+        0.015443758717188892,
+        487.1844552,
+        4,
+        False,
+    )
+    assert real.ts == 1654081322624000
+    assert (doc.symbol, doc.trades, doc.volume, doc.quote_volume) == ("ETH-BTC", 3, 2.4448, 0.1829884187)
+
+
+def test_kline_is_final_once_a_later_window_arrives() -> None:
+    feed = ticker_feed()
+    frame = json.loads(messages(TK, "kline")[0])
+    feed.recv(gz(frame))
+    frame["tick"].update(id=frame["tick"]["id"] + 60, count=1)
+    final, current = feed.recv(gz(frame)).exchange_candles
+    assert (final.open_time, final.trades, final.closed) == (1654081320_000000, 4, True)
+    assert (current.open_time, current.trades, current.closed) == (1654081380_000000, 1, False)
+
+
+def test_bad_tickers_and_klines_are_dead_lettered_with_a_reason() -> None:
+    feed = ticker_feed()
+    kline = json.loads(messages(TK, "kline")[0])
+    ticker = json.loads(messages(TK, "ticker")[1])
+    cases = [
+        ({**kline, "ch": "market.btcusdt.kline.2min"}, "unsupported htx kline period"),
+        ({**kline, "tick": {**kline["tick"], "count": 1.5}}, "trade count 1.5 is not an integer"),
+        ({**kline, "tick": {**kline["tick"], "low": 40000}}, "do not bound"),
+        ({**ticker, "tick": {**ticker["tick"], "bid": -1}}, "not a positive finite"),
+        ({**ticker, "tick": {**ticker["tick"], "amount": "x"}}, "could not convert"),
+    ]
+    for frame, reason in cases:
+        out = feed.recv(gz(frame))
+        assert len(out.errors) == 1 and reason in out.errors[0][1], (reason, out.errors)
+        assert out.tickers == [] and out.exchange_candles == []

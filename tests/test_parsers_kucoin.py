@@ -4,6 +4,7 @@ session, DAPPT-BTC matches, welcome/ack) and on constructed variants in the curr
 from __future__ import annotations
 
 import json
+import pickle
 from typing import Any
 
 import pytest
@@ -181,8 +182,8 @@ def test_control_frames_are_counted() -> None:
     [
         ('{"id":"1","type":"error","code":404,"data":"topic /market/x is not found"}', "kucoin error 404"),
         (
-            '{"type":"message","topic":"/market/ticker:BTC-USDT","subject":"trade.ticker","data":{}}',
-            "subject",
+            '{"type":"message","topic":"/market/level3:BTC-USDT","subject":"trade.l3received","data":{}}',
+            "unsupported kucoin subject",
         ),
         ('{"type":"surprise"}', "unsupported kucoin frame type"),
         ('{"type":"message","subject":"trade.l2update","data":{"symbol":"SNX-BTC"}}', "missing field"),
@@ -209,3 +210,144 @@ def test_bad_snapshots(body: str, reason: str) -> None:
 def test_unknown_rest_response_is_rejected() -> None:
     out = connected().rest("https://api.kucoin.com/api/v1/market/histories?symbol=SNX-BTC", "{}")
     assert len(out.errors) == 1 and "unrecognised kucoin REST response" in out.errors[0][1]
+
+
+# -- tickers and candles (kucoin_ticker_kline.json) -------------------------------------------------
+
+TK = "kucoin_ticker_kline.json"
+
+
+def ticker_feed() -> Feed:
+    feed = connected()
+    pairs = (("BCHSV-USDT", "BCHSV", "USDT"), ("BTC-USDT", "BTC", "USDT"), ("SNX-BTC", "SNX", "BTC"))
+    feed.rest(SYMBOLS_URL, symbols_body(*pairs, ("DAPPT-BTC", "DAPPT", "BTC")))
+    return feed
+
+
+def test_real_bbo_ticker_field_by_field() -> None:
+    feed = ticker_feed()
+    assert empty(feed.recv_all(messages(TK, "ack")))
+    out = feed.recv(messages(TK, "ticker")[0])
+    assert out.errors == []
+    (ticker,) = out.tickers
+    assert (ticker.symbol, ticker.exchange_symbol) == ("SNX-BTC", "SNX-BTC")
+    assert (ticker.last_price, ticker.last_size) == (0.00028676, 0.01745248)
+    assert (ticker.bid_price, ticker.bid_size) == (0.00028678, 3.70422021)
+    assert (ticker.ask_price, ticker.ask_size) == (0.00028717, 14.04274325)
+    assert ticker.ts == 1619378326323000
+    assert ticker.open_24h is None and ticker.volume_24h is None, "/market/ticker has no 24 h stats"
+
+
+def test_real_snapshot_ticker_has_the_24h_stats() -> None:
+    feed = ticker_feed()
+    out = feed.recv(messages(TK, "ticker")[2])
+    assert out.errors == []
+    (ticker,) = out.tickers
+    assert ticker.symbol == "BTC-USDT" and ticker.ts == 1654165082007000
+    assert (ticker.open_24h, ticker.high_24h, ticker.low_24h, ticker.last_price) == (
+        31610.0,
+        31901.4,
+        29299.9,
+        29920.1,
+    )
+    assert (ticker.volume_24h, ticker.quote_volume_24h) == (21637.26053196, 657871182.640000212)
+    assert ticker.bid_size is None and ticker.trades_24h is None
+
+
+def test_the_two_ticker_topics_join_per_symbol() -> None:
+    feed = ticker_feed()
+    snapshot = json.loads(messages(TK, "ticker")[2])
+    bbo = json.loads(messages(TK, "ticker")[1])  # BCHSV-USDT, re-addressed to BTC-USDT
+    bbo["topic"] = "/market/ticker:BTC-USDT"
+    first = feed.recv(json.dumps(bbo)).tickers[0]
+    assert first.bid_price == 242.654 and first.open_24h is None
+    joined = feed.recv(json.dumps(snapshot)).tickers[0]
+    assert (joined.open_24h, joined.bid_price, joined.bid_size) == (31610.0, 242.654, 0.68148185)
+    assert (joined.last_price, joined.last_size) == (29920.1, None), "a newer last trade: its size is unknown"
+    again = feed.recv(json.dumps(bbo)).tickers[0]
+    assert (again.last_price, again.open_24h, again.quote_volume_24h) == (
+        243.65,
+        31610.0,
+        657871182.640000212,
+    )
+
+
+def test_real_candles_add_and_update_close_before_high() -> None:
+    feed = ticker_feed()
+    frames = messages(TK, "kline")
+    first = feed.recv(frames[0]).exchange_candles
+    assert [(c.open_time, c.closed, c.volume) for c in first] == [(1619378220000000, False, 0.0)]
+    added = feed.recv(frames[1])
+    assert added.errors == []
+    final, current = added.exchange_candles
+    assert (final.open_time, final.closed) == (1619378220000000, True), (
+        "add of a new window: the last is final"
+    )
+    # candles: start, open, CLOSE, HIGH, LOW, volume, turnover
+    assert (current.open, current.close, current.high, current.low) == (
+        1.117e-07,
+        1.123e-07,
+        1.123e-07,
+        1.117e-07,
+    )
+    assert (current.volume, current.quote_volume) == (3437.9375, 0.00038556424505)
+    assert (current.interval, current.close_time, current.closed) == ("1m", 1619378340000000, False)
+    assert current.ts == 1619378328806720, "data.time is in nanoseconds"
+    (updated,) = feed.recv(frames[2]).exchange_candles
+    assert (updated.open_time, updated.close, updated.volume, updated.closed) == (
+        1619378280000000,
+        1.126e-07,
+        3799.1984,
+        False,
+    )
+
+
+def test_real_weekly_candle() -> None:
+    feed = ticker_feed()
+    (candle,) = feed.recv(messages(TK, "kline")[3]).exchange_candles
+    assert (candle.symbol, candle.interval) == ("BTC-USDT", "1w")
+    assert candle.close_time - candle.open_time == 7 * 86_400_000_000
+    assert (candle.open, candle.close, candle.high, candle.low) == (29543.6, 31613.8, 32406.7, 28014.1)
+
+
+def test_bad_ticker_and_candle_frames_are_dead_lettered_with_a_reason() -> None:
+    feed = ticker_feed()
+    candle = json.loads(messages(TK, "kline")[1])
+    bbo = json.loads(messages(TK, "ticker")[0])
+    cases: dict[str, str] = {}
+    short = json.loads(json.dumps(candle))
+    short["data"]["candles"] = short["data"]["candles"][:5]
+    cases[json.dumps(short)] = "is not [start, open, close, high, low, vol, turnover]"
+    inverted = json.loads(json.dumps(candle))
+    inverted["data"]["candles"][3] = "0.0000001000"  # high below the open
+    cases[json.dumps(inverted)] = "do not bound"
+    odd = json.loads(json.dumps(candle))
+    odd["topic"] = "/market/candles:DAPPT-BTC_2min"
+    cases[json.dumps(odd)] = "unsupported kucoin candle type"
+    negative = json.loads(json.dumps(bbo))
+    negative["data"]["bestBidSize"] = "-1"
+    cases[json.dumps(negative)] = "not a finite number >= 0"
+    untimed = json.loads(json.dumps(bbo))
+    del untimed["data"]["time"]
+    cases[json.dumps(untimed)] = "missing field 'time'"
+    for frame, reason in cases.items():
+        out = feed.recv(frame)
+        assert len(out.errors) == 1 and reason in out.errors[0][1], (reason, out.errors)
+        assert out.tickers == [] and out.exchange_candles == []
+
+
+def test_the_ticker_join_and_candle_memory_survive_a_checkpoint() -> None:
+    feed = ticker_feed()
+    snapshot = json.loads(messages(TK, "ticker")[2])
+    feed.recv(json.dumps(snapshot))
+    feed.recv(messages(TK, "kline")[1])
+    restored = Feed("kucoin", feed.conn, pickle.loads(pickle.dumps(feed.proc)))
+    restored.seq = feed.seq
+    bbo = json.loads(messages(TK, "ticker")[1])
+    bbo["topic"] = "/market/ticker:BTC-USDT"
+    (ticker,) = restored.recv(json.dumps(bbo)).tickers
+    assert (ticker.bid_price, ticker.open_24h) == (242.654, 31610.0)
+    later = json.loads(messages(TK, "kline")[1])
+    later["data"]["candles"][0] = "1619378340"
+    final, _ = restored.recv(json.dumps(later)).exchange_candles
+    assert (final.open_time, final.closed) == (1619378280_000000, True)

@@ -1,6 +1,7 @@
 """MEXC spot v3 parser.
 
-There are NO real MEXC frames in ../shared (MEXC pushes binary protobuf; nothing was captured).
+There are NO real MEXC frames in ../shared (MEXC pushes binary protobuf; nothing was captured);
+mexc_ticker_kline.json holds only the docs' JSON renderings of the miniTicker and kline pushes.
 These tests use (a) the JSON renderings of pushes published in MEXC's docs, re-encoded with our
 protobuf classes, (b) frames hand-encoded byte by byte from the documented field numbers (so a
 wrong number in our .proto fails here), and (c) constructed variants for the sync rules.
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from feed_helpers import Feed, empty, published
 from google.protobuf import json_format
+from samples import messages
 
 from marketpipe.records import Level
 from streams.parsers.mexc import parse_instruments
@@ -300,3 +302,140 @@ def test_push_for_an_unknown_symbol_is_dead_lettered() -> None:
     feed = connected()
     out = feed.recv(depth_push(1, 2, symbol="NOPEUSDT"))
     assert len(out.errors) == 1 and "unknown mexc symbol 'NOPEUSDT'" in out.errors[0][1]
+
+
+# -- miniTicker and kline (mexc_ticker_kline.json: the docs' JSON renderings) ------------------------
+
+TK = "mexc_ticker_kline.json"
+_DOC_NAMES = {
+    "publicspotkline": "publicSpotKline",
+    "windowstart": "windowStart",
+    "windowend": "windowEnd",
+    "openingprice": "openingPrice",
+    "closingprice": "closingPrice",
+    "highestprice": "highestPrice",
+    "lowestprice": "lowestPrice",
+    "symbolid": "symbolId",
+    "createtime": "createTime",
+}
+
+
+def doc_push(kind: str, index: int = 0) -> dict[str, Any]:
+    """A documented rendering with the proto's field names (the kline doc lower-cases them)."""
+
+    def named(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {_DOC_NAMES.get(k, k): named(v) for k, v in value.items()}
+        return value
+
+    found: dict[str, Any] = named(json.loads(messages(TK, kind)[index]))
+    return found
+
+
+def ticker_feed() -> Feed:
+    feed = connected()
+    info = {"symbols": [{"symbol": "MXUSDT", "baseAsset": "MX", "quoteAsset": "USDT"}]}
+    feed.rest("https://api.mexc.com/api/v3/exchangeInfo?symbols=MXUSDT", json.dumps(info))
+    return feed
+
+
+def test_documented_mini_ticker_field_by_field() -> None:
+    feed = ticker_feed()
+    out = feed.recv(from_doc(doc_push("ticker")))
+    assert out.errors == []
+    (ticker,) = out.tickers
+    assert (ticker.symbol, ticker.exchange_symbol, ticker.ts) == ("MX-USDT", "MXUSDT", 1755076752201000)
+    assert (ticker.last_price, ticker.high_24h, ticker.low_24h) == (2.5174, 2.6299, 2.302)
+    assert (ticker.volume_24h, ticker.quote_volume_24h) == (4638390.17, 11336518.0264), (
+        "volume is the quote turnover"
+    )
+    assert (ticker.bid_price, ticker.open_24h, ticker.last_size, ticker.trades_24h) == (
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+def test_documented_kline_field_by_field() -> None:
+    feed = ticker_feed()
+    out = feed.recv(from_doc(doc_push("kline")))
+    assert out.errors == []
+    (candle,) = out.exchange_candles
+    assert (candle.symbol, candle.interval) == ("BTC-USDT", "15m")
+    assert (candle.open_time, candle.close_time) == (1736410500_000000, 1736411400_000000)
+    assert (candle.open, candle.high, candle.low, candle.close) == (92925.0, 93158.47, 92800.0, 93158.47)
+    assert (candle.volume, candle.quote_volume, candle.trades) == (36.83803224, 3424811.05, None)
+    assert candle.ts == 1736410707571000, "createTime where the push has no sendTime"
+    assert candle.closed is False
+
+
+def test_kline_and_mini_ticker_field_numbers_decode() -> None:
+    # wrapper: publicSpotKline=308; kline: interval=1, windowStart=2, opening=3, closing=4,
+    # highest=5, lowest=6, volume=7, amount=8, windowEnd=9
+    kline = (
+        _field(1, "Min1") + _field(2, 1736410500) + _field(3, "1") + _field(4, "2") + _field(5, "3")
+        + _field(6, "0.5") + _field(7, "10") + _field(8, "20") + _field(9, 1736410560)
+    )  # fmt: skip
+    decoded = PushDataV3ApiWrapper.FromString(_field(3, "BTCUSDT") + _field(308, kline))
+    body = decoded.publicSpotKline
+    assert (body.interval, body.windowStart, body.windowEnd) == ("Min1", 1736410500, 1736410560)
+    prices = (body.openingPrice, body.closingPrice, body.highestPrice, body.lowestPrice)
+    assert prices == ("1", "2", "3", "0.5") and (body.volume, body.amount) == ("10", "20")
+    # publicMiniTicker=309: symbol=1, price=2, high=5, low=6, volume=7, quantity=8
+    mini = (
+        _field(1, "MXUSDT")
+        + _field(2, "2.5")
+        + _field(5, "3")
+        + _field(6, "2")
+        + _field(7, "100")
+        + _field(8, "40")
+    )
+    ticker = PushDataV3ApiWrapper.FromString(_field(309, mini)).publicMiniTicker
+    assert (ticker.price, ticker.high, ticker.low, ticker.volume, ticker.quantity) == (
+        "2.5",
+        "3",
+        "2",
+        "100",
+        "40",
+    )
+
+
+def test_kline_is_final_once_a_later_window_arrives() -> None:
+    feed = ticker_feed()
+    doc = doc_push("kline")
+    feed.recv(from_doc(doc))
+    body = doc["publicSpotKline"]
+    body.update(windowStart=body["windowEnd"], windowEnd=body["windowEnd"] + 900, openingprice="93158.47")
+    final, current = feed.recv(from_doc(doc)).exchange_candles
+    assert (final.open_time, final.closed) == (1736410500_000000, True)
+    assert (current.open_time, current.closed) == (1736411400_000000, False)
+
+
+def test_old_json_kline_push_is_unsupported() -> None:
+    out = ticker_feed().recv(messages(TK, "kline")[1])
+    assert len(out.errors) == 1 and "unsupported mexc JSON push on channel 'push.kline'" in out.errors[0][1]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"interval": "Min2"}, "unsupported mexc kline interval"),
+        ({"lowestprice": "99999"}, "do not bound"),
+        ({"volume": "-1"}, "not a finite number >= 0"),
+        ({"openingprice": ""}, "could not convert"),
+    ],
+)
+def test_bad_klines_are_dead_lettered_with_a_reason(change: dict[str, str], reason: str) -> None:
+    doc = doc_push("kline")
+    doc["publicSpotKline"].update({_DOC_NAMES.get(k, k): v for k, v in change.items()})
+    out = ticker_feed().recv(from_doc(doc))
+    assert len(out.errors) == 1 and reason in out.errors[0][1], out.errors
+    assert out.exchange_candles == []
+
+
+def test_kline_without_a_wrapper_symbol_reads_it_from_the_channel() -> None:
+    doc = doc_push("kline")
+    del doc["symbol"]
+    (candle,) = ticker_feed().recv(from_doc(doc)).exchange_candles
+    assert (candle.exchange_symbol, candle.symbol) == ("BTCUSDT", "BTC-USDT")

@@ -119,7 +119,7 @@ def test_control_frames_are_counted() -> None:
     ("frame", "reason"),
     [
         ('{"event":"error","code":"60012","msg":"Invalid request"}', "okx error 60012"),
-        ('{"arg":{"channel":"tickers","instId":"BTC-USDT"},"data":[]}', "unsupported okx channel"),
+        ('{"arg":{"channel":"mark-price","instId":"BTC-USDT"},"data":[]}', "unsupported okx channel"),
         ("ping", "invalid JSON"),
     ],
 )

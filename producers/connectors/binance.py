@@ -1,4 +1,5 @@
-"""Binance spot: combined streams, SUBSCRIBE messages, REST depth snapshots for book sync."""
+"""Binance spot: combined streams, SUBSCRIBE messages, REST depth snapshots for book sync;
+trades, diff depth, the 24 h ticker and 1m klines per symbol."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ class BinanceConnector(RestSnapshotConnector):
     exchange = "binance"
     default_ws_base = "wss://stream.binance.com:9443"
     default_rest_base = "https://api.binance.com"
-    streams = ("trade", "depth@100ms")
+    streams = ("trade", "depth@100ms", "ticker", "kline_1m")
     depth_limit = 1000
-    max_symbols_per_connection = 1024 // 2  # 1024 streams per connection, two per symbol
+    max_symbols_per_connection = 1024 // 4  # 1024 streams per connection, four per symbol
     streams_per_message = 200
     send_interval_s = 0.25  # 5 incoming messages/s per connection, pings and pongs included
     connect_interval_s = 1.0  # 300 connection attempts per 5 minutes per IP

@@ -1,5 +1,6 @@
-"""Bitfinex WS v2 public: conf flags (SEQ_ALL + OB_CHECKSUM), P0 books and trades, resync by
-unsubscribe (chanId) + subscribe, reconnect on info 20051 (server restart) and 20061.
+"""Bitfinex WS v2 public: conf flags (SEQ_ALL + OB_CHECKSUM), P0 books, trades, the ticker and
+1m trade candles, resync by unsubscribe (chanId) + subscribe, reconnect on info 20051 (server
+restart) and 20061.
 
 The ``conf`` frame goes out first, before the subscribes, so every channel frame of the
 connection carries its sequence number and the first snapshots are already checksummed.
@@ -39,7 +40,8 @@ class BitfinexConnector(Connector):
     default_ws_base = "wss://api-pub.bitfinex.com"
     default_rest_base = "https://api-pub.bitfinex.com"
     default_depth = 25  # the checksum covers the top 25
-    max_symbols_per_connection = 12  # 25 channel subscriptions per connection, two per symbol
+    max_symbols_per_connection = 30 // 4  # 30 public channels per connection, four per symbol
+    candle_timeframe = "1m"
     send_interval_s = 0.05
     connect_interval_s = 3.0  # 20 connections per minute per IP
     rest_min_interval_s = 1.0  # public REST: 90 requests per minute on /conf
@@ -68,7 +70,16 @@ class BitfinexConnector(Connector):
         conf = orjson.dumps({"event": "conf", "flags": SEQ_ALL + OB_CHECKSUM}).decode()
         return [
             conf,
-            *(message for symbol in symbols for message in (self._book(symbol), self._trades(symbol))),
+            *(
+                message
+                for symbol in symbols
+                for message in (
+                    self._book(symbol),
+                    self._trades(symbol),
+                    self._ticker(symbol),
+                    self._candles(symbol),
+                )
+            ),
         ]
 
     def resubscribe_book_messages(self, symbol: str) -> list[str]:
@@ -85,6 +96,14 @@ class BitfinexConnector(Connector):
     @staticmethod
     def _trades(symbol: str) -> str:
         return orjson.dumps({"event": "subscribe", "channel": "trades", "symbol": symbol}).decode()
+
+    @staticmethod
+    def _ticker(symbol: str) -> str:
+        return orjson.dumps({"event": "subscribe", "channel": "ticker", "symbol": symbol}).decode()
+
+    def _candles(self, symbol: str) -> str:
+        key = f"trade:{self.candle_timeframe}:{symbol}"
+        return orjson.dumps({"event": "subscribe", "channel": "candles", "key": key}).decode()
 
     def planned_reconnect_reason(self, data: bytes) -> str | None:
         if data[:15] != _INFO:

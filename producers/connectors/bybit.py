@@ -1,4 +1,5 @@
-"""Bybit v5 public (spot or linear): at most 10 args per subscribe, JSON ping every 20 s."""
+"""Bybit v5 public (spot or linear): at most 10 args per subscribe, JSON ping every 20 s; book,
+trades, the 24 h ticker and 1m klines per symbol."""
 
 from __future__ import annotations
 
@@ -43,11 +44,15 @@ class BybitConnector(Connector):
         return f"orderbook.{self.settings.book_depth or self.book_depth}.{symbol}"
 
     def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
-        topics = [topic for symbol in symbols for topic in (self.book_topic(symbol), f"publicTrade.{symbol}")]
+        topics = [topic for symbol in symbols for topic in self.symbol_topics(symbol)]
         return [
             self._op("subscribe", topics[start : start + self.args_per_request])
             for start in range(0, len(topics), self.args_per_request)
         ]
+
+    def symbol_topics(self, symbol: str) -> tuple[str, ...]:
+        """Book, trades, the 24 h ticker and 1m klines."""
+        return (self.book_topic(symbol), f"publicTrade.{symbol}", f"tickers.{symbol}", f"kline.1.{symbol}")
 
     def resubscribe_book_messages(self, symbol: str) -> list[str]:
         return [self._op(op, [self.book_topic(symbol)]) for op in ("unsubscribe", "subscribe")]

@@ -1,4 +1,5 @@
-"""Coinbase Advanced Trade: one channel per subscribe message, heartbeats channel keeps it alive."""
+"""Coinbase Advanced Trade: one channel per subscribe message, heartbeats channel keeps it alive;
+trades, level2, the ticker and the (five-minute) candles per product."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ class CoinbaseConnector(Connector):
     exchange = "coinbase"
     default_ws_base = "wss://advanced-trade-ws.coinbase.com"
     default_rest_base = "https://api.coinbase.com"
-    channels = ("heartbeats", "market_trades", "level2")
+    channels = ("heartbeats", "market_trades", "level2", "ticker", "candles")
     book_channel = "level2"
     max_symbols_per_connection = 10  # level2 snapshots are up to ~5 MB per product
     send_interval_s = 0.125  # 8 unauthenticated messages/s per IP

@@ -1,5 +1,6 @@
-"""Gate.io v4 spot: one spot.order_book_update (100ms) subscribe per pair, one spot.trades
-subscribe for all pairs, ``spot.ping`` heartbeats, REST order_book snapshots (``with_id``) for book sync."""
+"""Gate.io v4 spot: one spot.order_book_update (100ms) and one 1m spot.candlesticks subscribe per
+pair, one spot.trades and one spot.tickers subscribe for all pairs, ``spot.ping`` heartbeats, REST
+order_book snapshots (``with_id``) for book sync."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class GateioConnector(RestSnapshotConnector):
     default_ws_base = "wss://api.gateio.ws"
     default_rest_base = "https://api.gateio.ws"
     book_interval = "100ms"
+    candle_interval = "1m"
     depth_limit = 100  # the most the REST order_book returns per side
     max_symbols_per_connection = 50
     send_interval_s = 0.05
@@ -46,7 +48,13 @@ class GateioConnector(RestSnapshotConnector):
         books = [
             self._request("spot.order_book_update", "subscribe", [s, self.book_interval]) for s in symbols
         ]
-        return [*books, self._request("spot.trades", "subscribe", list(symbols))]
+        candles = [
+            self._request("spot.candlesticks", "subscribe", [self.candle_interval, s]) for s in symbols
+        ]
+        trades_and_tickers = [
+            self._request(c, "subscribe", list(symbols)) for c in ("spot.trades", "spot.tickers")
+        ]
+        return [*books, *trades_and_tickers, *candles]
 
     @staticmethod
     def _request(channel: str, event: str, payload: list[str]) -> str:

@@ -2,7 +2,8 @@
 incremental MBP book synced by a snapshot request on the same websocket.
 
 One connection per shard on ``/feed`` (HTX's endpoint for ``market.<sym>.mbp.<levels>``) carries
-the MBP book and ``trade.detail`` of its symbols. After the subscribe, and on every resync, the
+the MBP book, ``trade.detail``, ``ticker`` (24 h stats with best bid/ask and the last trade) and
+the 1min ``kline`` of its symbols. After the subscribe, and on every resync, the
 connector sends ``{"req":"market.<sym>.mbp.<levels>"}``; the reply is the snapshot the parser
 bridges the buffered updates to.
 """
@@ -29,7 +30,8 @@ class HtxConnector(Connector):
     default_rest_base = "https://api.huobi.pro"
     ws_path = "/feed"
     book_levels = 150
-    max_symbols_per_connection = 25  # HTX advises against many topics per connection
+    kline_period = "1min"
+    max_symbols_per_connection = 50 // 4  # HTX advises against many topics per connection: about 50
     send_interval_s = 0.02
     connect_interval_s = 0.5
     rest_min_interval_s = 0.1  # public REST: 10 requests/s per IP
@@ -57,7 +59,16 @@ class HtxConnector(Connector):
         return f"market.{symbol}.mbp.{self.levels}"
 
     def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
-        topics = [t for s in symbols for t in (self.book_topic(s), f"market.{s}.trade.detail")]
+        topics = [
+            topic
+            for s in symbols
+            for topic in (
+                self.book_topic(s),
+                f"market.{s}.trade.detail",
+                f"market.{s}.ticker",
+                f"market.{s}.kline.{self.kline_period}",
+            )
+        ]
         return [self._message("sub", topic) for topic in topics]
 
     def snapshot_request(self, symbol: str) -> str:

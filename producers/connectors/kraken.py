@@ -1,4 +1,5 @@
-"""Kraken: WS v2 (default) or the legacy v1 protocol; heartbeats flow once subscribed."""
+"""Kraken: WS v2 (default) or the legacy v1 protocol; heartbeats flow once subscribed. Book,
+trades, the ticker and 1-minute OHLC per symbol."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Sequence
 import orjson
 
 from producers.base import Connector
+
+OHLC_MINUTES = 1
 
 
 class KrakenConnector(Connector):
@@ -48,7 +51,7 @@ class KrakenConnector(Connector):
         return next((name for name in candidates if name != v2_name), candidates[0])
 
     def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
-        return [self._book("subscribe", symbols), self._trades(symbols)]
+        return [self._book("subscribe", symbols), self._trades(symbols), *self._stats(symbols)]
 
     def resubscribe_book_messages(self, symbol: str) -> list[str]:
         return [self._book("unsubscribe", [symbol]), self._book("subscribe", [symbol])]
@@ -61,6 +64,21 @@ class KrakenConnector(Connector):
             return orjson.dumps({"method": op, "params": params, "req_id": next(self._ids)}).decode()
         subscription = {"name": "book", "depth": self.depth}
         return orjson.dumps({"event": op, "pair": list(symbols), "subscription": subscription}).decode()
+
+    def _stats(self, symbols: Sequence[str]) -> list[str]:
+        """The ticker (a snapshot, then an update per trade) and 1m OHLC (recent candles first)."""
+        if self.v2:
+            return [
+                orjson.dumps({"method": "subscribe", "params": params, "req_id": next(self._ids)}).decode()
+                for params in (
+                    {"channel": "ticker", "symbol": list(symbols)},
+                    {"channel": "ohlc", "symbol": list(symbols), "interval": OHLC_MINUTES},
+                )
+            ]
+        return [
+            orjson.dumps({"event": "subscribe", "pair": list(symbols), "subscription": subscription}).decode()
+            for subscription in ({"name": "ticker"}, {"name": "ohlc", "interval": OHLC_MINUTES})
+        ]
 
     def _trades(self, symbols: Sequence[str]) -> str:
         if self.v2:

@@ -1,5 +1,6 @@
 """KuCoin classic spot: a token handshake per connection, JSON pings at the server's
-pingInterval, level2 + match topics, REST level2_100 snapshots for book sync."""
+pingInterval, level2 + match + ticker + snapshot topics and one 1min candles topic per symbol,
+REST level2_100 snapshots for book sync."""
 
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ class KucoinConnector(RestSnapshotConnector):
     default_rest_base = "https://api.kucoin.com"
     book_topic = "/market/level2"
     trade_topic = "/market/match"
+    ticker_topics = ("/market/ticker", "/market/snapshot")  # best bid/ask + last trade, 24 h stats
+    candle_topic = "/market/candles"
+    candle_type = "1min"
     symbols_per_topic = 100
-    max_symbols_per_connection = 100 // 2  # 100 topics per connection; each symbol of a topic counts
+    max_symbols_per_connection = 100 // 5  # 100 topics per connection; each symbol of a topic counts
     send_interval_s = 0.1  # 100 client messages per 10 s per connection, pings included
     connect_interval_s = 2.0  # token requests and connections are rate-limited per IP
     rest_min_interval_s = 0.1
@@ -76,13 +80,16 @@ class KucoinConnector(RestSnapshotConnector):
     def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
         messages: list[str] = []
         book_ids: list[str] = []
-        for topic in (self.book_topic, self.trade_topic):
+        for topic in (self.book_topic, self.trade_topic, *self.ticker_topics):
             for start in range(0, len(symbols), self.symbols_per_topic):
                 request_id = str(next(self._ids))
                 names = ",".join(symbols[start : start + self.symbols_per_topic])
                 messages.append(self._request("subscribe", f"{topic}:{names}", request_id))
                 if topic == self.book_topic:
                     book_ids.append(request_id)
+        for symbol in symbols:  # candle topics are one symbol each
+            topic = f"{self.candle_topic}:{symbol}_{self.candle_type}"
+            messages.append(self._request("subscribe", topic, str(next(self._ids))))
         for stale in self._book_subscribes.pop(tuple(symbols), ()):
             self._acks.pop(stale, None)
         self._book_subscribes[tuple(symbols)] = book_ids

@@ -1,5 +1,6 @@
-"""MEXC spot v3: protobuf push channels (JSON control frames), at most 30 subscriptions per
-connection, JSON ``PING`` keep-alive, REST depth snapshots for book sync (like Binance)."""
+"""MEXC spot v3: protobuf push channels (JSON control frames): aggregated depth and deals, the 1m
+kline and the rolling 24 h miniTicker per symbol, at most 30 subscriptions per connection, JSON
+``PING`` keep-alive, REST depth snapshots for book sync (like Binance)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ class MexcConnector(RestSnapshotConnector):
     default_ws_base = "wss://wbs-api.mexc.com"
     default_rest_base = "https://api.mexc.com"
     channels = ("spot@public.aggre.depth.v3.api.pb@100ms", "spot@public.aggre.deals.v3.api.pb@100ms")
+    stats_channels = (
+        "spot@public.kline.v3.api.pb@{symbol}@Min1",
+        "spot@public.miniTicker.v3.api.pb@{symbol}@24H",
+    )
+    """the symbol sits before the interval / time zone in these names"""
     depth_limit = 5000  # the documented local-book procedure asks for the 5000-level snapshot
-    max_symbols_per_connection = 30 // 2  # 30 subscriptions per connection, two per symbol
+    max_symbols_per_connection = 30 // 4  # 30 subscriptions per connection, four per symbol
     send_interval_s = 0.1
     connect_interval_s = 0.5
     rest_min_interval_s = 0.1
@@ -40,6 +46,7 @@ class MexcConnector(RestSnapshotConnector):
 
     def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
         params = [f"{channel}@{symbol}" for symbol in symbols for channel in self.channels]
+        params += [channel.format(symbol=symbol) for symbol in symbols for channel in self.stats_channels]
         return [orjson.dumps({"method": "SUBSCRIPTION", "params": params}).decode()]
 
     def ping_message(self) -> str:

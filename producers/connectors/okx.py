@@ -1,4 +1,8 @@
-"""OKX v5 public: fewer than 30 channels per connection, text ping when idle, 64008 notices."""
+"""OKX v5: fewer than 30 channels per connection, text ping when idle, 64008 notices.
+
+Books, trades and tickers are on /ws/v5/public; candles only on /ws/v5/business, so every group
+of symbols has a second connection there (``CandleShard``) subscribed to their 1m candles.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,21 @@ from collections.abc import Sequence
 
 import orjson
 
-from producers.base import Connector
+from producers.base import Connection, Connector, Shard
+
+
+class CandleShard(Shard):
+    """The /ws/v5/business connection of a group of symbols (their candles)."""
 
 
 class OkxConnector(Connector):
     exchange = "okx"
     default_ws_base = "wss://ws.okx.com:8443"
     default_rest_base = "https://www.okx.com"
-    channels = ("books", "trades")
+    channels = ("books", "trades", "tickers")
+    candle_channel = "candle1m"
     book_channel = "books"
-    max_symbols_per_connection = 29 // 2  # fewer than 30 channels per connection
+    max_symbols_per_connection = 29 // 3  # fewer than 30 channels per connection
     send_interval_s = 0.1
     connect_interval_s = 0.34  # 3 connection requests/s per IP
     rest_min_interval_s = 0.1  # 20 requests per 2 s
@@ -25,6 +34,24 @@ class OkxConnector(Connector):
 
     def ws_url(self) -> str:
         return f"{self.ws_base}/ws/v5/public"
+
+    def candle_ws_url(self) -> str:
+        return f"{self.ws_base}/ws/v5/business"
+
+    async def connect_url(self, conn: Connection) -> str:
+        return self.candle_ws_url() if isinstance(conn.shard, CandleShard) else self.ws_url()
+
+    def build_shards(self, exchange_symbols: Sequence[str]) -> list[Shard]:
+        public = super().build_shards(exchange_symbols)
+        candles: list[Shard] = [CandleShard(self, len(public) + i, s.symbols) for i, s in enumerate(public)]
+        self.shards = public + candles
+        return self.shards
+
+    def connection_subscribe_messages(self, conn: Connection) -> list[str]:
+        if not isinstance(conn.shard, CandleShard):
+            return self.subscribe_messages(conn.symbols)
+        args = [{"channel": self.candle_channel, "instId": symbol} for symbol in conn.symbols]
+        return [orjson.dumps({"op": "subscribe", "args": args}).decode()]
 
     def all_instruments_url(self) -> str:
         return f"{self.rest_base}/api/v5/public/instruments?instType=SPOT"

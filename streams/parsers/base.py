@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 import zlib
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -34,12 +35,15 @@ __all__ = [
     "apply_levels",
     "apply_text_levels",
     "decode_json",
+    "interval_name",
+    "interval_span_us",
     "json_object",
     "kraken_levels",
     "levels",
     "ms_to_us",
     "occurrences",
     "okx_levels",
+    "opt_float",
     "rfc3339_to_us",
     "seconds_text_to_us",
     "url_param",
@@ -133,6 +137,51 @@ def seconds_text_to_us(text: str) -> int:
     """``"1618678142.557535"`` (seconds with a decimal fraction, as text) -> µs."""
     seconds, _, fraction = text.partition(".")
     return int(seconds) * 1_000_000 + (int((fraction + "000000")[:6]) if fraction else 0)
+
+
+# ----------------------------------------------------------------- tickers and klines
+
+_UNITS = (("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1))
+
+
+def interval_name(seconds: int) -> str:
+    """A candle length in seconds -> marketpipe's spelling: 60 -> ``1m``, 14400 -> ``4h``,
+    86400 -> ``1d``, 604800 -> ``1w`` (the largest unit that divides it). Months are ``1M``
+    (see ``interval_span_us``); exchange modules map those themselves."""
+    if seconds <= 0:
+        raise ParseError(f"candle interval of {seconds} s is not positive")
+    for unit, length in _UNITS:
+        if seconds % length == 0:
+            return f"{seconds // length}{unit}"
+    raise AssertionError("1 s divides every whole number of seconds")
+
+
+def interval_span_us(interval: str, open_time: int) -> int:
+    """The close time (µs, exclusive) of a candle of ``interval`` (``interval_name`` spelling,
+    or ``<n>M`` calendar months from a UTC month start) that opens at ``open_time``."""
+    count, unit = int(interval[:-1]), interval[-1]
+    if unit == "M":
+        year, month = time_struct(open_time)
+        month += count
+        year, month = year + (month - 1) // 12, (month - 1) % 12 + 1
+        return calendar.timegm((year, month, 1, 0, 0, 0)) * 1_000_000
+    seconds = dict(_UNITS).get(unit)
+    if seconds is None:
+        raise ParseError(f"unknown candle interval {interval!r}")
+    return open_time + count * seconds * 1_000_000
+
+
+def time_struct(ts_us: int) -> tuple[int, int]:
+    """(year, month) of a µs timestamp, UTC."""
+    found = datetime.fromtimestamp(ts_us / 1_000_000, tz=UTC)
+    return found.year, found.month
+
+
+def opt_float(value: object) -> float | None:
+    """A numeric field an exchange may leave out or send empty (``""``, null) -> float or None."""
+    if value is None or value == "":
+        return None
+    return float(value)  # type: ignore[arg-type]
 
 
 # -------------------------------------------------------------------------------- levels

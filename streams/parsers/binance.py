@@ -14,7 +14,16 @@ from marketpipe.raw import RawRecord
 from marketpipe.records import Side
 from streams.bridge import Delta, SnapshotBridgeProcessor
 from streams.instruments import Instruments, read_entries, spot_name
-from streams.parsers.base import Connection, FeedOutput, ParseError, json_object, levels, ms_to_us, url_param
+from streams.parsers.base import (
+    Connection,
+    FeedOutput,
+    ParseError,
+    json_object,
+    levels,
+    ms_to_us,
+    opt_float,
+    url_param,
+)
 
 INSTRUMENTS_PATH = "/api/v3/exchangeInfo"
 DEPTH_PATH = "/api/v3/depth"
@@ -35,6 +44,18 @@ def _entry(row: dict[str, Any], found: Instruments) -> None:
     found.add(row["symbol"], spot_name(row["baseAsset"], row["quoteAsset"]))
 
 
+KLINE_INTERVALS = frozenset(
+    ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
+)
+"""Binance's kline intervals are spelled as marketpipe spells them"""
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ParseError(f"binance kline flag x is {value!r}, not a boolean")
+    return value
+
+
 class BinanceProcessor(SnapshotBridgeProcessor):
     exchange = "binance"
     strict_chain = False  # the documented rule: U must not skip past the local id + 1
@@ -46,6 +67,12 @@ class BinanceProcessor(SnapshotBridgeProcessor):
         data = msg.get("data")
         if data is None:
             self._control_frame(msg)
+            return
+        if isinstance(data, list):  # !ticker@arr: every changed symbol's 24hrTicker
+            for item in data:
+                if not isinstance(item, dict) or item.get("e") != "24hrTicker":
+                    raise ParseError(f"unsupported binance array item on stream {msg.get('stream')!r}")
+                self._ticker(raw, item, out)
             return
         if not isinstance(data, dict):
             raise ParseError(f"binance stream {msg.get('stream')!r} payload is not an object")
@@ -73,6 +100,10 @@ class BinanceProcessor(SnapshotBridgeProcessor):
             self._trade(raw, data, data["t"], out)
         elif event is None and "A" in data and "u" in data:
             self.counters.tickers += 1  # bookTicker: the validated book's BBO is published instead
+        elif event == "kline":
+            self._kline(conn, raw, data, out)
+        elif event == "24hrTicker":
+            self._ticker(raw, data, out)
         elif event == "serverShutdown":
             self.counters.notices += 1
         else:
@@ -85,6 +116,59 @@ class BinanceProcessor(SnapshotBridgeProcessor):
         side: Side = "sell" if data["m"] else "buy"
         price, size = float(data["p"]), float(data["q"])
         self.trade(raw, out, data["s"], str(trade_id), price, size, side, ms_to_us(data["T"]), id_space)
+
+    # ------------------------------------------------------------------ ticker, kline
+
+    def _ticker(self, raw: RawRecord, data: dict[str, Any], out: FeedOutput) -> None:
+        self.ticker(
+            raw,
+            out,
+            data["s"],
+            ms_to_us(data["E"]),
+            last_price=float(data["c"]),
+            last_size=opt_float(data.get("Q")),
+            bid_price=opt_float(data.get("b")),
+            bid_size=opt_float(data.get("B")),
+            ask_price=opt_float(data.get("a")),
+            ask_size=opt_float(data.get("A")),
+            open_24h=float(data["o"]),
+            high_24h=float(data["h"]),
+            low_24h=float(data["l"]),
+            volume_24h=float(data["v"]),
+            quote_volume_24h=float(data["q"]),
+            trades_24h=int(data["n"]),
+        )
+
+    def _kline(self, conn: Connection, raw: RawRecord, data: dict[str, Any], out: FeedOutput) -> None:
+        k = data["k"]
+        if not isinstance(k, dict):
+            raise ParseError("binance kline payload has no 'k' object")
+        interval = k["i"]
+        if not isinstance(interval, str) or interval not in KLINE_INTERVALS:
+            raise ParseError(f"unsupported binance kline interval {interval!r}")
+        trades = int(k["n"])
+        first, last = int(k["f"]), int(k["L"])
+        ids = (str(first), str(last)) if trades > 0 and first >= 0 else (None, None)
+        self.exchange_candle(
+            conn,
+            raw,
+            out,
+            k["s"],
+            interval,
+            ms_to_us(k["t"]),
+            ms_to_us(k["T"]) + 1000,  # T is the window's last millisecond
+            float(k["o"]),
+            float(k["h"]),
+            float(k["l"]),
+            float(k["c"]),
+            volume=float(k["v"]),
+            quote_volume=float(k["q"]),
+            trades=trades,
+            first_trade_id=ids[0],
+            last_trade_id=ids[1],
+            closed=_flag(k["x"]),
+            ts=ms_to_us(data["E"]),
+        )
 
     # ---------------------------------------------------------------------------- book
 

@@ -23,6 +23,14 @@ deduplication, oldest first: those already published are dropped, the others fil
 a reconnect. Each live trade arrives twice, ``te`` (executed) then ``tu`` (update, same ID):
 ``te`` is published, ``tu`` skipped. AMOUNT < 0 is a sell (the taker sold).
 
+Ticker: ``[chanId, [BID, BID_SIZE, ASK, ASK_SIZE, DAILY_CHANGE, DAILY_CHANGE_RELATIVE, LAST_PRICE,
+VOLUME, HIGH, LOW]]``; no time (the receive time stands in), no quote volume, the open is
+``LAST_PRICE - DAILY_CHANGE`` (computed on the wire decimals). Candles (``key``
+``trade:<timeframe>:<symbol>``, named by the ``subscribed`` event): ``[MTS, OPEN, CLOSE, HIGH, LOW,
+VOLUME]`` (close before high), a snapshot of such rows newest first on subscribe, then single rows.
+There is no final flag: a candle is final once a later one arrives on the connection (published
+newest first, the snapshot's older rows are final at once).
+
 Instruments: ``GET /v2/conf/<keys>`` answers one list per requested key, in the order of the
 keys in the path: ``pub:list:pair:exchange`` (the pairs), ``pub:info:pair`` (``[[pair, info],
 ...]``), ``pub:map:currency:sym`` (``[[code, name], ...]``); the connector asks for the pair list
@@ -38,7 +46,7 @@ websocket symbol is ``t`` + pair; a ``t`` symbol no answer named is read by the 
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
@@ -54,6 +62,7 @@ from streams.parsers.base import (
     FeedProcessor,
     ParseError,
     decode_json,
+    interval_span_us,
     load_text_levels,
     ms_to_us,
     okx_checksum,
@@ -69,6 +78,14 @@ NOTICE_CODES = {
 }
 _BASE_LENGTH = {"hb": 2, "cs": 3, "te": 3, "tu": 3}
 """length of a channel frame with a string at index 1, without the SEQ_ALL number"""
+TIMEFRAMES = {
+    "1m": "1m", "5m": "5m", "15m": "15m", "30m": "30m", "1h": "1h", "3h": "3h", "6h": "6h",
+    "12h": "12h", "1D": "1d", "1W": "1w", "14D": "14d", "1M": "1M",
+}  # fmt: skip
+"""Bitfinex candle timeframes -> marketpipe's interval spelling"""
+TICKER_FIELDS = 10
+"""a trading-pair ticker array (funding ``f`` symbols send a longer one)"""
+CANDLE_FIELDS = 6
 
 _decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(float_hook=str)
 
@@ -195,7 +212,9 @@ class BitfinexProcessor(FeedProcessor):
     def _event(self, conn: BitfinexConnection, msg: dict[str, Any]) -> None:
         event = msg.get("event")
         if event == "subscribed":
-            conn.channels[int(msg["chanId"])] = (msg["channel"], msg["symbol"])
+            # candles name their channel by key (``trade:1m:tBTCUSD``), the others by symbol
+            name = msg["key"] if msg["channel"] == "candles" else msg["symbol"]
+            conn.channels[int(msg["chanId"])] = (msg["channel"], name)
             self.counters.acks += 1
         elif event == "unsubscribed":
             conn.channels.pop(int(msg["chanId"]), None)
@@ -240,6 +259,10 @@ class BitfinexProcessor(FeedProcessor):
             self._book(conn, symbol, code, msg, raw, out)
         elif channel == "trades":
             self._trades(symbol, code, msg[2] if code else body, raw, out)
+        elif channel == "ticker" and code is None:
+            self._ticker(symbol, body, raw, out)
+        elif channel == "candles" and code is None:
+            self._candles(conn, symbol, body, raw, out)
         else:
             raise ParseError(f"unsupported bitfinex channel {channel!r}")
 
@@ -277,6 +300,65 @@ class BitfinexProcessor(FeedProcessor):
         size = float(amount)
         side: Side = "buy" if size > 0 else "sell"
         self.trade(raw, out, symbol, str(trade_id), float(price), abs(size), side, ms_to_us(mts))
+
+    # ----------------------------------------------------------- ticker, candles
+
+    def _ticker(self, symbol: str, body: Any, raw: RawRecord, out: FeedOutput) -> None:
+        if not isinstance(body, list) or len(body) != TICKER_FIELDS:
+            raise ParseError(f"bitfinex ticker of {symbol} is not a {TICKER_FIELDS}-field array")
+        bid, bid_size, ask, ask_size, change, _, last, volume, high, low = (_number(v) for v in body)
+        self.ticker(
+            raw,
+            out,
+            symbol,
+            None,
+            last_price=float(last),
+            bid_price=float(bid),
+            bid_size=float(bid_size),
+            ask_price=float(ask),
+            ask_size=float(ask_size),
+            open_24h=float(last - change),
+            high_24h=float(high),
+            low_24h=float(low),
+            volume_24h=float(volume),
+        )
+
+    def _candles(
+        self, conn: BitfinexConnection, key: str, body: Any, raw: RawRecord, out: FeedOutput
+    ) -> None:
+        kind, _, rest = key.partition(":")
+        timeframe, _, symbol = rest.partition(":")
+        interval = TIMEFRAMES.get(timeframe)
+        if kind != "trade" or interval is None or not symbol:
+            raise ParseError(f"unsupported bitfinex candles key {key!r}")
+        if not isinstance(body, list):
+            raise ParseError(f"bitfinex candles of {key} is not an array")
+        # a snapshot lists rows newest first: the newest is the open candle, the rest are final
+        rows = body if body and isinstance(body[0], list) else [body] if body else []
+        for row in rows:
+            self._candle(conn, symbol, interval, row, raw, out)
+
+    def _candle(
+        self, conn: BitfinexConnection, symbol: str, interval: str, row: Any, raw: RawRecord, out: FeedOutput
+    ) -> None:
+        if not isinstance(row, list) or len(row) != CANDLE_FIELDS or not isinstance(row[0], int):
+            raise ParseError(f"bitfinex candle {str(row)[:100]} is not [MTS, OPEN, CLOSE, HIGH, LOW, VOLUME]")
+        open_time = ms_to_us(row[0])
+        open_, close, high, low, volume = (float(v) for v in row[1:])
+        self.exchange_candle(
+            conn,
+            raw,
+            out,
+            symbol,
+            interval,
+            open_time,
+            interval_span_us(interval, open_time),
+            open_,
+            high,
+            low,
+            close,
+            volume=volume,
+        )
 
     # ------------------------------------------------------------------- books
 
@@ -333,6 +415,16 @@ class BitfinexProcessor(FeedProcessor):
             return  # nothing to compare; the snapshot that re-syncs the book is on its way
         actual = okx_checksum(state.book)  # the same interleaved top-25 signed CRC32
         self.checksum_result(state, actual == expected, expected, actual, raw, out)
+
+
+def _number(value: object) -> Decimal:
+    """A JSON number as decoded (text for decimals, int for whole numbers) -> Decimal."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ParseError(f"bitfinex value {value!r} is not a number")
+    try:
+        return Decimal(value)
+    except InvalidOperation:
+        raise ParseError(f"bitfinex value {value!r} is not a number") from None
 
 
 def _entry(row: list[Any]) -> tuple[Level, str, bool]:

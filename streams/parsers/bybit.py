@@ -21,10 +21,19 @@ from streams.parsers.base import (
     json_object,
     levels,
     ms_to_us,
+    opt_float,
 )
 
 INSTRUMENTS_PATH = "/v5/market/instruments-info"
 TAKER_SIDES: dict[str, Side] = {"Buy": "buy", "Sell": "sell"}
+KLINE_INTERVALS = {
+    **{str(minutes): f"{minutes}m" for minutes in (1, 3, 5, 15, 30)},
+    **{str(hours * 60): f"{hours}h" for hours in (1, 2, 4, 6, 12)},
+    "D": "1d",
+    "W": "1w",
+    "M": "1M",
+}
+"""Bybit kline interval -> marketpipe's spelling"""
 
 
 def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
@@ -59,6 +68,10 @@ class BybitProcessor(FeedProcessor):
             self._book(conn, msg, raw, out)
         elif topic.startswith("publicTrade."):
             self._trades(msg["data"], raw, out)
+        elif topic.startswith("tickers."):
+            self._ticker(conn, msg, raw, out)
+        elif topic.startswith("kline."):
+            self._klines(conn, topic, msg, raw, out)
         else:
             raise ParseError(f"unsupported bybit topic {topic!r}")
 
@@ -87,6 +100,69 @@ class BybitProcessor(FeedProcessor):
         ]
         for symbol, trade_id, price, size, side, ts in rows:
             self.trade(raw, out, symbol, trade_id, price, size, side, ts)
+
+    def _ticker(self, conn: Connection, msg: dict[str, Any], raw: RawRecord, out: FeedOutput) -> None:
+        """Spot tickers are whole snapshots without bid/ask; linear ones send a snapshot, then
+        deltas of the changed fields, merged here into the connection's latest snapshot."""
+        data = msg["data"]
+        if not isinstance(data, dict):
+            raise ParseError("bybit tickers data is not an object")
+        latest: dict[str, dict[str, Any]] = conn.__dict__.setdefault("tickers", {})
+        symbol = data["symbol"]
+        if msg.get("type") == "delta":
+            if symbol not in latest:
+                raise ParseError(f"bybit tickers delta for {symbol} before its snapshot")
+            data = latest[symbol] = {**latest[symbol], **data}
+        elif "bid1Price" in data:  # only linear tickers are deltas later: only they are kept
+            latest[symbol] = data
+        self.ticker(
+            raw,
+            out,
+            symbol,
+            ms_to_us(msg["ts"]),
+            last_price=float(data["lastPrice"]),
+            bid_price=opt_float(data.get("bid1Price")),
+            bid_size=opt_float(data.get("bid1Size")),
+            ask_price=opt_float(data.get("ask1Price")),
+            ask_size=opt_float(data.get("ask1Size")),
+            open_24h=opt_float(data.get("prevPrice24h")),
+            high_24h=opt_float(data.get("highPrice24h")),
+            low_24h=opt_float(data.get("lowPrice24h")),
+            volume_24h=opt_float(data.get("volume24h")),
+            quote_volume_24h=opt_float(data.get("turnover24h")),
+        )
+
+    def _klines(
+        self, conn: Connection, topic: str, msg: dict[str, Any], raw: RawRecord, out: FeedOutput
+    ) -> None:
+        """``kline.{interval}.{symbol}``; one frame may carry several candles (a closed one and
+        the next open one); ``confirm`` is the final flag."""
+        _, interval_code, symbol = topic.split(".", 2)
+        interval = KLINE_INTERVALS.get(interval_code)
+        if interval is None:
+            raise ParseError(f"unsupported bybit kline interval {interval_code!r}")
+        ts = ms_to_us(msg["ts"]) if "ts" in msg else None
+        for item in msg["data"]:
+            confirm = item["confirm"]
+            if not isinstance(confirm, bool):
+                raise ParseError(f"bybit kline confirm is {confirm!r}, not a boolean")
+            self.exchange_candle(
+                conn,
+                raw,
+                out,
+                symbol,
+                interval,
+                ms_to_us(item["start"]),
+                ms_to_us(item["end"]) + 1000,  # end is the window's last millisecond
+                float(item["open"]),
+                float(item["high"]),
+                float(item["low"]),
+                float(item["close"]),
+                volume=float(item["volume"]),
+                quote_volume=opt_float(item.get("turnover")),
+                closed=confirm,
+                ts=ts,
+            )
 
     def _book(self, conn: Connection, msg: dict[str, Any], raw: RawRecord, out: FeedOutput) -> None:
         self.counters.book_messages += 1

@@ -24,6 +24,7 @@ from streams.parsers.base import (
     ParseError,
     apply_levels,
     decode_json,
+    opt_float,
     rfc3339_to_us,
 )
 
@@ -31,6 +32,8 @@ INSTRUMENTS_PATH = "/api/v3/brokerage/market/products"
 INSTRUMENTS_PATHS = (INSTRUMENTS_PATH, "/api/v3/brokerage/products", "/products")
 """Advanced Trade public and authenticated product lists, and the Exchange API's ``/products``"""
 TAKER_SIDE: dict[str, Side] = {"BUY": "sell", "SELL": "buy"}
+CANDLE_US = 300 * 1_000_000
+"""the candles channel's only granularity: five minutes"""
 
 
 def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
@@ -80,11 +83,35 @@ class _Trade(msgspec.Struct):
     time: str
 
 
+class _Ticker(msgspec.Struct):
+    product_id: str
+    price: str
+    volume_24_h: str = ""
+    low_24_h: str = ""
+    high_24_h: str = ""
+    best_bid: str = ""
+    best_ask: str = ""
+    best_bid_quantity: str = ""
+    best_ask_quantity: str = ""
+
+
+class _Candle(msgspec.Struct):
+    product_id: str
+    start: str
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+
+
 class _Event(msgspec.Struct):
     type: str = ""
     product_id: str = ""
     updates: list[_Level] = []
     trades: list[_Trade] = []
+    tickers: list[_Ticker] = []
+    candles: list[_Candle] = []
 
 
 class _Message(msgspec.Struct):
@@ -124,6 +151,10 @@ class CoinbaseProcessor(FeedProcessor):
                 self._book_event(conn, raw, msg, event, out)
         elif channel == "market_trades":
             self._trades(raw, msg, out)
+        elif channel in ("ticker", "ticker_batch"):
+            self._tickers(raw, msg, out)
+        elif channel == "candles":
+            self._candles(conn, raw, msg, out)
         elif channel == "heartbeats":
             self.counters.heartbeats += 1
         elif channel == "subscriptions":
@@ -162,11 +193,56 @@ class CoinbaseProcessor(FeedProcessor):
             for trade in event.trades:
                 side = TAKER_SIDE.get(trade.side, "unknown")
                 rows.append((rfc3339_to_us(trade.time), trade, side))
-        rows.sort(key=lambda row: row[0])  # snapshots list the newest first
+        # frames list the newest first (snapshots and updates); reversed, a stable sort by time
+        # keeps trades of one timestamp in the order they executed (the last sets a candle's close)
+        rows.reverse()
+        rows.sort(key=lambda row: row[0])
         for ts, trade, side in rows:
             self.trade(
                 raw, out, trade.product_id, trade.trade_id, float(trade.price), float(trade.size), side, ts
             )
+
+    def _tickers(self, raw: RawRecord, msg: _Message, out: FeedOutput) -> None:
+        ts = rfc3339_to_us(msg.timestamp) if msg.timestamp else None
+        for event in msg.events:
+            for row in event.tickers:
+                self.ticker(
+                    raw,
+                    out,
+                    row.product_id,
+                    ts,
+                    last_price=float(row.price),
+                    bid_price=opt_float(row.best_bid),
+                    bid_size=opt_float(row.best_bid_quantity),
+                    ask_price=opt_float(row.best_ask),
+                    ask_size=opt_float(row.best_ask_quantity),
+                    high_24h=opt_float(row.high_24_h),
+                    low_24h=opt_float(row.low_24_h),
+                    volume_24h=opt_float(row.volume_24_h),
+                )
+
+    def _candles(self, conn: Connection, raw: RawRecord, msg: _Message, out: FeedOutput) -> None:
+        """Five-minute candles (the only websocket granularity), no final flag: the base's
+        later-window rule closes them. A snapshot lists recent ones oldest first."""
+        ts = rfc3339_to_us(msg.timestamp) if msg.timestamp else None
+        for event in msg.events:
+            for row in sorted(event.candles, key=lambda candle: int(candle.start)):
+                open_time = int(row.start) * 1_000_000
+                self.exchange_candle(
+                    conn,
+                    raw,
+                    out,
+                    row.product_id,
+                    "5m",
+                    open_time,
+                    open_time + CANDLE_US,
+                    float(row.open),
+                    float(row.high),
+                    float(row.low),
+                    float(row.close),
+                    volume=float(row.volume),
+                    ts=ts,
+                )
 
     def _book_event(
         self, conn: Connection, raw: RawRecord, msg: _Message, event: _Event, out: FeedOutput

@@ -6,6 +6,12 @@ updates are buffered until a ``GET /api/v4/spot/order_book?...&with_id=true`` sn
 ``rest`` record on the same connection) arrives; buffered updates with ``u <= id`` are dropped,
 the first applied one must straddle ``id+1`` (``U <= id+1 <= u``) and every later one must
 continue exactly (``U == previous u + 1``). Sizes are absolute; ``"0"`` deletes the level.
+
+``spot.tickers``: last, best bid/ask prices (no sizes), 24 h high/low and base/quote volume; no
+open (only a rounded percentage change) and no trade count. ``spot.candlesticks``: ``t`` (start,
+s), ``o/h/l/c``, ``v`` the QUOTE volume and ``a`` the base amount (``a x c ~ v`` on real frames; the
+2021 frames have no ``a``), ``n`` = ``<interval>_<pair>``, ``w`` true once the window is closed
+("may be missing": without it a later window on the connection makes a candle final).
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from streams.parsers.base import (
     FeedOutput,
     ParseError,
     decode_json,
+    interval_span_us,
     json_object,
     levels,
     ms_to_us,
+    opt_float,
     url_param,
 )
 
@@ -31,6 +39,11 @@ INSTRUMENTS_PATH = "/api/v4/spot/currency_pairs"
 ORDER_BOOK_PATH = "/api/v4/spot/order_book"
 TAKER_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
 ACK_EVENTS = frozenset({"subscribe", "unsubscribe"})
+INTERVALS = {
+    "10s": "10s", "1m": "1m", "5m": "5m", "15m": "15m", "30m": "30m", "1h": "1h", "4h": "4h",
+    "8h": "8h", "1d": "1d", "7d": "7d", "30d": "1M",
+}  # fmt: skip
+"""Gate.io candlestick intervals -> marketpipe's spelling (``30d`` is the calendar month)"""
 
 
 def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
@@ -76,6 +89,10 @@ class GateioProcessor(SnapshotBridgeProcessor):
                 self._update(conn, raw, result, out)
             elif channel == "spot.trades":
                 self._trade(raw, result, out)
+            elif channel == "spot.tickers":
+                self._ticker(raw, msg, result, out)
+            elif channel == "spot.candlesticks":
+                self._candle(conn, raw, msg, result, out)
             else:
                 raise ParseError(f"unsupported gateio channel {channel!r}")
             return
@@ -103,6 +120,55 @@ class GateioProcessor(SnapshotBridgeProcessor):
         price, size = float(result["price"]), float(result["amount"])
         ts = create_time_ms_to_us(result["create_time_ms"])
         self.trade(raw, out, result["currency_pair"], str(result["id"]), price, size, side, ts)
+
+    # -------------------------------------------------------------- tickers, candles
+
+    @staticmethod
+    def _frame_time(msg: dict[str, Any]) -> int:
+        stamp = msg.get("time_ms")
+        return ms_to_us(stamp) if stamp is not None else int(msg["time"]) * 1_000_000
+
+    def _ticker(self, raw: RawRecord, msg: dict[str, Any], result: dict[str, Any], out: FeedOutput) -> None:
+        self.ticker(
+            raw,
+            out,
+            result["currency_pair"],
+            self._frame_time(msg),
+            last_price=opt_float(result.get("last")),
+            bid_price=opt_float(result.get("highest_bid")),
+            ask_price=opt_float(result.get("lowest_ask")),
+            high_24h=opt_float(result.get("high_24h")),
+            low_24h=opt_float(result.get("low_24h")),
+            volume_24h=opt_float(result.get("base_volume")),
+            quote_volume_24h=opt_float(result.get("quote_volume")),
+        )
+
+    def _candle(
+        self, conn: Connection, raw: RawRecord, msg: dict[str, Any], result: dict[str, Any], out: FeedOutput
+    ) -> None:
+        name = result["n"]
+        kind, _, pair = name.partition("_")
+        interval = INTERVALS.get(kind)
+        if interval is None or not pair:
+            raise ParseError(f"unsupported gateio candlestick name {name!r}")
+        open_time = int(result["t"]) * 1_000_000
+        self.exchange_candle(
+            conn,
+            raw,
+            out,
+            pair,
+            interval,
+            open_time,
+            interval_span_us(interval, open_time),
+            float(result["o"]),
+            float(result["h"]),
+            float(result["l"]),
+            float(result["c"]),
+            volume=opt_float(result.get("a")),
+            quote_volume=float(result["v"]),
+            closed=True if result.get("w") is True else None,
+            ts=self._frame_time(msg),
+        )
 
     # ---------------------------------------------------------------------------- book
 

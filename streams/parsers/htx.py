@@ -19,6 +19,12 @@ Books, two channels:
 
 Trades: ``market.<sym>.trade.detail``, ``tick.data[]`` with ``tradeId``, ``price``, ``amount``,
 ``direction`` (the taker side) and ``ts`` (ms).
+
+Tickers: ``market.<sym>.ticker`` (24 h ``open/high/low/close``, base ``amount``, quote ``vol``,
+``count``, best ``bid/bidSize/ask/askSize`` and ``lastPrice/lastSize``) and ``market.<sym>.detail``
+(the same 24 h fields without the book and last size). Klines ``market.<sym>.kline.<period>``:
+``id`` (start, s), ``open/close/low/high``, base ``amount``, quote ``vol`` and the trade ``count``;
+no final flag (a later window on the connection makes a candle final). Numbers are JSON doubles.
 """
 
 from __future__ import annotations
@@ -30,7 +36,16 @@ from marketpipe.raw import RawRecord
 from marketpipe.records import Side
 from streams.bridge import Delta, SnapshotBridgeProcessor
 from streams.instruments import Instruments, read_entries, spot_name
-from streams.parsers.base import Connection, FeedOutput, ParseError, json_object, levels, ms_to_us
+from streams.parsers.base import (
+    Connection,
+    FeedOutput,
+    ParseError,
+    interval_span_us,
+    json_object,
+    levels,
+    ms_to_us,
+    opt_float,
+)
 
 INSTRUMENTS_PATH = "/v2/settings/common/symbols"
 INSTRUMENTS_PATHS = (
@@ -43,6 +58,11 @@ INSTRUMENTS_PATHS = (
 ``/v1/common/symbols`` (``symbol``, ``base-currency``, ``quote-currency``)"""
 TAKER_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
 _GZIP_MAGIC = b"\x1f\x8b"
+PERIODS = {
+    "1min": "1m", "5min": "5m", "15min": "15m", "30min": "30m", "60min": "1h", "4hour": "4h",
+    "1day": "1d", "1week": "1w", "1mon": "1M", "1year": "12M",
+}  # fmt: skip
+"""HTX kline periods -> marketpipe's interval spelling"""
 
 
 def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
@@ -77,6 +97,12 @@ def _topic(channel: str) -> tuple[str, str]:
     if len(parts) != 3 or parts[0] != "market":
         raise ParseError(f"unsupported htx channel {channel!r}")
     return parts[1], parts[2]
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParseError(f"htx trade count {value!r} is not an integer")
+    return value
 
 
 def _mbp_depth(topic: str) -> int:
@@ -120,6 +146,10 @@ class HtxProcessor(SnapshotBridgeProcessor):
             self._update(conn, symbol, _mbp_depth(topic), msg, tick, raw, out)
         elif topic.startswith("depth.step"):
             self._full_book(conn, symbol, tick, ms_to_us(msg["ts"]), raw, out)
+        elif topic in ("ticker", "detail"):
+            self._ticker(symbol, tick, ms_to_us(msg["ts"]), raw, out)
+        elif topic.startswith("kline."):
+            self._kline(conn, symbol, topic[6:], tick, ms_to_us(msg["ts"]), raw, out)
         else:
             raise ParseError(f"unsupported htx channel {channel!r}")
 
@@ -136,6 +166,62 @@ class HtxProcessor(SnapshotBridgeProcessor):
         ]
         for trade_id, price, size, side, ts in rows:
             self.trade(raw, out, symbol, trade_id, price, size, side, ts)
+
+    # -------------------------------------------------------------- tickers, klines
+
+    def _ticker(self, symbol: str, tick: dict[str, Any], ts: int, raw: RawRecord, out: FeedOutput) -> None:
+        count = tick.get("count")
+        self.ticker(
+            raw,
+            out,
+            symbol,
+            ts,
+            last_price=opt_float(tick.get("lastPrice", tick.get("close"))),
+            last_size=opt_float(tick.get("lastSize")),
+            bid_price=opt_float(tick.get("bid")),
+            bid_size=opt_float(tick.get("bidSize")),
+            ask_price=opt_float(tick.get("ask")),
+            ask_size=opt_float(tick.get("askSize")),
+            open_24h=opt_float(tick.get("open")),
+            high_24h=opt_float(tick.get("high")),
+            low_24h=opt_float(tick.get("low")),
+            volume_24h=opt_float(tick.get("amount")),
+            quote_volume_24h=opt_float(tick.get("vol")),
+            trades_24h=None if count is None else _count(count),
+        )
+
+    def _kline(
+        self,
+        conn: Connection,
+        symbol: str,
+        period: str,
+        tick: dict[str, Any],
+        ts: int,
+        raw: RawRecord,
+        out: FeedOutput,
+    ) -> None:
+        interval = PERIODS.get(period)
+        if interval is None:
+            raise ParseError(f"unsupported htx kline period {period!r}")
+        open_time = int(tick["id"]) * 1_000_000
+        count = tick.get("count")
+        self.exchange_candle(
+            conn,
+            raw,
+            out,
+            symbol,
+            interval,
+            open_time,
+            interval_span_us(interval, open_time),
+            float(tick["open"]),
+            float(tick["high"]),
+            float(tick["low"]),
+            float(tick["close"]),
+            volume=opt_float(tick.get("amount")),
+            quote_volume=opt_float(tick.get("vol")),
+            trades=None if count is None else _count(count),
+            ts=ts,
+        )
 
     # ------------------------------------------------------------------ full books
 

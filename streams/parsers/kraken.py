@@ -9,6 +9,7 @@ are published as deletes so downstream books match.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -27,10 +28,12 @@ from streams.parsers.base import (
     TextRows,
     apply_text_levels,
     decode_json,
+    interval_name,
     json_object,
     kraken_checksum,
     kraken_levels,
     load_text_levels,
+    opt_float,
     plain,
     rfc3339_to_us,
 )
@@ -141,6 +144,14 @@ class KrakenProcessor(FeedProcessor):
                 self._book(conn, msg["type"], item, raw, out)
         elif channel == "trade":
             self._trades(msg["data"], raw, out)
+        elif channel == "ticker":
+            for item in msg["data"]:
+                self._ticker(item, raw, out)
+        elif channel == "ohlc":
+            stamp = msg.get("timestamp")
+            sent = rfc3339_to_us(stamp) if stamp else None
+            for item in msg["data"]:
+                self._ohlc(conn, item, sent, raw, out)
         elif channel == "heartbeat":
             self.counters.heartbeats += 1
         elif channel == "status":
@@ -173,6 +184,55 @@ class KrakenProcessor(FeedProcessor):
         ]
         for symbol, trade_id, price, size, side, ts in rows:
             self.trade(raw, out, symbol, trade_id, price, size, side, ts)
+
+    def _ticker(self, item: dict[str, Any], raw: RawRecord, out: FeedOutput) -> None:
+        """No open price: ``last - change`` (24 h change in quote), in decimal so it stays the
+        exchange's number; no quote volume, no trade count."""
+        last = item["last"]
+        change = item.get("change")
+        stamp = item.get("timestamp")
+        self.ticker(
+            raw,
+            out,
+            item["symbol"],
+            rfc3339_to_us(stamp) if stamp else None,
+            last_price=float(last),
+            bid_price=opt_float(item.get("bid")),
+            bid_size=opt_float(item.get("bid_qty")),
+            ask_price=opt_float(item.get("ask")),
+            ask_size=opt_float(item.get("ask_qty")),
+            open_24h=None if change is None else float(Decimal(_text(last)) - Decimal(_text(change))),
+            high_24h=opt_float(item.get("high")),
+            low_24h=opt_float(item.get("low")),
+            volume_24h=opt_float(item.get("volume")),
+        )
+
+    def _ohlc(
+        self, conn: KrakenConnection, item: dict[str, Any], sent: int | None, raw: RawRecord, out: FeedOutput
+    ) -> None:
+        """No final flag: the base's later-window rule closes a candle. The item's own
+        ``timestamp`` is deprecated (it is the interval end), so the envelope's send time is ``ts``."""
+        minutes = item["interval"]
+        if not isinstance(minutes, int):
+            raise ParseError(f"kraken ohlc interval {minutes!r} is not a whole number of minutes")
+        open_time = rfc3339_to_us(item["interval_begin"])
+        trades = item.get("trades")
+        self.exchange_candle(
+            conn,
+            raw,
+            out,
+            item["symbol"],
+            interval_name(minutes * 60),
+            open_time,
+            open_time + minutes * 60_000_000,
+            float(item["open"]),
+            float(item["high"]),
+            float(item["low"]),
+            float(item["close"]),
+            volume=opt_float(item.get("volume")),
+            trades=None if trades is None else int(trades),
+            ts=sent,
+        )
 
     def _book(
         self, conn: KrakenConnection, kind: str, item: dict[str, Any], raw: RawRecord, out: FeedOutput

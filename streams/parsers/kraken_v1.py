@@ -24,6 +24,7 @@ from streams.parsers.base import (
     FeedOutput,
     ParseError,
     TextRows,
+    interval_name,
     kraken_levels,
     occurrences,
     seconds_text_to_us,
@@ -75,6 +76,10 @@ def on_array(
         _trades(proc, msg[1], pair, raw, out)
     elif channel_name.startswith("book-"):
         _book(proc, conn, msg[1:-2], int(channel_name[5:]), pair, raw, out)
+    elif channel_name == "ticker":
+        _ticker(proc, msg[1], pair, raw, out)
+    elif channel_name.startswith("ohlc-") and channel_name[5:].isdigit():
+        _ohlc(proc, conn, msg[1], int(channel_name[5:]), pair, raw, out)
     else:
         raise ParseError(f"unsupported kraken v1 channel {channel_name!r}")
 
@@ -93,6 +98,64 @@ def _trades(proc: KrakenProcessor, rows: list[list[Any]], pair: str, raw: RawRec
     identities = occurrences([identity for identity, *_ in parsed])
     for identity, (_, price, size, ts, side) in zip(identities, parsed, strict=True):
         proc.trade(raw, out, pair, identity, price, size, side, ts)
+
+
+def _ticker(proc: KrakenProcessor, payload: Any, pair: str, raw: RawRecord, out: FeedOutput) -> None:
+    """``{a,b,c,v,p,t,l,h,o}``; the 24 h values are the second of each [today, last 24 h] pair.
+    No time is sent."""
+    if not isinstance(payload, dict):
+        raise ParseError("kraken v1 ticker payload is not an object")
+    proc.ticker(
+        raw,
+        out,
+        pair,
+        None,
+        last_price=float(payload["c"][0]),
+        last_size=float(payload["c"][1]),
+        bid_price=float(payload["b"][0]),
+        bid_size=float(payload["b"][2]),
+        ask_price=float(payload["a"][0]),
+        ask_size=float(payload["a"][2]),
+        open_24h=float(payload["o"][1]),
+        high_24h=float(payload["h"][1]),
+        low_24h=float(payload["l"][1]),
+        volume_24h=float(payload["v"][1]),
+        trades_24h=int(payload["t"][1]),
+    )
+
+
+def _ohlc(
+    proc: KrakenProcessor,
+    conn: KrakenConnection,
+    row: Any,
+    minutes: int,
+    pair: str,
+    raw: RawRecord,
+    out: FeedOutput,
+) -> None:
+    """``[time, etime, open, high, low, close, vwap, volume, count]``: ``etime`` is the interval
+    end; no final flag (the base's later-window rule closes a candle)."""
+    if not isinstance(row, list) or len(row) < 9:
+        raise ParseError(
+            "kraken v1 ohlc payload is not [time, etime, open, high, low, close, vwap, volume, count]"
+        )
+    close_time = seconds_text_to_us(_text(row[1]))
+    proc.exchange_candle(
+        conn,
+        raw,
+        out,
+        pair,
+        interval_name(minutes * 60),
+        close_time - minutes * 60_000_000,
+        close_time,
+        float(row[2]),
+        float(row[3]),
+        float(row[4]),
+        float(row[5]),
+        volume=float(row[7]),
+        trades=int(row[8]),
+        ts=seconds_text_to_us(_text(row[0])),
+    )
 
 
 def trade_identity(values: list[Any]) -> str:

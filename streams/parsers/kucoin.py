@@ -10,6 +10,15 @@ dropped; the first remaining one must start at or before ``sequence + 1`` (only 
 with a change sequence above the snapshot's are applied), and from then on every update must
 start at the previous ``sequenceEnd + 1``. Size 0 deletes a level; a ``["0","0",seq]`` entry
 only advances the sequence.
+
+Tickers come from two topics: ``/market/ticker`` (``trade.ticker``: last trade and best bid/ask,
+``time`` in ms) and ``/market/snapshot`` (``trade.snapshot``: the 24 h open/high/low/close and base
+``vol`` / quote ``volValue``, ``datetime`` in ms). Each publishes a Ticker of its own fields joined
+with the latest of the other topic on the same connection (kept per symbol), so the compacted
+ticker never loses the half the last frame did not carry. Candles (``/market/candles:<sym>_<type>``)
+are ``[start s, open, close, high, low, volume, turnover]`` (close before high); there is no
+final flag: ``trade.candles.add`` opens a new window, which makes the previous one final (the
+later-window rule of ``FeedProcessor.exchange_candle``).
 """
 
 from __future__ import annotations
@@ -17,10 +26,20 @@ from __future__ import annotations
 from typing import Any
 
 from marketpipe.raw import RawRecord
-from marketpipe.records import Level, Side
+from marketpipe.records import Level, Side, Ticker
 from streams.bridge import Delta, SnapshotBridgeProcessor
 from streams.instruments import Instruments, dashed_pair, read_entries, spot_name
-from streams.parsers.base import Connection, FeedOutput, ParseError, json_object, levels, ms_to_us, url_param
+from streams.parsers.base import (
+    Connection,
+    FeedOutput,
+    ParseError,
+    interval_span_us,
+    json_object,
+    levels,
+    ms_to_us,
+    opt_float,
+    url_param,
+)
 
 INSTRUMENTS_PATH = "/api/v2/symbols"
 INSTRUMENTS_PATHS = (INSTRUMENTS_PATH, "/api/v1/symbols")
@@ -28,6 +47,15 @@ SNAPSHOT_PATH = "/api/v1/market/orderbook/level2_100"
 OK = "200000"
 TAKER_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
 CONTROL_ACKS = frozenset({"welcome", "ack"})
+CANDLE_TYPES = {
+    "1min": "1m", "3min": "3m", "5min": "5m", "15min": "15m", "30min": "30m", "1hour": "1h",
+    "2hour": "2h", "4hour": "4h", "6hour": "6h", "8hour": "8h", "12hour": "12h", "1day": "1d",
+    "1week": "1w", "1month": "1M",
+}  # fmt: skip
+"""KuCoin candle types -> marketpipe's interval spelling"""
+BBO_FIELDS = ("last_price", "last_size", "bid_price", "bid_size", "ask_price", "ask_size")
+DAY_FIELDS = ("open_24h", "high_24h", "low_24h", "volume_24h", "quote_volume_24h")
+TickerFields = dict[str, float | None]
 
 
 def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
@@ -81,6 +109,12 @@ class KucoinProcessor(SnapshotBridgeProcessor):
                 self._update(conn, raw, data, out)
             elif subject == "trade.l3match":
                 self._trade(raw, data, out)
+            elif subject == "trade.ticker" or msg.get("topic") == "/market/ticker:all":
+                self._bbo_ticker(conn, raw, msg, out)
+            elif subject == "trade.snapshot":
+                self._day_ticker(conn, raw, data["data"], out)
+            elif subject in ("trade.candles.add", "trade.candles.update"):
+                self._candle(conn, raw, msg, out)
             else:
                 raise ParseError(f"unsupported kucoin subject {subject!r} on topic {msg.get('topic')!r}")
         elif kind in CONTROL_ACKS:
@@ -99,6 +133,106 @@ class KucoinProcessor(SnapshotBridgeProcessor):
         price, size = float(data["price"]), float(data["size"])
         ts = int(data["time"]) // 1000  # nanoseconds
         self.trade(raw, out, data["symbol"], str(data["tradeId"]), price, size, side, ts)
+
+    # -------------------------------------------------------------- tickers, candles
+
+    def _bbo_ticker(self, conn: Connection, raw: RawRecord, msg: dict[str, Any], out: FeedOutput) -> None:
+        data = msg["data"]
+        topic = msg.get("topic", "")
+        # /market/ticker:all names the symbol in the subject
+        symbol = msg["subject"] if topic == "/market/ticker:all" else topic.rpartition(":")[2]
+        fields: TickerFields = {
+            "last_price": opt_float(data.get("price")),
+            "last_size": opt_float(data.get("size")),
+            "bid_price": opt_float(data.get("bestBid")),
+            "bid_size": opt_float(data.get("bestBidSize")),
+            "ask_price": opt_float(data.get("bestAsk")),
+            "ask_size": opt_float(data.get("bestAskSize")),
+        }
+        self._joined_ticker(conn, raw, symbol, ms_to_us(data["time"]), fields, DAY_FIELDS, out)
+
+    def _day_ticker(self, conn: Connection, raw: RawRecord, data: dict[str, Any], out: FeedOutput) -> None:
+        fields: TickerFields = {
+            "last_price": opt_float(data.get("lastTradedPrice", data.get("close"))),
+            "open_24h": opt_float(data.get("open")),
+            "high_24h": opt_float(data.get("high")),
+            "low_24h": opt_float(data.get("low")),
+            "volume_24h": opt_float(data.get("vol")),
+            "quote_volume_24h": opt_float(data.get("volValue")),
+        }
+        self._joined_ticker(conn, raw, data["symbol"], ms_to_us(data["datetime"]), fields, BBO_FIELDS, out)
+
+    def _joined_ticker(
+        self,
+        conn: Connection,
+        raw: RawRecord,
+        symbol: str,
+        ts: int,
+        fields: TickerFields,
+        kept: tuple[str, ...],
+        out: FeedOutput,
+    ) -> None:
+        """This frame's fields plus the ``kept`` ones of the latest ticker of the symbol."""
+        # exchange symbol -> the latest ticker published from this connection (either topic); set
+        # on first use, so connections restored from an older checkpoint get one too
+        joined: dict[str, Ticker] = conn.__dict__.setdefault("tickers", {})
+        previous = joined.get(symbol)
+        if previous is not None:
+            own_last = fields.get("last_price")
+            fields.update((name, getattr(previous, name)) for name in kept)
+            if own_last is not None and "last_size" in kept and own_last != previous.last_price:
+                # the snapshot saw a newer trade than the ticker topic: its size is unknown
+                fields.update(last_price=own_last, last_size=None)
+        get = fields.get
+        if self.ticker(
+            raw,
+            out,
+            symbol,
+            ts,
+            last_price=get("last_price"),
+            last_size=get("last_size"),
+            bid_price=get("bid_price"),
+            bid_size=get("bid_size"),
+            ask_price=get("ask_price"),
+            ask_size=get("ask_size"),
+            open_24h=get("open_24h"),
+            high_24h=get("high_24h"),
+            low_24h=get("low_24h"),
+            volume_24h=get("volume_24h"),
+            quote_volume_24h=get("quote_volume_24h"),
+        ):
+            joined[symbol] = out.tickers[-1]
+
+    def _candle(self, conn: Connection, raw: RawRecord, msg: dict[str, Any], out: FeedOutput) -> None:
+        topic = msg.get("topic", "")
+        kind = topic.rpartition("_")[2]
+        interval = CANDLE_TYPES.get(kind)
+        if interval is None:
+            raise ParseError(f"unsupported kucoin candle type {kind!r} in topic {topic!r}")
+        data = msg["data"]
+        row = data["candles"]
+        if not isinstance(row, list) or len(row) != 7:
+            raise ParseError(
+                f"kucoin candle {str(row)[:100]} is not [start, open, close, high, low, vol, turnover]"
+            )
+        start, open_, close, high, low, volume, turnover = row
+        open_time = int(start) * 1_000_000
+        self.exchange_candle(
+            conn,
+            raw,
+            out,
+            data["symbol"],
+            interval,
+            open_time,
+            interval_span_us(interval, open_time),
+            float(open_),
+            float(high),
+            float(low),
+            float(close),
+            volume=float(volume),
+            quote_volume=float(turnover),
+            ts=int(data["time"]) // 1000,  # nanoseconds
+        )
 
     # ---------------------------------------------------------------------------- book
 

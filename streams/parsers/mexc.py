@@ -10,6 +10,11 @@ buffered until a REST depth snapshot (a ``rest`` record on the same connection) 
 ``toVersion <= lastUpdateId`` are dropped, the first remaining one must not start after
 ``lastUpdateId + 1``, and from then on every push must start exactly at the previous
 ``toVersion + 1``. Anything else is a gap: unsynced, and the connector re-fetches a snapshot.
+
+``publicMiniTicker`` (309): last ``price``, rolling ``high``/``low``, ``volume`` (the QUOTE turnover)
+and ``quantity`` (base); no bid/ask, no open, no trade count. ``publicSpotKline`` (308): interval
+(``Min1``...), ``windowStart``/``windowEnd`` in seconds, prices, base ``volume``, quote ``amount``;
+no final flag (a later window on the connection makes a candle final).
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ from streams.parsers.base import (
     Connection,
     FeedOutput,
     ParseError,
+    interval_span_us,
     json_object,
     levels,
     occurrences,
+    opt_float,
     url_param,
 )
 from streams.parsers.mexc_pb import PushDataV3ApiWrapper
@@ -37,6 +44,11 @@ INSTRUMENTS_PATH = "/api/v3/exchangeInfo"
 DEPTH_PATH = "/api/v3/depth"
 TAKER_SIDES: dict[int, Side] = {1: "buy", 2: "sell"}
 _decode_push = PushDataV3ApiWrapper.FromString
+INTERVALS = {
+    "Min1": "1m", "Min5": "5m", "Min15": "15m", "Min30": "30m", "Min60": "1h", "Hour4": "4h",
+    "Hour8": "8h", "Day1": "1d", "Week1": "1w", "Month1": "1M",
+}  # fmt: skip
+"""MEXC kline intervals -> marketpipe's interval spelling"""
 
 
 def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
@@ -78,11 +90,19 @@ class MexcProcessor(SnapshotBridgeProcessor):
             self._depth(conn, raw, push, out)
         elif body == "publicAggreDeals":
             self._deals(raw, push, out)
+        elif body == "publicMiniTicker":
+            self._ticker(raw, push, out)
+        elif body == "publicSpotKline":
+            self._kline(conn, raw, push, out)
         else:
-            raise ParseError(f"unsupported mexc push on channel {push.channel!r} (no depth or deals body)")
+            raise ParseError(f"unsupported mexc push on channel {push.channel!r} ({body or 'no known'} body)")
 
     def _control(self, msg: dict[str, Any]) -> None:
         reply = msg.get("msg")
+        if "msg" not in msg and "channel" in msg:
+            raise ParseError(
+                f"unsupported mexc JSON push on channel {msg['channel']!r} (the pre-protobuf format)"
+            )
         if msg.get("code", 0) != 0 or not isinstance(reply, str) or "Not Subscribed" in reply:
             raise ParseError(f"mexc request failed: {msg}")
         if reply == "PONG":
@@ -91,14 +111,18 @@ class MexcProcessor(SnapshotBridgeProcessor):
             self.counters.acks += 1
 
     @staticmethod
-    def _symbol(push: PushDataV3ApiWrapper) -> str:
+    def _symbol(push: PushDataV3ApiWrapper, from_end: int = 1) -> str:
+        """The wrapper's symbol, else the channel's ``from_end``-th last part (kline and miniTicker
+        channels end with ``@<SYMBOL>@<interval or time zone>``)."""
         if push.HasField("symbol"):
             return push.symbol
-        return push.channel.rsplit("@", 1)[-1]
+        return push.channel.split("@")[-from_end]
 
     @staticmethod
     def _ts(push: PushDataV3ApiWrapper, raw: RawRecord) -> int:
-        return push.sendTime * 1000 if push.HasField("sendTime") else raw.recv_ns // 1000
+        if push.HasField("sendTime"):
+            return push.sendTime * 1000
+        return push.createTime * 1000 if push.HasField("createTime") else raw.recv_ns // 1000
 
     def _deals(self, raw: RawRecord, push: PushDataV3ApiWrapper, out: FeedOutput) -> None:
         symbol = self._symbol(push)
@@ -109,6 +133,46 @@ class MexcProcessor(SnapshotBridgeProcessor):
             side = TAKER_SIDES.get(deal.tradeType, "unknown")
             price, size = float(deal.price), float(deal.quantity)
             self.trade(raw, out, symbol, identity, price, size, side, deal.time * 1000)
+
+    # -------------------------------------------------------------- tickers, klines
+
+    def _ticker(self, raw: RawRecord, push: PushDataV3ApiWrapper, out: FeedOutput) -> None:
+        mini = push.publicMiniTicker
+        self.ticker(
+            raw,
+            out,
+            self._symbol(push, 2),
+            self._ts(push, raw),
+            last_price=opt_float(mini.price),
+            high_24h=opt_float(mini.high),
+            low_24h=opt_float(mini.low),
+            volume_24h=opt_float(mini.quantity),
+            quote_volume_24h=opt_float(mini.volume),
+        )
+
+    def _kline(self, conn: Connection, raw: RawRecord, push: PushDataV3ApiWrapper, out: FeedOutput) -> None:
+        kline = push.publicSpotKline
+        interval = INTERVALS.get(kline.interval)
+        if interval is None:
+            raise ParseError(f"unsupported mexc kline interval {kline.interval!r}")
+        open_time = kline.windowStart * 1_000_000
+        close_time = kline.windowEnd * 1_000_000 if kline.windowEnd else interval_span_us(interval, open_time)
+        self.exchange_candle(
+            conn,
+            raw,
+            out,
+            self._symbol(push, 2),
+            interval,
+            open_time,
+            close_time,
+            float(kline.openingPrice),
+            float(kline.highestPrice),
+            float(kline.lowestPrice),
+            float(kline.closingPrice),
+            volume=opt_float(kline.volume),
+            quote_volume=opt_float(kline.amount),
+            ts=self._ts(push, raw),
+        )
 
     # ---------------------------------------------------------------------------- book
 

@@ -28,17 +28,62 @@ from streams.parsers.base import (
     ParseError,
     TextRows,
     apply_text_levels,
+    interval_name,
+    interval_span_us,
     json_object,
     load_text_levels,
     ms_to_us,
     okx_checksum,
     okx_levels,
+    opt_float,
     plain,
 )
 
 INSTRUMENTS_PATH = "/api/v5/public/instruments"
 TAKER_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
 ACK_EVENTS = frozenset({"subscribe", "unsubscribe", "channel-conn-count"})
+
+
+BAR_SECONDS = {
+    "1s": 1,
+    "1m": 60,
+    "3m": 180,
+    "5m": 300,
+    "15m": 900,
+    "30m": 1800,
+    "1H": 3600,
+    "2H": 7200,
+    "4H": 14400,
+    "6H": 21600,
+    "12H": 43200,
+    "1D": 86400,
+    "2D": 172800,
+    "3D": 259200,
+    "5D": 432000,
+    "1W": 604800,
+}
+MONTH_BARS = {"1M": 1, "3M": 3}
+HONG_KONG = "+08:00"
+HK_OFFSET_US = 8 * 3600 * 1_000_000
+UTC_ALIGNED_BELOW_S = 21600
+"""bars shorter than 6H start on UTC boundaries anyway; longer ones are Hong Kong aligned
+unless they end in ``utc``"""
+
+
+def okx_bar(bar: str) -> tuple[str, int]:
+    """``candle<bar>`` suffix -> (marketpipe interval, offset of its boundaries from UTC in µs):
+    ``1m`` -> ``1m``, ``1H`` -> ``1h``, ``1Dutc`` -> ``1d``, ``1D`` (Hong Kong aligned) ->
+    ``1d+08:00``."""
+    utc = bar.endswith("utc")
+    base = bar[:-3] if utc else bar
+    months = MONTH_BARS.get(base)
+    seconds = BAR_SECONDS.get(base)
+    if months is None and seconds is None:
+        raise ParseError(f"unsupported okx candle bar {bar!r}")
+    name = f"{months}M" if months is not None else interval_name(seconds or 0)
+    if utc or (seconds is not None and seconds < UTC_ALIGNED_BELOW_S):
+        return name, 0
+    return name + HONG_KONG, HK_OFFSET_US
 
 
 SPOT_TYPES = frozenset({"SPOT", "MARGIN"})
@@ -93,6 +138,11 @@ class OkxProcessor(FeedProcessor):
                 self._book(conn, msg["arg"]["instId"], msg["action"], item, raw, out)
         elif channel == "trades":
             self._trades(msg["data"], raw, out)
+        elif channel == "tickers":
+            for item in msg["data"]:
+                self._ticker(item, raw, out)
+        elif channel.startswith("candle"):
+            self._candles(conn, channel[6:], msg["arg"]["instId"], msg["data"], raw, out)
         else:
             raise ParseError(f"unsupported okx channel {channel!r}")
 
@@ -120,6 +170,54 @@ class OkxProcessor(FeedProcessor):
         ]
         for symbol, trade_id, price, size, side, ts in rows:
             self.trade(raw, out, symbol, str(trade_id), price, size, side, ts)
+
+    def _ticker(self, item: dict[str, Any], raw: RawRecord, out: FeedOutput) -> None:
+        """Spot: ``vol24h`` is base and ``volCcy24h`` quote (derivatives differ, but they are not
+        named yet, so their symbol dead-letters them first). Best ask/bid may be empty."""
+        self.ticker(
+            raw,
+            out,
+            item["instId"],
+            ms_to_us(item["ts"]),
+            last_price=float(item["last"]),
+            last_size=opt_float(item.get("lastSz")),
+            bid_price=opt_float(item.get("bidPx")),
+            bid_size=opt_float(item.get("bidSz")),
+            ask_price=opt_float(item.get("askPx")),
+            ask_size=opt_float(item.get("askSz")),
+            open_24h=opt_float(item.get("open24h")),
+            high_24h=opt_float(item.get("high24h")),
+            low_24h=opt_float(item.get("low24h")),
+            volume_24h=opt_float(item.get("vol24h")),
+            quote_volume_24h=opt_float(item.get("volCcy24h")),
+        )
+
+    def _candles(
+        self, conn: Connection, bar: str, inst_id: str, rows: list[Any], raw: RawRecord, out: FeedOutput
+    ) -> None:
+        """``[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]``; the older 7-field form has no
+        ``confirm`` (the base's later-window rule closes those)."""
+        interval, offset_us = okx_bar(bar)
+        for row in rows:
+            if not isinstance(row, list) or len(row) < 7:
+                raise ParseError(f"okx candle is not [ts, o, h, l, c, vol, volCcy, ...]: {str(row)[:100]}")
+            open_time = ms_to_us(row[0])
+            self.exchange_candle(
+                conn,
+                raw,
+                out,
+                inst_id,
+                interval,
+                open_time,
+                _bar_close(interval, open_time, offset_us),
+                float(row[1]),
+                float(row[2]),
+                float(row[3]),
+                float(row[4]),
+                volume=float(row[5]),
+                quote_volume=float(row[7] if len(row) >= 9 else row[6]),
+                closed=_confirm(row[8]) if len(row) >= 9 else None,
+            )
 
     def _book(
         self,
@@ -191,3 +289,14 @@ class OkxProcessor(FeedProcessor):
     def _verify(self, state: BookState, expected: int, raw: RawRecord, out: FeedOutput) -> bool:
         actual = okx_checksum(state.book)
         return self.checksum_result(state, actual == expected, expected, actual, raw, out)
+
+
+def _bar_close(interval: str, open_time: int, offset_us: int) -> int:
+    plain_interval = interval.removesuffix(HONG_KONG)
+    return interval_span_us(plain_interval, open_time + offset_us) - offset_us
+
+
+def _confirm(value: object) -> bool:
+    if value not in ("0", "1"):
+        raise ParseError(f"okx candle confirm is {value!r}, not '0' or '1'")
+    return value == "1"

@@ -5,6 +5,8 @@ from streams.parsers.mexc_pb.mexc_push_pb2 import (
     PublicAggreDealsV3ApiItem,
     PublicAggreDepthsV3Api,
     PublicAggreDepthV3ApiItem,
+    PublicMiniTickerV3Api,
+    PublicSpotKlineV3Api,
     PushDataV3ApiWrapper,
 )
 
@@ -13,5 +15,7 @@ __all__ = [
     "PublicAggreDealsV3ApiItem",
     "PublicAggreDepthV3ApiItem",
     "PublicAggreDepthsV3Api",
+    "PublicMiniTickerV3Api",
+    "PublicSpotKlineV3Api",
     "PushDataV3ApiWrapper",
 ]
