@@ -38,7 +38,7 @@ from marketpipe.kafka_local import LocalKafka, free_port
 from marketpipe.records import BookBuckets, Bucket, Candle, DepthBand, Record, Trade
 from marketpipe.topics import Topology, apply_topology
 from sinks.tables import BatchDecoder, sink_tables
-from sinks.worker import ClickHouseLink, SinkConfig, SinkWorker, group_id, table_topics
+from sinks.worker import ClickHouseLink, SinkConfig, SinkWorker, group_id
 
 T0 = 1_714_560_000_000_000
 SYMBOLS = ["BTC-USDT", "ETH-USDT", "SOL-USDT", "XRP-USDT"]
@@ -167,7 +167,7 @@ def bench_worker(table_name: str, values: list[bytes], dsn: str, bootstrap: str,
     topology = Topology(prefix=f"bench{uuid.uuid4().hex[:8]}.", partitions=6)
     admin = AdminClient({"bootstrap.servers": bootstrap})
     apply_topology(admin, topology.specs())
-    topic = next(t for t, name in table_topics(topology).items() if name == table_name)
+    topic = next(t for t, name in topology.sink_tables().items() if name == table_name)
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,

@@ -182,8 +182,8 @@ class Drain:
     def _caught_up(self) -> bool:
         kafka, state = self.observer.kafka, self.observer.state
         assert kafka is not None
-        stages = Topology(prefix=state.prefix, exchanges=tuple(state.exchanges)).stream_stages()
-        md = [f"{state.prefix}md.{t}" for t in ("trades", "ohlcv", "book-buckets", "bbo", "status")]
+        stages = state.topology.stream_stages()
+        md = list(state.topology.sink_tables())
         ends = kafka.end_offsets({*md, *(topic for _, topics in stages for topic in topics)})
         streams_done = all(sum(kafka.lag(group, topics).values()) == 0 for group, topics in stages)
         sink_done = sum(kafka.lag(state.sink_group, md).values()) == 0

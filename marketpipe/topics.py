@@ -130,6 +130,19 @@ class Topology:
         """Compacted: each stage partition's state, pointed at by its committed offset's metadata."""
         return f"{self.streams_group}-checkpoints"
 
+    def sink_tables(self) -> dict[str, str]:
+        """md topic -> the ClickHouse table the sink writes it to (what the sink, drain checks
+        and the live view all follow)."""
+        return {
+            self.trades: "trades",
+            self.ohlcv: "ohlcv",
+            self.book_buckets: "book_buckets",
+            self.bbo: "bbo",
+            self.status: "status",
+            self.ticker: "ticker",
+            self.exchange_candles: "exchange_candles",
+        }
+
     def stream_stages(self) -> list[tuple[str, list[str]]]:
         """(consumer group, input topics) of every stream stage, e.g. to tell when all are drained."""
         return [

@@ -274,8 +274,6 @@ class Picture:
     alerts: list[str] = field(default_factory=list)  # what the operator must act on, in plain words
 
 
-SINK_TABLES = ("trades", "ohlcv", "book_buckets", "bbo", "status")
-MD_TOPICS = ("trades", "ohlcv", "book-buckets", "bbo", "status")
 STAGE_NAMES = (
     "connect -> raw",
     "normalise raw -> md",
@@ -336,7 +334,7 @@ class Observer:
                 int(rows := total(sink, "marketpipe_sink_rows_total", table=t)),
                 self._rate(f"t:{t}", rows, now),
             )
-            for t in SINK_TABLES
+            for t in self.state.topology.sink_tables().values()
         ]
         picture.alerts = alerts(self.state.source, picture.connections)
         return picture
@@ -419,7 +417,7 @@ class Observer:
             return {}
         topology = self.state.topology
         groups = dict(zip(STAGE_NAMES[1:4], topology.stream_stages(), strict=True))
-        groups[STAGE_NAMES[4]] = (self.state.sink_group, [topology.name(f"md.{t}") for t in MD_TOPICS])
+        groups[STAGE_NAMES[4]] = (self.state.sink_group, list(topology.sink_tables()))
         try:
             return {stage: self.kafka.progress(group, topics) for stage, (group, topics) in groups.items()}
         except Exception as exc:  # broker down or restarting: show it, keep going

@@ -114,19 +114,6 @@ def group_id(topology: Topology) -> str:
     return topology.name("marketpipe-sink")
 
 
-def table_topics(topology: Topology) -> dict[str, str]:
-    """topic -> table."""
-    return {
-        topology.trades: "trades",
-        topology.ohlcv: "ohlcv",
-        topology.book_buckets: "book_buckets",
-        topology.bbo: "bbo",
-        topology.status: "status",
-        topology.ticker: "ticker",
-        topology.exchange_candles: "exchange_candles",
-    }
-
-
 class ClickHouseLink:
     """The sink's ClickHouse client; when it opens the embedded engine, it also serves it."""
 
@@ -293,7 +280,7 @@ class SinkWorker:
         self.link = ClickHouseLink(dsn, apply_migrations=apply_migrations)
         self.stop_event = threading.Event()
         tables = sink_tables(self.codec)
-        self._topic_tables = {topic: tables[table] for topic, table in table_topics(topology).items()}
+        self._topic_tables = {topic: tables[table] for topic, table in topology.sink_tables().items()}
         self._decoders = {
             topic: BatchDecoder(self.codec, table.record_type) for topic, table in self._topic_tables.items()
         }

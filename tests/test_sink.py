@@ -34,7 +34,7 @@ from marketpipe.topics import Topology
 from sinks.clickhouse import connect, parse_dsn
 from sinks.migrate import migrate
 from sinks.server import QueryServer, read_endpoint
-from sinks.worker import SinkConfig, SinkWorker, group_id, table_topics
+from sinks.worker import SinkConfig, SinkWorker, group_id
 
 pytestmark = pytest.mark.kafka
 
@@ -164,7 +164,7 @@ def _committed(bootstrap: str, topology: Topology) -> dict[str, int]:
     )
     try:
         metadata = consumer.list_topics(timeout=10).topics
-        partitions = [TopicPartition(t, p) for t in table_topics(topology) for p in metadata[t].partitions]
+        partitions = [TopicPartition(t, p) for t in topology.sink_tables() for p in metadata[t].partitions]
         result = consumer.committed(partitions, timeout=10)
     except KafkaException:
         return {}

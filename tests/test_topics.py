@@ -7,7 +7,9 @@ import uuid
 
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
+from marketpipe.codec import AvroCodec
 from marketpipe.topics import Topology, apply_topology, describe_configs
+from sinks.tables import sink_tables
 
 COMPACTED = {
     "md.bbo",
@@ -72,3 +74,14 @@ def test_prefix_separates_deployments() -> None:
     a, b = Topology(prefix="a.", exchanges=("okx",)), Topology(prefix="b.", exchanges=("okx",))
     assert not {s.name for s in a.specs()} & {s.name for s in b.specs()}
     assert a.raw("okx") == "a.raw.okx" and b.ohlcv == "b.md.ohlcv"
+
+
+def test_every_sink_table_has_its_topic_and_record_type() -> None:
+    """The sink, drain checks and the live view follow Topology.sink_tables(); the sink's table
+    definitions must name the same tables, each decoding the record type its topic carries."""
+    topology = Topology(prefix="x.", exchanges=("binance",))
+    specs = {spec.name: spec for spec in topology.specs()}
+    tables = sink_tables(AvroCodec())
+    assert sorted(topology.sink_tables().values()) == sorted(tables)
+    for topic, table in topology.sink_tables().items():
+        assert specs[topic].value == tables[table].record_type.__name__, topic

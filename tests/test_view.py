@@ -21,7 +21,6 @@ from marketpipe.config import EXCHANGES, ConnectorSettings
 from marketpipe.kafka_local import free_port
 from marketpipe.topics import Topology
 from marketpipe.view import (
-    MD_TOPICS,
     STAGE_NAMES,
     STALL_AFTER_S,
     Endpoint,
@@ -216,7 +215,7 @@ def _wait_for_leaders(kafka: KafkaLag, topology: Topology) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
-            kafka.end_offsets(topics + [topology.name(f"md.{t}") for t in MD_TOPICS])
+            kafka.end_offsets(topics + list(topology.sink_tables()))
             return
         except KafkaException:
             assert time.monotonic() < deadline, "no partition leaders after 60 s"
