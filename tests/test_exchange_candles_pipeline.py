@@ -24,9 +24,10 @@ from sinks.worker import CANDLE_CHECK_QUERY
 
 pytestmark = pytest.mark.slow
 
-EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx")
-SYMBOLS = "BTC-USDT,BTC-USD"  # coinbase and kraken list BTC-USD, the others BTC-USDT
-ONE_MINUTE_EXCHANGES = {"binance", "kraken", "bybit", "okx"}  # coinbase's candles are 5 minutes
+EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx", "bitfinex", "kucoin", "gateio", "htx", "mexc")
+SYMBOLS = "BTC-USDT,BTC-USD"  # coinbase, kraken and bitfinex list BTC-USD, the others BTC-USDT
+ONE_MINUTE_EXCHANGES = set(EXCHANGES) - {"coinbase"}  # coinbase's candles are 5 minutes
+TRADE_COUNTS = ("binance", "kraken", "htx")  # the exchanges whose candles count their trades
 GRACE_S = StreamSettings().ohlcv_grace_s
 CHECK_COLUMNS = (
     "exchange, symbol, interval, toUnixTimestamp64Micro(open_time), ours_missing, trades_diff,"
@@ -91,7 +92,7 @@ def test_ticker_and_exchange_candles_are_filled_for_every_exchange(run: Run) -> 
     assert {row[0] for row in run.tickers} == set(EXCHANGES)
     assert all(row[2] > 0 for row in run.tickers)
     intervals = {row[0]: row[1] for row in run.candles}
-    assert intervals == {"binance": "1m", "kraken": "1m", "bybit": "1m", "okx": "1m", "coinbase": "5m"}
+    assert intervals == {exchange: "1m" for exchange in ONE_MINUTE_EXCHANGES} | {"coinbase": "5m"}
     closed = {row[0]: row[2] for row in run.candles}
     assert all(closed[exchange] >= 1 for exchange in ONE_MINUTE_EXCHANGES), run.candles
 
@@ -102,8 +103,9 @@ def test_candle_check_shows_no_difference_on_simulator_data(run: Run) -> None:
         assert (exchange, run.compared_minute) in compared, (exchange, run.check)
     disagreeing = [row for row in run.check if row[-1]]
     assert disagreeing == []
-    with_counts = [row for row in run.check if row[0] in ("binance", "kraken")]
-    assert with_counts and all(row[5] == 0 for row in with_counts)  # trade counts compared, equal
+    with_counts = [row for row in run.check if row[0] in TRADE_COUNTS]
+    assert {row[0] for row in with_counts} == set(TRADE_COUNTS)
+    assert all(row[5] == 0 for row in with_counts)  # trade counts compared, equal
     (metric,) = [row for row in query(run.pipeline.dsn, CANDLE_CHECK_QUERY) if row[0] == "binance"]
     assert metric[2] == 0 and metric[3] >= 1  # what the sink exports as the Prometheus gauges
 
