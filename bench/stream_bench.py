@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from marketpipe.codec import AvroCodec
@@ -166,6 +166,8 @@ def _committed(bootstrap: str, group: str, topic: str) -> int:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
         found = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+    except KafkaException:  # a young broker's group coordinator is still loading: nothing yet
+        return 0
     finally:
         consumer.close()
     return max(found[0].offset, 0)
