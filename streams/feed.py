@@ -31,6 +31,13 @@ carries its original time and id and is dropped and counted; one not seen yet is
 A trade older than everything the memory still holds (``ts`` at or before the newest
 forgotten one) cannot be told apart and is dead-lettered rather than risk a duplicate.
 
+Books are kept per connection, but one book stream is published per symbol: the newest
+synced book (a handover's successor, a reconnect) is the published one, and while connections
+overlap the others stay valid without publishing book changes, BBOs or bucket snapshots. When
+the published book goes away (unsynced, its connection closed) the next change of another
+synced book takes over with a whole-book snapshot, so md.book never interleaves two
+connections' update streams.
+
 Symbol resolution is injective: an exchange symbol resolves through the names every metadata
 answer agrees on, else its connection's own metadata, else the exchange's documented fallback
 rule; a normalised name is owned by the first instrument that claims it, and a second
@@ -57,6 +64,7 @@ from marketpipe.records import (
     BookChange,
     ControlRequest,
     ExchangeCandle,
+    Instrument,
     Level,
     StatusEvent,
     Ticker,
@@ -213,6 +221,7 @@ class FeedOutput:
         "control",
         "errors",
         "exchange_candles",
+        "instruments",
         "status",
         "tickers",
         "trades",
@@ -227,6 +236,7 @@ class FeedOutput:
         self.control: list[ControlRequest] = []
         self.tickers: list[Ticker] = []
         self.exchange_candles: list[ExchangeCandle] = []
+        self.instruments: list[Instrument] = []
         self.errors: list[tuple[RawRecord, str]] = []
 
     def clear(self) -> None:
@@ -238,6 +248,7 @@ class FeedOutput:
         self.control.clear()
         self.tickers.clear()
         self.exchange_candles.clear()
+        self.instruments.clear()
         self.errors.clear()
 
 
@@ -362,7 +373,14 @@ class FeedProcessor:
         self._connections: dict[str, Connection] = {}
         self._health: dict[str, SymbolHealth] = {}
         self._trade_memories: dict[str, TradeMemory] = {}
+        self._book_owners: dict[str, str] = {}
+        """symbol -> the connection whose book is published: one book stream per symbol, also
+        while two connections overlap (a handover, a reconnect, a second shard)"""
         self.set_clock(clock or ClockWindow())
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_book_owners", {})  # absent in checkpoints of older versions
 
     def set_clock(self, clock: ClockWindow) -> None:
         """The timestamp window (a restored processor takes the current configuration's)."""
@@ -486,6 +504,11 @@ class FeedProcessor:
                 "instruments_unreadable",
             ) from exc
         self._learn(conn, learned)
+        # the metadata of every symbol this answer named (not those it lost to another instrument)
+        named = conn.instruments
+        for record in learned.stamped(raw.recv_ns // 1000):
+            if named.get(record.exchange_symbol) == record.symbol:
+                out.instruments.append(record)
 
     # ------------------------------------------------------------------ symbols
 
@@ -924,33 +947,19 @@ class FeedProcessor:
         bucketer = self.bucketer
         if bucketer is not None:
             if state.synced and ts >= state.bucket_next:
-                self._buckets(state, ts, bucketer, out)
+                published = self._book_owners.get(state.symbol) == state.conn
+                self._buckets(state, ts, bucketer, out if published else None)
             state.bucket_next = ts - ts % bucketer.interval_us + bucketer.interval_us
             self._end_change(state)
         if self._crossed(state, raw, out):
             return False
-        book = state.book
         was_synced = state.synced
         state.synced = True
         state.resync_requested = False
         state.last_id = last_id
         self.counters.books_synced.add(state.symbol)
-        out.books.append(
-            BookChange(
-                exchange=self.exchange,
-                symbol=state.symbol,
-                exchange_symbol=state.exchange_symbol,
-                snapshot=True,
-                bids=[Level(price, size) for price, size in book.bids.levels()],
-                asks=[Level(price, size) for price, size in book.asks.levels()],
-                ts=ts,
-                recv_ts=raw.recv_ns // 1000,
-                last_update_id=last_id,
-                checksum=checksum,
-                conn=raw.conn,
-                seq=raw.seq,
-            )
-        )
+        self._own(state)  # the newest synced book is the symbol's published one
+        out.books.append(self._whole_book(state, raw, ts, last_id, checksum))
         if not was_synced:
             self._status(state, "synced", "snapshot", "", raw, out)
         self._bbo(state, ts, raw, out)
@@ -978,12 +987,20 @@ class FeedProcessor:
             or not recv_us - self._behind_us <= ts <= recv_us + self._ahead_us
         ) and self._refuse(state, raw, out, ts):
             return False
+        owner = self._book_owners.get(state.symbol)
         if ts >= state.bucket_next and self.bucketer is not None:
-            self._buckets(state, ts, self.bucketer, out)
+            self._buckets(state, ts, self.bucketer, out if owner == state.conn else None)
         self._end_change(state)
         if self._crossed(state, raw, out):
             return False
         state.last_id = last_id
+        if owner != state.conn:
+            if owner is not None:
+                return True  # another connection's book of the symbol is the published one
+            self._own(state)  # the published book went away: this one takes over, whole
+            out.books.append(self._whole_book(state, raw, ts, last_id, checksum))
+            self._bbo(state, ts, raw, out)
+            return True
         out.books.append(
             BookChange(
                 exchange=self.exchange,
@@ -1040,6 +1057,8 @@ class FeedProcessor:
             counters.crossed_books += count
             health.crossed += 1
         state.synced = False
+        if self._book_owners.get(state.symbol) == state.conn:
+            del self._book_owners[state.symbol]
         state.book.clear()
         state.bucket_next = _NEVER
         state.last_bbo = None
@@ -1107,13 +1126,40 @@ class FeedProcessor:
         for state in conn.books.values():
             self.unsync(state, "gap", detail, raw, out, count=False)
 
-    def _buckets(self, state: BookState, ts: int, bucketer: Bucketer, out: FeedOutput) -> None:
+    def _own(self, state: BookState) -> None:
+        if self._book_owners.get(state.symbol) != state.conn:
+            self._book_owners[state.symbol] = state.conn
+            state.last_bbo = None  # the BBO published meanwhile came from another book
+
+    def _whole_book(
+        self, state: BookState, raw: RawRecord, ts: int, last_id: int | None, checksum: int | None
+    ) -> BookChange:
+        book = state.book
+        return BookChange(
+            exchange=self.exchange,
+            symbol=state.symbol,
+            exchange_symbol=state.exchange_symbol,
+            snapshot=True,
+            bids=[Level(price, size) for price, size in book.bids.levels()],
+            asks=[Level(price, size) for price, size in book.asks.levels()],
+            ts=ts,
+            recv_ts=raw.recv_ns // 1000,
+            last_update_id=last_id,
+            checksum=checksum,
+            conn=raw.conn,
+            seq=raw.seq,
+        )
+
+    def _buckets(self, state: BookState, ts: int, bucketer: Bucketer, out: FeedOutput | None) -> None:
         """Snapshots at each boundary from ``state.bucket_next`` up to ``ts``, of the book before
-        the change now being accepted (so as it stood at those boundaries)."""
+        the change now being accepted (so as it stood at those boundaries); ``out`` None: the
+        book is not the published one, only the next boundary moves on."""
         step = bucketer.interval_us
         last = ts - ts % step
         first = max(state.bucket_next, last - (MAX_FILLED_BOUNDARIES - 1) * step)
         state.bucket_next = last + step
+        if out is None:
+            return
         bid_prices, bid_sizes = state.book.bids.previous()
         ask_prices, ask_sizes = state.book.asks.previous()
         snapshot = bucketer.snapshot(
