@@ -12,6 +12,9 @@ import msgspec
 
 Side = Literal["buy", "sell", "unknown"]
 BookState = Literal["synced", "unsynced", "connected", "disconnected"]
+InstrumentKind = Literal["spot", "perpetual", "future", "option"]
+ContractType = Literal["linear", "inverse", "quanto"]
+OptionType = Literal["call", "put"]
 
 
 class Record(msgspec.Struct, kw_only=True, frozen=True):
@@ -233,6 +236,29 @@ class DeadLetter(Record, frozen=True, kw_only=True):
         return f"{self.exchange}:{self.conn}"
 
 
+class Instrument(Record, frozen=True, kw_only=True):
+    """One instrument as its metadata describes it; ``symbol`` is named from these fields
+    (``streams/instruments.py``), never the other way round."""
+
+    schema_name: ClassVar[str] = "instrument"
+    exchange: str
+    symbol: str
+    exchange_symbol: str
+    kind: InstrumentKind
+    contract_type: ContractType | None = None
+    base: str
+    quote: str
+    settle_currency: str | None = None
+    contract_size: float
+    contract_size_currency: str
+    expiry_ts: int | None = None
+    strike: float | None = None
+    option_type: OptionType | None = None
+    tick_size: float | None = None
+    lot_size: float | None = None
+    ts: int
+
+
 RECORD_TYPES: tuple[type[Record], ...] = (
     Trade,
     BookChange,
@@ -244,4 +270,5 @@ RECORD_TYPES: tuple[type[Record], ...] = (
     StatusEvent,
     ControlRequest,
     DeadLetter,
+    Instrument,
 )

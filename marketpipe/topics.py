@@ -94,6 +94,10 @@ class Topology:
         return self.name("md.exchange-candles")
 
     @property
+    def instruments(self) -> str:
+        return self.name("md.instruments")
+
+    @property
     def status(self) -> str:
         return self.name("md.status")
 
@@ -141,6 +145,7 @@ class Topology:
             self.status: "status",
             self.ticker: "ticker",
             self.exchange_candles: "exchange_candles",
+            self.instruments: "instruments",
         }
 
     def stream_stages(self) -> list[tuple[str, list[str]]]:
@@ -187,6 +192,7 @@ class Topology:
                 compacted=True,
                 retention_ms=-1,
             ),
+            TopicSpec(self.instruments, n, key="exchange:symbol", value="Instrument", compacted=True),
             TopicSpec(self.status, n, key="exchange:symbol", value="StatusEvent", compacted=True),
             TopicSpec(
                 self.control, 1, key="exchange:symbol", value="ControlRequest", retention_ms=1 * DAY_MS

@@ -26,7 +26,17 @@ import fastavro
 import msgspec
 
 from marketpipe.codec import SINGLE_OBJECT_MAGIC, AvroCodec, AvroSchema, DecodeError
-from marketpipe.records import BBO, BookBuckets, Candle, ExchangeCandle, Record, StatusEvent, Ticker, Trade
+from marketpipe.records import (
+    BBO,
+    BookBuckets,
+    Candle,
+    ExchangeCandle,
+    Instrument,
+    Record,
+    StatusEvent,
+    Ticker,
+    Trade,
+)
 
 Row = dict[str, Any]
 ColumnBuilder = Callable[[Sequence[Row]], list[Any]]
@@ -101,6 +111,7 @@ def sink_tables(codec: AvroCodec) -> dict[str, Table]:
         ("status", StatusEvent),
         ("ticker", Ticker),
         ("exchange_candles", ExchangeCandle),
+        ("instruments", Instrument),
     ]
     return {name: Table.from_schema(name, rtype, codec.schema_for(rtype)) for name, rtype in specs}
 

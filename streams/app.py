@@ -1,5 +1,6 @@
 """The normalise stage: raw.<exchange> -> md.trades, md.book, md.bbo, md.book-buckets, md.ticker,
-md.exchange-candles, md.status, md.control, md.dlq (and bucket snapshots to the consolidation topic).
+md.exchange-candles, md.instruments, md.status, md.control, md.dlq (and bucket snapshots to the
+consolidation topic).
 
 Its state is one ``FeedProcessor`` per raw partition: a partition holds whole connections
 (every record of a shard of symbols shares a key), so a processor has everything it needs
@@ -92,6 +93,7 @@ class NormaliseStage:
             (t.bbo, out.bbos),
             (t.ticker, out.tickers),
             (t.exchange_candles, out.exchange_candles),
+            (t.instruments, out.instruments),
             (t.status, out.status),
             (t.control, out.control),
         ):

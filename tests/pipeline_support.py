@@ -40,6 +40,7 @@ def sink_topics(topology: Topology) -> list[str]:
         topology.status,
         topology.ticker,
         topology.exchange_candles,
+        topology.instruments,
     ]
 
 

@@ -38,6 +38,7 @@ from marketpipe.records import (
     DeadLetter,
     DepthBand,
     ExchangeCandle,
+    Instrument,
     Level,
     Record,
     Side,
@@ -405,6 +406,45 @@ def _edge_values() -> list[Record]:
         )
         for volume, trades, first, closed in ((None, None, None, False), (1e308, BIG, UNICODE, True))
     ]
+    instruments = [
+        Instrument(
+            exchange="okx",
+            symbol="BTC-USDT",
+            exchange_symbol="BTC-USDT",
+            kind="spot",
+            base="BTC",
+            quote="USDT",
+            contract_size=1.0,
+            contract_size_currency="BTC",
+            ts=0,
+        ),
+        *(
+            Instrument(
+                exchange=UNICODE,
+                symbol=UNICODE,
+                exchange_symbol="",
+                kind=kind,
+                contract_type=contract_type,
+                base=UNICODE,
+                quote="",
+                settle_currency=UNICODE,
+                contract_size=size,
+                contract_size_currency=UNICODE,
+                expiry_ts=expiry,
+                strike=strike,
+                option_type=option_type,
+                tick_size=5e-324,
+                lot_size=-0.0,
+                ts=-BIG,
+            )
+            for kind, contract_type, size, expiry, strike, option_type in (
+                ("perpetual", "inverse", 1e308, None, None, None),
+                ("future", "linear", 5e-324, BIG, None, None),
+                ("option", "quanto", float("inf"), -BIG, 1e308, "put"),
+                ("option", "linear", 0.01, 0, -0.0, "call"),
+            )
+        ),
+    ]
     return [
         *trades,
         empty_book,
@@ -417,6 +457,7 @@ def _edge_values() -> list[Record]:
         *statuses,
         *controls,
         *letters,
+        *instruments,
     ]
 
 

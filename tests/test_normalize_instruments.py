@@ -33,6 +33,11 @@ def _json(value: Any) -> str:
     return json.dumps(value)
 
 
+def _without(row: dict[str, Any], field: str) -> dict[str, Any]:
+    """A real entry missing one field it cannot be named without."""
+    return {key: value for key, value in row.items() if key != field}
+
+
 def _kucoin(*rows: dict[str, Any]) -> str:
     return _json({"code": "200000", "data": list(rows)})
 
@@ -94,7 +99,7 @@ def answers() -> dict[str, tuple[str, str, tuple[str, str]]]:
                     "code": "0",
                     "data": [
                         *json.loads(okx_instruments(("BTC-USDT", "BTC", "USDT")))["data"],
-                        json.loads(messages("okx_derivatives.json", "instrument")[0]),  # UNI-USD-SWAP
+                        _without(json.loads(messages("okx_derivatives.json", "instrument")[0]), "uly"),
                     ],
                 }
             ),
@@ -189,26 +194,34 @@ def _okx_with_derivatives() -> Feed:
     return feed
 
 
-def test_okx_swap_and_future_are_dead_lettered_each_with_the_reason_never_merged_as_dash() -> None:
+def test_okx_swap_and_future_each_get_their_own_name_and_book_never_merged_as_dash() -> None:
     """The recorded failure: ``BTC-USD-220527`` and ``UNI-USD-SWAP`` came out as symbol ``-`` and
     shared one book, one status key and one candle."""
     feed = _okx_with_derivatives()
-    assert feed.proc.counters.instruments_skipped == 3  # UNI-USD-SWAP, BTC-USDT-SWAP, BTC-USD-220527
-    derivative_frames = [
-        *messages("okx_derivatives.json", "trade"),
-        *messages("okx_derivatives.json", "book_snapshot"),
-        *messages("okx_derivatives.json", "book_update"),
+    assert feed.proc.counters.instruments_skipped == 0
+    out = feed.recv_all(
+        [
+            *messages("okx_derivatives.json", "trade"),
+            *messages("okx_derivatives.json", "book_snapshot"),
+            *messages("okx_derivatives.json", "book_update"),
+        ]
+    )
+    assert out.errors == []
+    assert [(t.symbol, t.exchange_symbol) for t in out.trades] == [
+        ("BTC-USD-20220527-INV", "BTC-USD-220527"),
+        ("UNI-USD-PERP-INV", "UNI-USD-SWAP"),
     ]
-    out = feed.recv_all(derivative_frames)
-    assert out.trades == [] and out.books == [] and out.bbos == [] and out.status == []
-    assert len(out.errors) == len(derivative_frames)
-    reasons = [reason for _, reason in out.errors]
-    assert any("UNI-USD-SWAP" in r and "SWAP instrument" in r for r in reasons)
-    assert any("BTC-USD-220527" in r and "FUTURES instrument" in r for r in reasons)
-    assert feed.proc.counters.dead_letters == {"unnamed_instrument": len(derivative_frames)}
+    assert [(b.symbol, b.exchange_symbol, b.snapshot) for b in out.books] == [
+        ("UNI-USD-PERP-INV", "UNI-USD-SWAP", True),
+        ("BTC-USD-20220527-INV", "BTC-USD-220527", True),
+        ("UNI-USD-PERP-INV", "UNI-USD-SWAP", False),
+        ("UNI-USD-PERP-INV", "UNI-USD-SWAP", False),
+    ]
+    assert feed.proc.counters.checksums_verified == 4
     spot = feed.recv_all([*messages("okx.json", "book_snapshot"), *messages("okx.json", "trade")])
     assert spot.errors == [] and {t.symbol for t in spot.trades} == {"BTC-USDT"}
     assert spot.books[0].symbol == "BTC-USDT"
+    assert feed.proc.counters.books_synced == {"BTC-USDT", "UNI-USD-PERP-INV", "BTC-USD-20220527-INV"}
 
 
 def test_okx_derivatives_without_metadata_are_dead_lettered_spot_ids_read_by_the_rule() -> None:

@@ -39,7 +39,9 @@ def test_record_fields_mirror_avro_schema(record_type: type[Record]) -> None:
     for name, avro_field in avro_fields.items():
         hint = hints[name]
         kind = _avro_kind(avro_field["type"])
-        optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+        # `Literal[...] | None` is a typing.Union, `str | None` a types.UnionType
+        union = typing.get_origin(hint) in (types.UnionType, typing.Union)
+        optional = union and type(None) in typing.get_args(hint)
         assert optional == (kind == "union"), f"{name}: optionality differs"
         has_default = struct_fields[name].default is not msgspec.NODEFAULT or (
             struct_fields[name].default_factory is not msgspec.NODEFAULT
@@ -52,6 +54,9 @@ def test_record_fields_mirror_avro_schema(record_type: type[Record]) -> None:
         elif typing.get_origin(hint) is typing.Literal:
             assert kind == "enum", name
             assert list(typing.get_args(hint)) == avro_field["type"]["symbols"], name
+        elif optional and typing.get_origin(typing.get_args(hint)[0]) is typing.Literal:
+            (enum,) = [t for t in avro_field["type"] if isinstance(t, dict)]
+            assert list(typing.get_args(typing.get_args(hint)[0])) == enum["symbols"], name
 
 
 def test_every_schema_file_has_a_record_type() -> None:

@@ -17,6 +17,7 @@ COMPACTED = {
     "md.ohlcv",
     "md.ticker",
     "md.exchange-candles",
+    "md.instruments",
     "md.status",
     "marketpipe-streams-checkpoints",
 }

@@ -7,19 +7,28 @@ A non-zero ``checksum`` (frames before the June 2026 deprecation) is verified: s
 CRC32 over the top 25 bid/ask levels interleaved, using the price/size strings as sent.
 
 Trades: OKX pushes the latest trade of an instrument on every subscribe (hours old on a quiet
-one); the feed's trade-id deduplication drops it when it was published already. Instruments:
-spot (and margin) ``instId``s are named from ``baseCcy``/``quoteCcy`` or, without metadata, are
-read as ``BASE-QUOTE``; swaps, futures and options are not normalised yet, so their frames are
-dead-lettered (``unnamed_instrument``), each under its own id.
+one); the feed's trade-id deduplication drops it when it was published already.
+
+Instruments (``/api/v5/public/instruments``): spot (and margin) ``instId``s are named from
+``baseCcy``/``quoteCcy`` or, without metadata, read as ``BASE-QUOTE``. SWAP and FUTURES are named
+from their metadata only (``streams/instruments.py``): base/quote from ``uly`` (else
+``instFamily``), ``ctType`` linear/inverse, ``expTime`` for the date, so ``BTC-USDT-SWAP`` is
+``BTC-USDT-PERP``, ``UNI-USD-SWAP`` (inverse) ``UNI-USD-PERP-INV`` and ``BTC-USD-220527``
+``BTC-USD-20220527-INV``; their trades and books are published like spot ones, sizes in
+contracts (``Instrument.contract_size``: ``ctVal`` x ``ctMult`` of ``ctValCcy``). A derivative id
+no metadata named, OPTION and unknown instTypes are dead-lettered (``unnamed_instrument``), each
+under its own id. Derivative tickers and candles are dead-lettered (``unsupported``) until their
+contract-unit fields are mapped: their sizes and volumes mean other things than spot ones.
 """
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from marketpipe.raw import RawRecord
-from marketpipe.records import Side
-from streams.instruments import Instruments, dashed_pair, read_entries, spot_name
+from marketpipe.records import ContractType, Instrument, InstrumentKind, Side
+from streams.instruments import Instruments, dashed_pair, decimal_field, named, read_entries
 from streams.parsers.base import (
     BookState,
     Connection,
@@ -87,12 +96,14 @@ def okx_bar(bar: str) -> tuple[str, int]:
 
 
 SPOT_TYPES = frozenset({"SPOT", "MARGIN"})
-UNNAMED = "not normalised yet (derivatives)"
+DERIVATIVE_KINDS: dict[str, InstrumentKind] = {"SWAP": "perpetual", "FUTURES": "future"}
+CONTRACT_TYPES: dict[str, ContractType] = {"linear": "linear", "inverse": "inverse"}
+NOT_YET = {"OPTION": "okx options are not normalised yet"}
 
 
 def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
-    """instruments -> {"BTC-USDT": "BTC-USDT", ...} from baseCcy/quoteCcy. SWAP, FUTURES and
-    OPTION instruments (empty baseCcy/quoteCcy) are skipped, never named ``-``."""
+    """instruments -> {"BTC-USDT": "BTC-USDT", "BTC-USDT-SWAP": "BTC-USDT-PERP", ...} with the
+    Instrument record of each. OPTION and unknown instTypes are skipped, never named ``-``."""
     info = json_object(body, "okx instruments response")
     if info.get("code") != "0" or not isinstance(info.get("data"), list):
         raise ParseError(f"okx instruments error {info.get('code')}: {info.get('msg')!r}")
@@ -100,10 +111,84 @@ def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
 
 
 def _instrument(row: dict[str, Any], found: Instruments) -> None:
-    kind = row.get("instType") or "SPOT"
-    if kind not in SPOT_TYPES:
-        raise ParseError(f"{kind} instrument: {UNNAMED}", "unnamed_instrument")
-    found.add(row["instId"], spot_name(row["baseCcy"], row["quoteCcy"]))
+    inst_type = row.get("instType") or "SPOT"
+    if inst_type in SPOT_TYPES:
+        found.add_record(named(_spot(row)))
+    elif inst_type in DERIVATIVE_KINDS:
+        found.add_record(named(_derivative(row, DERIVATIVE_KINDS[inst_type])))
+    else:
+        why = NOT_YET.get(inst_type, f"unknown okx instType {inst_type!r}")
+        raise ParseError(f"{inst_type} instrument: {why}", "unnamed_instrument")
+
+
+def _spot(row: dict[str, Any]) -> Instrument:
+    return Instrument(
+        exchange="okx",
+        symbol="",
+        exchange_symbol=row["instId"],
+        kind="spot",
+        base=row["baseCcy"],
+        quote=row["quoteCcy"],
+        contract_size=1.0,
+        contract_size_currency=row["baseCcy"],
+        tick_size=decimal_field(row, "tickSz"),
+        lot_size=decimal_field(row, "lotSz"),
+        ts=0,
+    )
+
+
+def _derivative(row: dict[str, Any], kind: InstrumentKind) -> Instrument:
+    base, quote = _underlying(row)
+    contract_type = CONTRACT_TYPES.get(row["ctType"])
+    if contract_type is None:
+        raise ParseError(f"ctType {row['ctType']!r} is neither linear nor inverse")
+    expiry = row.get("expTime")
+    if kind == "future" and not expiry:
+        raise ParseError("FUTURES instrument without expTime")
+    return Instrument(
+        exchange="okx",
+        symbol="",
+        exchange_symbol=row["instId"],
+        kind=kind,
+        contract_type=contract_type,
+        base=base,
+        quote=quote,
+        settle_currency=_currency(row, "settleCcy"),
+        contract_size=_contract_size(row),
+        contract_size_currency=_currency(row, "ctValCcy"),
+        expiry_ts=ms_to_us(expiry) if kind == "future" and expiry else None,
+        tick_size=decimal_field(row, "tickSz"),
+        lot_size=decimal_field(row, "lotSz"),
+        ts=0,
+    )
+
+
+def _underlying(row: dict[str, Any]) -> tuple[str, str]:
+    """(base, quote) of the contract's underlying index ``uly`` (``BTC-USD``), else its
+    ``instFamily``; a derivative's ``baseCcy``/``quoteCcy`` are empty."""
+    underlying = row.get("uly") or row.get("instFamily") or ""
+    base, sep, quote = underlying.partition("-")
+    if not (sep and base.isalnum() and quote.isalnum()):
+        raise ParseError(f"underlying (uly/instFamily) {underlying!r} is not BASE-QUOTE")
+    return base, quote
+
+
+def _contract_size(row: dict[str, Any]) -> float:
+    """``ctVal`` x ``ctMult`` (the multiplier is 1 on swaps and futures; options use it)."""
+    try:
+        size = Decimal(row["ctVal"]) * Decimal(row.get("ctMult") or "1")
+    except InvalidOperation:
+        raise ParseError(f"ctVal {row['ctVal']!r} / ctMult {row.get('ctMult')!r} not decimal") from None
+    if not size.is_finite() or size <= 0:
+        raise ParseError(f"contract size {size} is not positive")
+    return float(size)
+
+
+def _currency(row: dict[str, Any], field: str) -> str:
+    value = row.get(field)
+    if not isinstance(value, str) or not value:
+        raise ParseError(f"no {field}")
+    return value
 
 
 class OkxProcessor(FeedProcessor):
@@ -112,16 +197,41 @@ class OkxProcessor(FeedProcessor):
     instruments_parser = staticmethod(parse_instruments)
     keep_text = True
 
+    def kinds(self) -> dict[str, InstrumentKind]:
+        """Exchange symbol -> its kind, from the metadata answers seen (created on first use: a
+        processor restored from a checkpoint of an older version has none)."""
+        found: dict[str, InstrumentKind] = self.__dict__.setdefault("_kinds", {})
+        return found
+
+    def instruments_from(self, body: bytes, path: str) -> Instruments:
+        learned = parse_instruments(body, path)
+        kinds = self.kinds()
+        for exchange_symbol, record in learned.records.items():
+            kinds[exchange_symbol] = record.kind
+        return learned
+
     def fallback_instrument(self, exchange_symbol: str) -> tuple[str, str] | None:
         """Spot instIds are BASE-QUOTE already; swaps (``UNI-USD-SWAP``) and futures
-        (``BTC-USD-220527``) are dead-lettered, each under its own id."""
+        (``BTC-USD-220527``) are named from metadata only: without it they are dead-lettered,
+        each under its own id."""
         name = dashed_pair(exchange_symbol)
         if name is None:
             raise ParseError(
-                f"okx instrument {exchange_symbol!r} is not a spot BASE-QUOTE id: {UNNAMED}",
+                f"okx instrument {exchange_symbol!r} is not a spot BASE-QUOTE id and no instrument "
+                "metadata (rest record) names it: derivatives are named from their metadata only",
                 "unnamed_instrument",
             )
         return name, exchange_symbol
+
+    def _spot_only(self, inst_id: str, what: str, inst_type: object = None) -> None:
+        """Tickers and candles of derivatives are not mapped yet (contract units)."""
+        kind = self.kinds().get(inst_id) or (None if inst_type in (None, *SPOT_TYPES) else inst_type)
+        if kind not in (None, "spot"):
+            raise ParseError(
+                f"unsupported okx {kind} {what} of {inst_id!r}: derivative {what}s are not mapped yet "
+                "(their sizes are contracts, their volumes other units than spot ones)",
+                "unsupported",
+            )
 
     def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
         if raw.data in ("pong", b"pong"):
@@ -172,8 +282,9 @@ class OkxProcessor(FeedProcessor):
             self.trade(raw, out, symbol, str(trade_id), price, size, side, ts)
 
     def _ticker(self, item: dict[str, Any], raw: RawRecord, out: FeedOutput) -> None:
-        """Spot: ``vol24h`` is base and ``volCcy24h`` quote (derivatives differ, but they are not
-        named yet, so their symbol dead-letters them first). Best ask/bid may be empty."""
+        """Spot: ``vol24h`` is base and ``volCcy24h`` quote (derivatives differ: contracts and
+        base, so they are dead-lettered for now). Best ask/bid may be empty."""
+        self._spot_only(item["instId"], "ticker", item.get("instType"))
         self.ticker(
             raw,
             out,
@@ -197,6 +308,7 @@ class OkxProcessor(FeedProcessor):
     ) -> None:
         """``[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]``; the older 7-field form has no
         ``confirm`` (the base's later-window rule closes those)."""
+        self._spot_only(inst_id, "candle")
         interval, offset_us = okx_bar(bar)
         for row in rows:
             if not isinstance(row, list) or len(row) < 7:
