@@ -9,6 +9,7 @@ from feed_helpers import BINANCE_INFO_URL, Feed, binance_info, empty, published
 from samples import messages
 
 from marketpipe.records import Level
+from streams.parsers.binance import depth_update
 
 DEPTH_URL = "https://api.binance.com/api/v3/depth?symbol=NKNUSDT&limit=1000"
 INFO = binance_info(("NKNUSDT", "NKN", "USDT"), ("LRCBTC", "LRC", "BTC"))
@@ -221,3 +222,28 @@ def test_close_unsyncs_the_book() -> None:
     out = feed.close()
     assert [(s.state, s.reason) for s in out.status] == [("unsynced", "close")]
     assert [c.reason for c in out.control] == ["close"]
+
+
+def test_real_diff_frames_take_the_typed_path_with_the_same_numbers() -> None:
+    """The hot path decodes depth frames straight into numbers; on every real frame it must
+    read what the generic JSON path reads."""
+    for frame in diffs():
+        update = depth_update(frame)
+        assert update is not None, frame[:120]
+        data = json.loads(frame)["data"]
+        assert (update.s, update.U, update.u, update.E) == (data["s"], data["U"], data["u"], data["E"])
+        assert update.b == [(float(p), float(q)) for p, q in data["b"]]
+        assert update.a == [(float(p), float(q)) for p, q in data["a"]]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"stream":"x@depth","data":{"e":"depthUpdate","E":1,"s":"X","U":1,"u":2,"b":[["1","2","3"]],"a":[]}}',
+        '{"stream":"x@depth","data":{"e":"depthUpdate","E":1,"s":"X","U":1,"u":2,"b":[["one","2"]],"a":[]}}',
+        '{"stream":"x@trade","data":{"e":"trade","note":"depthUpdate"}}',
+        '{"stream":"x@depth","data":{"e":"depthUpdate"',
+    ],
+)
+def test_odd_depth_frames_leave_the_typed_path_for_the_generic_one(frame: str) -> None:
+    assert depth_update(frame) is None

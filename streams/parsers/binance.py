@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from marketpipe.raw import RawRecord
-from marketpipe.records import Side
+from marketpipe.records import Level, Side
 from streams.bridge import Delta, SnapshotBridgeProcessor
 from streams.instruments import Instruments, read_entries, spot_name
 from streams.parsers.base import (
@@ -29,6 +31,40 @@ INSTRUMENTS_PATH = "/api/v3/exchangeInfo"
 DEPTH_PATH = "/api/v3/depth"
 AGG_IDS = "#agg"
 """aggTrade ids (``a``) are numbered apart from trade ids (``t``): deduplicated apart"""
+
+
+class DepthUpdate(msgspec.Struct):
+    """The ``depthUpdate`` payload of a diff-depth stream (price and size strings as numbers)."""
+
+    e: str
+    E: int
+    s: str
+    U: int
+    u: int
+    b: list[tuple[float, float]]
+    a: list[tuple[float, float]]
+
+
+class DepthFrame(msgspec.Struct):
+    stream: str
+    data: DepthUpdate
+
+
+_depth_frames = msgspec.json.Decoder(DepthFrame, strict=False)  # strict=False: "0.01" -> 0.01
+
+
+def depth_update(frame: bytes | str | None) -> DepthUpdate | None:
+    """A diff-depth frame decoded straight into numbers, the hot path (no dicts, no float() per
+    level); None for any other frame, and for a malformed one, which the generic path reports."""
+    if isinstance(frame, str):
+        frame = frame.encode()
+    if frame is None or b"depthUpdate" not in frame:
+        return None
+    try:
+        update = _depth_frames.decode(frame).data
+    except msgspec.DecodeError:  # ValidationError included
+        return None
+    return update if update.e == "depthUpdate" else None
 
 
 def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
@@ -63,6 +99,12 @@ class BinanceProcessor(SnapshotBridgeProcessor):
     instruments_parser = staticmethod(parse_instruments)
 
     def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
+        update = depth_update(raw.data)
+        if update is not None:
+            bids = [Level(price, size) for price, size in update.b]
+            asks = [Level(price, size) for price, size in update.a]
+            self.on_delta(conn, update.s, Delta(update.U, update.u, bids, asks, update.E * 1000, raw), out)
+            return
         msg = json_object(raw.data, "binance frame")
         data = msg.get("data")
         if data is None:
