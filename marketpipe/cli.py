@@ -58,13 +58,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "topics": ("marketpipe.kafka_cli", "Provision and inspect the declared topics."),
 }
 
-# module path -> names of the click commands it defines (derived; tests/test_compose.py reads it)
-COMMAND_MODULES: dict[str, tuple[str, ...]] = {
-    module: tuple(name for name, (where, _) in COMMANDS.items() if where == module)
-    for module in dict.fromkeys(where for where, _ in COMMANDS.values())
-}
-
-
 class _Group(click.Group):
     """Loads a command's module only when that command runs; lists them from COMMANDS.
 

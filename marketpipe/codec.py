@@ -336,17 +336,19 @@ def _record_writer(schema: dict[str, Any], named: dict[str, Any], enclosing: fro
     return _WriterBuilder(named, enclosing).record(schema)
 
 
-class _WriterBuilder:
-    """Generates one Python function per record schema, like the readers below: primitives are
-    written inline (per-field function calls are most of the cost in CPython), a run of
-    fixed-width fields is one struct.pack, strings go through a per-field cache of their
-    encoded bytes (exchange, symbol and connection names repeat in every record), arrays and
-    nested records through the helper writers."""
+def _define(lines: list[str], env: dict[str, Any]) -> Any:
+    """The one function the source ``lines`` define, with ``env`` as its globals."""
+    namespace = dict(env)
+    exec("\n".join(lines), namespace)  # source built from the parsed schema only
+    (defined,) = (value for name, value in namespace.items() if name not in env and name != "__builtins__")
+    return defined
 
-    def __init__(self, named: dict[str, Any], enclosing: frozenset[str]) -> None:
-        self.named = named
-        self.enclosing = enclosing
-        self.env: dict[str, Any] = {"long_bytes": long_bytes, "last_group": _LAST_GROUP}
+
+class _SourceBuilder:
+    """What the generated writers and readers share: constants named into the function's globals."""
+
+    def __init__(self, env: dict[str, Any]) -> None:
+        self.env = env
         self.counter = 0
 
     def constant(self, value: Any) -> str:
@@ -354,6 +356,19 @@ class _WriterBuilder:
         name = f"_c{self.counter}"
         self.env[name] = value
         return name
+
+
+class _WriterBuilder(_SourceBuilder):
+    """Generates one Python function per record schema, like the readers below: primitives are
+    written inline (per-field function calls are most of the cost in CPython), a run of
+    fixed-width fields is one struct.pack, strings go through a per-field cache of their
+    encoded bytes (exchange, symbol and connection names repeat in every record), arrays and
+    nested records through the helper writers."""
+
+    def __init__(self, named: dict[str, Any], enclosing: frozenset[str]) -> None:
+        super().__init__({"long_bytes": long_bytes, "last_group": _LAST_GROUP})
+        self.named = named
+        self.enclosing = enclosing
 
     def record(self, schema: dict[str, Any]) -> BodyWriter:
         lines = ["def write(out, record):"]
@@ -369,9 +384,7 @@ class _WriterBuilder:
             run, run_format = [], ""
             lines += self.value(f"record.{field['name']}", field["type"], "    ")
         lines += self.fixed_run(run, run_format)
-        namespace = dict(self.env)
-        exec("\n".join(lines), namespace)  # source built from the parsed schema only
-        write: BodyWriter = namespace["write"]
+        write: BodyWriter = _define(lines, self.env)
         return write
 
     def fixed_run(self, names: list[str], fmt: str) -> list[str]:
@@ -466,18 +479,15 @@ def _flat_record_array_writer(item_format: str, names: list[str]) -> BodyWriter:
     """An array of records of fixed-width fields only (e.g. Level): one struct.pack per item,
     joined (faster than packing every item with one format built for the count)."""
     fields = ", ".join(f"value.{name}" for name in names)
-    source = "\n".join(
-        [
-            "def write(out, values):",
-            "    if values:",
-            "        out += long_bytes(len(values))",
-            f"        out += b''.join([pack({fields}) for value in values])",
-            "    out.append(0)",
-        ]
-    )
-    namespace: dict[str, Any] = {"long_bytes": long_bytes, "pack": struct.Struct("<" + item_format).pack}
-    exec(source, namespace)  # source built from the parsed schema only
-    write: BodyWriter = namespace["write"]
+    lines = [
+        "def write(out, values):",
+        "    if values:",
+        "        out += long_bytes(len(values))",
+        f"        out += b''.join([pack({fields}) for value in values])",
+        "    out.append(0)",
+    ]
+    pack = struct.Struct("<" + item_format).pack
+    write: BodyWriter = _define(lines, {"long_bytes": long_bytes, "pack": pack})
     return write
 
 
@@ -575,28 +585,23 @@ _LEAF_TYPES: dict[str, Any] = {
 }
 
 
-class _ReaderBuilder:
+class _ReaderBuilder(_SourceBuilder):
     """Generates one Python function per record schema: primitives are read inline (the
     function-call overhead per field is most of the cost in CPython), arrays and nested
     records through helper readers, and the struct is built with keyword arguments."""
 
     def __init__(self, named: dict[str, Any]) -> None:
+        super().__init__(
+            {
+                "read_long": read_long,
+                "read_string": _read_string,
+                "read_bytes": _read_bytes,
+                "bad_index": _bad_index,
+                "bad_length": _bad_length,
+                "BodyEndsEarly": BodyEndsEarly,
+            }
+        )
         self.named = named
-        self.env: dict[str, Any] = {
-            "read_long": read_long,
-            "read_string": _read_string,
-            "read_bytes": _read_bytes,
-            "bad_index": _bad_index,
-            "bad_length": _bad_length,
-            "BodyEndsEarly": BodyEndsEarly,
-        }
-        self.counter = 0
-
-    def constant(self, value: Any) -> str:
-        self.counter += 1
-        name = f"_c{self.counter}"
-        self.env[name] = value
-        return name
 
     def resolve(self, schema: Any) -> Any:
         if isinstance(schema, str):
@@ -624,9 +629,7 @@ class _ReaderBuilder:
         lines += self.fixed_run(run)
         args = ", ".join(f"{f['name']}=v{i}" for i, f in enumerate(fields))
         lines.append(f"    return {self.constant(info.cls)}({args}), pos")
-        namespace = dict(self.env)
-        exec("\n".join(lines), namespace)  # source built from the parsed schema only
-        read: BodyReader = namespace["read"]
+        read: BodyReader = _define(lines, self.env)
         return read
 
     def fixed_run(self, run: list[tuple[str, str]]) -> list[str]:
@@ -733,9 +736,7 @@ class _ReaderBuilder:
 
     def item_reader(self, items: Any, info: Any) -> BodyReader:
         lines = ["def read(buf, pos):", *self.value("value", items, info, "    "), "    return value, pos"]
-        namespace = dict(self.env)
-        exec("\n".join(lines), namespace)  # source built from the parsed schema only
-        read: BodyReader = namespace["read"]
+        read: BodyReader = _define(lines, self.env)
         return read
 
 

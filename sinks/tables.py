@@ -26,17 +26,8 @@ import fastavro
 import msgspec
 
 from marketpipe.codec import SINGLE_OBJECT_MAGIC, AvroCodec, AvroSchema, DecodeError
-from marketpipe.records import (
-    BBO,
-    BookBuckets,
-    Candle,
-    ExchangeCandle,
-    Instrument,
-    Record,
-    StatusEvent,
-    Ticker,
-    Trade,
-)
+from marketpipe.records import RECORD_TYPES, Record
+from marketpipe.topics import Topology
 
 Row = dict[str, Any]
 ColumnBuilder = Callable[[Sequence[Row]], list[Any]]
@@ -102,18 +93,16 @@ def _named_record(root: dict[str, Any], name: str) -> dict[str, Any] | None:
 
 
 def sink_tables(codec: AvroCodec) -> dict[str, Table]:
-    """The tables the sink writes, keyed by table name."""
-    specs: list[tuple[str, type[Record]]] = [
-        ("trades", Trade),
-        ("ohlcv", Candle),
-        ("book_buckets", BookBuckets),
-        ("bbo", BBO),
-        ("status", StatusEvent),
-        ("ticker", Ticker),
-        ("exchange_candles", ExchangeCandle),
-        ("instruments", Instrument),
-    ]
-    return {name: Table.from_schema(name, rtype, codec.schema_for(rtype)) for name, rtype in specs}
+    """The tables the sink writes (``Topology.sink_tables()``), keyed by table name, each fed the
+    record type its topic carries."""
+    topology = Topology()
+    carried = {spec.name: spec.value for spec in topology.specs()}
+    record_types = {rtype.__name__: rtype for rtype in RECORD_TYPES}
+    tables: dict[str, Table] = {}
+    for topic, name in topology.sink_tables().items():
+        rtype = record_types[carried[topic]]
+        tables[name] = Table.from_schema(name, rtype, codec.schema_for(rtype))
+    return tables
 
 
 # -- batch decoding -----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from marketpipe.cli import COMMAND_MODULES
+from marketpipe.cli import COMMANDS
 from marketpipe.config import EXCHANGES, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def test_infrastructure_services_have_healthchecks_and_ports(compose: dict[str, 
 
 
 def test_marketpipe_services_run_real_commands(compose: dict[str, Any]) -> None:
-    commands = {c for names in COMMAND_MODULES.values() for c in names}
+    commands = set(COMMANDS)
     services = _marketpipe_services(compose)
     assert {"topics", "streams", "sink"} <= set(services)
     producers = {name: s for name, s in services.items() if name.startswith("producer-")}
