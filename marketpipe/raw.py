@@ -254,11 +254,14 @@ class CaptureWriter:
     """Appends raw records to a capture file; compression follows the file suffix.
 
     What is written becomes readable from the file at least every ``flush_interval_s`` (a
-    closed zstd frame, a gzip sync point) and is synced to disk, so a writer killed mid-way
-    leaves every record up to its last flush.
+    closed zstd frame, a gzip sync point), so a writer killed mid-way leaves every record up to
+    its last flush; with ``sync_on_flush`` each flush is also synced to disk (an event loop
+    passes False and calls ``sync`` from a thread: fsync blocks).
     """
 
-    def __init__(self, path: str | Path, flush_interval_s: float = FLUSH_INTERVAL_S) -> None:
+    def __init__(
+        self, path: str | Path, flush_interval_s: float = FLUSH_INTERVAL_S, sync_on_flush: bool = True
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("wb")
@@ -272,6 +275,7 @@ class CaptureWriter:
             self._handle = cast(IO[bytes], zstandard.ZstdCompressor(level=6).stream_writer(self._file))
             self._zstd_frame_end = zstandard.FLUSH_FRAME
         self.flush_interval_s = flush_interval_s
+        self.sync_on_flush = sync_on_flush
         self._last_flush = time.monotonic()
         self._unflushed = 0
         self.count = 0
@@ -284,7 +288,8 @@ class CaptureWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Make everything written so far readable from the file, and sync it to disk."""
+        """Make everything written so far readable from the file (and, with ``sync_on_flush``,
+        sync it to disk)."""
         self._last_flush = time.monotonic()
         if not self._unflushed:
             return
@@ -294,7 +299,13 @@ class CaptureWriter:
         else:
             self._handle.flush()
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self.sync_on_flush:
+            self.sync()
+
+    def sync(self) -> None:
+        """Sync what was flushed to disk (safe from another thread while writing goes on)."""
+        if not self._file.closed:
+            os.fsync(self._file.fileno())
 
     def write_all(self, records: Iterable[RawRecord]) -> None:
         for record in records:

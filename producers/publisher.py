@@ -411,10 +411,11 @@ class CaptureRawPublisher:
     """Writes every record to a capture file (.jsonl, .jsonl.gz, .jsonl.zst); never drops."""
 
     def __init__(self, path: str | Path) -> None:
-        self._writer = CaptureWriter(path)
+        self._writer = CaptureWriter(path, sync_on_flush=False)  # fsync off the event loop
         self.path = self._writer.path
         self.stats = PublisherStats()
         self._flusher: asyncio.Task[None] | None = None
+        self._syncing: asyncio.Future[None] | None = None
 
     def publish(self, record: RawRecord) -> bool:
         self._writer.write(record)
@@ -445,9 +446,13 @@ class CaptureRawPublisher:
         while True:
             await asyncio.sleep(self._writer.flush_interval_s)
             self._writer.flush()
+            self._syncing = asyncio.ensure_future(asyncio.to_thread(self._writer.sync))
+            await asyncio.shield(self._syncing)
 
     async def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
+        if self._syncing is not None:
+            await self._syncing  # the file must stay open until a running fsync is done
         self._writer.close()
