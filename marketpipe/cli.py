@@ -58,6 +58,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "topics": ("marketpipe.kafka_cli", "Provision and inspect the declared topics."),
 }
 
+
 class _Group(click.Group):
     """Loads a command's module only when that command runs; lists them from COMMANDS.
 
