@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from marketpipe.cli import settings_from
+from marketpipe.errors import UserError
 from marketpipe.output import FORMATS, Rows, chosen_format, format_option, write
 from marketpipe.times import parse_time
 
@@ -250,6 +251,14 @@ def _assignment(consumer: Any, topic: str, partitions: list[int], start: str | i
     if isinstance(start, datetime):
         wanted = [TopicPartition(topic, p, int(start.timestamp() * 1000)) for p in partitions]
         found = consumer.offsets_for_times(wanted, timeout=10)
+        for _ in range(20):  # a partition's lookup can fail (leader moving, broker loading): ask again
+            failed = [tp for tp in found if tp.error is not None]
+            if not failed:
+                break
+            time.sleep(0.5)
+            found = consumer.offsets_for_times(wanted, timeout=10)
+        else:
+            raise UserError(f"{topic}: offsets at {start.isoformat()} not available: {failed[0].error}")
         # -1: no record at or after that time in this partition yet, so only new ones
         return [
             TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END) for tp in found
