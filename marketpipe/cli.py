@@ -41,8 +41,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("simulator.cli", "Serve simulated feeds of the ten supported exchanges on one local port."),
     "sink": (
         "sinks.cli",
-        "Stream md.trades, md.ohlcv, md.book-buckets, md.bbo, md.status, md.ticker, "
-        "md.exchange-candles and md.instruments into ClickHouse.",
+        "Stream the md.* topics (trades, candles, books, tickers, instruments, derivatives) "
+        "into ClickHouse.",
     ),
     "sql": ("sinks.cli", "Run QUERY on ClickHouse and print the result (works while the pipeline runs)."),
     "status": (

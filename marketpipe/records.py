@@ -259,6 +259,71 @@ class Instrument(Record, frozen=True, kw_only=True):
     ts: int
 
 
+class FundingRate(Record, frozen=True, kw_only=True):
+    """A perpetual's funding: the running period's rate and when it is next settled."""
+
+    schema_name: ClassVar[str] = "funding"
+    exchange: str
+    symbol: str
+    exchange_symbol: str
+    rate: float
+    predicted_rate: float | None = None
+    next_funding_ts: int | None = None
+    interval_s: int | None = None
+    ts: int
+    recv_ts: int
+    conn: str
+    seq: int
+
+
+class OpenInterest(Record, frozen=True, kw_only=True):
+    """Open contracts of one instrument (in contracts, see ``Instrument.contract_size``)."""
+
+    schema_name: ClassVar[str] = "open_interest"
+    exchange: str
+    symbol: str
+    exchange_symbol: str
+    open_interest: float
+    value: float | None = None
+    ts: int
+    recv_ts: int
+    conn: str
+    seq: int
+
+
+class MarkPrice(Record, frozen=True, kw_only=True):
+    """The venue's mark price of a contract and the index price of its underlying."""
+
+    schema_name: ClassVar[str] = "mark_price"
+    exchange: str
+    symbol: str
+    exchange_symbol: str
+    mark_price: float | None = None
+    index_price: float | None = None
+    settle_price: float | None = None
+    ts: int
+    recv_ts: int
+    conn: str
+    seq: int
+
+
+class Liquidation(Record, frozen=True, kw_only=True):
+    """A forced close; ``side`` is the liquidation order's side (``sell``: a long was liquidated)."""
+
+    schema_name: ClassVar[str] = "liquidation"
+    exchange: str
+    symbol: str
+    exchange_symbol: str
+    side: Side
+    price: float
+    size: float
+    liquidation_id: str | None = None
+    ts: int
+    recv_ts: int
+    conn: str
+    seq: int
+
+
 RECORD_TYPES: tuple[type[Record], ...] = (
     Trade,
     BookChange,
@@ -271,4 +336,8 @@ RECORD_TYPES: tuple[type[Record], ...] = (
     ControlRequest,
     DeadLetter,
     Instrument,
+    FundingRate,
+    OpenInterest,
+    MarkPrice,
+    Liquidation,
 )

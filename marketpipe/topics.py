@@ -98,6 +98,22 @@ class Topology:
         return self.name("md.instruments")
 
     @property
+    def funding(self) -> str:
+        return self.name("md.funding")
+
+    @property
+    def open_interest(self) -> str:
+        return self.name("md.open-interest")
+
+    @property
+    def mark_price(self) -> str:
+        return self.name("md.mark-price")
+
+    @property
+    def liquidations(self) -> str:
+        return self.name("md.liquidations")
+
+    @property
     def status(self) -> str:
         return self.name("md.status")
 
@@ -146,6 +162,10 @@ class Topology:
             self.ticker: "ticker",
             self.exchange_candles: "exchange_candles",
             self.instruments: "instruments",
+            self.funding: "funding",
+            self.open_interest: "open_interest",
+            self.mark_price: "mark_price",
+            self.liquidations: "liquidations",
         }
 
     def stream_stages(self) -> list[tuple[str, list[str]]]:
@@ -193,6 +213,14 @@ class Topology:
                 retention_ms=-1,
             ),
             TopicSpec(self.instruments, n, key="exchange:symbol", value="Instrument", compacted=True),
+            TopicSpec(self.funding, n, key="exchange:symbol", value="FundingRate", retention_ms=30 * DAY_MS),
+            TopicSpec(
+                self.open_interest, n, key="exchange:symbol", value="OpenInterest", retention_ms=30 * DAY_MS
+            ),
+            TopicSpec(self.mark_price, n, key="exchange:symbol", value="MarkPrice", retention_ms=30 * DAY_MS),
+            TopicSpec(
+                self.liquidations, n, key="exchange:symbol", value="Liquidation", retention_ms=30 * DAY_MS
+            ),
             TopicSpec(self.status, n, key="exchange:symbol", value="StatusEvent", compacted=True),
             TopicSpec(
                 self.control, 1, key="exchange:symbol", value="ControlRequest", retention_ms=1 * DAY_MS

@@ -10,8 +10,8 @@ Recomputing everything from the raw topics (``plan_streams``/``apply_streams``) 
 every stream stage's group (streams/runtime.py), each in its own way:
 
 * the normalise stage's group goes to the earliest offsets of ``raw.<exchange>``, so it
-  re-derives md.trades, md.book, md.bbo, md.book-buckets, md.status, md.ticker,
-  md.exchange-candles and md.instruments from the start;
+  re-derives every md.* topic it writes (trades, books, tickers, instruments,
+  derivatives, ...) from the start;
 * the aggregation stages' *derived* inputs (md.trades for the candles, the internal
   consolidation topic for the cross-exchange views) go to their end: the re-derived records
   are appended there and must be the only ones the aggregations see again (reading the old

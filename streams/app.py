@@ -1,5 +1,6 @@
 """The normalise stage: raw.<exchange> -> md.trades, md.book, md.bbo, md.book-buckets, md.ticker,
-md.exchange-candles, md.instruments, md.status, md.control, md.dlq (and bucket snapshots to the
+md.exchange-candles, md.instruments, md.funding, md.open-interest, md.mark-price,
+md.liquidations, md.status, md.control, md.dlq (and bucket snapshots to the
 consolidation topic).
 
 Its state is one ``FeedProcessor`` per raw partition: a partition holds whole connections
@@ -94,6 +95,10 @@ class NormaliseStage:
             (t.ticker, out.tickers),
             (t.exchange_candles, out.exchange_candles),
             (t.instruments, out.instruments),
+            (t.funding, out.funding),
+            (t.open_interest, out.open_interest),
+            (t.mark_price, out.mark_prices),
+            (t.liquidations, out.liquidations),
             (t.status, out.status),
             (t.control, out.control),
         ):

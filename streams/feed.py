@@ -64,8 +64,13 @@ from marketpipe.records import (
     BookChange,
     ControlRequest,
     ExchangeCandle,
+    FundingRate,
     Instrument,
     Level,
+    Liquidation,
+    MarkPrice,
+    OpenInterest,
+    Side,
     StatusEvent,
     Ticker,
     Trade,
@@ -86,6 +91,8 @@ US_PER_S = 1_000_000
 LIVE_WITHIN_NS = 120 * 1_000_000_000
 """a connection heard from this recently is live (every connector reconnects after at most 60 s
 of silence)"""
+LIQUIDATION_MEMORY = 256
+"""liquidations remembered per symbol to drop the same one delivered again"""
 VANISHED_AFTER_NS = 3600 * 1_000_000_000
 """a connection silent this long ended without a close record"""
 
@@ -186,6 +193,11 @@ class FeedCounters:
     sent: int = 0
     notices: int = 0
     tickers: int = 0
+    derivatives: int = 0
+    """funding, open-interest, mark-price and liquidation records published"""
+    repeats_dropped: int = 0
+    """funding/open-interest/mark-price values identical to the last published, and
+    liquidations already published (a second connection, a re-sent snapshot)"""
     stale_updates: int = 0
     dropped_unsynced: int = 0
     duplicates_dropped: int = 0
@@ -205,6 +217,8 @@ class FeedCounters:
             "sequence_gaps": self.sequence_gaps,
             "resyncs": self.resyncs,
             "parse_errors": self.parse_errors,
+            "derivatives": self.derivatives,
+            "repeats_dropped": self.repeats_dropped,
             "dead_letters": dict(sorted(self.dead_letters.items())),
             "instruments_skipped": self.instruments_skipped,
             "books_synced": sorted(self.books_synced),
@@ -221,7 +235,11 @@ class FeedOutput:
         "control",
         "errors",
         "exchange_candles",
+        "funding",
         "instruments",
+        "liquidations",
+        "mark_prices",
+        "open_interest",
         "status",
         "tickers",
         "trades",
@@ -237,6 +255,10 @@ class FeedOutput:
         self.tickers: list[Ticker] = []
         self.exchange_candles: list[ExchangeCandle] = []
         self.instruments: list[Instrument] = []
+        self.funding: list[FundingRate] = []
+        self.open_interest: list[OpenInterest] = []
+        self.mark_prices: list[MarkPrice] = []
+        self.liquidations: list[Liquidation] = []
         self.errors: list[tuple[RawRecord, str]] = []
 
     def clear(self) -> None:
@@ -249,6 +271,10 @@ class FeedOutput:
         self.tickers.clear()
         self.exchange_candles.clear()
         self.instruments.clear()
+        self.funding.clear()
+        self.open_interest.clear()
+        self.mark_prices.clear()
+        self.liquidations.clear()
         self.errors.clear()
 
 
@@ -376,11 +402,16 @@ class FeedProcessor:
         self._book_owners: dict[str, str] = {}
         """symbol -> the connection whose book is published: one book stream per symbol, also
         while two connections overlap (a handover, a reconnect, a second shard)"""
+        self._instrument_records: dict[str, Instrument] = {}
+        self._last_published: dict[tuple[str, str], tuple[object, ...]] = {}
+        """(record kind, symbol) -> the values last published (funding, open interest, mark)"""
+        self._liquidations_seen: dict[str, deque[tuple[object, ...]]] = {}
         self.set_clock(clock or ClockWindow())
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
-        self.__dict__.setdefault("_book_owners", {})  # absent in checkpoints of older versions
+        for name in ("_book_owners", "_instrument_records", "_last_published", "_liquidations_seen"):
+            self.__dict__.setdefault(name, {})  # absent in checkpoints of older versions
 
     def set_clock(self, clock: ClockWindow) -> None:
         """The timestamp window (a restored processor takes the current configuration's)."""
@@ -508,6 +539,7 @@ class FeedProcessor:
         named = conn.instruments
         for record in learned.stamped(raw.recv_ns // 1000):
             if named.get(record.exchange_symbol) == record.symbol:
+                self._instrument_records[record.exchange_symbol] = record
                 out.instruments.append(record)
 
     # ------------------------------------------------------------------ symbols
@@ -911,6 +943,200 @@ class FeedProcessor:
             return "ts_out_of_range", self._clock_detail(ts, raw)
         return None
 
+    # ------------------------------------------------------------- derivatives
+
+    def instrument_record(self, exchange_symbol: str) -> Instrument | None:
+        """The metadata last read for the symbol (contract size and type, for unit conversions)."""
+        return self._instrument_records.get(exchange_symbol)
+
+    def funding(
+        self,
+        raw: RawRecord,
+        out: FeedOutput,
+        exchange_symbol: str,
+        ts: int | None,
+        *,
+        rate: float,
+        predicted_rate: float | None = None,
+        next_funding_ts: int | None = None,
+        interval_s: int | None = None,
+    ) -> bool:
+        """Publish a perpetual's funding when a value changed since the last one published for
+        the symbol. Dead-lettered (False) when a rate is not finite or beyond +-100 %, the
+        interval is not positive, or the symbol or ``ts`` is bad as for ``ticker``."""
+        problem = _bad_rate(rate) or _bad_rate(predicted_rate)
+        if problem is None and interval_s is not None and interval_s <= 0:
+            problem = "invalid_value", f"funding interval {interval_s} s is not positive"
+        values = (rate, predicted_rate, next_funding_ts, interval_s)
+        symbol = self._derivative_symbol(raw, out, exchange_symbol, ts, "funding", problem, values)
+        if symbol is None:
+            return False
+        self.counters.derivatives += 1
+        out.funding.append(
+            FundingRate(
+                exchange=self.exchange,
+                symbol=symbol,
+                exchange_symbol=exchange_symbol,
+                rate=rate,
+                predicted_rate=predicted_rate,
+                next_funding_ts=next_funding_ts,
+                interval_s=interval_s,
+                ts=self._ts_or_recv(ts, raw),
+                recv_ts=raw.recv_ns // 1000,
+                conn=raw.conn,
+                seq=raw.seq,
+            )
+        )
+        return True
+
+    def open_interest(
+        self,
+        raw: RawRecord,
+        out: FeedOutput,
+        exchange_symbol: str,
+        ts: int | None,
+        *,
+        open_interest: float,
+        value: float | None = None,
+    ) -> bool:
+        """Publish open interest (contracts; ``value`` the notional the venue states) when it
+        changed for the symbol. Dead-lettered (False) when negative or not finite."""
+        problem = _bad_values((), (open_interest, value))
+        values = (open_interest, value)
+        symbol = self._derivative_symbol(raw, out, exchange_symbol, ts, "open interest", problem, values)
+        if symbol is None:
+            return False
+        self.counters.derivatives += 1
+        out.open_interest.append(
+            OpenInterest(
+                exchange=self.exchange,
+                symbol=symbol,
+                exchange_symbol=exchange_symbol,
+                open_interest=open_interest,
+                value=value,
+                ts=self._ts_or_recv(ts, raw),
+                recv_ts=raw.recv_ns // 1000,
+                conn=raw.conn,
+                seq=raw.seq,
+            )
+        )
+        return True
+
+    def mark_price(
+        self,
+        raw: RawRecord,
+        out: FeedOutput,
+        exchange_symbol: str,
+        ts: int | None,
+        *,
+        mark_price: float | None = None,
+        index_price: float | None = None,
+        settle_price: float | None = None,
+    ) -> bool:
+        """Publish a contract's mark/index/settle prices (a repeat of the last values at the
+        same time, e.g. from a second connection, is dropped). Dead-lettered (False) when a
+        price is not positive and finite, or none is given."""
+        prices = (mark_price, index_price, settle_price)
+        problem = _bad_values(prices, ())
+        if problem is None and mark_price is None and index_price is None and settle_price is None:
+            problem = "invalid_value", "no mark, index or settle price"
+        values = (ts, *prices)
+        symbol = self._derivative_symbol(raw, out, exchange_symbol, ts, "mark price", problem, values)
+        if symbol is None:
+            return False
+        self.counters.derivatives += 1
+        out.mark_prices.append(
+            MarkPrice(
+                exchange=self.exchange,
+                symbol=symbol,
+                exchange_symbol=exchange_symbol,
+                mark_price=mark_price,
+                index_price=index_price,
+                settle_price=settle_price,
+                ts=self._ts_or_recv(ts, raw),
+                recv_ts=raw.recv_ns // 1000,
+                conn=raw.conn,
+                seq=raw.seq,
+            )
+        )
+        return True
+
+    def liquidation(
+        self,
+        raw: RawRecord,
+        out: FeedOutput,
+        exchange_symbol: str,
+        ts: int | None,
+        *,
+        side: Side,
+        price: float,
+        size: float,
+        liquidation_id: str | None = None,
+    ) -> bool:
+        """Publish a liquidation (``side``: the liquidation order's side; ``size`` in contracts)
+        once: the same one again (a second connection, a re-sent snapshot) is dropped and
+        counted. Dead-lettered (False) when the price or size is not positive and finite."""
+        problem = _bad_values((price, size), ())
+        symbol = self._derivative_symbol(raw, out, exchange_symbol, ts, "liquidation", problem, None)
+        if symbol is None:
+            return False
+        seen = self._liquidations_seen.get(symbol)
+        if seen is None:
+            seen = self._liquidations_seen[symbol] = deque(maxlen=LIQUIDATION_MEMORY)
+        key = (ts, side, price, size, liquidation_id)
+        if key in seen:
+            self.counters.repeats_dropped += 1
+            return True
+        seen.append(key)
+        self.counters.derivatives += 1
+        out.liquidations.append(
+            Liquidation(
+                exchange=self.exchange,
+                symbol=symbol,
+                exchange_symbol=exchange_symbol,
+                side=side,
+                price=price,
+                size=size,
+                liquidation_id=liquidation_id,
+                ts=self._ts_or_recv(ts, raw),
+                recv_ts=raw.recv_ns // 1000,
+                conn=raw.conn,
+                seq=raw.seq,
+            )
+        )
+        return True
+
+    def _derivative_symbol(
+        self,
+        raw: RawRecord,
+        out: FeedOutput,
+        exchange_symbol: str,
+        ts: int | None,
+        what: str,
+        problem: tuple[str, str] | None,
+        values: tuple[object, ...] | None,
+    ) -> str | None:
+        """The symbol a funding/open-interest/mark/liquidation record is published under, or
+        None: dead-lettered (a bad symbol, value or time) or a repeat of the last ``values``."""
+        symbol = self._symbol_or_reject(raw, out, exchange_symbol)
+        if symbol is None:
+            return None
+        problem = problem or self._out_of_window(ts, raw)
+        if problem:
+            self.reject(raw, f"{self.exchange} {what} of {exchange_symbol}: {problem[1]}", out, problem[0])
+            return None
+        if values is not None:
+            key = (what, symbol)
+            if self._last_published.get(key) == values:
+                self.counters.repeats_dropped += 1
+                return None
+            self._last_published[key] = values
+        return symbol
+
+    @staticmethod
+    def _ts_or_recv(ts: int | None, raw: RawRecord) -> int:
+        return raw.recv_ns // 1000 if ts is None else ts
+
     # --------------------------------------------------------------------- books
 
     def book_state(self, conn: Connection, exchange_symbol: str) -> BookState:
@@ -1241,6 +1467,12 @@ def _bad_values(
     for amount in amounts:
         if amount is not None and not 0.0 <= amount < _INF:
             return "invalid_value", f"size/volume/count {amount} is not a finite number >= 0"
+    return None
+
+
+def _bad_rate(rate: float | None) -> tuple[str, str] | None:
+    if rate is not None and not -1.0 <= rate <= 1.0:
+        return "invalid_value", f"funding rate {rate} is not a finite fraction within +-1"
     return None
 
 

@@ -38,8 +38,12 @@ from marketpipe.records import (
     DeadLetter,
     DepthBand,
     ExchangeCandle,
+    FundingRate,
     Instrument,
     Level,
+    Liquidation,
+    MarkPrice,
+    OpenInterest,
     Record,
     Side,
     StatusEvent,
@@ -445,6 +449,31 @@ def _edge_values() -> list[Record]:
             )
         ),
     ]
+    where = {
+        "exchange": UNICODE,
+        "symbol": "BTC-USDT-PERP",
+        "exchange_symbol": "",
+        "recv_ts": -1,
+        "conn": UNICODE,
+    }
+    derivatives: list[Record] = [
+        FundingRate(rate=-0.0, ts=0, seq=0, **where),  # type: ignore[arg-type]
+        FundingRate(
+            rate=1.0, predicted_rate=-1e-12, next_funding_ts=BIG, interval_s=-BIG, ts=BIG, seq=BIG, **where
+        ),  # type: ignore[arg-type]
+        OpenInterest(open_interest=0.0, ts=0, seq=1, **where),  # type: ignore[arg-type]
+        OpenInterest(open_interest=1e308, value=5e-324, ts=-BIG, seq=-BIG, **where),  # type: ignore[arg-type]
+        MarkPrice(ts=0, seq=1, **where),  # type: ignore[arg-type]
+        MarkPrice(mark_price=1e308, index_price=5e-324, settle_price=-0.0, ts=BIG, seq=2, **where),  # type: ignore[arg-type]
+        *(
+            Liquidation(side=side, price=p, size=sz, liquidation_id=lid, ts=BIG, seq=3, **where)  # type: ignore[arg-type]
+            for side, p, sz, lid in (
+                ("buy", 5e-324, 1e308, None),
+                ("sell", 1.0, 0.5, UNICODE),
+                ("unknown", 2.0, 0.0, ""),
+            )
+        ),
+    ]
     return [
         *trades,
         empty_book,
@@ -458,6 +487,7 @@ def _edge_values() -> list[Record]:
         *controls,
         *letters,
         *instruments,
+        *derivatives,
     ]
 
 
