@@ -194,3 +194,10 @@ def test_trades_notional_converts_contracts_by_the_contract_size(link: ClickHous
         ("BTC-USDT", 0.5, 0.5, 25_000.0),  # spot: no metadata, 1 contract = 1 base
         (PERP, 3.0, 0.03, 1_500.0),  # 3 contracts of 0.01 BTC
     ]
+    volumes = rows(
+        client, "SELECT base, kind, exchanges, trades, base_volume, notional FROM volume_by_underlying_1m"
+    )
+    assert volumes == [
+        ("BTC", "perpetual", ["okx"], 2, 0.04, 2_000.0),
+        ("BTC", "spot", ["okx"], 1, 0.5, 25_000.0),
+    ]

@@ -84,6 +84,8 @@ SETTINGS non_replicated_deduplication_window = 10000;
 CREATE VIEW IF NOT EXISTS trades_notional AS
 SELECT
     t.exchange AS exchange, t.symbol AS symbol, t.ts AS ts, t.trade_id AS trade_id,
+    if(i.kind = '', 'spot', i.kind) AS kind,
+    if(i.base = '', splitByChar('-', t.symbol)[1], i.base) AS base,
     t.side AS side, t.price AS price, t.size AS contracts,
     multiIf(
         i.contract_size_currency = '', t.size,
@@ -94,6 +96,18 @@ SELECT
 FROM trades AS t FINAL
 LEFT JOIN (SELECT * FROM instruments FINAL) AS i ON i.exchange = t.exchange AND i.symbol = t.symbol
 SETTINGS join_use_nulls = 0;
+
+-- The cross-exchange volume of one underlying per minute, spot and each derivative kind apart:
+-- in base currency and notional, so contracts of different sizes (and linear and inverse ones)
+-- add up. notional sums the quote currencies as they are (USD, USDT and USDC alike).
+CREATE VIEW IF NOT EXISTS volume_by_underlying_1m AS
+SELECT
+    base, kind, toStartOfMinute(ts) AS minute,
+    groupUniqArray(exchange) AS exchanges, count() AS trades,
+    sum(base_size) AS base_volume, sum(notional) AS notional
+FROM trades_notional
+GROUP BY base, kind, minute
+ORDER BY base, kind, minute;
 
 CREATE VIEW IF NOT EXISTS funding_latest AS
 SELECT *
