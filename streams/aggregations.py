@@ -83,7 +83,8 @@ class OhlcvStage:
         for candle in candles:
             value = encode(candle, t.ohlcv)
             emit(t.ohlcv, candle.key().encode(), value)
-            emit(t.consolidate, symbols(candle.symbol).encode(), value)
+            if symbols.consolidates(candle.symbol):
+                emit(t.consolidate, symbols(candle.symbol).encode(), value)
 
     def _dead_letter(self, emit: Emit, message: Message, reason: str, ts: int) -> None:
         t = self.topology

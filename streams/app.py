@@ -108,7 +108,8 @@ class NormaliseStage:
         for snapshot in out.buckets:
             value = encode(snapshot, t.book_buckets)
             emit(t.book_buckets, snapshot.key().encode(), value)
-            emit(consolidate, symbols(snapshot.symbol).encode(), value)
+            if symbols.consolidates(snapshot.symbol):
+                emit(consolidate, symbols(snapshot.symbol).encode(), value)
 
     def _dead_letter(
         self, emit: Emit, message: Message, raw: RawRecord | None, reason: str, payload: bytes | None

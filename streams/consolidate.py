@@ -1,6 +1,7 @@
 """Cross-exchange views per symbol (exchange ``"all"``): the pure logic of the consolidate stage.
 
-* Symbols consolidate by name; with ``quote_equivalents`` (e.g. ``[["USD", "USDT", "USDC"]]``)
+* Spot symbols consolidate by name (derivatives are not consolidated:
+  ``SymbolMap.consolidates``); with ``quote_equivalents`` (e.g. ``[["USD", "USDT", "USDC"]]``)
   the quote currencies of a group count as one, named by the group's first currency, so
   ``BTC-USDT`` and ``BTC-USD`` both go into ``BTC-USD``. ``markets`` lists what went in.
 * Candles are merged exactly from the per-exchange candles of the same interval and
@@ -38,6 +39,12 @@ class SymbolMap:
             for currency in group:
                 self._quote[currency] = group[0]
         self._cache: dict[str, str] = {}
+
+    @staticmethod
+    def consolidates(symbol: str) -> bool:
+        """Only spot markets are consolidated: a derivative's sizes are contracts, whose size
+        differs between venues (SQL ``volume_by_underlying_1m`` adds them up in base units)."""
+        return symbol.count("-") == 1
 
     def __call__(self, symbol: str) -> str:
         found = self._cache.get(symbol)

@@ -147,6 +147,8 @@ def session_trades() -> tuple[list[Trade], list[Trade], Trade]:
         for i in range(100)
     ]
     first += [trade("coinbase", "BTC-USD", i, 0.1 + i * 0.3, 101.0 - i % 5, 1.0, "buy") for i in range(50)]
+    # a perpetual: its own candles, never consolidated (its contracts are not base units)
+    first += [trade("okx", "BTC-USDT-PERP", i, 0.5 + i, 100.0, 7.0, "buy") for i in range(5)]
     second = [trade("binance", "BTC-USDT", i, i * 0.2, 100.0 + i % 11, 0.25, "sell") for i in range(100, 200)]
     second.append(trade("binance", "BTC-USDT", 200, 3 * 86_400, 99.0, 1.0, "buy"))
     close = trade("coinbase", "BTC-USD", 50, 3 * 86_400, 99.0, 1.0, "buy")
@@ -211,6 +213,8 @@ def test_ohlcv_restart_mid_window_and_replay_identical(
     assert consolidated.markets == ["binance:BTC-USDT", "coinbase:BTC-USD"]
     assert consolidated.trades == 250 and consolidated.closed
     assert consolidated.volume == pytest.approx(minute.volume + 50.0)
+    assert crashed[f"okx:BTC-USDT-PERP:1m:{T0}"].trades == 5
+    assert not [key for key in crashed if key.startswith("all:") and "PERP" in key]
 
     # the same trades into a fresh namespace, without a crash: the same final candles
     fresh = Topology(prefix=f"t{uuid.uuid4().hex[:10]}.", exchanges=topics.exchanges, partitions=3)
