@@ -779,7 +779,11 @@ def _failure_groups(lines: list[ExchangeLine]) -> list[Any]:
         if len(members) == 1:
             texts.append(Text.assemble((f"{first.exchange} failing: ", "bold red"), reason))
             continue
-        names = ", ".join(m.exchange for m in members)
+        names = (
+            f"all {len(members)} exchanges"
+            if len(members) == len(lines)
+            else ", ".join(m.exchange for m in members)
+        )
         texts.append(Text.assemble((f"{names} failing alike; {first.exchange}: ", "bold red"), reason))
     return texts
 
@@ -815,14 +819,24 @@ def _books_line(books: list[BookRow]) -> Any:
     return text
 
 
-def _sink_line(tables: list[TableRow]) -> Any:
+def _sink_line(tables: list[TableRow], width: int) -> Any:
+    """One line: the tables with rows, as many as fit, then how many are left out or empty."""
     from rich.text import Text
 
-    text = Text("clickhouse rows: ", style="bold")
-    text.append(" · ".join(f"{t.table} {t.rows}" for t in tables))
     rates = [t.rows_s for t in tables if t.rows_s is not None]
-    if rates:
-        text.append(f" · {sum(rates):.0f}/s")
+    rate = f" · {sum(rates):.0f}/s" if rates else ""
+    shown = [f"{t.table} {t.rows}" for t in tables if t.rows]
+    while True:
+        left = len(tables) - len(shown)
+        if shown:
+            body = " · ".join(shown) + (f" · {left} more (empty or in f)" if left else "")
+        else:
+            body = f"none yet ({len(tables)} tables)"
+        if len("clickhouse rows: ") + len(body + rate) <= width or not shown:
+            break
+        shown.pop()
+    text = Text("clickhouse rows: ", style="bold")
+    text.append(body + rate)
     return text
 
 
@@ -839,7 +853,7 @@ def render_compact(picture: Picture, title: str, size: tuple[int, int], keys: bo
     parts: list[Any] = [_header(picture, title, "  ·  f: full tables" if keys else "")]
     parts += _alert_texts(picture)
     parts += [_processes_line(picture.processes), _exchange_grid(lines, width)]
-    tail = [_books_line(picture.books), _stage_table(picture, boxed=False), _sink_line(picture.tables)]
+    tail = [_books_line(picture.books), _stage_table(picture, boxed=False), _sink_line(picture.tables, width)]
     extras = _failure_groups(lines)
     notes = [Text(note, style="yellow", no_wrap=True, overflow="ellipsis") for note in picture.notes]
     room = height - 1 - _height(Group(*parts, *tail), width)  # Live keeps the last row for the cursor
