@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 CHANNEL_KINDS = ("book", "trades", "ticker", "candles")
 CHANNELS: dict[str, tuple[str, str, str, str]] = {
     "binance": ("depth@100ms", "trade", "ticker", "kline_1m"),
+    "binance-futures": ("depth@100ms", "aggTrade", "ticker", "kline_1m"),
     "coinbase": ("level2", "market_trades", "ticker", "candles"),
     "kraken": ("book", "trade", "ticker", "ohlc"),
     "bybit": ("orderbook.200", "publicTrade", "tickers", "kline.1"),
@@ -41,6 +42,7 @@ CHANNELS: dict[str, tuple[str, str, str, str]] = {
         "spot@public.miniTicker.v3.api.pb",
         "spot@public.kline.v3.api.pb",
     ),
+    "deribit": ("book", "trades", "ticker", ""),
 }
 
 _NO_PUBLISHER: Any = None  # these commands read a connector's endpoints; they never publish
@@ -157,9 +159,8 @@ async def _fetch(
     from producers.base import RestError
 
     connector = connector_for(settings, exchange, rest_url)
-    url = connector.all_instruments_url()
     try:
-        body = await connector.rest.get(url)
+        return await connector.list_instruments()
     except RestError as exc:
         hint = (
             f"; without network: marketpipe symbols --exchange {exchange} --source sim"
@@ -169,7 +170,6 @@ async def _fetch(
         raise _Unreachable(f"cannot read {exchange}'s instrument list: {exc}{hint}") from None
     finally:
         await connector.rest.close()
-    return connector.parse_instruments(body, url)
 
 
 async def _listed_by_simulator(settings: Settings, exchange: str) -> Instruments:

@@ -41,8 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("simulator.cli", "Serve simulated feeds of the ten supported exchanges on one local port."),
     "sink": (
         "sinks.cli",
-        "Stream the md.* topics (trades, candles, books, tickers, instruments, derivatives) "
-        "into ClickHouse.",
+        "Stream the md.* topics (trades, candles, books, tickers, instruments, derivatives) into ClickHouse.",
     ),
     "sql": ("sinks.cli", "Run QUERY on ClickHouse and print the result (works while the pipeline runs)."),
     "status": (

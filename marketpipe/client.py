@@ -18,7 +18,6 @@ Timestamps in DataFrames are UTC, microsecond precision; ``start``/``end`` take 
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from marketpipe.codec import AvroCodec
-from marketpipe.config import EXCHANGES, Settings, interval_to_us, load_settings
+from marketpipe.config import EXCHANGES, SYMBOL_RE, SYMBOL_RULE, Settings, interval_to_us, load_settings
 from marketpipe.records import Record
 
 if TYPE_CHECKING:
@@ -52,8 +51,6 @@ TimeBound: TypeAlias = datetime | str | int | None
 
 CONSOLIDATED = "all"
 """the exchange name of the cross-exchange consolidated series"""
-
-_SYMBOL = re.compile(r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}$")
 
 
 class ClientError(RuntimeError):
@@ -279,8 +276,8 @@ def _check_frame(frame: str) -> Frame:
 def _check_market(exchange: str, symbol: str) -> None:
     if exchange not in EXCHANGES and exchange != CONSOLIDATED:
         raise ValueError(f"unknown exchange {exchange!r}; choose from {', '.join(EXCHANGES)} or 'all'")
-    if not _SYMBOL.match(symbol):
-        raise ValueError(f"symbol {symbol!r} must be normalised BASE-QUOTE in capitals, e.g. BTC-USDT")
+    if not SYMBOL_RE.match(symbol):
+        raise ValueError(f"symbol {symbol!r}: {SYMBOL_RULE}")
 
 
 def _time_filter(column: str, start: TimeBound, end: TimeBound) -> tuple[str, dict[str, int]]:

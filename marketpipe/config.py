@@ -42,10 +42,32 @@ from marketpipe.errors import EXIT_USAGE, UserError
 
 log = logging.getLogger(__name__)
 
-EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx", "bitfinex", "kucoin", "gateio", "htx", "mexc")
+EXCHANGES = (
+    "binance",
+    "binance-futures",
+    "coinbase",
+    "kraken",
+    "bybit",
+    "okx",
+    "bitfinex",
+    "kucoin",
+    "gateio",
+    "htx",
+    "mexc",
+    "deribit",
+)
 """every supported exchange (all run when ``exchanges`` is not set)"""
 DEFAULT_INTERVALS = ("1s", "1m", "5m", "15m", "1h", "4h", "1d")
-_SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}$")
+SYMBOL_RE = re.compile(
+    r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}(-PERP|-[0-9]{8}(-[0-9]+(\.[0-9]+)?-[CP])?)?(-INV|-QUANTO)?$"
+)
+"""a normalised instrument name (streams/instruments.py): BTC-USDT, BTC-USDT-PERP, BTC-USD-PERP-INV,
+BTC-USD-20260925-INV, BTC-USD-20260925-60000-C"""
+SYMBOL_RULE = (
+    "symbols are normalised names in capitals: BASE-QUOTE for spot (BTC-USDT), "
+    "BASE-QUOTE-PERP for perpetuals, BASE-QUOTE-YYYYMMDD for dated futures, -INV after an inverse "
+    "contract's name (BTC-USD-PERP-INV)"
+)
 _INTERVAL_RE = re.compile(r"^(\d+)([smhd])$")
 _INTERVAL_UNIT_US = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 
@@ -57,12 +79,10 @@ class ConfigError(UserError, ValueError):
 
 
 def check_symbols(symbols: Sequence[str], source: str) -> list[str]:
-    """The symbols when each is BASE-QUOTE in capitals; else a ConfigError naming ``source``."""
-    bad = [symbol for symbol in symbols if not _SYMBOL_RE.match(symbol)]
+    """The symbols when each is a normalised name; else a ConfigError naming ``source``."""
+    bad = [symbol for symbol in symbols if not SYMBOL_RE.match(symbol)]
     if bad:
-        raise ConfigError(
-            f"{source}: {', '.join(bad)}: symbols are normalised BASE-QUOTE in capitals, e.g. BTC-USDT"
-        )
+        raise ConfigError(f"{source}: {', '.join(bad)}: {SYMBOL_RULE}")
     return list(symbols)
 
 
@@ -253,6 +273,10 @@ class StreamSettings(_Section):
         return value
 
 
+BybitCategory = Literal["spot", "linear", "inverse"]
+BYBIT_CATEGORIES: tuple[BybitCategory, ...] = ("spot", "linear", "inverse")
+
+
 class ConnectorSettings(_Section):
     """Connector overrides for one exchange; ``None`` keeps the exchange module's default."""
 
@@ -261,7 +285,11 @@ class ConnectorSettings(_Section):
     )
     rest_url: str | None = Field(default=None, description="REST base URL")
     protocol: Literal["v1", "v2"] = Field(default="v2", description="kraken only: websocket API version")
-    category: Literal["spot", "linear"] = Field(default="spot", description="bybit only: product category")
+    categories: list[BybitCategory] = Field(
+        default_factory=lambda: list(BYBIT_CATEGORIES),
+        min_length=1,
+        description="bybit only: the v5 categories one connector serves (symbols resolve in each)",
+    )
     max_symbols_per_connection: int | None = Field(default=None, ge=1)
     silence_timeout_s: float | None = Field(
         default=None, gt=0, description="reconnect after this long without a frame"
@@ -274,9 +302,20 @@ class ConnectorSettings(_Section):
     max_connection_age_s: float | None = Field(default=None, gt=0, description="planned reconnect after")
     book_depth: int | None = Field(default=None, ge=1, description="book depth for exchanges that take one")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _category_is_now_categories(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "category" in data:
+            raise ValueError(
+                "bybit `category` is replaced by `categories`, a list of spot, linear, inverse "
+                "(default all three): one connector serves every category"
+            )
+        return data
+
 
 class ProducerSettings(_Section):
     binance: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
+    binance_futures: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
     coinbase: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
     kraken: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
     bybit: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
@@ -286,6 +325,7 @@ class ProducerSettings(_Section):
     gateio: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
     htx: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
     mexc: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
+    deribit: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)
     breaker_failures: int = Field(
@@ -300,7 +340,7 @@ class ProducerSettings(_Section):
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
 
     def for_exchange(self, exchange: str) -> ConnectorSettings:
-        found = getattr(self, exchange, None)
+        found = getattr(self, exchange.replace("-", "_"), None)  # binance-futures: binance_futures
         if not isinstance(found, ConnectorSettings):
             raise ValueError(f"no connector settings for exchange {exchange!r}")
         return found
@@ -318,7 +358,10 @@ class Settings(BaseSettings):
     # NoDecode: comma-separated in the environment (MARKETPIPE_SYMBOLS=BTC-USDT,ETH-USDT)
     exchanges: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(EXCHANGES))
     symbols: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["BTC-USDT", "ETH-USDT", "BTC-USD", "ETH-USD"]
+        default_factory=lambda: [
+            *("BTC-USDT", "ETH-USDT", "BTC-USD", "ETH-USD"),
+            *("BTC-USDT-PERP", "ETH-USDT-PERP", "BTC-USD-PERP-INV", "ETH-USD-PERP-INV"),
+        ]
     )
     schema_registry_url: str | None = Field(
         None, validation_alias=AliasChoices("schema_registry_url", "SCHEMA_REGISTRY_URL")
@@ -351,11 +394,9 @@ class Settings(BaseSettings):
     @field_validator("symbols")
     @classmethod
     def _normalised_symbols(cls, value: list[str]) -> list[str]:
-        bad = [symbol for symbol in value if not _SYMBOL_RE.match(symbol)]
+        bad = [symbol for symbol in value if not SYMBOL_RE.match(symbol)]
         if bad:
-            raise ValueError(
-                f"{', '.join(bad)}: symbols are normalised BASE-QUOTE in capitals, e.g. BTC-USDT"
-            )
+            raise ValueError(f"{', '.join(bad)}: {SYMBOL_RULE}")
         return value
 
     @classmethod

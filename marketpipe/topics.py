@@ -23,6 +23,24 @@ from confluent_kafka.admin import (
 )
 
 from marketpipe.config import Settings
+from marketpipe.records import (
+    BBO,
+    BookBuckets,
+    BookChange,
+    Candle,
+    ControlRequest,
+    DeadLetter,
+    ExchangeCandle,
+    FundingRate,
+    Instrument,
+    Liquidation,
+    MarkPrice,
+    OpenInterest,
+    Record,
+    StatusEvent,
+    Ticker,
+    Trade,
+)
 
 DAY_MS = 86_400_000
 MiB = 1024 * 1024
@@ -54,6 +72,67 @@ class TopicSpec:
 
 
 @dataclass(frozen=True)
+class Stream:
+    """One catalogue row: an md topic (without the prefix), what it carries and where it goes."""
+
+    topic: str
+    record: type[Record]
+    key: str
+    compacted: bool = False
+    retention_ms: int = 7 * DAY_MS
+    max_message_bytes: int = 1 * MiB
+    table: str | None = None
+    """the ClickHouse table the sink writes it to (None: not stored)"""
+    partitions: int | None = None
+    """None: the topology's partition count"""
+
+
+_SERIES = "exchange:symbol"
+_WINDOW = "exchange:symbol:interval:open_time"
+TRADES = Stream("md.trades", Trade, _SERIES, retention_ms=30 * DAY_MS, table="trades")
+BOOK = Stream("md.book", BookChange, _SERIES, max_message_bytes=16 * MiB)
+BBOS = Stream("md.bbo", BBO, _SERIES, compacted=True, table="bbo")
+BOOK_BUCKETS = Stream("md.book-buckets", BookBuckets, _SERIES, compacted=True, table="book_buckets")
+OHLCV = Stream("md.ohlcv", Candle, _WINDOW, compacted=True, retention_ms=-1, table="ohlcv")
+TICKER = Stream("md.ticker", Ticker, _SERIES, compacted=True, table="ticker")
+EXCHANGE_CANDLES = Stream(
+    "md.exchange-candles", ExchangeCandle, _WINDOW, compacted=True, retention_ms=-1, table="exchange_candles"
+)
+INSTRUMENTS = Stream("md.instruments", Instrument, _SERIES, compacted=True, table="instruments")
+FUNDING = Stream("md.funding", FundingRate, _SERIES, retention_ms=30 * DAY_MS, table="funding")
+OPEN_INTEREST = Stream(
+    "md.open-interest", OpenInterest, _SERIES, retention_ms=30 * DAY_MS, table="open_interest"
+)
+MARK_PRICE = Stream("md.mark-price", MarkPrice, _SERIES, retention_ms=30 * DAY_MS, table="mark_price")
+LIQUIDATIONS = Stream("md.liquidations", Liquidation, _SERIES, retention_ms=30 * DAY_MS, table="liquidations")
+STATUS = Stream("md.status", StatusEvent, _SERIES, compacted=True, table="status")
+CONTROL = Stream("md.control", ControlRequest, _SERIES, retention_ms=1 * DAY_MS, partitions=1)
+DLQ = Stream(
+    "md.dlq", DeadLetter, "exchange:conn", retention_ms=30 * DAY_MS, max_message_bytes=16 * MiB, partitions=1
+)
+MD_STREAMS: tuple[Stream, ...] = (
+    TRADES,
+    BOOK,
+    BBOS,
+    BOOK_BUCKETS,
+    OHLCV,
+    TICKER,
+    EXCHANGE_CANDLES,
+    INSTRUMENTS,
+    FUNDING,
+    OPEN_INTEREST,
+    MARK_PRICE,
+    LIQUIDATIONS,
+    STATUS,
+    CONTROL,
+    DLQ,
+)
+"""The stream catalogue: every md topic. Topic specs, the sink's tables, the drain checks and the
+live view derive from it; a new record type needs its row here (and its .avsc and migration)."""
+_BY_RECORD = {row.record: row for row in MD_STREAMS}
+
+
+@dataclass(frozen=True)
 class Topology:
     prefix: str = ""
     exchanges: tuple[str, ...] = ()
@@ -67,63 +146,52 @@ class Topology:
 
     @property
     def trades(self) -> str:
-        return self.name("md.trades")
+        return self.name(TRADES.topic)
 
     @property
     def book(self) -> str:
-        return self.name("md.book")
+        return self.name(BOOK.topic)
 
     @property
     def bbo(self) -> str:
-        return self.name("md.bbo")
+        return self.name(BBOS.topic)
 
     @property
     def book_buckets(self) -> str:
-        return self.name("md.book-buckets")
+        return self.name(BOOK_BUCKETS.topic)
 
     @property
     def ohlcv(self) -> str:
-        return self.name("md.ohlcv")
+        return self.name(OHLCV.topic)
 
     @property
     def ticker(self) -> str:
-        return self.name("md.ticker")
+        return self.name(TICKER.topic)
 
     @property
     def exchange_candles(self) -> str:
-        return self.name("md.exchange-candles")
+        return self.name(EXCHANGE_CANDLES.topic)
 
     @property
     def instruments(self) -> str:
-        return self.name("md.instruments")
-
-    @property
-    def funding(self) -> str:
-        return self.name("md.funding")
-
-    @property
-    def open_interest(self) -> str:
-        return self.name("md.open-interest")
-
-    @property
-    def mark_price(self) -> str:
-        return self.name("md.mark-price")
-
-    @property
-    def liquidations(self) -> str:
-        return self.name("md.liquidations")
+        return self.name(INSTRUMENTS.topic)
 
     @property
     def status(self) -> str:
-        return self.name("md.status")
+        return self.name(STATUS.topic)
 
     @property
     def control(self) -> str:
-        return self.name("md.control")
+        return self.name(CONTROL.topic)
 
     @property
     def dlq(self) -> str:
-        return self.name("md.dlq")
+        return self.name(DLQ.topic)
+
+    @property
+    def sink_group(self) -> str:
+        """The ClickHouse sink workers' consumer group (sinks/worker.py)."""
+        return self.name("marketpipe-sink")
 
     # the stream stages' consumer groups and internal topics (streams/runtime.py)
 
@@ -152,21 +220,12 @@ class Topology:
 
     def sink_tables(self) -> dict[str, str]:
         """md topic -> the ClickHouse table the sink writes it to (what the sink, drain checks
-        and the live view all follow)."""
-        return {
-            self.trades: "trades",
-            self.ohlcv: "ohlcv",
-            self.book_buckets: "book_buckets",
-            self.bbo: "bbo",
-            self.status: "status",
-            self.ticker: "ticker",
-            self.exchange_candles: "exchange_candles",
-            self.instruments: "instruments",
-            self.funding: "funding",
-            self.open_interest: "open_interest",
-            self.mark_price: "mark_price",
-            self.liquidations: "liquidations",
-        }
+        and the live view all follow): the ``table`` of every catalogue row that has one."""
+        return {self.name(row.topic): row.table for row in MD_STREAMS if row.table is not None}
+
+    def md_topic(self, record_type: type[Record]) -> str:
+        """The md topic records of ``record_type`` are published to (one per type)."""
+        return self.name(_BY_RECORD[record_type].topic)
 
     def stream_stages(self) -> list[tuple[str, list[str]]]:
         """(consumer group, input topics) of every stream stage, e.g. to tell when all are drained."""
@@ -189,50 +248,21 @@ class Topology:
             )
             for exchange in self.exchanges
         ]
+        md = [
+            TopicSpec(
+                self.name(row.topic),
+                row.partitions or n,
+                key=row.key,
+                value=row.record.__name__,
+                compacted=row.compacted,
+                retention_ms=row.retention_ms,
+                max_message_bytes=row.max_message_bytes,
+            )
+            for row in MD_STREAMS
+        ]
         return [
             *raw,
-            TopicSpec(self.trades, n, key="exchange:symbol", value="Trade", retention_ms=30 * DAY_MS),
-            TopicSpec(self.book, n, key="exchange:symbol", value="BookChange", max_message_bytes=16 * MiB),
-            TopicSpec(self.bbo, n, key="exchange:symbol", value="BBO", compacted=True),
-            TopicSpec(self.book_buckets, n, key="exchange:symbol", value="BookBuckets", compacted=True),
-            TopicSpec(
-                self.ohlcv,
-                n,
-                key="exchange:symbol:interval:open_time",
-                value="Candle",
-                compacted=True,
-                retention_ms=-1,
-            ),
-            TopicSpec(self.ticker, n, key="exchange:symbol", value="Ticker", compacted=True),
-            TopicSpec(
-                self.exchange_candles,
-                n,
-                key="exchange:symbol:interval:open_time",
-                value="ExchangeCandle",
-                compacted=True,
-                retention_ms=-1,
-            ),
-            TopicSpec(self.instruments, n, key="exchange:symbol", value="Instrument", compacted=True),
-            TopicSpec(self.funding, n, key="exchange:symbol", value="FundingRate", retention_ms=30 * DAY_MS),
-            TopicSpec(
-                self.open_interest, n, key="exchange:symbol", value="OpenInterest", retention_ms=30 * DAY_MS
-            ),
-            TopicSpec(self.mark_price, n, key="exchange:symbol", value="MarkPrice", retention_ms=30 * DAY_MS),
-            TopicSpec(
-                self.liquidations, n, key="exchange:symbol", value="Liquidation", retention_ms=30 * DAY_MS
-            ),
-            TopicSpec(self.status, n, key="exchange:symbol", value="StatusEvent", compacted=True),
-            TopicSpec(
-                self.control, 1, key="exchange:symbol", value="ControlRequest", retention_ms=1 * DAY_MS
-            ),
-            TopicSpec(
-                self.dlq,
-                1,
-                key="exchange:conn",
-                value="DeadLetter",
-                retention_ms=30 * DAY_MS,
-                max_message_bytes=16 * MiB,
-            ),
+            *md,
             TopicSpec(self.consolidate, n, key="consolidated symbol", value="Candle | BookBuckets"),
             TopicSpec(
                 self.checkpoints,

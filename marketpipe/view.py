@@ -69,7 +69,7 @@ class RunState:
 
     @property
     def sink_group(self) -> str:
-        return f"{self.prefix}marketpipe-sink"
+        return self.topology.sink_group
 
     def write(self, data_dir: Path) -> None:
         path = data_dir / STATE_FILE

@@ -730,7 +730,7 @@ class Connector:
     async def resolve_symbols(self) -> list[str]:
         """Map the requested BASE-QUOTE symbols to exchange symbols via instrument metadata."""
         url = self.all_instruments_url()
-        listed = self.parse_instruments(await self.rest.get(url), url)
+        listed = await self.list_instruments()
         if listed.skipped:
             log_event(
                 log,
@@ -762,6 +762,11 @@ class Connector:
         self.exchange_symbols = {s: by_symbol[s] for s in self.requested if s in by_symbol}
         self.symbol_map = {v: k for k, v in self.exchange_symbols.items()}
         return list(self.exchange_symbols.values())
+
+    async def list_instruments(self) -> Instruments:
+        """Every listed instrument (OKX asks once per instrument type)."""
+        url = self.all_instruments_url()
+        return self.parse_instruments(await self.rest.get(url), url)
 
     def build_shards(self, exchange_symbols: Sequence[str]) -> list[Shard]:
         size = self.symbols_per_connection

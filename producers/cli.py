@@ -38,7 +38,11 @@ def _connection_options(command: Any) -> Any:
         click.option("--rest-url", default=None, help="REST base URL (one exchange only)."),
         click.option("--protocol", type=click.Choice(["v1", "v2"]), default=None, help="Kraken protocol."),
         click.option(
-            "--category", type=click.Choice(["spot", "linear"]), default=None, help="Bybit category."
+            "--category",
+            "categories",
+            multiple=True,
+            type=click.Choice(["spot", "linear", "inverse"]),
+            help="Bybit categories to serve (repeatable; default: all three).",
         ),
         click.option("--duration", type=float, default=None, help="Stop after this many seconds."),
     ]
@@ -101,7 +105,7 @@ def produce(
     ws_url: str | None,
     rest_url: str | None,
     protocol: str | None,
-    category: str | None,
+    categories: tuple[str, ...],
     duration: float | None,
     captures: tuple[str, ...],
     more_captures: tuple[str, ...],
@@ -129,7 +133,13 @@ def produce(
             f"unexpected arguments {' '.join(more_captures)} (did you mean --from-capture?)"
         )
     plan = _plan(
-        settings, exchanges, symbols, ws_url=ws_url, rest_url=rest_url, protocol=protocol, category=category
+        settings,
+        exchanges,
+        symbols,
+        ws_url=ws_url,
+        rest_url=rest_url,
+        protocol=protocol,
+        categories=list(categories) or None,
     )
     require_kafka_of(settings, long_running=True)
     publisher = KafkaRawPublisher.from_settings(settings, Topology.from_settings(settings))
@@ -160,14 +170,20 @@ def capture(
     ws_url: str | None,
     rest_url: str | None,
     protocol: str | None,
-    category: str | None,
+    categories: tuple[str, ...],
     duration: float | None,
     out: Path,
 ) -> None:
     """Record a live session to a capture file instead of Kafka."""
     settings = settings_from(ctx)
     plan = _plan(
-        settings, exchanges, symbols, ws_url=ws_url, rest_url=rest_url, protocol=protocol, category=category
+        settings,
+        exchanges,
+        symbols,
+        ws_url=ws_url,
+        rest_url=rest_url,
+        protocol=protocol,
+        categories=list(categories) or None,
     )
     publisher = CaptureRawPublisher(out)
     _run(settings, plan, publisher, control=False, duration=duration)

@@ -23,12 +23,30 @@ from simulator.market import MarketParams, Step, SymbolMarket, SymbolSpec
 
 log = logging.getLogger(__name__)
 
-EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx", "bitfinex", "kucoin", "gateio", "htx", "mexc")
+EXCHANGES = (
+    "binance",
+    "binance-futures",
+    "coinbase",
+    "kraken",
+    "bybit",
+    "okx",
+    "bitfinex",
+    "kucoin",
+    "gateio",
+    "htx",
+    "mexc",
+    "deribit",
+)
 """every simulated exchange (one module each)"""
-DEFAULT_SYMBOLS = ("BTC-USDT", "ETH-USDT", "BTC-USD", "ETH-USD")
+DEFAULT_SYMBOLS = (
+    *("BTC-USDT", "ETH-USDT", "BTC-USD", "ETH-USD"),
+    *("BTC-USDT-PERP", "ETH-USDT-PERP", "BTC-USD-PERP-INV", "ETH-USD-PERP-INV"),
+)
 FAULTS = ("gap", "checksum", "disconnect", "silent", "malformed", "snapshot")
 _FIAT_QUOTES = frozenset({"USD", "EUR", "GBP", "CAD", "JPY"})
 _FIAT_VENUES = frozenset({"coinbase", "kraken", "bitfinex"})
+_DERIVATIVES_ONLY = frozenset({"binance-futures", "deribit"})
+_SPOT_AND_DERIVATIVES = frozenset({"bybit", "okx"})
 
 RestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SubKey = tuple[str, str, int]  # (channel, symbol, depth or 0)
@@ -60,11 +78,19 @@ class SimConfig:
         return MarketParams(book_rate=self.book_rate, trade_rate=self.trade_rate, levels=self.levels)
 
     def listed(self, exchange: str) -> tuple[str, ...]:
-        """The symbols an exchange lists: USD-style quotes on coinbase/kraken, the rest elsewhere."""
+        """The symbols an exchange lists: spot pairs with USD-style quotes on coinbase, kraken and
+        bitfinex, the other pairs elsewhere; derivative names on the derivative venues (each
+        dialect picks the contracts it simulates from them)."""
         if exchange in self.listings:
             return self.listings[exchange]
         fiat = exchange in _FIAT_VENUES
-        return tuple(s for s in self.symbols if (s.split("-", 1)[1] in _FIAT_QUOTES) == fiat)
+        spot = tuple(
+            s for s in self.symbols if s.count("-") == 1 and (s.split("-")[1] in _FIAT_QUOTES) == fiat
+        )
+        derivatives = tuple(s for s in self.symbols if s.count("-") > 1)
+        if exchange in _DERIVATIVES_ONLY:
+            return derivatives
+        return spot + derivatives if exchange in _SPOT_AND_DERIVATIVES else spot
 
 
 # -- wire formatting helpers ---------------------------------------------------------

@@ -1,11 +1,25 @@
-"""Bybit v5 public streams, spot (/v5/public/spot) and linear (/v5/public/linear): op
-subscribe/unsubscribe (spot: at most 10 args), JSON ping/pong, ``orderbook.{depth}.{symbol}``
-snapshot then deltas (``u`` +1 per delta, cross sequence ``seq``), ``publicTrade``,
-``tickers.{symbol}`` (spot: a whole snapshot after each step with trades, no bid/ask; linear: a
-snapshot on subscribe, then deltas with bid/ask) and ``kline.1.{symbol}`` from the simulator's
-own klines (the open candle after trades; the final one with ``confirm:true`` when its window
-ends: on its own on spot, together with the next open candle on linear when that has begun);
-connections that stop pinging are closed."""
+"""Bybit v5 public streams, spot (/v5/public/spot), linear (/v5/public/linear) and inverse
+(/v5/public/inverse): op subscribe/unsubscribe (spot: at most 10 args), JSON ping/pong,
+``orderbook.{depth}.{symbol}`` snapshot then deltas (``u`` +1 per delta, cross sequence ``seq``;
+the ``gap`` fault drops one delta), ``publicTrade``, ``tickers.{symbol}`` (spot: a whole snapshot
+after each step with trades, no bid/ask; linear and inverse: a snapshot on subscribe, then deltas
+holding only the fields that changed since the connection's last one, with mark, index, open
+interest and funding), ``allLiquidation.{symbol}`` on linear and inverse (every fifth trade also
+reported as a liquidation: ``S`` the liquidated position's side, ``p`` a bankruptcy price 1 %
+beyond the trade), and ``kline.1.{symbol}`` from the simulator's own klines (the open candle
+after trades; the final one with ``confirm:true`` when its window ends: on its own on spot,
+together with the next open candle on derivatives when that has begun); connections that stop
+pinging are closed.
+
+Markets: spot and linear list the configured pairs (``BTC-USDT``; a configured ``BTC-USDT-PERP``
+lists its pair), inverse lists ``BASE-USD`` of every configured base. Inverse quantities are whole
+USD contracts (the lots' notional rounded up), its klines' and tickers' ``volume`` the USD
+notional and ``turnover`` the base coin, as Bybit sends them.
+
+REST ``/v5/market/instruments-info?category=&symbol=&limit=&cursor=``: at most ``limit`` (default
+500, at most 1000) entries per page with ``nextPageCursor``; linear also lists
+``LINEAR_FILLERS`` listing-only perpetuals before the streamed ones, so a client that does not
+follow the cursor misses them."""
 
 from __future__ import annotations
 
@@ -22,6 +36,12 @@ from simulator.klines import Kline
 from simulator.market import Step, SymbolMarket, Trade
 
 Levels = list[tuple[int, int]]
+LIQUIDATION_EVERY = 5
+"""every fifth trade (by id) of a derivative is also reported as a liquidation"""
+FUNDING_INTERVAL_MS = 8 * 3600 * 1000
+LINEAR_FILLERS = 1100
+"""listing-only linear perpetuals: the list is longer than one page of 1000, as Bybit's is"""
+PAGE_DEFAULT, PAGE_MAX = 500, 1000
 
 
 class BybitBase(Dialect):
@@ -44,6 +64,14 @@ class BybitBase(Dialect):
         self.last_trade_price: dict[str, int] = {}
         self.texts = StatsTexts(feed)
         self.finals = FinalCandles()
+
+    @property
+    def derivative(self) -> bool:
+        return self.category != "spot"
+
+    def qty(self, symbol: str, lots: int, price: int) -> str:
+        """A quantity as the category states it (spot and linear: base coin)."""
+        return self.size[symbol](lots)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -94,7 +122,7 @@ class BybitBase(Dialect):
                 if key[0] == "orderbook":
                     session.offer(self._snapshot(key, time.time_ns()))
                 elif key[0] == "tickers":
-                    session.extra.setdefault("ticker_snapshots", set()).discard(key[1])
+                    session.extra.setdefault("tickers_sent", {}).pop(key[1], None)
                     self._send_ticker(session, self.feed.markets[key[1]], time.time_ns())
 
     def bad_topic(self, topic: str) -> str:
@@ -105,7 +133,10 @@ class BybitBase(Dialect):
         if len(parts) == 3 and parts[0] == "orderbook" and parts[1].isdigit():
             depth, symbol = int(parts[1]), self.native.get(parts[2])
             return ("orderbook", symbol, depth) if symbol and depth in self.depths else None
-        if len(parts) == 2 and parts[0] in ("publicTrade", "tickers") and parts[1] in self.native:
+        channels = (
+            ("publicTrade", "tickers", "allLiquidation") if self.derivative else ("publicTrade", "tickers")
+        )
+        if len(parts) == 2 and parts[0] in channels and parts[1] in self.native:
             return (parts[0], self.native[parts[1]], 0)
         if len(parts) == 3 and parts[0] == "kline" and parts[1] == "1" and parts[2] in self.native:
             return ("kline", self.native[parts[2]], 0)  # the simulator's klines are 1 minute
@@ -123,8 +154,8 @@ class BybitBase(Dialect):
         return f'{{"topic":"{topic}","type":"{kind}","ts":{ms}'
 
     def _levels(self, symbol: str, levels: Levels) -> str:
-        price, size = self.price[symbol], self.size[symbol]
-        return dumps([[price(p), size(q)] for p, q in levels])
+        price = self.price[symbol]
+        return dumps([[price(p), self.qty(symbol, q, p)] for p, q in levels])
 
     def _book_text(self, key: SubKey, kind: str, bids: Levels, asks: Levels, seq: int, ts_ns: int) -> str:
         symbol, depth = key[1], key[2]
@@ -160,6 +191,30 @@ class BybitBase(Dialect):
         if step.trades and trade_key in self.subscribers:
             self.fan_out(trade_key, Frame(self._trade_text(symbol, step, ts_ns), "trade", symbol))
         self._publish_stats(market, step, ts_ns)
+        liquidation_key = ("allLiquidation", symbol, 0)
+        if step.trades and liquidation_key in self.subscribers:
+            liquidations = [t for t in step.trades if t.trade_id % LIQUIDATION_EVERY == 0]
+            if liquidations:
+                text = self._liquidation_text(symbol, liquidations, ts_ns)
+                self.fan_out(liquidation_key, Frame(text, "liquidation", symbol))
+
+    def _liquidation_text(self, symbol: str, trades: list[Trade], ts_ns: int) -> str:
+        """A taker sell closes a long (``S`` Buy: the position's side) at a bankruptcy price 1 %
+        below the trade; a taker buy closes a short 1 % above."""
+        ms = ts_ns // 1_000_000
+        price = self.price[symbol]
+        entries = [
+            {
+                "T": ms,
+                "s": self.wire[symbol],
+                "S": "Sell" if trade.taker_buy else "Buy",
+                "v": self.qty(symbol, trade.qty, trade.price),
+                "p": price(trade.price * 101 // 100 if trade.taker_buy else trade.price * 99 // 100),
+            }
+            for trade in trades
+        ]
+        topic = f"allLiquidation.{self.wire[symbol]}"
+        return f'{{"topic":"{topic}","type":"snapshot","ts":{ms},"data":{dumps(entries)}}}'
 
     # -- tickers and klines -----------------------------------------------------------------
 
@@ -171,7 +226,7 @@ class BybitBase(Dialect):
         if kline_key in self.subscribers:
             candles = [(final, True)] if final is not None else []
             current = stats.current if step.trades else None
-            if current is not None and candles and self.category == "spot":
+            if current is not None and candles and not self.derivative:
                 self._send_klines(symbol, candles, ts_ns)
                 candles = []
             if current is not None and current is not final:
@@ -184,15 +239,27 @@ class BybitBase(Dialect):
                 self._send_ticker(session, market, ts_ns)
 
     def _send_ticker(self, session: Session, market: SymbolMarket, ts_ns: int) -> None:
-        """Spot: always a snapshot. Linear: a snapshot first on each subscription (the first
-        one the simulator can build: none before the first trade), then deltas."""
+        """Spot: always a snapshot. Derivatives: a snapshot first on each subscription (the first
+        one the simulator can build: none before the first trade), then deltas of the fields
+        that changed since the last one this connection got."""
         symbol = market.spec.symbol
-        sent: set[str] = session.extra.setdefault("ticker_snapshots", set())
-        kind = "delta" if self.category == "linear" and symbol in sent else "snapshot"
-        ticker = self._ticker(market, kind, ts_ns)
-        if ticker is not None:
-            sent.add(symbol)
-            session.offer(Frame(ticker, "ticker", symbol))
+        data = self._ticker_data(market, ts_ns)
+        if data is None:
+            return
+        sent: dict[str, dict[str, Any]] = session.extra.setdefault("tickers_sent", {})
+        previous = sent.get(symbol) if self.derivative else None
+        sent[symbol] = data
+        if previous is None:
+            kind, fields = "snapshot", data
+        else:
+            kind = "delta"
+            fields = {k: v for k, v in data.items() if k == "symbol" or previous.get(k) != v}
+            if len(fields) == 1:
+                return
+        ms = ts_ns // 1_000_000
+        head = self._head(f"tickers.{self.wire[symbol]}", kind, ms)
+        text = f'{head},"cs":{market.seq},"data":{dumps(fields)}}}'
+        session.offer(Frame(text, "ticker", symbol))
 
     def _send_klines(self, symbol: str, candles: list[tuple[Kline, bool]], ts_ns: int) -> None:
         ms = ts_ns // 1_000_000
@@ -201,10 +268,14 @@ class BybitBase(Dialect):
         text = f'{{"topic":"{topic}","data":{data},"ts":{ms},"type":"snapshot"}}'
         self.fan_out(("kline", symbol, 0), Frame(text, "kline", symbol))
 
+    def volumes(self, symbol: str, lots: int, quote_units: int) -> tuple[str, str]:
+        """(``volume``, ``turnover``) texts: base coin and quote coin (inverse differs)."""
+        return self.texts.qty[symbol](lots), self.texts.quote[symbol](quote_units)
+
     def _kline(self, symbol: str, kline: Kline, closed: bool, ms: int) -> dict[str, Any]:
-        texts = self.texts
-        price = texts.price[symbol]
+        price = self.texts.price[symbol]
         start = kline.open_ns // 1_000_000
+        volume, turnover = self.volumes(symbol, kline.volume_lots, kline.quote_units)
         return {
             "start": start,
             "end": start + kline.interval_ns // 1_000_000 - 1,
@@ -213,39 +284,51 @@ class BybitBase(Dialect):
             "close": price(kline.close),
             "high": price(kline.high),
             "low": price(kline.low),
-            "volume": texts.qty[symbol](kline.volume_lots),
-            "turnover": texts.quote[symbol](kline.quote_units),
+            "volume": volume,
+            "turnover": turnover,
             "confirm": closed,
             "timestamp": kline.last_trade_ns // 1_000_000 if not closed else ms,
         }
 
-    def _ticker(self, market: SymbolMarket, kind: str, ts_ns: int) -> str | None:
+    def _ticker_data(self, market: SymbolMarket, ts_ns: int) -> dict[str, Any] | None:
         symbol = market.spec.symbol
         day = self.feed.stats[symbol].ticker()
         if day is None:
             return None
-        texts = self.texts
-        price = texts.price[symbol]
+        price = self.texts.price[symbol]
+        volume, turnover = self.volumes(symbol, day.volume_lots, day.quote_units)
         data: dict[str, Any] = {
             "symbol": self.wire[symbol],
             "lastPrice": price(day.last),
             "highPrice24h": price(day.high),
             "lowPrice24h": price(day.low),
             "prevPrice24h": price(day.open),
-            "volume24h": texts.qty[symbol](day.volume_lots),
-            "turnover24h": texts.quote[symbol](day.quote_units),
+            "volume24h": volume,
+            "turnover24h": turnover,
             "price24hPcnt": f"{(day.last - day.open) / day.open:.4f}",
         }
-        if self.category == "linear":
-            (bid, bid_qty), (ask, ask_qty) = market.bids.top(1)[0], market.asks.top(1)[0]
-            size = texts.qty[symbol]
-            data.update(
-                bid1Price=price(bid), bid1Size=size(bid_qty), ask1Price=price(ask), ask1Size=size(ask_qty)
-            )
-        ms = ts_ns // 1_000_000
-        return (
-            f'{self._head(f"tickers.{self.wire[symbol]}", kind, ms)},"cs":{market.seq},"data":{dumps(data)}}}'
+        if not self.derivative:
+            return data
+        (bid, bid_qty), (ask, ask_qty) = market.bids.top(1)[0], market.asks.top(1)[0]
+        mark = (bid + ask) // 2
+        data.update(
+            bid1Price=price(bid),
+            bid1Size=self.qty(symbol, bid_qty, bid),
+            ask1Price=price(ask),
+            ask1Size=self.qty(symbol, ask_qty, ask),
+            markPrice=price(mark),
+            indexPrice=price(day.last),
+            **self._open_interest(market, day.volume_lots, mark),
+            **_funding(day.trades, ts_ns),
         )
+        return data
+
+    def _open_interest(self, market: SymbolMarket, traded_lots: int, mark: int) -> dict[str, str]:
+        """Open interest grows with the volume traded (a tenth of it stays open)."""
+        spec = market.spec
+        lots = 1000 * 10**spec.qty_decimals + traded_lots // 10
+        notional = lots * mark / 10 ** (spec.qty_decimals + spec.price_decimals)
+        return {"openInterest": self.size[spec.symbol](lots), "openInterestValue": f"{notional:.2f}"}
 
     def _publish_book(self, market: SymbolMarket, step: Step, key: SubKey, ts_ns: int) -> None:
         view = step.views.get(key[2])
@@ -272,6 +355,17 @@ class BybitBase(Dialect):
 
     def trade_entry(self, symbol: str, trade: Trade, ms: int, seq: int) -> dict[str, Any]:
         raise NotImplementedError
+
+
+def _funding(trades: int, ts_ns: int) -> dict[str, str]:
+    """The rate steps every ten trades; the next settlement is the next 8-hour boundary."""
+    rate = 100 + 10 * ((trades // 10) % 5)  # millionths
+    next_ms = (ts_ns // 1_000_000 // FUNDING_INTERVAL_MS + 1) * FUNDING_INTERVAL_MS
+    return {
+        "fundingRate": f"0.{rate:06d}".rstrip("0"),
+        "nextFundingTime": str(next_ms),
+        "fundingIntervalHour": "8",
+    }
 
 
 class BybitSpot(BybitBase):
@@ -348,7 +442,7 @@ class BybitLinear(BybitBase):
             "T": ms,
             "s": self.wire[symbol],
             "S": "Buy" if trade.taker_buy else "Sell",
-            "v": self.size[symbol](trade.qty),
+            "v": self.qty(symbol, trade.qty, trade.price),
             "p": self.price[symbol](trade.price),
             "L": tick,
             "i": str(uuid.UUID(int=trade.trade_id * 0x9E3779B97F4A7C15 % (1 << 128))),
@@ -356,6 +450,32 @@ class BybitLinear(BybitBase):
             "RPI": False,
             "seq": seq,
         }
+
+
+class BybitInverse(BybitLinear):
+    """Quantities are whole USD contracts: a level's or trade's lots at its price, rounded up."""
+
+    name = "bybit-inverse"
+    path = "/v5/public/inverse"
+    category = "inverse"
+
+    def qty(self, symbol: str, lots: int, price: int) -> str:
+        if lots == 0:
+            return "0"
+        spec = self.feed.markets[symbol].spec
+        return str(-(-lots * price // 10 ** (spec.qty_decimals + spec.price_decimals)))
+
+    def volumes(self, symbol: str, lots: int, quote_units: int) -> tuple[str, str]:
+        spec = self.feed.markets[symbol].spec
+        usd = -(-quote_units // 10 ** (spec.qty_decimals + spec.price_decimals))
+        return str(usd), self.texts.qty[symbol](lots)
+
+    def _open_interest(self, market: SymbolMarket, traded_lots: int, mark: int) -> dict[str, str]:
+        spec = market.spec
+        lots = 1000 * 10**spec.qty_decimals + traded_lots // 10
+        usd = self.qty(spec.symbol, lots, mark)
+        base = int(usd) * 10**spec.price_decimals / mark
+        return {"openInterest": usd, "openInterestValue": f"{base:.8f}"}
 
 
 # -- REST ---------------------------------------------------------------------------------------
@@ -386,16 +506,31 @@ def _instrument(dialect: BybitBase, symbol: str) -> dict[str, Any]:
             "priceFilter": {"tickSize": tick},
             "riskParameters": {"priceLimitRatioX": "0.05", "priceLimitRatioY": "0.05"},
         }
+    inverse = dialect.category == "inverse"
+    return _contract(
+        dialect.wire[symbol],
+        spec.base,
+        spec.quote,
+        tick,
+        "1" if inverse else step,
+        spec.price_decimals,
+        inverse,
+    )
+
+
+def _contract(
+    symbol: str, base: str, quote: str, tick: str, step: str, price_scale: int, inverse: bool
+) -> dict[str, Any]:
     return {
-        **common,
-        "contractType": "LinearPerpetual",
+        "symbol": symbol,
+        "contractType": "InversePerpetual" if inverse else "LinearPerpetual",
         "status": "Trading",
-        "baseCoin": spec.base,
-        "quoteCoin": spec.quote,
+        "baseCoin": base,
+        "quoteCoin": quote,
         "launchTime": "1585526400000",
         "deliveryTime": "0",
         "deliveryFeeRate": "",
-        "priceScale": str(spec.price_decimals),
+        "priceScale": str(price_scale),
         "leverageFilter": {"minLeverage": "1", "maxLeverage": "100.00", "leverageStep": "0.01"},
         "priceFilter": {"minPrice": tick, "maxPrice": "1999999.80", "tickSize": tick},
         "lotSizeFilter": {
@@ -408,7 +543,7 @@ def _instrument(dialect: BybitBase, symbol: str) -> dict[str, Any]:
         },
         "unifiedMarginTrade": True,
         "fundingInterval": 480,
-        "settleCoin": spec.quote,
+        "settleCoin": base if inverse else quote,
         "copyTrading": "both",
         "upperFundingRate": "0.005",
         "lowerFundingRate": "-0.005",
@@ -417,43 +552,93 @@ def _instrument(dialect: BybitBase, symbol: str) -> dict[str, Any]:
     }
 
 
+def _fillers() -> list[dict[str, Any]]:
+    return [
+        _contract(f"SIM{i:04d}USDT", f"SIM{i:04d}", "USDT", "0.0001", "1", 4, False)
+        for i in range(LINEAR_FILLERS)
+    ]
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {
+        "retCode": 10001,
+        "retMsg": message,
+        "result": {},
+        "retExtInfo": {},
+        "time": int(time.time() * 1000),
+    }
+
+
+def _page(rows: list[dict[str, Any]], query: Any) -> tuple[list[dict[str, Any]], str] | None:
+    """One page of ``rows`` after ``cursor`` (``offset=N``); None for a cursor this never gave."""
+    limit = min(max(int(query.get("limit") or PAGE_DEFAULT), 1), PAGE_MAX)
+    cursor = query.get("cursor") or "offset=0"
+    if not cursor.startswith("offset=") or not cursor[7:].isdigit():
+        return None
+    start = int(cursor[7:])
+    end = start + limit
+    return rows[start:end], f"offset={end}" if end < len(rows) else ""
+
+
 def _rest(dialects: dict[str, BybitBase]) -> list[tuple[str, Any]]:
+    fillers = _fillers()
+
+    def listing(dialect: BybitBase) -> list[dict[str, Any]]:
+        rows = [_instrument(dialect, s) for s in dialect.feed.markets]
+        return fillers + rows if dialect.category == "linear" else rows
+
     async def instruments(request: web.Request) -> web.Response:
         category = request.query.get("category", "")
         dialect = dialects.get(category)
-        now = int(time.time() * 1000)
         if dialect is None:
-            return web.json_response(
-                {"retCode": 10001, "retMsg": "Illegal category", "result": {}, "retExtInfo": {}, "time": now},
-                dumps=dumps,
-            )
+            return web.json_response(_error("Illegal category"), dumps=dumps)
         wanted = request.query.get("symbol")
         if wanted is not None and wanted not in dialect.native:
-            return web.json_response(
-                {
-                    "retCode": 10001,
-                    "retMsg": "Not supported symbols",
-                    "result": {},
-                    "retExtInfo": {},
-                    "time": now,
-                },
-                dumps=dumps,
+            return web.json_response(_error("Not supported symbols"), dumps=dumps)
+        if wanted is not None:
+            page: tuple[list[dict[str, Any]], str] | None = (
+                [_instrument(dialect, dialect.native[wanted])],
+                "",
             )
-        symbols = [dialect.native[wanted]] if wanted else list(dialect.feed.markets)
-        result = {
-            "category": category,
-            "list": [_instrument(dialect, s) for s in symbols],
-            "nextPageCursor": "",
+        else:
+            try:
+                page = _page(listing(dialect), request.query)
+            except ValueError:
+                page = None
+        if page is None:
+            return web.json_response(_error("Illegal limit or cursor"), dumps=dumps)
+        result = {"category": category, "list": page[0], "nextPageCursor": page[1]}
+        answer = {
+            "retCode": 0,
+            "retMsg": "OK",
+            "result": result,
+            "retExtInfo": {},
+            "time": int(time.time() * 1000),
         }
-        return web.json_response(
-            {"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}, "time": now}, dumps=dumps
-        )
+        return web.json_response(answer, dumps=dumps)
 
     return [("/v5/market/instruments-info", instruments)]
 
 
+def listings(config: SimConfig) -> dict[str, list[str]]:
+    """The simulated markets per category (see the module docstring)."""
+    listed = config.listed("bybit")
+    pairs = [s for s in listed if s.count("-") == 1]
+    perpetuals = ["-".join(s.split("-")[:2]) for s in listed if s.endswith("-PERP")]
+    bases = dict.fromkeys(s.split("-", 1)[0] for s in listed)
+    return {
+        "spot": pairs,
+        "linear": list(dict.fromkeys([*pairs, *perpetuals])),
+        "inverse": [f"{base}-USD" for base in bases],
+    }
+
+
 def create(config: SimConfig) -> Venue:
-    symbols = config.listed("bybit")
-    spot, linear = Feed("bybit", "spot", symbols, config), Feed("bybit", "linear", symbols, config)
-    dialects: dict[str, BybitBase] = {"spot": BybitSpot(spot), "linear": BybitLinear(linear)}
-    return Venue("bybit", {"spot": spot, "linear": linear}, list(dialects.values()), _rest(dialects))
+    markets = listings(config)
+    feeds = {category: Feed("bybit", category, symbols, config) for category, symbols in markets.items()}
+    dialects: dict[str, BybitBase] = {
+        "spot": BybitSpot(feeds["spot"]),
+        "linear": BybitLinear(feeds["linear"]),
+        "inverse": BybitInverse(feeds["inverse"]),
+    }
+    return Venue("bybit", dict(feeds), list(dialects.values()), _rest(dialects))

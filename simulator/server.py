@@ -31,7 +31,7 @@ class Simulator:
         if unknown:
             raise ValueError(f"unknown exchange(s) {unknown}; choose from {', '.join(EXCHANGES)}")
         self.venues: dict[str, Venue] = {
-            name: importlib.import_module(f"simulator.{name}").create(self.config)
+            name: importlib.import_module(f"simulator.{name.replace('-', '_')}").create(self.config)
             for name in self.config.exchanges
         }
         self.app = self._build_app()

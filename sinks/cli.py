@@ -60,8 +60,9 @@ def sink(
     session_timeout: float | None,
     migrate_only: bool,
 ) -> None:
-    """Stream the md.* topics (trades, candles, books, tickers, instruments, derivatives)
-    into ClickHouse: every topic of Topology.sink_tables() into its table.
+    """Stream the md.* topics (trades, candles, books, tickers, instruments, derivatives) into ClickHouse.
+
+    Every topic of Topology.sink_tables() goes into its table.
 
     Run several for more throughput (one consumer group). With the embedded engine the
     first one owns the database and serves it on loopback; the others and `marketpipe sql`

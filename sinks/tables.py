@@ -26,8 +26,8 @@ import fastavro
 import msgspec
 
 from marketpipe.codec import SINGLE_OBJECT_MAGIC, AvroCodec, AvroSchema, DecodeError
-from marketpipe.records import RECORD_TYPES, Record
-from marketpipe.topics import Topology
+from marketpipe.records import Record
+from marketpipe.topics import MD_STREAMS
 
 Row = dict[str, Any]
 ColumnBuilder = Callable[[Sequence[Row]], list[Any]]
@@ -93,16 +93,13 @@ def _named_record(root: dict[str, Any], name: str) -> dict[str, Any] | None:
 
 
 def sink_tables(codec: AvroCodec) -> dict[str, Table]:
-    """The tables the sink writes (``Topology.sink_tables()``), keyed by table name, each fed the
-    record type its topic carries."""
-    topology = Topology()
-    carried = {spec.name: spec.value for spec in topology.specs()}
-    record_types = {rtype.__name__: rtype for rtype in RECORD_TYPES}
-    tables: dict[str, Table] = {}
-    for topic, name in topology.sink_tables().items():
-        rtype = record_types[carried[topic]]
-        tables[name] = Table.from_schema(name, rtype, codec.schema_for(rtype))
-    return tables
+    """The tables the sink writes (the stream catalogue's rows with a table), keyed by table
+    name, each fed the record type its topic carries."""
+    return {
+        row.table: Table.from_schema(row.table, row.record, codec.schema_for(row.record))
+        for row in MD_STREAMS
+        if row.table is not None
+    }
 
 
 # -- batch decoding -----------------------------------------------------------------------

@@ -111,7 +111,7 @@ covers all history; the metric is about now)"""
 
 
 def group_id(topology: Topology) -> str:
-    return topology.name("marketpipe-sink")
+    return topology.sink_group
 
 
 class ClickHouseLink:

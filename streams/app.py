@@ -87,23 +87,12 @@ class NormaliseStage:
         """Nothing waits for more input here: every output is published as its frame arrives."""
 
     def _publish(self, out: FeedOutput, emit: Emit) -> None:
-        t, encode = self.topology, self.codec.encode
-        for topic, records in (
-            (t.trades, out.trades),
-            (t.book, out.books),
-            (t.bbo, out.bbos),
-            (t.ticker, out.tickers),
-            (t.exchange_candles, out.exchange_candles),
-            (t.instruments, out.instruments),
-            (t.funding, out.funding),
-            (t.open_interest, out.open_interest),
-            (t.mark_price, out.mark_prices),
-            (t.liquidations, out.liquidations),
-            (t.status, out.status),
-            (t.control, out.control),
-        ):
-            for record in records:
-                emit(topic, record.key().encode(), encode(record, topic))
+        t, encode, topic_of = self.topology, self.codec.encode, self.topology.md_topic
+        for records in out.records():
+            if records:
+                topic = topic_of(type(records[0]))
+                for record in records:
+                    emit(topic, record.key().encode(), encode(record, topic))
         consolidate, symbols = t.consolidate, self.symbols
         for snapshot in out.buckets:
             value = encode(snapshot, t.book_buckets)

@@ -29,6 +29,8 @@ class Delta(NamedTuple):
     raw: RawRecord
     changes: Any = None
     """the exchange's own change rows, for ``trim_straddling`` (KuCoin numbers every change)"""
+    prev_id: int | None = None
+    """the last id of the delta before it, where the exchange sends it (Binance futures ``pu``)"""
 
 
 class SnapshotBridgeProcessor(FeedProcessor):
@@ -48,6 +50,13 @@ class SnapshotBridgeProcessor(FeedProcessor):
             self._apply(state, delta, out)
         else:
             self._buffer(state, delta)
+
+    def breaks_chain(self, delta: Delta, local_id: int, bridging: bool) -> bool:
+        """The delta does not connect to a book at ``local_id``: right after a snapshot it must
+        straddle ``local_id + 1``, then start at ``local_id + 1`` (``strict_chain``) or at
+        least not skip past it. A venue with another rule (Binance futures ``pu``) overrides it."""
+        first = delta.first_id
+        return first > local_id + 1 or (self.strict_chain and not bridging and first != local_id + 1)
 
     def trim_straddling(self, delta: Delta, snapshot_id: int) -> Delta:
         """The part of a delta straddling the snapshot that is newer than it. Applying all of it is
@@ -74,7 +83,7 @@ class SnapshotBridgeProcessor(FeedProcessor):
         pending: deque[Delta] = state.pending if state.pending is not None else deque()
         while pending and pending[0].last_id <= snapshot_id:
             pending.popleft()
-        if pending and pending[0].first_id > snapshot_id + 1:
+        if pending and self.breaks_chain(pending[0], snapshot_id, bridging=True):
             first = pending[0].first_id
             detail = f"snapshot {self.id_name} {snapshot_id} is older than the buffered delta from {first}"
             state.resync_requested = False  # the answer to our request came too early: ask again
@@ -102,7 +111,7 @@ class SnapshotBridgeProcessor(FeedProcessor):
             self.counters.stale_updates += 1
             return
         first = delta.first_id
-        if first > local_id + 1 or (self.strict_chain and not state.bridging and first != local_id + 1):
+        if self.breaks_chain(delta, local_id, state.bridging):
             detail = f"delta from {self.id_name} {first} does not follow {local_id}"
             self.unsync(state, "gap", detail, delta.raw, out)
             self._buffer(state, delta)  # newer than what was missed: the next snapshot may bridge to it

@@ -261,20 +261,28 @@ class FeedOutput:
         self.liquidations: list[Liquidation] = []
         self.errors: list[tuple[RawRecord, str]] = []
 
+    def records(self) -> tuple[list[Any], ...]:
+        """Every list of md records, in publishing order (each list holds one record type,
+        published to that type's md topic: marketpipe/topics.py ``MD_STREAMS``)."""
+        return (
+            self.trades,
+            self.books,
+            self.bbos,
+            self.tickers,
+            self.exchange_candles,
+            self.instruments,
+            self.funding,
+            self.open_interest,
+            self.mark_prices,
+            self.liquidations,
+            self.status,
+            self.control,
+        )
+
     def clear(self) -> None:
-        self.trades.clear()
+        for records in self.records():
+            records.clear()
         self.buckets.clear()
-        self.books.clear()
-        self.bbos.clear()
-        self.status.clear()
-        self.control.clear()
-        self.tickers.clear()
-        self.exchange_candles.clear()
-        self.instruments.clear()
-        self.funding.clear()
-        self.open_interest.clear()
-        self.mark_prices.clear()
-        self.liquidations.clear()
         self.errors.clear()
 
 

@@ -20,6 +20,7 @@ from simulator import SimConfig, Simulator
 # one exchange symbol per exchange, as its subscribe messages spell it
 EXCHANGE_SYMBOL = {
     "binance": "BTCUSDT",
+    "binance-futures": "BTCUSDT",
     "coinbase": "BTC-USD",
     "kraken": "BTC/USD",
     "bybit": "BTCUSDT",
@@ -29,6 +30,7 @@ EXCHANGE_SYMBOL = {
     "gateio": "BTC_USDT",
     "htx": "btcusdt",
     "mexc": "BTCUSDT",
+    "deribit": "BTC-PERPETUAL",
 }
 
 
@@ -49,7 +51,7 @@ def test_the_listed_channels_are_those_the_connectors_subscribe_to() -> None:
         assert all(channel in messages for channel in channels if channel), (exchange, messages)
 
 
-def test_exchanges_lists_all_ten_with_channels_and_which_are_enabled() -> None:
+def test_exchanges_lists_every_exchange_with_channels_and_which_are_enabled() -> None:
     rows = _json_lines(
         _run(
             "exchanges",
@@ -62,7 +64,9 @@ def test_exchanges_lists_all_ten_with_channels_and_which_are_enabled() -> None:
     okx = next(row for row in rows if row["exchange"] == "okx")
     assert (okx["book"], okx["trades"], okx["ticker"], okx["candles"]) == ("books", "trades", "tickers", "-")
     assert okx["enabled"] == "yes"
-    assert okx["default symbols"] == "BTC-USDT,ETH-USDT,BTC-USD,ETH-USD"
+    assert okx["default symbols"] == (
+        "BTC-USDT,ETH-USDT,BTC-USD,ETH-USD,BTC-USDT-PERP,ETH-USDT-PERP,BTC-USD-PERP-INV,ETH-USD-PERP-INV"
+    )
     assert okx["instruments"].endswith("/api/v5/public/instruments?instType=SPOT")
     assert [row["exchange"] for row in rows if row["enabled"] == "yes"] == ["kraken", "okx"]
 

@@ -28,8 +28,8 @@ def test_defaults_use_local_broker_and_embedded_clickhouse(tmp_path: Path) -> No
     assert settings.uses_local_broker and settings.bootstrap_servers == "127.0.0.1:9092"
     assert settings.clickhouse_dsn == f"chdb:///{tmp_path / '.marketpipe' / 'clickhouse'}"
     assert settings.exchanges == [
-        *("binance", "coinbase", "kraken", "bybit", "okx"),
-        *("bitfinex", "kucoin", "gateio", "htx", "mexc"),
+        *("binance", "binance-futures", "coinbase", "kraken", "bybit", "okx"),
+        *("bitfinex", "kucoin", "gateio", "htx", "mexc", "deribit"),
     ]
 
 

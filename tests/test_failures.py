@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from confluent_kafka import Producer
 
 from marketpipe.cli import main
-from marketpipe.config import load_settings
+from marketpipe.config import SYMBOL_RULE, load_settings
 from marketpipe.errors import UserError, user_errors_in
 from marketpipe.kafka_logs import LOGGER_NAME, RepeatFilter, librdkafka_logger
 from marketpipe.raw import CaptureWriter, RawRecord
@@ -214,9 +214,7 @@ def test_a_bad_variable_is_one_usage_error_naming_it() -> None:
 def test_symbols_on_the_command_line_get_the_base_quote_check() -> None:
     code, lines = _invoke("produce", "--exchange", "binance", "--symbols", "btcusdt")
     assert code == 2
-    assert lines == [
-        "Error: --symbols: BTCUSDT: symbols are normalised BASE-QUOTE in capitals, e.g. BTC-USDT"
-    ]
+    assert lines == [f"Error: --symbols: BTCUSDT: {SYMBOL_RULE}"]
 
 
 # -- the one error path --------------------------------------------------------------------------

@@ -147,6 +147,8 @@ def test_normalize_writes_trades_books_and_bbos(tmp_path: Path) -> None:
         "sequence_gaps": 0,
         "resyncs": 1,  # the close at the end of the session
         "parse_errors": 0,
+        "derivatives": 0,
+        "repeats_dropped": 0,
         "dead_letters": {},
         "instruments_skipped": 0,
         "books_synced": ["NKN-USDT"],
@@ -179,7 +181,7 @@ def test_report_counts_dead_letters_by_category_and_dropped_duplicates(tmp_path:
     trades = messages("okx.json", "trade")
     okx.recv_all([*trades, trades[-1]])  # the latest trade again, as a resubscribe sends it
     okx.recv_all(messages("okx_derivatives.json", "trade"))  # a swap and a future: no name yet
-    okx.recv('{"arg":{"channel":"mark-price","instId":"BTC-USDT"},"data":[]}')
+    okx.recv('{"arg":{"channel":"price-limit","instId":"BTC-USDT"},"data":[]}')
     okx.recv("{not json")
     capture = tmp_path / "session.jsonl"
     with CaptureWriter(capture) as writer:

@@ -119,7 +119,13 @@ def test_control_frames_are_counted() -> None:
     ("frame", "reason"),
     [
         ('{"event":"error","code":"60012","msg":"Invalid request"}', "okx error 60012"),
-        ('{"arg":{"channel":"mark-price","instId":"BTC-USDT"},"data":[]}', "unsupported okx channel"),
+        ('{"arg":{"channel":"price-limit","instId":"BTC-USDT"},"data":[]}', "unsupported okx channel"),
+        (
+            '{"arg":{"channel":"mark-price","instId":"BTC-USDT"},"data":[{"markPx":"1"}]}',
+            "malformed okx mark-price",
+        ),
+        ('{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":{}}', "malformed okx trades"),
+        ('{"data":[]}', "neither an event nor a push"),
         ("ping", "invalid JSON"),
     ],
 )

@@ -30,7 +30,7 @@ CASES = {
     "kraken-v2": ("kraken", {}, ["BTC-USD", "ETH-USD"], True),
     "kraken-v1": ("kraken", {"protocol": "v1"}, ["BTC-USD", "ETH-USD"], True),
     "bybit-spot": ("bybit", {}, ["BTC-USDT", "ETH-USDT"], False),
-    "bybit-linear": ("bybit", {"category": "linear"}, ["BTC-USDT"], False),
+    "bybit-derivatives": ("bybit", {}, ["BTC-USDT", "BTC-USDT-PERP", "BTC-USD-PERP-INV"], False),
     "okx": ("okx", {}, ["BTC-USDT", "ETH-USDT"], True),
     "bitfinex": ("bitfinex", {}, ["BTC-USD", "ETH-USD"], True),
     "kucoin": ("kucoin", {}, ["BTC-USDT", "ETH-USDT"], False),

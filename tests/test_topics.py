@@ -59,7 +59,7 @@ def test_apply_reconciles_drifted_config(kafka_admin: AdminClient) -> None:
 
     report = apply_topology(kafka_admin, specs)
     assert report.reconfigured == {topology.ohlcv: {"cleanup.policy": "compact"}}
-    assert describe_configs(kafka_admin, [topology.ohlcv])[topology.ohlcv]["cleanup.policy"] == "compact"
+    _wait_for_config(kafka_admin, topology.ohlcv, "cleanup.policy", "compact")
 
 
 def _wait_for_config(admin: AdminClient, topic: str, key: str, value: str) -> None:
@@ -86,3 +86,32 @@ def test_every_sink_table_has_its_topic_and_record_type() -> None:
     assert sorted(topology.sink_tables().values()) == sorted(tables)
     for topic, table in topology.sink_tables().items():
         assert specs[topic].value == tables[table].record_type.__name__, topic
+
+
+def test_the_stream_catalogue_has_one_row_per_record_type_and_drives_the_outputs() -> None:
+    """Every record type has its md topic in the catalogue, once; the normalise stage's outputs
+    all have one; the topic specs and the sink's tables come from the same rows."""
+    from marketpipe.records import RECORD_TYPES
+    from marketpipe.topics import MD_STREAMS
+    from streams.feed import FeedOutput
+
+    assert sorted(row.record.__name__ for row in MD_STREAMS) == sorted(t.__name__ for t in RECORD_TYPES)
+    assert len({row.topic for row in MD_STREAMS}) == len(MD_STREAMS)
+    topology = Topology(prefix="p.")
+    specs = {spec.name: spec for spec in topology.specs()}
+    for row in MD_STREAMS:
+        spec = specs[topology.md_topic(row.record)]
+        assert (spec.value, spec.compacted, spec.retention_ms) == (
+            row.record.__name__,
+            row.compacted,
+            row.retention_ms,
+        )
+    assert set(topology.sink_tables().values()) == {row.table for row in MD_STREAMS if row.table}
+    assert len(FeedOutput().records()) == len(
+        [r for r in MD_STREAMS if r.record.__name__ not in NOT_NORMALISED]
+    )
+
+
+NOT_NORMALISED = ("Candle", "BookBuckets", "DeadLetter")
+"""md records the normalise processor's output lists do not carry: candles come from the ohlcv
+stage, bucket snapshots and dead letters take their own paths"""

@@ -8,6 +8,7 @@ from producers.base import Connector
 
 _MODULES = {
     "binance": ("producers.connectors.binance", "BinanceConnector"),
+    "binance-futures": ("producers.connectors.binance_futures", "BinanceFuturesConnector"),
     "coinbase": ("producers.connectors.coinbase", "CoinbaseConnector"),
     "kraken": ("producers.connectors.kraken", "KrakenConnector"),
     "bybit": ("producers.connectors.bybit", "BybitConnector"),
@@ -17,6 +18,7 @@ _MODULES = {
     "gateio": ("producers.connectors.gateio", "GateioConnector"),
     "htx": ("producers.connectors.htx", "HtxConnector"),
     "mexc": ("producers.connectors.mexc", "MexcConnector"),
+    "deribit": ("producers.connectors.deribit", "DeribitConnector"),
 }
 
 EXCHANGES = tuple(_MODULES)

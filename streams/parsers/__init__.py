@@ -8,6 +8,7 @@ from streams.feed import ClockWindow, FeedCounters, FeedOutput, FeedProcessor
 
 _MODULES = {
     "binance": ("streams.parsers.binance", "BinanceProcessor"),
+    "binance-futures": ("streams.parsers.binance_futures", "BinanceFuturesProcessor"),
     "coinbase": ("streams.parsers.coinbase", "CoinbaseProcessor"),
     "kraken": ("streams.parsers.kraken", "KrakenProcessor"),
     "bybit": ("streams.parsers.bybit", "BybitProcessor"),
@@ -17,6 +18,7 @@ _MODULES = {
     "gateio": ("streams.parsers.gateio", "GateioProcessor"),
     "htx": ("streams.parsers.htx", "HtxProcessor"),
     "mexc": ("streams.parsers.mexc", "MexcProcessor"),
+    "deribit": ("streams.parsers.deribit", "DeribitProcessor"),
 }
 EXCHANGES: tuple[str, ...] = tuple(_MODULES)
 

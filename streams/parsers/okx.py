@@ -1,5 +1,5 @@
 """OKX v5 public: ``{"arg":{"channel","instId"},"action","data":[...]}`` pushes, ``{"event"}``
-replies, and the literal text ``pong``.
+replies, and the literal text ``pong``; typed wire structs per channel (``data`` decoded by channel).
 
 Books: each update's ``prevSeqId`` must equal the previous ``seqId``, except the keep-alive
 (``prevSeqId == seqId``, no levels) and the maintenance reset (``seqId < prevSeqId``).
@@ -14,17 +14,37 @@ Instruments (``/api/v5/public/instruments``): spot (and margin) ``instId``s are 
 from their metadata only (``streams/instruments.py``): base/quote from ``uly`` (else
 ``instFamily``), ``ctType`` linear/inverse, ``expTime`` for the date, so ``BTC-USDT-SWAP`` is
 ``BTC-USDT-PERP``, ``UNI-USD-SWAP`` (inverse) ``UNI-USD-PERP-INV`` and ``BTC-USD-220527``
-``BTC-USD-20220527-INV``; their trades and books are published like spot ones, sizes in
-contracts (``Instrument.contract_size``: ``ctVal`` x ``ctMult`` of ``ctValCcy``). A derivative id
-no metadata named, OPTION and unknown instTypes are dead-lettered (``unnamed_instrument``), each
-under its own id. Derivative tickers and candles are dead-lettered (``unsupported``) until their
-contract-unit fields are mapped: their sizes and volumes mean other things than spot ones.
+``BTC-USD-20220527-INV``. A derivative id no metadata named, OPTION and unknown instTypes are
+dead-lettered (``unnamed_instrument``), each under its own id.
+
+Units. SWAP/FUTURES sizes stay in **contracts**, as OKX sends them (``Instrument.contract_size``:
+``ctVal`` x ``ctMult`` of ``ctValCcy``; 0.01 BTC for BTC-USDT-SWAP, 100 USD for BTC-USD-SWAP):
+trades ``sz``, book levels, ticker ``lastSz``/``bidSz``/``askSz``/``vol24h``, candle ``vol``,
+open interest ``oi`` and liquidation ``sz``. A derivative ticker's ``volCcy24h`` is base coin, not
+quote, so its ``quote_volume_24h`` is None; candles take ``volCcyQuote`` (quote on both kinds).
+
+Derivative channels:
+- ``funding-rate`` -> ``funding()``: ``fundingRate`` is the running period's rate, settled at
+  ``fundingTime`` (``next_funding_ts``); ``interval_s`` = ``nextFundingTime - fundingTime``;
+  ``nextFundingRate`` is ``""`` today (no forecast: None), older frames carried the forecast.
+- ``mark-price`` -> ``mark_price(mark_price=markPx)``.
+- ``index-tickers`` is keyed by the index (``BTC-USDT``): its ``idxPx`` becomes
+  ``mark_price(index_price=...)`` of every contract whose metadata ``uly`` is that index.
+- ``open-interest`` -> ``open_interest()``: ``oi`` contracts; ``value`` only from ``oiUsd`` (the
+  REST form), the websocket sends none.
+- ``liquidation-orders`` (subscribed per instType) -> one ``liquidation()`` per ``details[]``:
+  ``side`` the liquidation order's side (``buy``: a short position was liquidated), ``price``
+  the bankruptcy price ``bkPx``, ``size`` contracts. The channel reports every contract of the
+  type: those no metadata answer named (not subscribed) are only counted
+  (``liquidations_unfollowed``).
 """
 
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+import msgspec
 
 from marketpipe.raw import RawRecord
 from marketpipe.records import ContractType, Instrument, InstrumentKind, Side
@@ -191,6 +211,121 @@ def _currency(row: dict[str, Any], field: str) -> str:
     return value
 
 
+# -- wire structs (the fields read; OKX sends every number as a string) --------------------
+
+
+class _Arg(msgspec.Struct):
+    channel: str
+    instId: str = ""
+    instType: str = ""
+
+
+class _Frame(msgspec.Struct):
+    """A push (``arg`` + ``data``) or an event reply (``event``); ``data`` is decoded by channel."""
+
+    arg: _Arg | None = None
+    event: str | None = None
+    code: str | int = ""
+    msg: str = ""
+    action: str = ""
+    data: msgspec.Raw = msgspec.Raw(b"[]")
+
+
+class _Book(msgspec.Struct):
+    asks: list[list[str]]
+    bids: list[list[str]]
+    ts: str
+    checksum: int = 0
+    seqId: int | None = None
+    prevSeqId: int | None = None
+
+
+class _Trade(msgspec.Struct):
+    instId: str
+    tradeId: str
+    px: str
+    sz: str
+    side: str
+    ts: str
+
+
+class _Ticker(msgspec.Struct):
+    instId: str
+    last: str
+    ts: str
+    instType: str = ""
+    lastSz: str = ""
+    bidPx: str = ""
+    bidSz: str = ""
+    askPx: str = ""
+    askSz: str = ""
+    open24h: str = ""
+    high24h: str = ""
+    low24h: str = ""
+    vol24h: str = ""
+    volCcy24h: str = ""
+
+
+class _Funding(msgspec.Struct):
+    instId: str
+    fundingRate: str
+    fundingTime: str
+    nextFundingTime: str = ""
+    nextFundingRate: str = ""
+    ts: str = ""
+
+
+class _MarkPrice(msgspec.Struct):
+    instId: str
+    markPx: str
+    ts: str
+
+
+class _IndexTicker(msgspec.Struct):
+    instId: str
+    idxPx: str
+    ts: str
+
+
+class _OpenInterest(msgspec.Struct):
+    instId: str
+    oi: str
+    ts: str
+    oiUsd: str = ""
+
+
+class _LiquidationDetail(msgspec.Struct):
+    side: str
+    bkPx: str
+    sz: str
+    ts: str
+
+
+class _Liquidations(msgspec.Struct):
+    instId: str
+    details: list[_LiquidationDetail]
+
+
+_frames = msgspec.json.Decoder(_Frame)
+_books = msgspec.json.Decoder(list[_Book])
+_trades = msgspec.json.Decoder(list[_Trade])
+_tickers = msgspec.json.Decoder(list[_Ticker])
+_candles = msgspec.json.Decoder(list[list[str]])
+_fundings = msgspec.json.Decoder(list[_Funding])
+_marks = msgspec.json.Decoder(list[_MarkPrice])
+_indexes = msgspec.json.Decoder(list[_IndexTicker])
+_open_interests = msgspec.json.Decoder(list[_OpenInterest])
+_liquidations = msgspec.json.Decoder(list[_Liquidations])
+LIQUIDATION_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
+
+
+def _data(decoder: msgspec.json.Decoder[list[Any]], frame: _Frame, channel: str) -> list[Any]:
+    try:
+        return decoder.decode(frame.data)
+    except msgspec.ValidationError as exc:
+        raise ParseError(f"malformed okx {channel} data: {exc}") from None
+
+
 class OkxProcessor(FeedProcessor):
     exchange = "okx"
     instruments_path = INSTRUMENTS_PATH
@@ -203,11 +338,26 @@ class OkxProcessor(FeedProcessor):
         found: dict[str, InstrumentKind] = self.__dict__.setdefault("_kinds", {})
         return found
 
+    def indexes(self) -> dict[str, set[str]]:
+        """Index instId (``BTC-USDT``, the contracts' ``uly``) -> the SWAP/FUTURES instIds on it,
+        from the metadata answers seen (the connections' own symbols: those subscribed)."""
+        found: dict[str, set[str]] = self.__dict__.setdefault("_indexes", {})
+        return found
+
+    @property
+    def liquidations_unfollowed(self) -> int:
+        """Liquidations of instruments no metadata answer named (``liquidation-orders`` is per
+        instType: it reports every contract of the type, not only the subscribed ones)."""
+        found: int = self.__dict__.get("_liquidations_unfollowed", 0)
+        return found
+
     def instruments_from(self, body: bytes, path: str) -> Instruments:
         learned = parse_instruments(body, path)
-        kinds = self.kinds()
+        kinds, indexes = self.kinds(), self.indexes()
         for exchange_symbol, record in learned.records.items():
             kinds[exchange_symbol] = record.kind
+            if record.kind != "spot":
+                indexes.setdefault(f"{record.base}-{record.quote}", set()).add(exchange_symbol)
         return learned
 
     def fallback_instrument(self, exchange_symbol: str) -> tuple[str, str] | None:
@@ -223,97 +373,183 @@ class OkxProcessor(FeedProcessor):
             )
         return name, exchange_symbol
 
-    def _spot_only(self, inst_id: str, what: str, inst_type: object = None) -> None:
-        """Tickers and candles of derivatives are not mapped yet (contract units)."""
-        kind = self.kinds().get(inst_id) or (None if inst_type in (None, *SPOT_TYPES) else inst_type)
-        if kind not in (None, "spot"):
-            raise ParseError(
-                f"unsupported okx {kind} {what} of {inst_id!r}: derivative {what}s are not mapped yet "
-                "(their sizes are contracts, their volumes other units than spot ones)",
-                "unsupported",
-            )
+    def _is_derivative(self, inst_id: str, inst_type: str = "") -> bool:
+        kind = self.kinds().get(inst_id)
+        if kind is not None:
+            return kind != "spot"
+        return inst_type not in ("", *SPOT_TYPES)
 
     def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
         if raw.data in ("pong", b"pong"):
             self.counters.heartbeats += 1
             return
-        msg = json_object(raw.data, "okx frame")
-        event = msg.get("event")
-        if event is not None:
-            self._event(event, msg)
+        frame = self._decode(raw)
+        if frame.event is not None:
+            self._event(frame)
             return
-        channel = msg["arg"]["channel"]
+        if frame.arg is None:
+            raise ParseError("malformed okx frame: neither an event nor a push (no arg)")
+        channel, inst_id = frame.arg.channel, frame.arg.instId
         if channel == "books":
-            for item in msg["data"]:
-                self._book(conn, msg["arg"]["instId"], msg["action"], item, raw, out)
+            for book in _data(_books, frame, channel):
+                self._book(conn, inst_id, frame.action, book, raw, out)
         elif channel == "trades":
-            self._trades(msg["data"], raw, out)
+            self._trades(_data(_trades, frame, channel), raw, out)
         elif channel == "tickers":
-            for item in msg["data"]:
-                self._ticker(item, raw, out)
+            for ticker in _data(_tickers, frame, channel):
+                self._ticker(ticker, raw, out)
         elif channel.startswith("candle"):
-            self._candles(conn, channel[6:], msg["arg"]["instId"], msg["data"], raw, out)
+            self._candles(conn, channel[6:], inst_id, _data(_candles, frame, channel), raw, out)
+        else:
+            self._derivative_channel(channel, frame, raw, out)
+
+    def _derivative_channel(self, channel: str, frame: _Frame, raw: RawRecord, out: FeedOutput) -> None:
+        if channel == "funding-rate":
+            for funding in _data(_fundings, frame, channel):
+                self._funding(funding, raw, out)
+        elif channel == "mark-price":
+            for mark in _data(_marks, frame, channel):
+                self.mark_price(raw, out, mark.instId, ms_to_us(mark.ts), mark_price=float(mark.markPx))
+        elif channel == "index-tickers":
+            for index in _data(_indexes, frame, channel):
+                self._index(index, raw, out)
+        elif channel == "open-interest":
+            for found in _data(_open_interests, frame, channel):
+                value = opt_float(found.oiUsd)
+                self.open_interest(
+                    raw, out, found.instId, ms_to_us(found.ts), open_interest=float(found.oi), value=value
+                )
+        elif channel == "liquidation-orders":
+            for group in _data(_liquidations, frame, channel):
+                self._liquidations(group, raw, out)
         else:
             raise ParseError(f"unsupported okx channel {channel!r}")
 
-    def _event(self, event: str, msg: dict[str, Any]) -> None:
+    @staticmethod
+    def _decode(raw: RawRecord) -> _Frame:
+        if not raw.data:
+            raise ParseError("empty frame")
+        try:
+            return _frames.decode(raw.data)
+        except msgspec.ValidationError as exc:
+            raise ParseError(f"malformed okx frame: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise ParseError(f"invalid JSON: {exc}") from None
+
+    def _event(self, frame: _Frame) -> None:
+        event = frame.event
         if event in ACK_EVENTS:
             self.counters.acks += 1
         elif event == "notice":
             self.counters.notices += 1  # 64008: service upgrade soon; the connector reconnects
         elif event == "error":
-            raise ParseError(f"okx error {msg.get('code')}: {msg.get('msg')!r}")
+            raise ParseError(f"okx error {frame.code}: {frame.msg!r}")
         else:
             raise ParseError(f"unsupported okx event {event!r}")
 
-    def _trades(self, data: list[dict[str, Any]], raw: RawRecord, out: FeedOutput) -> None:
+    def _trades(self, data: list[_Trade], raw: RawRecord, out: FeedOutput) -> None:
         rows = [
             (
-                item["instId"],
-                item["tradeId"],
-                float(item["px"]),
-                float(item["sz"]),
-                TAKER_SIDES.get(item["side"], "unknown"),
-                ms_to_us(item["ts"]),
+                t.instId,
+                t.tradeId,
+                float(t.px),
+                float(t.sz),
+                TAKER_SIDES.get(t.side, "unknown"),
+                ms_to_us(t.ts),
             )
-            for item in data
+            for t in data
         ]
         for symbol, trade_id, price, size, side, ts in rows:
-            self.trade(raw, out, symbol, str(trade_id), price, size, side, ts)
+            self.trade(raw, out, symbol, trade_id, price, size, side, ts)
 
-    def _ticker(self, item: dict[str, Any], raw: RawRecord, out: FeedOutput) -> None:
-        """Spot: ``vol24h`` is base and ``volCcy24h`` quote (derivatives differ: contracts and
-        base, so they are dead-lettered for now). Best ask/bid may be empty."""
-        self._spot_only(item["instId"], "ticker", item.get("instType"))
+    def _ticker(self, item: _Ticker, raw: RawRecord, out: FeedOutput) -> None:
+        """Spot: ``vol24h`` is base and ``volCcy24h`` quote. SWAP/FUTURES: sizes and ``vol24h``
+        are contracts, ``volCcy24h`` base coin (no quote volume: None). Best ask/bid may be empty."""
+        derivative = self._is_derivative(item.instId, item.instType)
         self.ticker(
             raw,
             out,
-            item["instId"],
-            ms_to_us(item["ts"]),
-            last_price=float(item["last"]),
-            last_size=opt_float(item.get("lastSz")),
-            bid_price=opt_float(item.get("bidPx")),
-            bid_size=opt_float(item.get("bidSz")),
-            ask_price=opt_float(item.get("askPx")),
-            ask_size=opt_float(item.get("askSz")),
-            open_24h=opt_float(item.get("open24h")),
-            high_24h=opt_float(item.get("high24h")),
-            low_24h=opt_float(item.get("low24h")),
-            volume_24h=opt_float(item.get("vol24h")),
-            quote_volume_24h=opt_float(item.get("volCcy24h")),
+            item.instId,
+            ms_to_us(item.ts),
+            last_price=float(item.last),
+            last_size=opt_float(item.lastSz),
+            bid_price=opt_float(item.bidPx),
+            bid_size=opt_float(item.bidSz),
+            ask_price=opt_float(item.askPx),
+            ask_size=opt_float(item.askSz),
+            open_24h=opt_float(item.open24h),
+            high_24h=opt_float(item.high24h),
+            low_24h=opt_float(item.low24h),
+            volume_24h=opt_float(item.vol24h),
+            quote_volume_24h=None if derivative else opt_float(item.volCcy24h),
         )
 
+    def _funding(self, item: _Funding, raw: RawRecord, out: FeedOutput) -> None:
+        """``fundingTime`` is the upcoming settlement; the interval is the distance to the one
+        after (``nextFundingTime``). ``nextFundingRate`` is ``""`` since OKX dropped the
+        next-period method; older frames carry the forecast it then was."""
+        settle = int(item.fundingTime)
+        after = int(item.nextFundingTime) if item.nextFundingTime else None
+        self.funding(
+            raw,
+            out,
+            item.instId,
+            ms_to_us(item.ts) if item.ts else None,
+            rate=float(item.fundingRate),
+            predicted_rate=opt_float(item.nextFundingRate),
+            next_funding_ts=settle * 1000,
+            interval_s=(after - settle) // 1000 if after is not None else None,
+        )
+
+    def _index(self, item: _IndexTicker, raw: RawRecord, out: FeedOutput) -> None:
+        """An index (``BTC-USDT``) price becomes the index price of every contract on it."""
+        contracts = self.indexes().get(item.instId)
+        if not contracts:
+            raise ParseError(
+                f"okx index-tickers of {item.instId!r}: no contract's metadata (uly/instFamily) is on "
+                "this index",
+                "unknown_symbol",
+            )
+        price, ts = float(item.idxPx), ms_to_us(item.ts)
+        for inst_id in sorted(contracts):
+            self.mark_price(raw, out, inst_id, ts, index_price=price)
+
+    def _liquidations(self, group: _Liquidations, raw: RawRecord, out: FeedOutput) -> None:
+        """``details[].side`` is the liquidation order's side (``buy``: a short was liquidated),
+        ``bkPx`` the bankruptcy price, ``sz`` contracts. Contracts no metadata answer named are
+        counted (``liquidations_unfollowed``), not dead-lettered: the channel is per instType."""
+        if group.instId not in self.kinds():
+            self.__dict__["_liquidations_unfollowed"] = self.liquidations_unfollowed + len(group.details)
+            return
+        for detail in group.details:
+            side = LIQUIDATION_SIDES.get(detail.side)
+            if side is None:
+                raise ParseError(f"okx liquidation of {group.instId} with side {detail.side!r}")
+            self.liquidation(
+                raw,
+                out,
+                group.instId,
+                ms_to_us(detail.ts),
+                side=side,
+                price=float(detail.bkPx),
+                size=float(detail.sz),
+            )
+
     def _candles(
-        self, conn: Connection, bar: str, inst_id: str, rows: list[Any], raw: RawRecord, out: FeedOutput
+        self, conn: Connection, bar: str, inst_id: str, rows: list[list[str]], raw: RawRecord, out: FeedOutput
     ) -> None:
         """``[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]``; the older 7-field form has no
-        ``confirm`` (the base's later-window rule closes those)."""
-        self._spot_only(inst_id, "candle")
+        ``confirm`` (the base's later-window rule closes those). ``vol`` is base on spot and
+        contracts on SWAP/FUTURES; ``volCcyQuote`` is quote on both, ``volCcy`` quote on spot
+        but base coin on derivatives (so a derivative's 7-field row has no quote volume)."""
         interval, offset_us = okx_bar(bar)
+        derivative = self._is_derivative(inst_id)
         for row in rows:
-            if not isinstance(row, list) or len(row) < 7:
+            if len(row) < 7:
                 raise ParseError(f"okx candle is not [ts, o, h, l, c, vol, volCcy, ...]: {str(row)[:100]}")
             open_time = ms_to_us(row[0])
+            full = len(row) >= 9
+            quote_volume = float(row[7]) if full else None if derivative else float(row[6])
             self.exchange_candle(
                 conn,
                 raw,
@@ -327,8 +563,8 @@ class OkxProcessor(FeedProcessor):
                 float(row[3]),
                 float(row[4]),
                 volume=float(row[5]),
-                quote_volume=float(row[7] if len(row) >= 9 else row[6]),
-                closed=_confirm(row[8]) if len(row) >= 9 else None,
+                quote_volume=quote_volume,
+                closed=_confirm(row[8]) if full else None,
             )
 
     def _book(
@@ -336,15 +572,14 @@ class OkxProcessor(FeedProcessor):
         conn: Connection,
         inst_id: str,
         action: str,
-        item: dict[str, Any],
+        item: _Book,
         raw: RawRecord,
         out: FeedOutput,
     ) -> None:
         self.counters.book_messages += 1
-        bids, asks = okx_levels(item["bids"]), okx_levels(item["asks"])
-        seq_id, prev_id = item.get("seqId"), item.get("prevSeqId")
-        checksum = int(item.get("checksum") or 0)
-        ts = ms_to_us(item["ts"])
+        bids, asks = okx_levels(item.bids), okx_levels(item.asks)
+        seq_id, prev_id, checksum = item.seqId, item.prevSeqId, item.checksum
+        ts = ms_to_us(item.ts)
         state = self.book_state(conn, inst_id)
         if action == "snapshot":
             book = state.book
