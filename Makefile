@@ -51,8 +51,8 @@ bench: bootstrap
 
 # Regenerate the MEXC protobuf message classes after editing the .proto (generated files are committed).
 proto: $(VENV)/.synced
-	$(BIN)/python -m grpc_tools.protoc -I streams/parsers/mexc_pb --python_out=streams/parsers/mexc_pb \
-		--pyi_out=streams/parsers/mexc_pb streams/parsers/mexc_pb/mexc_push.proto
+	$(BIN)/python -m grpc_tools.protoc -I marketpipe/exchanges/mexc_pb --python_out=marketpipe/exchanges/mexc_pb \
+		--pyi_out=marketpipe/exchanges/mexc_pb marketpipe/exchanges/mexc_pb/mexc_push.proto
 
 # Re-resolve the lock file after changing dependencies in pyproject.toml.
 lock: | $(UV)

@@ -34,6 +34,7 @@ from confluent_kafka.admin import AdminClient
 
 from marketpipe.codec import AvroCodec
 from marketpipe.config import LocalBrokerSettings
+from marketpipe.exchanges import subset
 from marketpipe.kafka_local import LocalKafka, free_port
 from marketpipe.records import BookBuckets, Bucket, Candle, DepthBand, Record, Trade
 from marketpipe.topics import Topology, apply_topology
@@ -42,7 +43,7 @@ from sinks.worker import ClickHouseLink, SinkConfig, SinkWorker, group_id
 
 T0 = 1_714_560_000_000_000
 SYMBOLS = ["BTC-USDT", "ETH-USDT", "SOL-USDT", "XRP-USDT"]
-EXCHANGES = ["binance", "okx", "bybit", "kraken", "coinbase"]
+EXCHANGES = subset("binance", "okx", "bybit", "kraken", "coinbase")
 
 
 def make_trade(i: int) -> Trade:

@@ -14,7 +14,12 @@ Kafka, no Avro, no bucket snapshots) give the reference rate measured in the sam
 Phase 2 (latency): a warm worker fed the capture at a steady --rate with recv_ns = the
 real send time; latency is the wall time a read-committed consumer receives each output
 minus the recv_ts it carries (what a downstream user sees).
-Phase 3 (aggregation): --trades Avro trades on md.trades drained by the ohlcv stage.
+Phase 3 (aggregation): --trades Avro trades on md.trades drained by the ohlcv stage. Their
+exchange timestamps advance at --trade-rates trades per second (comma-separated: one drain
+each): the event-time density of a live feed at that rate, which sets how many candle
+versions the stage publishes per trade (every market publishes its changed candles once per
+event-time second). 100,000/s is a live feed at the issue's target rate; 100/s replays a
+slow feed 1,000 times faster than it happened, about 0.9 candle versions per trade.
 Uses KAFKA_BOOTSTRAP_SERVERS when set, else starts a throwaway local broker.
 """
 
@@ -31,6 +36,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -40,7 +46,7 @@ from marketpipe.codec import AvroCodec
 from marketpipe.config import LocalBrokerSettings
 from marketpipe.kafka_local import LocalKafka, free_port, port_open
 from marketpipe.raw import RawRecord, read_capture
-from marketpipe.records import Trade
+from marketpipe.records import Record, Trade
 from marketpipe.topics import Topology, apply_topology
 from streams.feed import FeedOutput, FeedProcessor
 from streams.parsers import processor_for
@@ -125,7 +131,7 @@ def _produce(
                     topics.raw(raw.exchange),
                     key=raw.conn.encode(),
                     value=raw.payload,
-                    headers=raw.kafka_headers(),
+                    headers=list[tuple[str, str | bytes | None]](raw.kafka_headers()),
                 )
                 break
             except BufferError:
@@ -156,14 +162,34 @@ def _parsers_alone(records: list[RawRecord]) -> float:
     return len(records) / max(time.process_time() - started, 1e-9)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU of a process so far (Linux /proc): its Python threads, and
+    librdkafka's (threads named ``rdk:*``: network, compression, decompression)."""
+    python = kafka = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name, rest = task.joinpath("stat").read_text().split("(", 1)[1].rsplit(")", 1)
+        except (FileNotFoundError, ProcessLookupError):  # a thread that just ended
+            continue
+        cpu = sum(int(x) for x in rest.split()[11:13]) / os.sysconf("SC_CLK_TCK")
+        if name.startswith("rdk:"):
+            kafka += cpu
+        else:
+            python += cpu
+    return python, kafka
 
 
 def _committed(bootstrap: str, group: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    # read_uncommitted: the last committed offset even while the worker's next transaction (with
+    # its offsets) is open; read_committed asks for stable offsets and gets an error instead
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "isolation.level": "read_uncommitted",
+        }
+    )
     try:
         found = consumer.committed([TopicPartition(topic, 0)], timeout=10)
     except KafkaException:  # a young broker's group coordinator is still loading: nothing yet
@@ -173,17 +199,40 @@ def _committed(bootstrap: str, group: str, topic: str) -> int:
     return max(found[0].offset, 0)
 
 
-def _watch_drain(bootstrap: str, group: str, topic: str, end: int, pid: int) -> tuple[float, float, int]:
-    """(seconds, CPU seconds, records) from the first committed progress to the end."""
+@dataclass
+class Drain:
+    """From the first committed progress to the end of a backlog."""
+
+    seconds: float
+    count: int
+    python_cpu: float
+    """CPU seconds of the worker's Python threads (the stage loop and its committer)"""
+    kafka_cpu: float
+    """CPU seconds of librdkafka's threads"""
+
+    @property
+    def cpu(self) -> float:
+        return self.python_cpu + self.kafka_cpu
+
+    def per_item(self, unit: str) -> str:
+        return (
+            f"worker CPU {self.cpu * 1e6 / self.count:.1f} µs/{unit} "
+            f"(Python threads {self.python_cpu * 1e6 / self.count:.1f}, "
+            f"librdkafka {self.kafka_cpu * 1e6 / self.count:.1f})"
+        )
+
+
+def _watch_drain(bootstrap: str, group: str, topic: str, end: int, pid: int) -> Drain:
     deadline = time.monotonic() + 600
-    first: tuple[float, float, int] | None = None
+    first: tuple[float, tuple[float, float], int] | None = None
     while time.monotonic() < deadline:
         done = _committed(bootstrap, group, topic)
         now = time.monotonic()
         if first is None and (done > 0 or done >= end):
             first = (now, _cpu_seconds(pid), done)
         if done >= end and first is not None:
-            return now - first[0], _cpu_seconds(pid) - first[1], max(done - first[2], 1)
+            python, kafka = _cpu_seconds(pid)
+            return Drain(now - first[0], max(done - first[2], 1), python - first[1][0], kafka - first[1][1])
         time.sleep(0.05)
     raise SystemExit(f"{topic}: not drained in 600 s")
 
@@ -218,11 +267,11 @@ def run_throughput(bootstrap: str, records: list[RawRecord]) -> None:
         with marketpipe_process(
             "stream", "--stages", "normalise", env=env, log_path=Path(tmp) / "t.log"
         ) as w:
-            seconds, cpu, count = _watch_drain(bootstrap, topics.streams_group, raw, end, w.pid)
-    rate, per_cpu_s = count / max(seconds, 1e-3), count / max(cpu, 1e-9)
+            drain = _watch_drain(bootstrap, topics.streams_group, raw, end, w.pid)
+    rate, per_cpu_s = drain.count / max(drain.seconds, 1e-3), drain.count / max(drain.cpu, 1e-9)
     print(
-        f"normalise  {count:,} frames in {seconds:.2f} s = {rate:,.0f} frames/s per worker; "
-        f"worker CPU {cpu * 1e6 / count:.1f} µs/frame = {per_cpu_s:,.0f} frames/CPU-s\n"
+        f"normalise  {drain.count:,} frames in {drain.seconds:.2f} s = {rate:,.0f} frames/s per worker; "
+        f"{drain.per_item('frame')} = {per_cpu_s:,.0f} frames/CPU-s\n"
         f"           parsers alone in this run: {reference:,.0f} frames/s "
         f"(worker = {rate / reference:.0%} of it by wall time, {per_cpu_s / reference:.0%} by CPU)",
         flush=True,
@@ -277,20 +326,22 @@ def _latencies(consumer: Consumer, codec: AvroCodec, expected: int, deadline: fl
             if message.error():
                 continue
             now_ms = time.time() * 1000
-            record = codec.decode(message.value() or b"")
+            record: Record = codec.decode(message.value() or b"")
             seen += 1
             yield max(0.0, now_ms - getattr(record, "recv_ts", 0) / 1000)
 
 
-def run_aggregation(bootstrap: str, count: int) -> None:
-    """The ohlcv stage draining a backlog of Avro trades (10 markets, every default interval)."""
+def run_aggregation(bootstrap: str, count: int, trade_rate: float) -> None:
+    """The ohlcv stage draining a backlog of Avro trades (10 markets, every default interval),
+    ``trade_rate`` trades per second of exchange time."""
     topics = _fresh_topology(bootstrap)
     codec = AvroCodec()
     producer = _producer(bootstrap)
     rng = random.Random(3)
     ts = 1_786_000_000_000_000
+    step_us = max(1, round(2_000_000 / trade_rate))  # uniform 0..step: mean 1 s / trade_rate
     for i in range(count):
-        ts += rng.randint(0, 20_000)
+        ts += rng.randint(0, step_us)
         symbol = f"C{i % 10}"
         trade = Trade(
             exchange="binance",
@@ -315,10 +366,10 @@ def run_aggregation(bootstrap: str, count: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = worker_env(bootstrap, topics, Path(tmp))
         with marketpipe_process("stream", "--stages", "ohlcv", env=env, log_path=Path(tmp) / "o.log") as w:
-            seconds, cpu, done = _watch_drain(bootstrap, topics.ohlcv_group, topics.trades, count, w.pid)
+            drain = _watch_drain(bootstrap, topics.ohlcv_group, topics.trades, count, w.pid)
     print(
-        f"ohlcv      {done:,} trades in {seconds:.2f} s = {done / max(seconds, 1e-3):,.0f} trades/s; "
-        f"worker CPU {cpu * 1e6 / done:.1f} µs/trade",
+        f"ohlcv      event time {trade_rate:,.0f} trades/s: {drain.count:,} trades in {drain.seconds:.2f} s"
+        f" = {drain.count / max(drain.seconds, 1e-3):,.0f} trades/s; {drain.per_item('trade')}",
         flush=True,
     )
 
@@ -332,6 +383,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5000, help="frames/s offered in the latency phase")
     parser.add_argument("--latency-frames", type=int, default=30_000)
     parser.add_argument("--trades", type=int, default=200_000, help="trades for the aggregation phase")
+    parser.add_argument(
+        "--trade-rates",
+        default="100000,100",
+        help="event-time trades per second of the aggregation backlog, one drain each",
+    )
     args = parser.parse_args()
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -352,7 +408,8 @@ def main() -> None:
             print(f"input      {len(records):,} binance records from {capture}", flush=True)
             run_throughput(bootstrap, records)
             run_latency(bootstrap, records, args.rate, args.latency_frames)
-            run_aggregation(bootstrap, args.trades)
+            for trade_rate in args.trade_rates.split(","):
+                run_aggregation(bootstrap, args.trades, float(trade_rate))
         finally:
             if broker is not None:
                 broker.stop()

@@ -13,37 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from marketpipe.cli import settings_from
+from marketpipe.cli_support import settings_from
+from marketpipe.exchanges import CHANNEL_KINDS, EXCHANGES, REGISTRY
 from marketpipe.output import Rows, format_option, write
 
 if TYPE_CHECKING:
     from marketpipe.config import Settings
+    from marketpipe.instruments import Instruments
     from producers.base import Connector
-    from streams.instruments import Instruments
 
-# exchange -> its channels (book, trades, 24 h ticker, candles) as the exchange names them in
-# its subscribe messages; "" = not subscribed (tests/test_catalog.py checks each against the
-# connector's real messages)
-CHANNEL_KINDS = ("book", "trades", "ticker", "candles")
-CHANNELS: dict[str, tuple[str, str, str, str]] = {
-    "binance": ("depth@100ms", "trade", "ticker", "kline_1m"),
-    "binance-futures": ("depth@100ms", "aggTrade", "ticker", "kline_1m"),
-    "coinbase": ("level2", "market_trades", "ticker", "candles"),
-    "kraken": ("book", "trade", "ticker", "ohlc"),
-    "bybit": ("orderbook.200", "publicTrade", "tickers", "kline.1"),
-    "okx": ("books", "trades", "tickers", ""),
-    "bitfinex": ("book", "trades", "ticker", "candles"),
-    "kucoin": ("/market/level2", "/market/match", "/market/ticker", "/market/candles"),
-    "gateio": ("spot.order_book_update", "spot.trades", "spot.tickers", "spot.candlesticks"),
-    "htx": ("mbp.150", "trade.detail", "ticker", "kline.1min"),
-    "mexc": (
-        "spot@public.aggre.depth.v3.api.pb@100ms",
-        "spot@public.aggre.deals.v3.api.pb@100ms",
-        "spot@public.miniTicker.v3.api.pb",
-        "spot@public.kline.v3.api.pb",
-    ),
-    "deribit": ("book", "trades", "ticker", ""),
-}
+CHANNELS: dict[str, tuple[str, str, str, str]] = {row.name: row.channels for row in REGISTRY}
+"""exchange -> its book, trades, ticker and candles channels (``CHANNEL_KINDS``), from the registry"""
 
 _NO_PUBLISHER: Any = None  # these commands read a connector's endpoints; they never publish
 
@@ -74,8 +54,6 @@ def exchanges(ctx: click.Context, fmt: str | None) -> None:
     Default symbols are settings.symbols (MARKETPIPE_SYMBOLS); at start a connector skips
     those its exchange does not list. `marketpipe symbols --exchange X` shows what X lists.
     """
-    from producers.connectors import EXCHANGES
-
     settings = settings_from(ctx)
     rows = []
     for exchange in EXCHANGES:

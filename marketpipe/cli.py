@@ -9,13 +9,9 @@ import importlib
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 from click.utils import make_default_short_help
-
-if TYPE_CHECKING:  # marketpipe.config (pydantic) costs 0.3 s: imported only when a command runs
-    from marketpipe.config import Settings
 
 # command name -> (module that defines it, its short help). The short help is kept here so
 # that `marketpipe --help` lists the commands without importing them (tests/test_cli.py checks
@@ -38,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "marketpipe.run_cli",
         "Run the whole pipeline: broker, topics, connectors, streams, sink, metrics, live view.",
     ),
-    "sim": ("simulator.cli", "Serve simulated feeds of the ten supported exchanges on one local port."),
+    "sim": ("simulator.cli", "Serve simulated feeds of every supported exchange on one local port."),
     "sink": (
         "sinks.cli",
         "Stream the md.* topics (trades, candles, books, tickers, instruments, derivatives) into ClickHouse.",
@@ -102,19 +98,6 @@ class _Group(click.Group):
                 rows.append((name, command.get_short_help_str(limit) if command else ""))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
-
-
-def settings_from(ctx: click.Context) -> Settings:
-    """The validated settings for this invocation (loaded once, on first use); a bad setting is
-    a ``ConfigError``: one message, exit code 2."""
-    from marketpipe.config import load_settings
-
-    root = ctx.find_root()
-    root.ensure_object(dict)
-    if "settings" not in root.obj:
-        root.obj["settings"] = load_settings(**root.obj.get("overrides", {}))
-    settings: Settings = root.obj["settings"]
-    return settings
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -26,9 +26,10 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -90,6 +91,7 @@ class AvroCodec:
         # writer schemas this codec can decode, by fingerprint (current + registered older versions)
         self._writers: dict[bytes, AvroSchema] = {s.fingerprint: s for s in self._schemas.values()}
         self._registry = _Registry(schema_registry_url) if schema_registry_url else None
+        self._encoders: dict[tuple[str, str | None], Callable[[Any], bytes]] = {}
         # None where the schema uses a type compile_writer does not handle (fastavro writes those)
         self._body_writers = {name: compile_writer(s.parsed) for name, s in self._schemas.items()}
         # readers of records written with today's schema, by fingerprint; the target type is
@@ -118,14 +120,35 @@ class AvroCodec:
     # -- encoding ---------------------------------------------------------------------
 
     def encode(self, record: Record, topic: str | None = None) -> bytes:
-        schema = self._schemas[record.schema_name]
+        encode = self._encoders.get((record.schema_name, topic))
+        if encode is None:
+            encode = self.encoder(type(record), topic)
+        return encode(record)
+
+    def encoder(self, record_type: type[Record], topic: str | None = None) -> Callable[[Any], bytes]:
+        """``encode`` for one record type and topic, with the header and writer looked up once
+        (for loops over many records of a type)."""
+        key = (record_type.schema_name, topic)
+        found = self._encoders.get(key)
+        if found is not None:
+            return found
+        schema = self._schemas[record_type.schema_name]
         header = self._header(schema, topic)
-        write_body = self._body_writers[record.schema_name]
+        write_body = self._body_writers[record_type.schema_name]
         if write_body is None:
-            return header + _write(schema, msgspec.to_builtins(record, builtin_types=(bytes,)))
-        out = bytearray(header)
-        write_body(out, record)
-        return bytes(out)
+
+            def encode(record: Any) -> bytes:
+                return header + _write(schema, msgspec.to_builtins(record, builtin_types=(bytes,)))
+
+        else:
+
+            def encode(record: Any) -> bytes:
+                out = bytearray(header)
+                write_body(out, record)
+                return bytes(out)
+
+        self._encoders[key] = encode
+        return encode
 
     def _header(self, schema: AvroSchema, topic: str | None) -> bytes:
         if self._registry is None:
@@ -144,9 +167,11 @@ class AvroCodec:
 
     def decode(self, data: bytes | bytearray | memoryview, record_type: type[R] | None = None) -> R:
         if data[:2] == SINGLE_OBJECT_MAGIC:
-            target, read = self._body_readers.get(bytes(data[2:10]), (None, None))
+            fp = data[2:10]
+            target, read = self._body_readers.get(fp if type(fp) is bytes else bytes(fp), (None, None))
             if read is not None and (record_type is None or record_type is target):
-                return self._read_compiled(read, data, target)  # type: ignore[return-value]
+                record: R = self._read_compiled(read, data, target)
+                return record
         writer, body = self._writer_of(data)
         target = record_type or self._type_by_name.get(writer.name)
         if target is None:
@@ -165,12 +190,39 @@ class AvroCodec:
         ) as exc:
             raise DecodeError(f"cannot decode {writer.name} as {target.__name__}: {exc}") from exc
 
-    def _read_compiled(self, read: BodyReader, data: bytes | bytearray | memoryview, target: Any) -> Record:
+    def field_reader(
+        self, record_type: type[Record], fields: Sequence[str]
+    ) -> Callable[[bytes | bytearray | memoryview], tuple[Any, ...]]:
+        """Decode only some fields of one record type, as a tuple in the order asked (for a
+        stage that needs a few fields of every record: no struct, no text it does not use).
+
+        Records of today's schema are read by a projection of the compiled reader, which
+        checks the body as ``decode`` does but does not decode the UTF-8 of the strings left
+        out; any other writer schema goes through ``decode``. Raises ``DecodeError``.
+        """
+        unknown = [name for name in fields if name not in record_type.__struct_fields__]
+        if unknown:
+            raise ValueError(f"{record_type.__name__} has no field(s) {unknown}")
+        schema = self._schemas[record_type.schema_name]
+        project = compile_reader(schema.parsed, record_type, fields)
+        prefix = SINGLE_OBJECT_MAGIC + schema.fingerprint
+        pick = attrgetter(*fields)
+        read_compiled, decode = self._read_compiled, self.decode
+
+        def read(data: bytes | bytearray | memoryview) -> tuple[Any, ...]:
+            if project is not None and data[:10] == prefix:
+                values: tuple[Any, ...] = read_compiled(project, data, record_type)
+                return values
+            found = pick(decode(data, record_type))
+            return found if len(fields) > 1 else (found,)
+
+        return read
+
+    def _read_compiled(self, read: BodyReader, data: bytes | bytearray | memoryview, target: Any) -> Any:
         """Today's schema: the body straight into the struct (trailing bytes ignored, as fastavro does)."""
         buf = data if type(data) is bytes else bytes(data)
         try:
-            record: Record = read(buf, 10)[0]
-            return record
+            return read(buf, 10)[0]
         except (IndexError, struct.error) as exc:
             name = self._schemas[target.schema_name].name
             raise DecodeError(f"cannot decode {name} as {target.__name__}: body ends early ({exc})") from exc
@@ -366,7 +418,8 @@ class _WriterBuilder(_SourceBuilder):
     nested records through the helper writers."""
 
     def __init__(self, named: dict[str, Any], enclosing: frozenset[str]) -> None:
-        super().__init__({"long_bytes": long_bytes, "last_group": _LAST_GROUP})
+        # lg, mg: varint bytes of a 14-bit group as the last one and as a middle one
+        super().__init__({"long_bytes": long_bytes, "lg": _LAST_GROUP, "mg": _MIDDLE_GROUP})
         self.named = named
         self.enclosing = enclosing
 
@@ -395,10 +448,16 @@ class _WriterBuilder(_SourceBuilder):
 
     def value(self, expression: str, schema: Any, indent: str) -> list[str]:
         kind = _primitive_name(schema, self.named)
-        if kind in ("int", "long"):
+        if kind in ("int", "long"):  # long_bytes inline up to eight bytes (every timestamp)
             return [
-                f"{indent}n = ({expression} << 1) ^ ({expression} >> 63)",
-                f"{indent}out += last_group[n] if 0 <= n < 0x4000 else long_bytes({expression})",
+                f"{indent}n = ({expression} << 1) ^ ({expression} >> 63)",  # zigzag: never negative
+                f"{indent}if n < 0x4000: out += lg[n]",
+                f"{indent}elif n < 0x10000000: out += mg[n & 0x3FFF] + lg[n >> 14]",
+                f"{indent}elif n < 0x40000000000: out += mg[n & 0x3FFF] + mg[n >> 14 & 0x3FFF] + lg[n >> 28]",
+                f"{indent}elif n < 0x100000000000000:",
+                f"{indent}    out += mg[n & 0x3FFF] + mg[n >> 14 & 0x3FFF]"
+                " + mg[n >> 28 & 0x3FFF] + lg[n >> 42]",
+                f"{indent}else: out += long_bytes({expression})",
             ]
         if kind == "string":
             return [f"{indent}out += {self.constant(_string_encoder())}({expression})"]
@@ -463,6 +522,8 @@ def _array_writer(items: Any, named: dict[str, Any], enclosing: frozenset[str]) 
         fmt = _record_format(item, named)
         if fmt:
             return _flat_record_array_writer(fmt, [field["name"] for field in item["fields"]])
+    if item == "string" or item == {"type": "string"}:  # e.g. Candle.markets: cached encodings
+        return _string_array_writer()
     write_item = _compile(items, named, enclosing)
 
     def write(out: bytearray, values: Any) -> None:
@@ -470,6 +531,18 @@ def _array_writer(items: Any, named: dict[str, Any], enclosing: frozenset[str]) 
             out += long_bytes(len(values))
             for value in values:
                 write_item(out, value)
+        out.append(0)
+
+    return write
+
+
+def _string_array_writer() -> BodyWriter:
+    encode = _string_encoder()
+
+    def write(out: bytearray, values: Any) -> None:
+        if values:
+            out += long_bytes(len(values))
+            out += b"".join(map(encode, values))
         out.append(0)
 
     return write
@@ -501,14 +574,16 @@ class BodyEndsEarly(ValueError):
     """The body is shorter than its schema says, or holds a length, index or varint out of range."""
 
 
-def compile_reader(parsed: dict[str, Any], target: type[Any]) -> BodyReader | None:
+def compile_reader(
+    parsed: dict[str, Any], target: type[Any], project: Sequence[str] | None = None
+) -> BodyReader | None:
     """A reader of a fastavro-parsed record schema straight into the msgspec struct ``target``.
 
     None when the schema uses a type the compiler does not handle or does not match the
     struct field for field (fastavro + ``msgspec.convert`` decode those).
     """
     try:
-        return _ReaderBuilder(parsed.get("__named_schemas", {})).record(parsed, mi.type_info(target))
+        return _ReaderBuilder(parsed.get("__named_schemas", {})).record(parsed, mi.type_info(target), project)
     except UnsupportedSchema:
         return None
 
@@ -594,6 +669,8 @@ class _ReaderBuilder(_SourceBuilder):
         super().__init__(
             {
                 "read_long": read_long,
+                "four_pairs": _FOUR_PAIRS,
+                "pair_bits": _PAIR_BITS,
                 "read_string": _read_string,
                 "read_bytes": _read_bytes,
                 "bad_index": _bad_index,
@@ -610,11 +687,14 @@ class _ReaderBuilder(_SourceBuilder):
             raise UnsupportedSchema(f"logical type {schema['logicalType']}")
         return schema
 
-    def record(self, schema: dict[str, Any], info: Any) -> BodyReader:
+    def record(self, schema: dict[str, Any], info: Any, project: Sequence[str] | None = None) -> BodyReader:
+        """The struct; with ``project``, the tuple of those fields instead (the others' strings
+        are skipped over, bounds-checked but not decoded)."""
         if not isinstance(info, mi.StructType) or info.array_like or info.tag_field is not None:
             raise UnsupportedSchema(f"{info} is not a plain struct")
         fields = schema["fields"]
-        if [f["name"] for f in fields] != [f.name for f in info.fields]:
+        names = [f["name"] for f in fields]
+        if names != [f.name for f in info.fields]:
             raise UnsupportedSchema(f"fields of {schema['name']} differ from {info.cls.__name__}")
         lines = ["def read(buf, pos):"]
         run: list[tuple[str, str]] = []  # (variable, struct format) of the current run of fixed-width fields
@@ -625,12 +705,28 @@ class _ReaderBuilder(_SourceBuilder):
                 continue
             lines += self.fixed_run(run)
             run = []
-            lines += self.value(f"v{index}", field["type"], struct_field.type, "    ")
+            if project is not None and field["name"] not in project and kind in ("string", "bytes"):
+                lines += ["    " + line for line in self.skip_bytes()]
+            else:
+                lines += self.value(f"v{index}", field["type"], struct_field.type, "    ")
         lines += self.fixed_run(run)
-        args = ", ".join(f"{f['name']}=v{i}" for i, f in enumerate(fields))
-        lines.append(f"    return {self.constant(info.cls)}({args}), pos")
+        if project is None:
+            args = ", ".join(f"{f['name']}=v{i}" for i, f in enumerate(fields))
+            lines.append(f"    return {self.constant(info.cls)}({args}), pos")
+        else:
+            lines.append(f"    return ({''.join(f'v{names.index(name)}, ' for name in project)}), pos")
         read: BodyReader = _define(lines, self.env)
         return read
+
+    @staticmethod
+    def skip_bytes() -> list[str]:
+        return [
+            "byte = buf[pos]",
+            "if byte < 0x80 and not byte & 1:",
+            "    pos += 1 + (byte >> 1)",
+            "    if pos > len(buf): bad_length(byte >> 1, pos, buf)",
+            "else: _, pos = read_bytes(buf, pos)",
+        ]
 
     def fixed_run(self, run: list[tuple[str, str]]) -> list[str]:
         """Consecutive doubles/floats/booleans: one unpack_from (e.g. Candle's eight doubles)."""
@@ -659,7 +755,7 @@ class _ReaderBuilder(_SourceBuilder):
                 raise UnsupportedSchema(f"enum {schema['name']} into {info}")
             table = self.constant(tuple(symbols))
             return [
-                f"{indent}{var}, pos = read_long(buf, pos)",
+                *(indent + line for line in self.leaf(var, "long")),
                 f"{indent}{var} = {table}[{var}] if 0 <= {var} < {len(symbols)} "
                 f"else bad_index('enum {schema['name']}', {var})",
             ]
@@ -678,10 +774,16 @@ class _ReaderBuilder(_SourceBuilder):
         raise UnsupportedSchema(f"type {kind}")
 
     def leaf(self, var: str, kind: str) -> list[str]:
-        if kind in ("int", "long"):  # one-byte varints inline, longer ones through read_long
+        if kind in ("int", "long"):  # one-byte and eight-byte (timestamps) varints inline
             return [
                 "byte = buf[pos]",
                 f"if byte < 0x80: {var} = (byte >> 1) ^ -(byte & 1); pos += 1",
+                "elif pos + 8 <= len(buf) and buf[pos + 7] < 0x80 and buf[pos + 6] >= 0x80:",
+                "    a, b, c, d = four_pairs(buf, pos)",
+                "    if a & b & c & 0x8080 == 0x8080:",
+                "        n = pair_bits[a] | pair_bits[b] << 14 | pair_bits[c] << 28 | pair_bits[d] << 42",
+                f"        {var} = (n >> 1) ^ -(n & 1); pos += 8",
+                f"    else: {var}, pos = read_long(buf, pos)",
                 f"else: {var}, pos = read_long(buf, pos)",
             ]
         if kind in ("string", "bytes"):  # lengths under 64 inline
@@ -705,7 +807,7 @@ class _ReaderBuilder(_SourceBuilder):
             raise UnsupportedSchema(f"union {branches} into {info}")
         null_index = branches.index("null")
         return [
-            f"{indent}{var}, pos = read_long(buf, pos)",
+            *(indent + line for line in self.leaf(var, "long")),
             f"{indent}if {var} == {null_index}: {var} = None",
             f"{indent}elif {var} == {1 - null_index}:",
             *self.value(var, branches[1 - null_index], others[0], indent + "    "),

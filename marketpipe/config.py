@@ -16,7 +16,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     AliasChoices,
@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -39,29 +40,15 @@ from pydantic_settings import (
 )
 
 from marketpipe.errors import EXIT_USAGE, UserError
+from marketpipe.exchanges import EXCHANGES, REGISTRY, Exchange
 
 log = logging.getLogger(__name__)
 
-EXCHANGES = (
-    "binance",
-    "binance-futures",
-    "coinbase",
-    "kraken",
-    "bybit",
-    "okx",
-    "bitfinex",
-    "kucoin",
-    "gateio",
-    "htx",
-    "mexc",
-    "deribit",
-)
-"""every supported exchange (all run when ``exchanges`` is not set)"""
 DEFAULT_INTERVALS = ("1s", "1m", "5m", "15m", "1h", "4h", "1d")
 SYMBOL_RE = re.compile(
     r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}(-PERP|-[0-9]{8}(-[0-9]+(\.[0-9]+)?-[CP])?)?(-INV|-QUANTO)?$"
 )
-"""a normalised instrument name (streams/instruments.py): BTC-USDT, BTC-USDT-PERP, BTC-USD-PERP-INV,
+"""a normalised instrument name (marketpipe/instruments.py): BTC-USDT, BTC-USDT-PERP, BTC-USD-PERP-INV,
 BTC-USD-20260925-INV, BTC-USD-20260925-60000-C"""
 SYMBOL_RULE = (
     "symbols are normalised names in capitals: BASE-QUOTE for spot (BTC-USDT), "
@@ -313,19 +300,11 @@ class ConnectorSettings(_Section):
         return data
 
 
-class ProducerSettings(_Section):
-    binance: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
-    binance_futures: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
-    coinbase: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
-    kraken: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
-    bybit: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
-    okx: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
-    bitfinex: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
-    kucoin: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
-    gateio: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
-    htx: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
-    mexc: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
-    deribit: ConnectorSettings = Field(default_factory=lambda: ConnectorSettings())
+class ProducerOptions(_Section):
+    """``[producers]``: what every connector shares. :data:`ProducerSettings` adds one
+    ``ConnectorSettings`` table per registered exchange (``[producers.binance_futures]``,
+    ``MARKETPIPE_PRODUCERS__BINANCE_FUTURES__WS_URL``)."""
+
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)
     breaker_failures: int = Field(
@@ -344,6 +323,21 @@ class ProducerSettings(_Section):
         if not isinstance(found, ConnectorSettings):
             raise ValueError(f"no connector settings for exchange {exchange!r}")
         return found
+
+
+def producer_settings_model(rows: Sequence[Exchange] = REGISTRY) -> type[ProducerOptions]:
+    """``ProducerOptions`` with a ``ConnectorSettings`` field per row, named by its settings key."""
+    fields: dict[str, Any] = {
+        row.settings_key: (ConnectorSettings, Field(default_factory=lambda: ConnectorSettings()))
+        for row in rows
+    }
+    return create_model("ProducerSettings", __base__=ProducerOptions, __module__=__name__, **fields)
+
+
+if TYPE_CHECKING:  # to mypy the exchange tables are reached through for_exchange only
+    ProducerSettings = ProducerOptions
+else:
+    ProducerSettings = producer_settings_model()
 
 
 class Settings(BaseSettings):

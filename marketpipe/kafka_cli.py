@@ -7,7 +7,7 @@ from typing import Any
 import click
 from confluent_kafka.admin import AdminClient
 
-from marketpipe.cli import settings_from
+from marketpipe.cli_support import settings_from
 from marketpipe.config import Settings
 from marketpipe.kafka_local import LocalKafka, LocalKafkaError, fetch_jars
 from marketpipe.kafka_security import require_kafka_of

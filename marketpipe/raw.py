@@ -78,25 +78,29 @@ class RawRecord(msgspec.Struct, frozen=True):
     ) -> RawRecord:
         """Rebuild a raw record from a Kafka value and headers (and key, to keep the shard).
 
-        Raises ValueError when they break the contract.
+        Raises ValueError when they break the contract. Per frame on the stream's hot path:
+        header texts come from a cache (a connection's names repeat in every record).
         """
-        found = {name: (raw or b"").decode() for name, raw in headers or ()}
-        missing = [name for name in ("exchange", "conn", "seq", "recv_ns", "kind") if name not in found]
-        if missing:
-            raise ValueError(f"raw record lacks header(s) {missing}")
-        kind = found["kind"]
+        found = dict(headers) if headers else {}
+        try:
+            exchange, conn = _text(found["exchange"]), _text(found["conn"])
+            seq, recv_ns, kind = found["seq"], found["recv_ns"], _text(found["kind"])
+        except KeyError:
+            missing = [name for name in _REQUIRED_HEADERS if name not in found]
+            raise ValueError(f"raw record lacks header(s) {missing}") from None
         if kind not in KINDS:
             raise ValueError(f"raw record kind {kind!r} is not one of {KINDS}")
+        url = found.get("url", None)
         shard = key.decode() if key else None
         return cls(
-            exchange=found["exchange"],
-            conn=found["conn"],
-            seq=int(found["seq"]),
-            kind=kind,  # type: ignore[arg-type]
-            recv_ns=int(found["recv_ns"]),
-            data=value,
-            url=found.get("url"),
-            shard=shard if shard != found["conn"] else None,
+            exchange,
+            conn,
+            _integer("seq", seq),
+            kind,  # type: ignore[arg-type]
+            _integer("recv_ns", recv_ns),
+            value,
+            _text(url) if url is not None else None,
+            shard if shard != conn else None,
         )
 
     def text(self) -> str:
@@ -104,6 +108,28 @@ class RawRecord(msgspec.Struct, frozen=True):
         if self.data is None:
             return ""
         return self.data if isinstance(self.data, str) else self.data.decode()
+
+
+_REQUIRED_HEADERS = ("exchange", "conn", "seq", "recv_ns", "kind")
+_texts: dict[bytes | None, str] = {}
+
+
+def _text(raw: bytes | None) -> str:
+    """A header value as text (a missing value reads as empty), remembered for repeats."""
+    found = _texts.get(raw)
+    if found is None:
+        found = (raw or b"").decode()
+        if len(_texts) >= 4096:
+            _texts.clear()
+        _texts[raw] = found
+    return found
+
+
+def _integer(name: str, raw: bytes | None) -> int:
+    try:
+        return int(raw or b"")
+    except ValueError:
+        raise ValueError(f"raw record header {name} is not an integer: {raw!r}") from None
 
 
 class _CaptureLine(msgspec.Struct, omit_defaults=False):

@@ -238,7 +238,7 @@ class DeadLetter(Record, frozen=True, kw_only=True):
 
 class Instrument(Record, frozen=True, kw_only=True):
     """One instrument as its metadata describes it; ``symbol`` is named from these fields
-    (``streams/instruments.py``), never the other way round."""
+    (``marketpipe/instruments.py``), never the other way round."""
 
     schema_name: ClassVar[str] = "instrument"
     exchange: str

@@ -27,7 +27,7 @@ from typing import Any
 import click
 from confluent_kafka import KafkaException
 
-from marketpipe.cli import settings_from
+from marketpipe.cli_support import settings_from
 from marketpipe.config import ConfigError, Settings
 from marketpipe.kafka_local import LocalKafka, LocalKafkaError, free_port, port_open
 from marketpipe.kafka_security import KafkaAccessError, aiokafka_options, require_kafka_of
@@ -309,7 +309,7 @@ def sync_endpoints(state: RunState, supervisor: Supervisor) -> None:
     "--exchanges",
     default=None,
     metavar="A,B,...",
-    help="Comma-separated exchanges to run (default: settings.exchanges, all ten).",
+    help="Comma-separated exchanges to run (default: settings.exchanges, all of them).",
 )
 @click.option(
     "--symbols",

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from marketpipe.cli import settings_from
+from marketpipe.cli_support import settings_from
 from marketpipe.errors import UserError
 from marketpipe.output import FORMATS, Rows, chosen_format, format_option, write
 from marketpipe.times import parse_time

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from marketpipe.cli import settings_from
+from marketpipe.cli_support import settings_from
 from marketpipe.config import Settings, check_symbols
 from marketpipe.errors import UserError
 from marketpipe.kafka_security import require_kafka_of

@@ -18,35 +18,19 @@ from typing import Any, ClassVar, Literal
 import orjson
 from aiohttp import WSMsgType, web
 
+from marketpipe.exchanges import EXCHANGES
+from marketpipe.exchanges import exchange as registry_row
 from simulator.klines import MarketStats
 from simulator.market import MarketParams, Step, SymbolMarket, SymbolSpec
 
 log = logging.getLogger(__name__)
 
-EXCHANGES = (
-    "binance",
-    "binance-futures",
-    "coinbase",
-    "kraken",
-    "bybit",
-    "okx",
-    "bitfinex",
-    "kucoin",
-    "gateio",
-    "htx",
-    "mexc",
-    "deribit",
-)
-"""every simulated exchange (one module each)"""
 DEFAULT_SYMBOLS = (
     *("BTC-USDT", "ETH-USDT", "BTC-USD", "ETH-USD"),
     *("BTC-USDT-PERP", "ETH-USDT-PERP", "BTC-USD-PERP-INV", "ETH-USD-PERP-INV"),
 )
 FAULTS = ("gap", "checksum", "disconnect", "silent", "malformed", "snapshot")
 _FIAT_QUOTES = frozenset({"USD", "EUR", "GBP", "CAD", "JPY"})
-_FIAT_VENUES = frozenset({"coinbase", "kraken", "bitfinex"})
-_DERIVATIVES_ONLY = frozenset({"binance-futures", "deribit"})
-_SPOT_AND_DERIVATIVES = frozenset({"bybit", "okx"})
 
 RestHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SubKey = tuple[str, str, int]  # (channel, symbol, depth or 0)
@@ -78,19 +62,21 @@ class SimConfig:
         return MarketParams(book_rate=self.book_rate, trade_rate=self.trade_rate, levels=self.levels)
 
     def listed(self, exchange: str) -> tuple[str, ...]:
-        """The symbols an exchange lists: spot pairs with USD-style quotes on coinbase, kraken and
-        bitfinex, the other pairs elsewhere; derivative names on the derivative venues (each
-        dialect picks the contracts it simulates from them)."""
+        """The symbols an exchange lists, by its registry row: spot pairs with USD-style quotes
+        where it quotes fiat, the other pairs elsewhere; derivative names where it lists
+        derivatives (each dialect picks the contracts it simulates from them)."""
         if exchange in self.listings:
             return self.listings[exchange]
-        fiat = exchange in _FIAT_VENUES
+        row = registry_row(exchange)
         spot = tuple(
-            s for s in self.symbols if s.count("-") == 1 and (s.split("-")[1] in _FIAT_QUOTES) == fiat
+            s
+            for s in self.symbols
+            if s.count("-") == 1 and (s.split("-")[1] in _FIAT_QUOTES) == row.fiat_quotes
         )
         derivatives = tuple(s for s in self.symbols if s.count("-") > 1)
-        if exchange in _DERIVATIVES_ONLY:
+        if row.markets == "derivatives":
             return derivatives
-        return spot + derivatives if exchange in _SPOT_AND_DERIVATIVES else spot
+        return spot + derivatives if row.markets == "spot+derivatives" else spot
 
 
 # -- wire formatting helpers ---------------------------------------------------------

@@ -53,7 +53,7 @@ def sim(
     okx_checksum: str,
     duration: float | None,
 ) -> None:
-    """Serve simulated feeds of the ten supported exchanges on one local port.
+    """Serve simulated feeds of every supported exchange on one local port.
 
     binance, coinbase, kraken, bybit, okx, bitfinex, kucoin, gateio, htx and mexc, each on
     its own path with the exchange's websocket protocol and REST endpoints.
@@ -64,7 +64,7 @@ def sim(
 
         check_symbols(wanted_symbols, "--symbols")
     if chosen is None or wanted_symbols is None:
-        from marketpipe.cli import settings_from
+        from marketpipe.cli_support import settings_from
 
         settings = settings_from(ctx)
         chosen = chosen if chosen is not None else tuple(settings.exchanges)

@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from marketpipe.exchanges.mexc_pb import PushDataV3ApiWrapper
 from simulator.base import Decimals, Dialect, Feed, Frame, Session, SimConfig, SubKey, Venue, dumps
 from simulator.kline_frames import StatsTexts
 from simulator.market import Step, SymbolMarket
-from streams.parsers.mexc_pb import PushDataV3ApiWrapper
 
 DEPTH = "spot@public.aggre.depth.v3.api.pb"
 DEALS = "spot@public.aggre.deals.v3.api.pb"

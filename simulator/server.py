@@ -12,14 +12,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from simulator.base import EXCHANGES, FaultError, SimConfig, Venue, dumps
+from marketpipe import exchanges as registry
+from simulator.base import FaultError, SimConfig, Venue, dumps
 
 HOST = "127.0.0.1"
 
 
 def urls(port: int, host: str = HOST) -> dict[str, tuple[str, str]]:
     """(websocket base, REST base) per exchange; connectors append the real exchange paths."""
-    return {name: (f"ws://{host}:{port}/{name}", f"http://{host}:{port}/{name}") for name in EXCHANGES}
+    names = (row.name for row in registry.REGISTRY)
+    return {name: (f"ws://{host}:{port}/{name}", f"http://{host}:{port}/{name}") for name in names}
 
 
 class Simulator:
@@ -27,12 +29,12 @@ class Simulator:
 
     def __init__(self, config: SimConfig | None = None, **overrides: Any) -> None:
         self.config = dataclasses.replace(config or SimConfig(), **overrides)
-        unknown = [name for name in self.config.exchanges if name not in EXCHANGES]
+        modules = {row.name: f"simulator.{row.module}" for row in registry.REGISTRY}
+        unknown = [name for name in self.config.exchanges if name not in modules]
         if unknown:
-            raise ValueError(f"unknown exchange(s) {unknown}; choose from {', '.join(EXCHANGES)}")
+            raise ValueError(f"unknown exchange(s) {unknown}; choose from {', '.join(modules)}")
         self.venues: dict[str, Venue] = {
-            name: importlib.import_module(f"simulator.{name.replace('-', '_')}").create(self.config)
-            for name in self.config.exchanges
+            name: importlib.import_module(modules[name]).create(self.config) for name in self.config.exchanges
         }
         self.app = self._build_app()
         self.host = HOST

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 import click
 
-from marketpipe.cli import settings_from
+from marketpipe.cli_support import settings_from
 from marketpipe.kafka_security import require_kafka_of
 from marketpipe.output import Rows, chosen_format, format_option, write
 

@@ -48,27 +48,29 @@ class OhlcvStage:
         self.group = topology.ohlcv_group
         self.topics = [topology.trades]
         self.decode_errors = 0
+        # only what a candle needs: no Trade struct, the other texts not decoded
+        self._read_trade = codec.field_reader(Trade, ("exchange", "symbol", "ts", "price", "size", "side"))
 
     def new_state(self, topic: str, partition: int) -> CandleBuilder:
         s = self.streams
         return CandleBuilder(s.ohlcv_intervals, s.ohlcv_grace_s, s.ohlcv_update_interval_s)
 
     def process(self, builder: CandleBuilder, messages: Sequence[Message], emit: Emit | None) -> None:
-        decode, add = self.codec.decode, builder.add
+        read, add, rejected = self._read_trade, builder.add, builder.rejected
+        rejected.clear()
         for message in messages:
-            value: bytes = message.value() or b""
             try:
-                trade = decode(value, Trade)
+                exchange, symbol, ts, price, size, side = read(message.value() or b"")
             except DecodeError as exc:
                 if emit is not None:
                     self.decode_errors += 1
                     self._dead_letter(emit, message, str(exc), 0)
                 continue
-            rejected = len(builder.rejected)
-            add(trade.exchange, trade.symbol, trade.ts, trade.price, trade.size, trade.side)
-            if len(builder.rejected) != rejected and emit is not None:
-                self._dead_letter(emit, message, builder.rejected[-1].reason, trade.ts)
-        builder.rejected.clear()
+            add(exchange, symbol, ts, price, size, side)
+            if rejected:
+                if emit is not None:
+                    self._dead_letter(emit, message, rejected[-1].reason, ts)
+                rejected.clear()
         candles = builder.take_published()
         if emit is not None:
             self._publish(candles, emit)
@@ -79,9 +81,10 @@ class OhlcvStage:
         self._publish(builder.take_published(), emit)
 
     def _publish(self, candles: list[Candle], emit: Emit) -> None:
-        t, encode, symbols = self.topology, self.codec.encode, self.symbols
+        t, symbols = self.topology, self.symbols
+        encode = self.codec.encoder(Candle, t.ohlcv)
         for candle in candles:
-            value = encode(candle, t.ohlcv)
+            value = encode(candle)
             emit(t.ohlcv, candle.key().encode(), value)
             if symbols.consolidates(candle.symbol):
                 emit(t.consolidate, symbols(candle.symbol).encode(), value)

@@ -91,8 +91,9 @@ class NormaliseStage:
         for records in out.records():
             if records:
                 topic = topic_of(type(records[0]))
+                encode_record = self.codec.encoder(type(records[0]), topic)
                 for record in records:
-                    emit(topic, record.key().encode(), encode(record, topic))
+                    emit(topic, record.key().encode(), encode_record(record))
         consolidate, symbols = t.consolidate, self.symbols
         for snapshot in out.buckets:
             value = encode(snapshot, t.book_buckets)

@@ -17,7 +17,8 @@ from typing import Any, ClassVar, NamedTuple
 
 from marketpipe.raw import RawRecord
 from marketpipe.records import Level
-from streams.feed import BookState, Connection, FeedOutput, FeedProcessor
+from streams.book_sync import BookSync
+from streams.feed import ConnectionState, FeedOutput, FeedProcessor
 
 
 class Delta(NamedTuple):
@@ -43,7 +44,7 @@ class SnapshotBridgeProcessor(FeedProcessor):
     id_name: ClassVar[str] = "update id"
     """what the exchange calls the ids, for status details"""
 
-    def on_delta(self, conn: Connection, exchange_symbol: str, delta: Delta, out: FeedOutput) -> None:
+    def on_delta(self, conn: ConnectionState, exchange_symbol: str, delta: Delta, out: FeedOutput) -> None:
         self.counters.book_messages += 1
         state = self.book_state(conn, exchange_symbol)
         if state.synced:
@@ -65,7 +66,7 @@ class SnapshotBridgeProcessor(FeedProcessor):
 
     def bridge(
         self,
-        conn: Connection,
+        conn: ConnectionState,
         exchange_symbol: str,
         raw: RawRecord,
         snapshot_id: int,
@@ -98,13 +99,13 @@ class SnapshotBridgeProcessor(FeedProcessor):
         while pending and state.synced:
             self._apply(state, pending.popleft(), out)
 
-    def _buffer(self, state: BookState, delta: Delta) -> None:
+    def _buffer(self, state: BookSync, delta: Delta) -> None:
         pending = state.pending
         if pending is None:
             pending = state.pending = deque(maxlen=self.max_buffered_deltas)
         pending.append(delta)
 
-    def _apply(self, state: BookState, delta: Delta, out: FeedOutput) -> None:
+    def _apply(self, state: BookSync, delta: Delta, out: FeedOutput) -> None:
         local_id = state.last_id
         assert local_id is not None
         if delta.last_id <= local_id:

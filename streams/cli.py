@@ -27,7 +27,7 @@ def stream(ctx: click.Context, stages: str, worker_id: str | None, loglevel: str
     """Run a stream worker: raw frames to md.* and candles, exactly once; workers share the partitions."""
     import logging
 
-    from marketpipe.cli import settings_from
+    from marketpipe.cli_support import settings_from
     from marketpipe.kafka_security import require_kafka_of
     from streams.worker import STAGES, run_worker
 
@@ -73,7 +73,7 @@ def normalize(
     One line per trade, validated book change and BBO change, in frame order, using the
     same parsers and book validation as the stream processors.
     """
-    from marketpipe.cli import settings_from
+    from marketpipe.cli_support import settings_from
     from streams.feed import ClockWindow
     from streams.normalize import normalize_captures
 

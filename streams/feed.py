@@ -1,18 +1,11 @@
 """The exchange-agnostic part of normalisation: raw records in, normalised records out.
 
-``FeedProcessor`` owns the connection lifecycle (open/rest/sent/recv/close), the instrument
-map, and the validated-book rules every exchange shares: a book is published only while it
-is synced; a gap, checksum mismatch, crossed book or connection close marks it unsynced,
-emits one StatusEvent and one ControlRequest(resync) for the episode, and nothing more is
-published for it until a fresh snapshot re-syncs it. Exchange modules in
-``streams/parsers/`` subclass it and declare only how their frames are read.
-
-Price buckets (when ``bucketer`` is set): every ``bucketer.interval_us`` of exchange event
-time a synced book publishes a ``BookBuckets`` snapshot. When a validated change's ``ts``
-reaches the next boundary, the snapshot is taken of the book as it was at the boundary,
-i.e. before that change (the book side's journal undoes it for the view), and stamped with
-the boundary. Boundaries a quiet book skipped over are filled with the same book (at most
-``MAX_FILLED_BOUNDARIES``). Nothing depends on wall-clock time, so replays are identical.
+``FeedProcessor`` owns the connection lifecycle (open/rest/sent/recv/close, a
+``ConnectionState`` per connection), the instrument map, trades, tickers, candles and the
+derivatives' records; it inherits the validated-book rules every exchange shares from
+``streams/book_sync.py`` (``BookSyncRules``: sync/unsync, one published book per symbol,
+price buckets, BBO and status). Exchange modules in ``streams/parsers/`` subclass it and
+declare only how their frames are read.
 
 Values are validated here, once for every exchange, before anything is published: a trade
 with a non-finite or non-positive price or size, a book level with a non-finite or
@@ -30,13 +23,6 @@ delivered again (a subscribe snapshot, a second connection, a make-before-break 
 carries its original time and id and is dropped and counted; one not seen yet is published.
 A trade older than everything the memory still holds (``ts`` at or before the newest
 forgotten one) cannot be told apart and is dead-lettered rather than risk a duplicate.
-
-Books are kept per connection, but one book stream is published per symbol: the newest
-synced book (a handover's successor, a reconnect) is the published one, and while connections
-overlap the others stay valid without publishing book changes, BBOs or bucket snapshots. When
-the published book goes away (unsynced, its connection closed) the next change of another
-synced book takes over with a whole-book snapshot, so md.book never interleaves two
-connections' update streams.
 
 Symbol resolution is injective: an exchange symbol resolves through the names every metadata
 answer agrees on, else its connection's own metadata, else the exchange's documented fallback
@@ -66,7 +52,6 @@ from marketpipe.records import (
     ExchangeCandle,
     FundingRate,
     Instrument,
-    Level,
     Liquidation,
     MarkPrice,
     OpenInterest,
@@ -75,80 +60,26 @@ from marketpipe.records import (
     Ticker,
     Trade,
 )
-from streams.book import OrderBook
+from marketpipe.wire import ParseError
+from streams.book_sync import (
+    MAX_FILLED_BOUNDARIES,
+    BookSync,
+    BookSyncRules,
+    SymbolHealth,
+    UnsyncReason,
+)
 from streams.buckets import Bucketer
 
 if TYPE_CHECKING:
     from marketpipe.config import StreamSettings
-    from streams.instruments import Instruments
+    from marketpipe.instruments import Instruments
 
-UnsyncReason = Literal["gap", "checksum", "crossed", "close", "invalid"]
-MAX_FILLED_BOUNDARIES = 60
-"""a book quiet for longer publishes only the latest this many skipped boundaries"""
-_NEVER = 1 << 62
 _INF = float("inf")
 US_PER_S = 1_000_000
-LIVE_WITHIN_NS = 120 * 1_000_000_000
-"""a connection heard from this recently is live (every connector reconnects after at most 60 s
-of silence)"""
 LIQUIDATION_MEMORY = 256
 """liquidations remembered per symbol to drop the same one delivered again"""
 VANISHED_AFTER_NS = 3600 * 1_000_000_000
 """a connection silent this long ended without a close record"""
-
-
-class ParseError(Exception):
-    """The frame cannot be normalised; the message is the dead-letter reason.
-
-    ``category`` is the short stable name the reason is counted under (``normalize --report``
-    ``dead_letters``); without one it is read from the message's wording.
-    """
-
-    def __init__(self, message: str, category: str | None = None) -> None:
-        super().__init__(message)
-        self.explicit_category = category
-
-    @property
-    def category(self) -> str:
-        return self.explicit_category or categorise(str(self))
-
-
-_WORDING: tuple[tuple[str, str], ...] = (
-    ("invalid JSON", "undecodable"),
-    ("empty", "undecodable"),
-    ("not a JSON object", "undecodable"),
-    ("gzip", "undecodable"),
-    ("protobuf", "undecodable"),
-    ("unsupported", "unsupported"),
-    ("unrecognised", "unsupported"),
-    ("unknown raw record kind", "unsupported"),
-    ("rejected", "exchange_error"),
-    (" error", "exchange_error"),
-    ("failed", "exchange_error"),
-    ("not successful", "exchange_error"),
-)
-DEAD_LETTER_CATEGORIES = (
-    "undecodable",  # not JSON / gzip / protobuf at all
-    "unsupported",  # a channel, event or message type no parser reads
-    "exchange_error",  # the exchange answered with an error or a rejection
-    "malformed",  # readable but not the documented shape (missing field, wrong type)
-    "unknown_symbol",  # no metadata names the symbol and no documented rule reads it
-    "unnamed_instrument",  # metadata lists it, but it has no normalised name (derivatives)
-    "ambiguous_symbol",  # its name already belongs to another instrument
-    "instruments_unreadable",  # a whole instrument-list answer could not be read
-    "invalid_value",  # NaN/inf/non-positive price, non-positive trade size, negative level size
-    "ts_out_of_range",  # timestamp too far from the receive time
-    "dedup_horizon",  # a trade older than the dedup memory: cannot tell whether it was published
-    "internal",  # a parser bug (an unexpected exception)
-)
-
-
-def categorise(message: str) -> str:
-    """The dead-letter category of a reason given without one."""
-    for words, category in _WORDING:
-        if words in message:
-            return category
-    return "malformed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,59 +217,13 @@ class FeedOutput:
         self.errors.clear()
 
 
-@dataclass(slots=True)
-class SymbolHealth:
-    """Per-symbol totals carried in StatusEvents (across connections)."""
-
-    gaps: int = 0
-    checksum_failures: int = 0
-    resyncs: int = 0
-    crossed: int = 0
-
-
-class BookState:
-    """One book on one connection, with its sync state."""
-
-    __slots__ = (
-        "book",
-        "bridging",
-        "bucket_next",
-        "conn",
-        "depth",
-        "exchange_symbol",
-        "last_bbo",
-        "last_id",
-        "pending",
-        "resync_requested",
-        "symbol",
-        "synced",
-    )
-
-    def __init__(self, conn: str, symbol: str, exchange_symbol: str, keep_text: bool) -> None:
-        self.conn = conn
-        self.symbol = symbol
-        self.exchange_symbol = exchange_symbol
-        self.book = OrderBook(keep_text=keep_text)
-        self.synced = False
-        # True from the resync request until a snapshot re-syncs the book (one request per episode)
-        self.resync_requested = False
-        self.last_id: int | None = None
-        self.depth: int | None = None
-        self.last_bbo: tuple[float, float, float, float] | None = None
-        self.pending: deque[Any] | None = None
-        self.bridging = False
-        """just loaded from a snapshot: the next delta may straddle it (streams/bridge.py)"""
-        self.bucket_next = _NEVER
-        """next bucket boundary (event time, µs) while synced"""
-
-
-class Connection:
+class ConnectionState:
     """State of one websocket connection; exchange modules may subclass it."""
 
     def __init__(self, conn: str, url: str | None) -> None:
         self.conn = conn
         self.url = url
-        self.books: dict[str, BookState] = {}
+        self.books: dict[str, BookSync] = {}
         self.instruments: dict[str, str] = {}
         """exchange symbol -> name, from this connection's own metadata answers"""
         self.unresolved: dict[str, tuple[str, str]] = {}
@@ -347,6 +232,27 @@ class Connection:
         """receive time of its latest record"""
         self.candles: dict[tuple[str, str], ExchangeCandle] = {}
         """(exchange symbol, interval) -> the latest exchange candle without a final flag"""
+
+
+# The names checkpoints of earlier versions pickled these classes under (and parsers import).
+Connection = ConnectionState
+BookState = BookSync
+
+__all__ = [
+    "MAX_FILLED_BOUNDARIES",
+    "BookState",
+    "BookSync",
+    "ClockWindow",
+    "Connection",
+    "ConnectionState",
+    "FeedCounters",
+    "FeedOutput",
+    "FeedProcessor",
+    "ParseError",
+    "SymbolHealth",
+    "TradeMemory",
+    "UnsyncReason",
+]
 
 
 class TradeMemory:
@@ -372,7 +278,7 @@ class TradeMemory:
         self.times = dict(islice(times.items(), drop, None))
 
 
-class FeedProcessor:
+class FeedProcessor(BookSyncRules):
     """Base processor. Subclasses set the class attributes and implement ``on_frame``."""
 
     exchange: ClassVar[str]
@@ -385,7 +291,7 @@ class FeedProcessor:
     """The exchange module's ``parse_instruments(body, path)`` (its connector uses the same function)."""
     keep_text: ClassVar[bool] = False
     """Keep the wire text of book levels (for checksums over the original strings)."""
-    connection_type: ClassVar[type[Connection]] = Connection
+    connection_type: ClassVar[type[ConnectionState]] = ConnectionState
     trade_memory: ClassVar[int] = 4096
     """trade timestamps remembered per symbol for deduplication (up to twice as many are held:
     about 1 MB for a busy symbol)"""
@@ -394,6 +300,7 @@ class FeedProcessor:
 
     def __init__(self, clock: ClockWindow | None = None) -> None:
         self.counters = FeedCounters()
+        self._start_book_sync()
         self.instruments: dict[str, str] = {}
         """exchange symbol -> name from every metadata answer seen (for connections without their own)"""
         self._unresolved: dict[str, tuple[str, str]] = {}
@@ -404,12 +311,8 @@ class FeedProcessor:
         metadata answer mentions the symbol)"""
         self._memory_limit = self.trade_memory
         self._memory_cap = 2 * self.trade_memory - 1
-        self._connections: dict[str, Connection] = {}
-        self._health: dict[str, SymbolHealth] = {}
+        self._connections: dict[str, ConnectionState] = {}
         self._trade_memories: dict[str, TradeMemory] = {}
-        self._book_owners: dict[str, str] = {}
-        """symbol -> the connection whose book is published: one book stream per symbol, also
-        while two connections overlap (a handover, a reconnect, a second shard)"""
         self._instrument_records: dict[str, Instrument] = {}
         self._last_published: dict[tuple[str, str], tuple[object, ...]] = {}
         """(record kind, symbol) -> the values last published (funding, open interest, mark)"""
@@ -466,7 +369,7 @@ class FeedProcessor:
 
     # ----------------------------------------------------------- exchange hooks
 
-    def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
+    def on_frame(self, conn: ConnectionState, raw: RawRecord, out: FeedOutput) -> None:
         raise NotImplementedError
 
     def instruments_from(self, body: bytes, path: str) -> Instruments:
@@ -483,10 +386,10 @@ class FeedProcessor:
                 return True
         return False
 
-    def on_sent(self, conn: Connection, raw: RawRecord) -> None:
+    def on_sent(self, conn: ConnectionState, raw: RawRecord) -> None:
         """A frame the client sent (subscribe requests); recognised, nothing to emit."""
 
-    def on_rest(self, conn: Connection, raw: RawRecord, path: str, out: FeedOutput) -> None:
+    def on_rest(self, conn: ConnectionState, raw: RawRecord, path: str, out: FeedOutput) -> None:
         """A REST response other than instrument metadata (e.g. Binance depth snapshots)."""
         raise ParseError(f"unrecognised {self.exchange} REST response for {raw.url!r}")
 
@@ -498,7 +401,7 @@ class FeedProcessor:
 
     # -------------------------------------------------------------- connections
 
-    def _connection(self, raw: RawRecord) -> Connection:
+    def _connection(self, raw: RawRecord) -> ConnectionState:
         conn = self._connections.get(raw.conn)
         if conn is None:
             # started mid-connection (no `open` seen): still process its frames
@@ -527,7 +430,7 @@ class FeedProcessor:
         for state in conn.books.values():
             self.unsync(state, "close", f"connection closed {detail}".strip(), raw, out)
 
-    def _on_rest(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
+    def _on_rest(self, conn: ConnectionState, raw: RawRecord, out: FeedOutput) -> None:
         path = unquote(urlsplit(raw.url or "").path)
         if not self.is_instruments_path(path):
             self.on_rest(conn, raw, path, out)
@@ -552,7 +455,7 @@ class FeedProcessor:
 
     # ------------------------------------------------------------------ symbols
 
-    def _learn(self, conn: Connection, learned: Instruments) -> None:
+    def _learn(self, conn: ConnectionState, learned: Instruments) -> None:
         """Take in one metadata answer: names the connection and the processor resolve from."""
         self.counters.instruments_skipped += len(learned.skipped)
         for entry, reason in learned.skipped.items():
@@ -610,7 +513,7 @@ class FeedProcessor:
             f"({one or 'none'} / {other or 'none'}); only a connection's own metadata resolves it",
         )
 
-    def symbol_of(self, exchange_symbol: str, conn: Connection | None = None) -> str:
+    def symbol_of(self, exchange_symbol: str, conn: ConnectionState | None = None) -> str:
         """The normalised name; raises ParseError (with its category) when there is none."""
         if conn is not None:
             found = conn.instruments.get(exchange_symbol)
@@ -827,7 +730,7 @@ class FeedProcessor:
 
     def exchange_candle(
         self,
-        conn: Connection,
+        conn: ConnectionState,
         raw: RawRecord,
         out: FeedOutput,
         exchange_symbol: str,
@@ -904,7 +807,7 @@ class FeedProcessor:
         return True
 
     def _close_by_later_window(
-        self, conn: Connection, candle: ExchangeCandle, raw: RawRecord, out: FeedOutput
+        self, conn: ConnectionState, candle: ExchangeCandle, raw: RawRecord, out: FeedOutput
     ) -> ExchangeCandle:
         """The later-window rule for exchanges without a final flag (see ``exchange_candle``)."""
         memory = conn.__dict__.setdefault("candles", {})  # absent on connections from old checkpoints
@@ -923,7 +826,7 @@ class FeedProcessor:
         return candle
 
     @staticmethod
-    def _forget_closed(conn: Connection, candle: ExchangeCandle) -> None:
+    def _forget_closed(conn: ConnectionState, candle: ExchangeCandle) -> None:
         """An exchange whose final flag is optional (Gate.io ``w``) finalised a window itself:
         a remembered state of that window (or an older one) must not be re-published as final."""
         memory: dict[tuple[str, str], ExchangeCandle] = conn.__dict__.get("candles") or {}
@@ -1144,324 +1047,6 @@ class FeedProcessor:
     @staticmethod
     def _ts_or_recv(ts: int | None, raw: RawRecord) -> int:
         return raw.recv_ns // 1000 if ts is None else ts
-
-    # --------------------------------------------------------------------- books
-
-    def book_state(self, conn: Connection, exchange_symbol: str) -> BookState:
-        state = conn.books.get(exchange_symbol)
-        if state is None:
-            symbol = self.symbol_of(exchange_symbol, conn)
-            state = conn.books[exchange_symbol] = BookState(
-                conn.conn, symbol, exchange_symbol, self.keep_text
-            )
-            if self.bucketer is not None:
-                state.book.bids.start_journal()
-                state.book.asks.start_journal()
-        return state
-
-    def health(self, symbol: str) -> SymbolHealth:
-        found = self._health.get(symbol)
-        if found is None:
-            found = self._health[symbol] = SymbolHealth()
-        return found
-
-    def accept_snapshot(
-        self,
-        state: BookState,
-        raw: RawRecord,
-        out: FeedOutput,
-        ts: int,
-        *,
-        last_id: int | None = None,
-        checksum: int | None = None,
-    ) -> bool:
-        """Publish a book the exchange module has just loaded from a snapshot (and validated)."""
-        if self._refuse(state, raw, out, ts):
-            return False
-        bucketer = self.bucketer
-        if bucketer is not None:
-            if state.synced and ts >= state.bucket_next:
-                published = self._book_owners.get(state.symbol) == state.conn
-                self._buckets(state, ts, bucketer, out if published else None)
-            state.bucket_next = ts - ts % bucketer.interval_us + bucketer.interval_us
-            self._end_change(state)
-        if self._crossed(state, raw, out):
-            return False
-        was_synced = state.synced
-        state.synced = True
-        state.resync_requested = False
-        state.last_id = last_id
-        self.counters.books_synced.add(state.symbol)
-        self._own(state)  # the newest synced book is the symbol's published one
-        out.books.append(self._whole_book(state, raw, ts, last_id, checksum))
-        if not was_synced:
-            self._status(state, "synced", "snapshot", "", raw, out)
-        self._bbo(state, ts, raw, out)
-        return True
-
-    def accept_update(
-        self,
-        state: BookState,
-        raw: RawRecord,
-        out: FeedOutput,
-        ts: int,
-        bids: list[Level],
-        asks: list[Level],
-        *,
-        first_id: int | None = None,
-        last_id: int | None = None,
-        checksum: int | None = None,
-    ) -> bool:
-        """Publish a change the exchange module has applied to a synced book (and validated)."""
-        book = state.book
-        recv_us = raw.recv_ns // 1000
-        if (
-            book.bids.invalid is not None
-            or book.asks.invalid is not None
-            or not recv_us - self._behind_us <= ts <= recv_us + self._ahead_us
-        ) and self._refuse(state, raw, out, ts):
-            return False
-        owner = self._book_owners.get(state.symbol)
-        if ts >= state.bucket_next and self.bucketer is not None:
-            self._buckets(state, ts, self.bucketer, out if owner == state.conn else None)
-        self._end_change(state)
-        if self._crossed(state, raw, out):
-            return False
-        state.last_id = last_id
-        if owner != state.conn:
-            if owner is not None:
-                return True  # another connection's book of the symbol is the published one
-            self._own(state)  # the published book went away: this one takes over, whole
-            out.books.append(self._whole_book(state, raw, ts, last_id, checksum))
-            self._bbo(state, ts, raw, out)
-            return True
-        out.books.append(
-            BookChange(
-                exchange=self.exchange,
-                symbol=state.symbol,
-                exchange_symbol=state.exchange_symbol,
-                snapshot=False,
-                bids=bids,
-                asks=asks,
-                ts=ts,
-                recv_ts=recv_us,
-                first_update_id=first_id,
-                last_update_id=last_id,
-                checksum=checksum,
-                conn=raw.conn,
-                seq=raw.seq,
-            )
-        )
-        self._bbo(state, ts, raw, out)
-        return True
-
-    def checksum_result(
-        self, state: BookState, ok: bool, expected: int, actual: int, raw: RawRecord, out: FeedOutput
-    ) -> bool:
-        if self._refuse(state, raw, out, None):
-            return False
-        if ok:
-            self.counters.checksums_verified += 1
-            return True
-        self.unsync(state, "checksum", f"checksum {expected} expected, book gives {actual}", raw, out)
-        return False
-
-    def unsync(
-        self,
-        state: BookState,
-        reason: UnsyncReason,
-        detail: str,
-        raw: RawRecord,
-        out: FeedOutput,
-        count: bool = True,
-    ) -> None:
-        """Mark the book unsynced; the first failure of an episode emits status + one resync request.
-
-        ``count=False`` when the caller already counted the event (one connection-wide gap).
-        """
-        health = self.health(state.symbol)
-        counters = self.counters
-        if reason == "gap":
-            counters.sequence_gaps += count
-            health.gaps += 1
-        elif reason == "checksum":
-            counters.checksum_failures += count
-            health.checksum_failures += 1
-        elif reason == "crossed":
-            counters.crossed_books += count
-            health.crossed += 1
-        state.synced = False
-        if self._book_owners.get(state.symbol) == state.conn:
-            del self._book_owners[state.symbol]
-        state.book.clear()
-        state.bucket_next = _NEVER
-        state.last_bbo = None
-        state.last_id = None
-        if state.resync_requested:
-            return
-        state.resync_requested = True
-        counters.resyncs += 1
-        health.resyncs += 1
-        if not self._synced_elsewhere(state, raw.recv_ns):
-            self._status(state, "unsynced", reason, detail, raw, out)
-        out.control.append(
-            ControlRequest(
-                exchange=self.exchange,
-                symbol=state.symbol,
-                exchange_symbol=state.exchange_symbol,
-                action="resync",
-                reason=reason,
-                ts=raw.recv_ns // 1000,
-                conn=state.conn,
-            )
-        )
-
-    def _synced_elsewhere(self, state: BookState, now_ns: int) -> bool:
-        """Another live connection (one heard from within ``LIVE_WITHIN_NS``: one that ended
-        without a close is not) holds a synced book of the symbol: that one is the symbol's
-        current state (the successor of a handover or reconnect), so this connection's loss of
-        the book is not news for md.status."""
-        for conn in self._connections.values():
-            if conn.conn != state.conn and now_ns - conn.last_ns <= LIVE_WITHIN_NS:
-                other = conn.books.get(state.exchange_symbol)
-                if other is not None and other.synced:
-                    return True
-        return False
-
-    def _refuse(self, state: BookState, raw: RawRecord, out: FeedOutput, ts: int | None) -> bool:
-        """The book holds a level it refused (``BookSide.invalid``) or the change's timestamp is
-        out of the clock window: dead-letter the frame and unsync the book (it misses that
-        change). False when neither is the case (the callers inline the cheap check)."""
-        book = state.book
-        bad = book.bids.invalid or book.asks.invalid
-        if bad is not None:
-            detail = f"book level price {bad[0]} size {bad[1]}: not a positive finite price with a size >= 0"
-            category = "invalid_value"
-        elif ts is not None and not (
-            raw.recv_ns // 1000 - self._behind_us <= ts <= raw.recv_ns // 1000 + self._ahead_us
-        ):
-            detail = f"book {self._clock_detail(ts, raw)}"
-            category = "ts_out_of_range"
-        else:
-            return False
-        self.reject(raw, f"{self.exchange} {state.exchange_symbol}: {detail}", out, category)
-        self.unsync(state, "invalid", detail, raw, out)
-        return True
-
-    def skip_unsynced(self, state: BookState, raw: RawRecord, out: FeedOutput) -> None:
-        """An update for a book that is not synced: dropped; if no snapshot ever came, ask for one."""
-        self.counters.dropped_unsynced += 1
-        if not state.resync_requested:
-            self.unsync(state, "gap", "update before any snapshot", raw, out)
-
-    def connection_gap(self, conn: Connection, detail: str, raw: RawRecord, out: FeedOutput) -> None:
-        """A gap in a connection-wide sequence: every book of the connection is suspect."""
-        self.counters.sequence_gaps += 1
-        for state in conn.books.values():
-            self.unsync(state, "gap", detail, raw, out, count=False)
-
-    def _own(self, state: BookState) -> None:
-        if self._book_owners.get(state.symbol) != state.conn:
-            self._book_owners[state.symbol] = state.conn
-            state.last_bbo = None  # the BBO published meanwhile came from another book
-
-    def _whole_book(
-        self, state: BookState, raw: RawRecord, ts: int, last_id: int | None, checksum: int | None
-    ) -> BookChange:
-        book = state.book
-        return BookChange(
-            exchange=self.exchange,
-            symbol=state.symbol,
-            exchange_symbol=state.exchange_symbol,
-            snapshot=True,
-            bids=[Level(price, size) for price, size in book.bids.levels()],
-            asks=[Level(price, size) for price, size in book.asks.levels()],
-            ts=ts,
-            recv_ts=raw.recv_ns // 1000,
-            last_update_id=last_id,
-            checksum=checksum,
-            conn=raw.conn,
-            seq=raw.seq,
-        )
-
-    def _buckets(self, state: BookState, ts: int, bucketer: Bucketer, out: FeedOutput | None) -> None:
-        """Snapshots at each boundary from ``state.bucket_next`` up to ``ts``, of the book before
-        the change now being accepted (so as it stood at those boundaries); ``out`` None: the
-        book is not the published one, only the next boundary moves on."""
-        step = bucketer.interval_us
-        last = ts - ts % step
-        first = max(state.bucket_next, last - (MAX_FILLED_BOUNDARIES - 1) * step)
-        state.bucket_next = last + step
-        if out is None:
-            return
-        bid_prices, bid_sizes = state.book.bids.previous()
-        ask_prices, ask_sizes = state.book.asks.previous()
-        snapshot = bucketer.snapshot(
-            self.exchange, state.symbol, first, bid_prices, bid_sizes, ask_prices, ask_sizes
-        )
-        if snapshot is None:
-            return
-        out.buckets.append(snapshot)
-        for boundary in range(first + step, last + 1, step):
-            out.buckets.append(msgspec.structs.replace(snapshot, ts=boundary))
-
-    @staticmethod
-    def _end_change(state: BookState) -> None:
-        for side in (state.book.bids, state.book.asks):
-            if side.journal:
-                side.journal.clear()
-
-    def _crossed(self, state: BookState, raw: RawRecord, out: FeedOutput) -> bool:
-        if not state.book.is_crossed():
-            return False
-        bbo = state.book.bbo()
-        self.unsync(state, "crossed", f"best bid/ask {bbo[0]}/{bbo[2]}" if bbo else "crossed", raw, out)
-        return True
-
-    def _bbo(self, state: BookState, ts: int, raw: RawRecord, out: FeedOutput) -> None:
-        bbo = state.book.bbo()
-        if bbo is None or bbo == state.last_bbo:
-            return
-        state.last_bbo = bbo
-        out.bbos.append(
-            BBO(
-                exchange=self.exchange,
-                symbol=state.symbol,
-                exchange_symbol=state.exchange_symbol,
-                bid_price=bbo[0],
-                bid_size=bbo[1],
-                ask_price=bbo[2],
-                ask_size=bbo[3],
-                ts=ts,
-                recv_ts=raw.recv_ns // 1000,
-            )
-        )
-
-    def _status(
-        self,
-        state: BookState,
-        new_state: Literal["synced", "unsynced"],
-        reason: str,
-        detail: str,
-        raw: RawRecord,
-        out: FeedOutput,
-    ) -> None:
-        health = self.health(state.symbol)
-        out.status.append(
-            StatusEvent(
-                exchange=self.exchange,
-                symbol=state.symbol,
-                ts=raw.recv_ns // 1000,
-                state=new_state,
-                reason=reason,
-                detail=detail,
-                conn=state.conn,
-                gaps=health.gaps,
-                checksum_failures=health.checksum_failures,
-                resyncs=health.resyncs,
-                crossed=health.crossed,
-            )
-        )
 
 
 def _bad_values(

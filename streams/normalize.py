@@ -100,8 +100,10 @@ def bbo_line(bbo: BBO) -> BboLine:
     )
 
 
-class Normalizer:
-    """Feeds raw records to one processor per exchange and writes the results as JSON Lines."""
+class CaptureNormalizer:
+    """Offline normalisation of captured raw records (``marketpipe normalize``): one processor per
+    exchange, the results written as JSON Lines (the stream app's counterpart is
+    ``streams.app.NormaliseStage``)."""
 
     def __init__(
         self, sink: IO[bytes], errors: IO[bytes] | None = None, clock: ClockWindow | None = None
@@ -148,7 +150,7 @@ def normalize_captures(
     clock: ClockWindow | None = None,
 ) -> dict[str, Any]:
     """Normalise capture files in order (state carries across files); returns the report."""
-    normalizer = Normalizer(sink, errors, clock)
+    normalizer = CaptureNormalizer(sink, errors, clock)
     for path in paths:
         normalizer.feed(read_capture(path))
     return normalizer.report()

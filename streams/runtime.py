@@ -3,16 +3,29 @@
 One ``TransactionalLoop`` runs one ``Stage`` (normalise, ohlcv, consolidate) in its own
 consumer group. Each round:
 
-1. ``consume`` a batch (rebalance callbacks run only here, so never inside a transaction);
-2. begin a transaction; hand each input partition's messages, in order, to the stage with
-   that partition's state object; queue every output;
-3. when a checkpoint is due, write the state of every partition changed since its last
-   checkpoint to the compacted checkpoint topic, inside the same transaction;
-4. ``send_offsets_to_transaction`` (KIP-447: fenced by the group generation) with, in each
-   partition's offset metadata, a pointer to its latest checkpoint record; commit.
+1. take what has arrived, up to ``batch_size``, as soon as there is anything: no waiting for a
+   batch to fill, so a batch is what came in while the previous round ran (rebalance
+   callbacks run only here, so never inside a transaction);
+2. hand each input partition's messages, in order, to the stage with that partition's
+   state object; its outputs are collected in memory;
+3. wait for the previous round's commit (it ran on the committer thread while 1 and 2 ran
+   here); begin a transaction and queue every output to librdkafka;
+4. when a checkpoint is due, pickle the state of every partition changed since its last
+   checkpoint;
+5. on the committer thread: write those states to the compacted checkpoint topic, inside the
+   same transaction; ``send_offsets_to_transaction`` (KIP-447: fenced by the group
+   generation) with, in each partition's offset metadata, a pointer to its latest checkpoint
+   record; commit.
 
 Outputs, input offsets and checkpoints are therefore committed atomically; downstream
-consumers read with ``isolation.level=read_committed``.
+consumers read with ``isolation.level=read_committed``. Only one transaction is open at a
+time: round N+1 is consumed and processed while round N commits, but its outputs reach the
+producer only once that commit succeeded. If it failed, every assigned partition is restored
+from its last commit (below) and round N+1's messages are read again; rebalance callbacks
+wait for a running commit before they hand partitions over or take new ones.
+
+Outputs are produced without a delivery callback: a transactional producer fails the
+commit (abortable) when any of the transaction's messages could not be delivered.
 
 Restoring a partition (on assignment, or after an aborted transaction): the committed
 offset ``C`` carries the pointer to the checkpoint, which holds the state as of offset
@@ -38,8 +51,9 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 import zstandard
@@ -124,6 +138,26 @@ class PartitionState(Generic[S]):
 
 
 @dataclass
+class _Snapshot:
+    """A partition's state, pickled on the loop's thread for the committer to write."""
+
+    tp: TP
+    part: PartitionState[Any]
+    offset: int
+    """the state is as of this input offset"""
+    state: bytes
+
+
+@dataclass
+class _Commit:
+    """A transaction handed to the committer thread."""
+
+    future: Future[None]
+    flush: bool
+    """it carried the end-of-input flush (counted once it is committed)"""
+
+
+@dataclass
 class LoopStats:
     """Running totals read by the metrics collector (another thread: plain ints only)."""
 
@@ -164,6 +198,15 @@ class TransactionalLoop(Generic[S]):
         """when the loop last came back from the broker (a watchdog on another thread reads it)"""
         self._delivered: dict[bytes, tuple[int, int]] = {}
         self._failures: list[str] = []
+        self._outputs: list[tuple[str, bytes, bytes]] = []
+        """the current round's outputs, produced once its transaction begins"""
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"commit-{stage.name}")
+        self._pending: _Commit | None = None
+        """the previous round's transaction, committing on the committer thread"""
+        self._commit_failure: KafkaException | None = None
+        """a commit failure a rebalance callback found (handled once ``consume`` returns)"""
+        self._assigned: set[tuple[str | None, int | None]] = set()
+        """partitions assigned since ``_next_batch`` read its first record"""
         client = settings.kafka_client_config()
         self.consumer = Consumer(
             {
@@ -185,16 +228,24 @@ class TransactionalLoop(Generic[S]):
                 "queued.max.messages.kbytes": 256 * 1024,
             }
         )
+        compression = settings.kafka.compression
         self.producer = Producer(
             {
                 **client,
+                # zstd's level 1 costs a third less CPU per output than its default level 3
+                **({"compression.level": 1} if compression == "zstd" else {}),
                 "transactional.id": f"{stage.group}-{worker_id}",
                 "transaction.timeout.ms": int(streams.transaction_timeout_s * 1000),
                 # undeliverable outputs fail the transaction in time, rather than blocking its commit
                 "message.timeout.ms": int(streams.transaction_timeout_s * 1000),
                 "client.id": f"{stage.group}-{worker_id}",
-                "compression.type": settings.kafka.compression,
+                "compression.type": compression,
                 "linger.ms": 5,
+                # a transaction begun right after the previous commit finds the coordinator still
+                # writing that one's markers (CONCURRENT_TRANSACTIONS, retriable): retry at once,
+                # not after the default 100 ms
+                "retry.backoff.ms": 5,
+                "retry.backoff.max.ms": 100,
                 "message.max.bytes": MAX_CHECKPOINT_BYTES + 1024 * 1024,
                 "queue.buffering.max.messages": 1_000_000,
                 "queue.buffering.max.kbytes": 2 * 1024 * 1024,
@@ -220,13 +271,18 @@ class TransactionalLoop(Generic[S]):
         )
         try:
             while not self.stopping.is_set():
-                messages = self.consumer.consume(self.batch_size, self.poll_s)
+                messages = self._next_batch()
                 self.heartbeat = time.monotonic()
                 self._round(messages)
+            self._await_commit()
         finally:
             self._close()
 
     def _close(self) -> None:
+        if self._pending is not None:  # failing: let a running commit end before the clients go
+            self._pending.future.exception()
+            self._pending = None
+        self._committer.shutdown()
         try:
             # a static member stays in the group: restarted with the same worker id it gets its
             # partitions back at once; gone for good, they move after the session timeout
@@ -236,17 +292,41 @@ class TransactionalLoop(Generic[S]):
 
     # --------------------------------------------------------------------------- a round
 
+    def _next_batch(self) -> list[Message]:
+        """What has arrived, up to ``batch_size``, as soon as there is anything (at most
+        ``poll_s`` for the first record). A batch does not wait to fill: records that come
+        in while a round commits make the next round, so the batch grows with the load and
+        the latency stays at about one commit (``consume`` would wait out its timeout
+        whenever fewer than ``batch_size`` records arrive in it)."""
+        first = self.consumer.poll(self.poll_s)
+        if first is None or self.batch_size == 1:
+            return [first] if first is not None else []
+        self._assigned.clear()
+        rest = self.consumer.consume(self.batch_size - 1, 0)
+        if (first.topic(), first.partition()) in self._assigned:
+            # its partition was revoked and assigned again in between: restored and repositioned
+            # at or before it, it is read again from there
+            return rest
+        return [first, *rest]
+
     def _round(self, messages: list[Message]) -> None:
         batches = self._by_partition(messages)
+        if self._commit_failure is not None:
+            # found while rebalancing: restored and repositioned, what this round read comes again
+            failure, self._commit_failure = self._commit_failure, None
+            self._transaction_failed(failure)
+            return
         moved = self._positions()
         if batches:
             self._refresh_lag()
         flush = self.flush_requested.is_set()
         checkpoint = self._checkpoint_due()
         if not batches and not moved and not flush and not checkpoint:
-            self._watch_progress()
+            if self._await_commit():
+                self._watch_progress()
             return
-        self.producer.begin_transaction()
+        self.flush_requested.clear()  # asked again should this round's transaction fail
+        outputs = self._outputs
         try:
             for tp, batch in batches.items():
                 self._process(tp, batch)
@@ -254,19 +334,26 @@ class TransactionalLoop(Generic[S]):
                 for part in self.partitions.values():
                     self.stage.flush(part.state, self._emit)
                     part.dirty = True
+            if not self._await_commit():
+                if flush:
+                    self.flush_requested.set()
+                return  # restored from the last commit: this round's input is read again
+            self.producer.begin_transaction()
+            self._produce(outputs)
             # a partition's first commit carries its first checkpoint: committed input is never
             # without the state built from it
             first = [tp for tp in moved if not self.partitions[tp].pointer]
+            snapshots: list[_Snapshot] = []
             if checkpoint or flush or first:
-                moved = sorted({*moved, *self._write_checkpoints(everything=checkpoint or flush, also=first)})
-            self._commit(moved)
+                snapshots = self._snapshots(everything=checkpoint or flush, also=first)
+                moved = sorted({*moved, *(snapshot.tp for snapshot in snapshots)})
+            self._commit(moved, flush, snapshots)
         except KafkaException as exc:
+            if flush:
+                self.flush_requested.set()
             self._transaction_failed(exc)
-            return
-        if flush:
-            self.flush_requested.clear()
-            self.stats.flushes += 1
-        self._last_progress = time.monotonic()
+        finally:
+            outputs.clear()
 
     def _refresh_lag(self) -> None:
         now = time.monotonic()
@@ -327,39 +414,64 @@ class TransactionalLoop(Generic[S]):
         part.dirty = True
 
     def _emit(self, topic: str, key: bytes, value: bytes) -> None:
-        produce = self.producer.produce
+        self._outputs.append((topic, key, value))
+
+    def _produce(self, outputs: list[tuple[str, bytes, bytes]]) -> None:
+        """Queue the round's outputs (no delivery callback: a failed one fails the commit)."""
+        produce, done = self.producer.produce, 0
         while True:
             try:
-                produce(topic, value, key, on_delivery=self._on_delivery)
+                for topic, key, value in outputs[done:] if done else outputs:
+                    produce(topic, value, key)
+                    done += 1
                 return
             except BufferError:  # librdkafka's queue is full: let it send
                 self.producer.poll(0.05)
 
-    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
-        if error is not None:
-            self._failures.append(f"{message.topic()}: {error.str()}")
-
-    def _commit(self, moved: list[TP]) -> None:
-        """Offsets of the partitions that moved (with their checkpoint pointers), then commit."""
+    def _commit(self, moved: list[TP], flush: bool, snapshots: list[_Snapshot]) -> None:
+        """On the committer thread (``_await_commit`` collects the result): the checkpoints, then
+        the offsets of the partitions that moved, with their checkpoint pointers, then commit."""
         parts = self.partitions
-        offsets = [
-            TopicPartition(*tp, max(parts[tp].position, parts[tp].committed), metadata=parts[tp].pointer)
-            for tp in moved
-        ]
+        committing: list[tuple[TP, PartitionState[S]]] = []
+        for tp in moved:
+            part = parts[tp]
+            # counted as committed now; should the commit fail, every partition is restored
+            part.committed = max(part.position, part.committed)
+            committing.append((tp, part))
+        group = self.consumer.consumer_group_metadata() if committing else None
+        future = self._committer.submit(self._send_and_commit, snapshots, committing, group)
+        self._pending = _Commit(future, flush)
+
+    def _send_and_commit(
+        self, snapshots: list[_Snapshot], committing: list[tuple[TP, PartitionState[S]]], group: object
+    ) -> None:
+        if snapshots:
+            self._write_checkpoints(snapshots)
+        offsets = [TopicPartition(*tp, part.committed, metadata=part.pointer) for tp, part in committing]
         if offsets:
-            group = self.consumer.consumer_group_metadata()
             self._retrying(
                 "send offsets", lambda: self.producer.send_offsets_to_transaction(offsets, group, 30)
             )
         self._retrying("commit", lambda: self.producer.commit_transaction(30))
-        if self._failures:
-            failures, self._failures = self._failures, []
-            raise StageFailed(
-                f"{self.stage.name}: {len(failures)} outputs not delivered, first: {failures[0]}"
-            )
-        for tp in moved:
-            parts[tp].committed = max(parts[tp].position, parts[tp].committed)
+
+    def _await_commit(self) -> bool:
+        """Wait for the previous round's commit. False when it failed with an abortable error
+        (aborted, every assigned partition restored and repositioned); raises otherwise."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return True
+        try:
+            pending.future.result()
+        except KafkaException as exc:
+            if pending.flush:
+                self.flush_requested.set()
+            self._transaction_failed(exc)
+            return False
         self.stats.transactions += 1
+        if pending.flush:
+            self.stats.flushes += 1
+        self._last_progress = time.monotonic()
+        return True
 
     def _retrying(self, what: str, call: Callable[[], object]) -> None:
         """Retry a transactional call while its error is retriable (a broker restart, a coordinator
@@ -393,6 +505,7 @@ class TransactionalLoop(Generic[S]):
         )
         self._retrying("abort", lambda: self.producer.abort_transaction(30))
         self._failures.clear()
+        self._outputs.clear()
         self.stats.aborts += 1
         assigned = [TopicPartition(topic, partition) for topic, partition in self.partitions]
         restored = self._restore(assigned)
@@ -404,20 +517,30 @@ class TransactionalLoop(Generic[S]):
     def _checkpoint_due(self) -> bool:
         return time.monotonic() - self._last_checkpoint >= self.checkpoint_every_s
 
-    def _write_checkpoints(self, everything: bool, also: Sequence[TP] = ()) -> list[TP]:
-        """Checkpoint the partitions processed since their last checkpoint (``everything``) or
-        just those in ``also``; returns the partitions checkpointed."""
+    def _snapshots(self, everything: bool, also: Sequence[TP] = ()) -> list[_Snapshot]:
+        """The state of the partitions processed since their last checkpoint (``everything``) or
+        of just those in ``also``, pickled now (the committer thread writes them)."""
         if everything:
             self._last_checkpoint = time.monotonic()
         chosen = self.partitions.keys() if everything else also
-        written: list[tuple[TP, bytes]] = []
+        snapshots: list[_Snapshot] = []
         for tp in chosen:
             part = self.partitions[tp]
             if not part.dirty or part.position < 0:
                 continue
-            blob = self._compress.compress(pickle.dumps(part.state, protocol=pickle.HIGHEST_PROTOCOL))
-            record = Checkpoint(self.stage.name, tp[0], tp[1], part.position, blob)
-            value = msgspec.msgpack.encode(record)
+            state = pickle.dumps(part.state, protocol=pickle.HIGHEST_PROTOCOL)
+            snapshots.append(_Snapshot(tp, part, part.position, state))
+            part.dirty = False  # should the commit fail, every partition is restored anyway
+        return snapshots
+
+    def _write_checkpoints(self, snapshots: list[_Snapshot]) -> None:
+        """Write the checkpoints into the open transaction; each partition's pointer names its
+        record (the commit carries it in the offset metadata)."""
+        written: list[tuple[_Snapshot, bytes]] = []
+        for snapshot in snapshots:
+            tp = snapshot.tp
+            blob = self._compress.compress(snapshot.state)
+            value = msgspec.msgpack.encode(Checkpoint(self.stage.name, tp[0], tp[1], snapshot.offset, blob))
             if len(value) > MAX_CHECKPOINT_BYTES:
                 raise StageFailed(f"{self.stage.name}: state of {tp} is {len(value)} bytes, over the limit")
             key = checkpoint_key(self.stage.name, *tp)
@@ -425,21 +548,18 @@ class TransactionalLoop(Generic[S]):
             self.producer.produce(
                 self.checkpoint_topic, value, key, partition=partition, on_delivery=self._on_checkpoint
             )
-            written.append((tp, key))
+            written.append((snapshot, key))
             self.stats.checkpoint_bytes += len(value)
-        if not written:
-            return []
         if self.producer.flush(60):
             raise StageFailed(f"{self.stage.name}: checkpoints not delivered within 60 s")
-        for tp, key in written:
+        for snapshot, key in written:
             where = self._delivered.pop(key, None)
             if where is None:
-                raise StageFailed(f"{self.stage.name}: checkpoint of {tp} failed: {self._failures[:1]}")
-            part = self.partitions[tp]
-            part.pointer = f"{_POINTER_PREFIX}{where[0]}:{where[1]}"
-            part.dirty = False
+                raise StageFailed(
+                    f"{self.stage.name}: checkpoint of {snapshot.tp} failed: {self._failures[:1]}"
+                )
+            snapshot.part.pointer = f"{_POINTER_PREFIX}{where[0]}:{where[1]}"
             self.stats.checkpoints += 1
-        return [tp for tp, _ in written]
 
     def _on_checkpoint(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
@@ -451,12 +571,31 @@ class TransactionalLoop(Generic[S]):
 
     # -------------------------------------------------------------------------- rebalance
 
+    def _settle_commit(self) -> None:
+        """In a rebalance callback: the running commit ends before partitions change hands; a
+        failure is handled once ``consume`` returns (restoring here would race the rebalance)."""
+        pending = self._pending
+        if pending is None:
+            return
+        try:
+            pending.future.result()
+        except KafkaException as exc:
+            self._pending = None
+            self._commit_failure = exc
+            if pending.flush:
+                self.flush_requested.set()
+            return
+        self._await_commit()
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._settle_commit()
         restored = self._restore(partitions)
+        self._assigned.update((tp.topic, tp.partition) for tp in partitions)
         consumer.incremental_assign(restored)
         log.info("%s: assigned %s", self.stage.name, _names(restored))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._settle_commit()
         for tp in partitions:
             self.partitions.pop((tp.topic, tp.partition), None)
         consumer.incremental_unassign(partitions)

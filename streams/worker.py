@@ -18,6 +18,7 @@ nothing uncommitted; the supervisor starts it again.
 from __future__ import annotations
 
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -41,6 +42,7 @@ from streams.runtime import Fenced, StageFailed, TransactionalLoop
 log = logging.getLogger(__name__)
 
 STAGES = ("normalise", "ohlcv", "consolidate")
+GC_THRESHOLDS = (100_000, 50, 100)
 EXIT_STAGE_FAILED = 70
 
 
@@ -155,6 +157,10 @@ def run_worker(settings: Settings, stages: Sequence[str] = STAGES, worker_id: st
     """Run a stream worker in the foreground until SIGTERM/SIGINT; exits non-zero if a stage failed."""
     from streams.metrics import serve_stream_metrics
 
+    # the stages allocate a few objects per record and hold large long-lived state (books, trade
+    # memories, candles): CPython's default thresholds (700, 10, 10) spent about a fifth of the
+    # normalise stage's CPU re-scanning that state; the records themselves form no cycles
+    gc.set_threshold(*GC_THRESHOLDS)
     worker = StreamWorker(settings, stages, worker_id)
     serve_stream_metrics(worker, settings.metrics_port)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from marketpipe.config import ConfigError, interval_to_us, load_settings
+from marketpipe.exchanges import EXCHANGES
 
 
 @pytest.fixture(autouse=True)
@@ -27,10 +28,7 @@ def test_defaults_use_local_broker_and_embedded_clickhouse(tmp_path: Path) -> No
     settings = load_settings()
     assert settings.uses_local_broker and settings.bootstrap_servers == "127.0.0.1:9092"
     assert settings.clickhouse_dsn == f"chdb:///{tmp_path / '.marketpipe' / 'clickhouse'}"
-    assert settings.exchanges == [
-        *("binance", "binance-futures", "coinbase", "kraken", "bybit", "okx"),
-        *("bitfinex", "kucoin", "gateio", "htx", "mexc", "deribit"),
-    ]
+    assert settings.exchanges == list(EXCHANGES)
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:

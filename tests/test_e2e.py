@@ -23,12 +23,13 @@ from pipeline_support import Pipeline, pipeline, query, read_topic
 
 from marketpipe.codec import AvroCodec
 from marketpipe.config import StreamSettings, interval_to_us
+from marketpipe.exchanges import subset
 from marketpipe.records import BBO, BookChange, StatusEvent, Trade
 from streams.feed import MAX_FILLED_BOUNDARIES
 
 pytestmark = pytest.mark.slow
 
-EXCHANGES = ("binance", "coinbase", "okx")
+EXCHANGES = subset("binance", "coinbase", "okx")
 SYMBOLS = "BTC-USDT,ETH-USDT,BTC-USD"  # binance/okx list the USDT pairs, coinbase BTC-USD
 MARKETS = {
     "binance:BTC-USDT",

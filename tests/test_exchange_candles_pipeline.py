@@ -20,14 +20,15 @@ from confluent_kafka import Message, Producer
 from pipeline_support import Pipeline, pipeline, query, read_topic
 
 from marketpipe.config import StreamSettings
+from marketpipe.exchanges import REGISTRY, subset
 from sinks.worker import CANDLE_CHECK_QUERY
 
 pytestmark = pytest.mark.slow
 
-EXCHANGES = ("binance", "coinbase", "kraken", "bybit", "okx", "bitfinex", "kucoin", "gateio", "htx", "mexc")
+EXCHANGES = tuple(row.name for row in REGISTRY if row.lists_spot)  # the spot exchanges
 SYMBOLS = "BTC-USDT,BTC-USD"  # coinbase, kraken and bitfinex list BTC-USD, the others BTC-USDT
 ONE_MINUTE_EXCHANGES = set(EXCHANGES) - {"coinbase"}  # coinbase's candles are 5 minutes
-TRADE_COUNTS = ("binance", "kraken", "htx")  # the exchanges whose candles count their trades
+TRADE_COUNTS = subset("binance", "kraken", "htx")  # the exchanges whose candles count their trades
 GRACE_S = StreamSettings().ohlcv_grace_s
 CHECK_COLUMNS = (
     "exchange, symbol, interval, toUnixTimestamp64Micro(open_time), ours_missing, trades_diff,"

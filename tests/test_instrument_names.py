@@ -1,4 +1,4 @@
-"""The one normalised naming scheme (``streams/instruments.py``): every name comes from
+"""The one normalised naming scheme (``marketpipe/instruments.py``): every name comes from
 instrument metadata fields, a linear and an inverse contract on one pair never share a name,
 dates are the UTC day of the expiry, strikes plain decimals."""
 
@@ -8,9 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from marketpipe.records import Instrument
-from streams.feed import ParseError
-from streams.instruments import (
+from marketpipe.instruments import (
     expiry_date,
     future_name,
     instrument_name,
@@ -20,6 +18,8 @@ from streams.instruments import (
     plain_decimal,
     spot_name,
 )
+from marketpipe.records import Instrument
+from marketpipe.wire import ParseError
 
 
 def _us(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:

@@ -19,13 +19,14 @@ from websockets.asyncio.client import connect
 import simulator
 from marketpipe.cli import main
 from marketpipe.codec import AvroCodec
+from marketpipe.exchanges.okx import parse_instruments
 from marketpipe.raw import CaptureWriter
 from producers.base import Connection, Shard
 from producers.connectors.okx import SPOT_CHANNELS as SPOT
 from producers.connectors.okx import CandleShard, OkxConnector, PublicShard
 from producers.publisher import CaptureRawPublisher
 from simulator.okx import futures_expiry
-from streams.parsers.okx import OkxProcessor, parse_instruments
+from streams.parsers.okx import OkxProcessor
 
 MS = 1_000_000
 OKX_AT = 1652459220000 * MS  # receive times near the session's exchange times

@@ -16,8 +16,8 @@ import pytest
 from feed_helpers import Feed, empty, published
 from samples import messages
 
+from marketpipe.exchanges.binance_futures import parse_instruments
 from marketpipe.records import Level
-from streams.parsers.binance_futures import parse_instruments
 
 SAMPLES = "binance_derivatives.json"
 WS_URL = "wss://fstream.binance.com/public/stream"

@@ -15,7 +15,7 @@ import pytest
 from feed_helpers import Feed, empty, published
 from samples import messages
 
-from streams.parsers.bitfinex import parse_instruments
+from marketpipe.exchanges.bitfinex import parse_instruments
 
 CONF_URL = "https://api-pub.bitfinex.com/v2/conf/pub:list:pair:exchange,pub:map:currency:sym"
 CONF = json.dumps([["BFTUSD", "BTCUSD", "BTCUST", "TESTBTC:TESTUSD"], [["UST", "USDt"], ["DSH", "DASH"]]])

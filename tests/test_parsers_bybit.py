@@ -231,7 +231,7 @@ def snapshot_for(symbol: str) -> str:
 
 
 def test_captured_linear_instrument_entries_are_named_from_their_metadata() -> None:
-    from streams.parsers.bybit import parse_instruments
+    from marketpipe.exchanges.bybit import parse_instruments
 
     found = parse_instruments(_answer("linear", *_rows().values()).encode())
     assert dict(found) == {
@@ -255,7 +255,7 @@ def test_captured_linear_instrument_entries_are_named_from_their_metadata() -> N
 
 
 def test_inverse_entries_are_one_usd_contracts_with_the_inv_suffix() -> None:
-    from streams.parsers.bybit import parse_instruments
+    from marketpipe.exchanges.bybit import parse_instruments
 
     future = _inverse("BTCUSDU23", "InverseFutures", BTCUSDU23_DELIVERY_MS)
     found = parse_instruments(_answer("inverse", _inverse("BTCUSD"), future).encode())
@@ -271,7 +271,7 @@ def test_inverse_entries_are_one_usd_contracts_with_the_inv_suffix() -> None:
 
 
 def test_entries_that_cannot_be_named_are_skipped_alone_with_the_reason() -> None:
-    from streams.parsers.bybit import next_page_cursor, parse_instruments
+    from marketpipe.exchanges.bybit import next_page_cursor, parse_instruments
 
     btc = _rows()["BTCUSDT"]
     rows = [btc, {**btc, "symbol": "XUSDT", "contractType": "Weird"}, {**btc, "symbol": "YUSDT-1JAN27",

@@ -19,10 +19,10 @@ from feed_helpers import Feed
 from samples import messages
 
 from marketpipe.codec import AvroCodec
+from marketpipe.exchanges.deribit import parse_instruments
 from producers.connectors.deribit import DeribitConnector
 from producers.publisher import CaptureRawPublisher
 from streams.feed import FeedOutput
-from streams.parsers.deribit import parse_instruments
 
 SAMPLE = "deribit_derivatives.json"
 WS_URL = "wss://www.deribit.com/ws/api/v2"

@@ -11,8 +11,8 @@ import pytest
 from feed_helpers import Feed, empty, published
 from samples import load_sample, messages
 
+from marketpipe.exchanges.gateio import create_time_ms_to_us, parse_instruments
 from marketpipe.records import Level
-from streams.parsers.gateio import create_time_ms_to_us, parse_instruments
 
 WS_URL = "wss://api.gateio.ws/ws/v4/"
 PAIRS_URL = "https://api.gateio.ws/api/v4/spot/currency_pairs"

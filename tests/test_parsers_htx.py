@@ -11,8 +11,8 @@ from typing import Any
 from feed_helpers import Feed, empty, published
 from samples import messages
 
+from marketpipe.exchanges.htx import parse_instruments
 from marketpipe.records import Level
-from streams.parsers.htx import parse_instruments
 
 INFO_URL = "https://api.huobi.pro/v2/settings/common/symbols?symbols=trioeth,borusdt,btcusdt"
 

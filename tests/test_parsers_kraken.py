@@ -47,7 +47,7 @@ def eth_update() -> str:
 
 
 def test_instrument_map_uses_wsname_and_aliases() -> None:
-    from streams.parsers.kraken import parse_instruments
+    from marketpipe.exchanges.kraken import parse_instruments
 
     found = parse_instruments(PAIRS.encode())
     assert found["XBT/USD"] == found["BTC/USD"] == "BTC-USD"

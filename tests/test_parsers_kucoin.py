@@ -11,8 +11,8 @@ import pytest
 from feed_helpers import Feed, empty, published
 from samples import messages
 
+from marketpipe.exchanges.kucoin import parse_instruments
 from marketpipe.records import Level
-from streams.parsers.kucoin import parse_instruments
 
 SYMBOLS_URL = "https://api.kucoin.com/api/v2/symbols"
 SNAPSHOT_URL = "https://api.kucoin.com/api/v1/market/orderbook/level2_100?symbol=SNX-BTC"

@@ -19,9 +19,9 @@ from feed_helpers import Feed, empty, published
 from google.protobuf import json_format
 from samples import messages
 
+from marketpipe.exchanges.mexc import parse_instruments
+from marketpipe.exchanges.mexc_pb import PushDataV3ApiWrapper
 from marketpipe.records import Level
-from streams.parsers.mexc import parse_instruments
-from streams.parsers.mexc_pb import PushDataV3ApiWrapper
 
 INFO_URL = "https://api.mexc.com/api/v3/exchangeInfo?symbols=BTCUSDT,ETHUSDT"
 DEPTH_URL = "https://api.mexc.com/api/v3/depth?symbol=BTCUSDT&limit=5000"

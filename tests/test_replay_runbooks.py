@@ -20,9 +20,11 @@ from typing import Any
 import pytest
 from pipeline_support import Pipeline, pipeline, query, read_topic, sink_group
 
+from marketpipe.exchanges import subset
+
 pytestmark = pytest.mark.slow
 
-EXCHANGES = ("binance", "coinbase", "okx")
+EXCHANGES = subset("binance", "coinbase", "okx")
 SYMBOLS = "BTC-USDT,ETH-USDT,BTC-USD"
 TABLES = ("trades", "ohlcv", "book_buckets", "bbo", "status")
 

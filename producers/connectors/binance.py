@@ -9,14 +9,26 @@ from urllib.parse import quote
 
 import orjson
 
+from marketpipe.exchanges.binance import (
+    COMBINED_STREAM_PATH,
+    DEPTH_PATH,
+    INSTRUMENTS_PATH,
+    REST_BASE,
+    SERVER_SHUTDOWN,
+    STREAMS,
+    SUBSCRIBE,
+    WS_BASE,
+)
 from producers.base import RestSnapshotConnector
+
+_SHUTDOWN_MARK = f'"{SERVER_SHUTDOWN}"'.encode()
 
 
 class BinanceConnector(RestSnapshotConnector):
     exchange = "binance"
-    default_ws_base = "wss://stream.binance.com:9443"
-    default_rest_base = "https://api.binance.com"
-    streams = ("trade", "depth@100ms", "ticker", "kline_1m")
+    default_ws_base = WS_BASE
+    default_rest_base = REST_BASE
+    streams = STREAMS
     depth_limit = 1000
     max_symbols_per_connection = 1024 // 4  # 1024 streams per connection, four per symbol
     streams_per_message = 200
@@ -29,22 +41,22 @@ class BinanceConnector(RestSnapshotConnector):
     _ids = itertools.count(1)
 
     def ws_url(self) -> str:
-        return f"{self.ws_base}/stream"
+        return f"{self.ws_base}{COMBINED_STREAM_PATH}"
 
     def all_instruments_url(self) -> str:
-        return f"{self.rest_base}/api/v3/exchangeInfo"
+        return f"{self.rest_base}{INSTRUMENTS_PATH}"
 
     def instrument_urls(self, exchange_symbols: Sequence[str]) -> list[str]:
         names = quote(orjson.dumps(list(exchange_symbols)).decode(), safe="")
-        return [f"{self.rest_base}/api/v3/exchangeInfo?symbols={names}"]
+        return [f"{self.rest_base}{INSTRUMENTS_PATH}?symbols={names}"]
 
     def depth_url(self, exchange_symbol: str) -> str:
-        return f"{self.rest_base}/api/v3/depth?symbol={exchange_symbol}&limit={self.depth_limit}"
+        return f"{self.rest_base}{DEPTH_PATH}?symbol={exchange_symbol}&limit={self.depth_limit}"
 
     def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
         params = [f"{symbol.lower()}@{stream}" for symbol in symbols for stream in self.streams]
         return [
-            self._request("SUBSCRIBE", params[start : start + self.streams_per_message])
+            self._request(SUBSCRIBE, params[start : start + self.streams_per_message])
             for start in range(0, len(params), self.streams_per_message)
         ]
 
@@ -52,6 +64,6 @@ class BinanceConnector(RestSnapshotConnector):
         return orjson.dumps({"method": method, "params": params, "id": next(self._ids)}).decode()
 
     def planned_reconnect_reason(self, data: bytes) -> str | None:
-        if len(data) < 256 and b'"serverShutdown"' in data:
-            return "serverShutdown"
+        if len(data) < 256 and _SHUTDOWN_MARK in data:
+            return SERVER_SHUTDOWN
         return None

@@ -25,11 +25,23 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from marketpipe.exchanges.binance_futures import (
+    DEPTH_PATH,
+    INSTRUMENTS_PATH,
+    MARKET_STREAM_PATH,
+    MARKET_STREAMS,
+    OPEN_INTEREST_PATH,
+    PUBLIC_STREAM_PATH,
+    PUBLIC_STREAMS,
+    REST_BASE,
+    SUBSCRIBE,
+    WS_BASE,
+    parse_instruments,
+)
+from marketpipe.instruments import Instruments
 from producers.base import Connection, RestError, Shard
 from producers.connectors.binance import BinanceConnector
 from producers.logs import log_event
-from streams.instruments import Instruments
-from streams.parsers.binance_futures import parse_instruments
 
 log = logging.getLogger("producers")
 
@@ -41,10 +53,10 @@ class MarketShard(Shard):
 
 class BinanceFuturesConnector(BinanceConnector):
     exchange = "binance-futures"
-    default_ws_base = "wss://fstream.binance.com"
-    default_rest_base = "https://fapi.binance.com"
-    public_streams = ("depth@100ms",)
-    market_streams = ("aggTrade", "markPrice@1s", "forceOrder", "ticker", "kline_1m")
+    default_ws_base = WS_BASE
+    default_rest_base = REST_BASE
+    public_streams = PUBLIC_STREAMS
+    market_streams = MARKET_STREAMS
     max_symbols_per_connection = 200 // 5  # 200 streams per connection, five per symbol on /market
     send_interval_s = 0.125  # 10 incoming messages/s per connection, pongs included
     rest_min_interval_s = 0.5  # 2400 weight/minute; a depth snapshot (limit=1000) weighs 20
@@ -54,10 +66,10 @@ class BinanceFuturesConnector(BinanceConnector):
     """the share of the REST request slots the open-interest polling may use"""
 
     def ws_url(self) -> str:
-        return f"{self.ws_base}/public/stream"
+        return f"{self.ws_base}{PUBLIC_STREAM_PATH}"
 
     def market_ws_url(self) -> str:
-        return f"{self.ws_base}/market/stream"
+        return f"{self.ws_base}{MARKET_STREAM_PATH}"
 
     async def connect_url(self, conn: Connection) -> str:
         return self.market_ws_url() if isinstance(conn.shard, MarketShard) else self.ws_url()
@@ -69,7 +81,7 @@ class BinanceFuturesConnector(BinanceConnector):
         return self.shards
 
     def all_instruments_url(self) -> str:
-        return f"{self.rest_base}/fapi/v1/exchangeInfo"
+        return f"{self.rest_base}{INSTRUMENTS_PATH}"
 
     def instrument_urls(self, exchange_symbols: Sequence[str]) -> list[str]:
         return [self.all_instruments_url()]
@@ -78,10 +90,10 @@ class BinanceFuturesConnector(BinanceConnector):
         return parse_instruments(body)
 
     def depth_url(self, exchange_symbol: str) -> str:
-        return f"{self.rest_base}/fapi/v1/depth?symbol={exchange_symbol}&limit={self.depth_limit}"
+        return f"{self.rest_base}{DEPTH_PATH}?symbol={exchange_symbol}&limit={self.depth_limit}"
 
     def open_interest_url(self, exchange_symbol: str) -> str:
-        return f"{self.rest_base}/fapi/v1/openInterest?symbol={exchange_symbol}"
+        return f"{self.rest_base}{OPEN_INTEREST_PATH}?symbol={exchange_symbol}"
 
     def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
         """Every stream of the symbols (both paths); a connection subscribes its path's only."""
@@ -94,7 +106,7 @@ class BinanceFuturesConnector(BinanceConnector):
     def stream_requests(self, symbols: Sequence[str], streams: Sequence[str]) -> list[str]:
         params = [f"{symbol.lower()}@{stream}" for symbol in symbols for stream in streams]
         return [
-            self._request("SUBSCRIBE", params[start : start + self.streams_per_message])
+            self._request(SUBSCRIBE, params[start : start + self.streams_per_message])
             for start in range(0, len(params), self.streams_per_message)
         ]
 

@@ -20,13 +20,22 @@ from typing import Any
 
 import orjson
 
+from marketpipe.exchanges.bitfinex import (
+    BOOK_CHANNEL,
+    BOOK_LENGTHS,
+    CANDLES_CHANNEL,
+    INSTRUMENTS_PATH,
+    OB_CHECKSUM,
+    SEQ_ALL,
+    TICKER_CHANNEL,
+    TRADES_CHANNEL,
+    WS_PATH,
+)
 from producers.base import Connector
 from producers.logs import log_event
-from streams.parsers.bitfinex import INSTRUMENTS_PATH, OB_CHECKSUM, SEQ_ALL
 
 log = logging.getLogger("producers")
 
-BOOK_LENGTHS = (1, 25, 100, 250)
 _SUBSCRIBED = b'{"event":"subscribed"'
 _INFO = b'{"event":"info"'
 RECONNECT_CODES = {
@@ -58,7 +67,7 @@ class BitfinexConnector(Connector):
         return next((length for length in BOOK_LENGTHS if length >= wanted), BOOK_LENGTHS[-1])
 
     def ws_url(self) -> str:
-        return f"{self.ws_base}/ws/2"
+        return f"{self.ws_base}{WS_PATH}"
 
     def all_instruments_url(self) -> str:
         return f"{self.rest_base}{INSTRUMENTS_PATH}"
@@ -90,20 +99,26 @@ class BitfinexConnector(Connector):
         return [orjson.dumps({"event": "unsubscribe", "chanId": chan}).decode(), self._book(symbol)]
 
     def _book(self, symbol: str) -> str:
-        request = {"event": "subscribe", "channel": "book", "symbol": symbol, "prec": "P0", "freq": "F0"}
+        request = {
+            "event": "subscribe",
+            "channel": BOOK_CHANNEL,
+            "symbol": symbol,
+            "prec": "P0",
+            "freq": "F0",
+        }
         return orjson.dumps({**request, "len": str(self.depth)}).decode()
 
     @staticmethod
     def _trades(symbol: str) -> str:
-        return orjson.dumps({"event": "subscribe", "channel": "trades", "symbol": symbol}).decode()
+        return orjson.dumps({"event": "subscribe", "channel": TRADES_CHANNEL, "symbol": symbol}).decode()
 
     @staticmethod
     def _ticker(symbol: str) -> str:
-        return orjson.dumps({"event": "subscribe", "channel": "ticker", "symbol": symbol}).decode()
+        return orjson.dumps({"event": "subscribe", "channel": TICKER_CHANNEL, "symbol": symbol}).decode()
 
     def _candles(self, symbol: str) -> str:
         key = f"trade:{self.candle_timeframe}:{symbol}"
-        return orjson.dumps({"event": "subscribe", "channel": "candles", "key": key}).decode()
+        return orjson.dumps({"event": "subscribe", "channel": CANDLES_CHANNEL, "key": key}).decode()
 
     def planned_reconnect_reason(self, data: bytes) -> str | None:
         if data[:15] != _INFO:
@@ -116,6 +131,6 @@ class BitfinexConnector(Connector):
             # a malformed reply is the parser's to dead-letter; it must not end the connection
             with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 reply = orjson.loads(data)
-                if reply.get("channel") == "book":
+                if reply.get("channel") == BOOK_CHANNEL:
                     self.book_channels[reply["symbol"]] = int(reply["chanId"])
         return None

@@ -20,11 +20,22 @@ from urllib.parse import quote
 import orjson
 
 from marketpipe.config import ConnectorSettings, ProducerSettings
+from marketpipe.exchanges.bybit import (
+    BOOK_TOPIC,
+    CATEGORIES,
+    INSTRUMENTS_PATH,
+    KLINE_TOPIC,
+    LIQUIDATION_TOPIC,
+    TICKERS_TOPIC,
+    TRADE_TOPIC,
+    WS_PATH,
+    Category,
+    next_page_cursor,
+)
+from marketpipe.instruments import Instruments
 from producers.base import RUN_ID, Connection, Connector, Shard, SymbolError, shard_key
 from producers.logs import log_event
 from producers.publisher import RawPublisher
-from streams.instruments import Instruments
-from streams.parsers.bybit import CATEGORIES, Category, next_page_cursor
 
 log = logging.getLogger("producers")
 
@@ -94,19 +105,19 @@ class BybitConnector(Connector):
     # -- endpoints ---------------------------------------------------------------------------
 
     def ws_url(self, category: Category | None = None) -> str:
-        return f"{self.ws_base}/v5/public/{category or self.categories[0]}"
+        return f"{self.ws_base}{WS_PATH}/{category or self.categories[0]}"
 
     async def connect_url(self, conn: Connection) -> str:
         return self.ws_url(category_of(conn.symbols))
 
     def all_instruments_url(self, category: Category | None = None, cursor: str = "") -> str:
-        url = f"{self.rest_base}/v5/market/instruments-info?category={category or self.categories[0]}"
+        url = f"{self.rest_base}{INSTRUMENTS_PATH}?category={category or self.categories[0]}"
         url += f"&limit={PAGE_LIMIT}"
         return url + (f"&cursor={quote(cursor, safe='')}" if cursor else "")
 
     def instrument_urls(self, exchange_symbols: Sequence[str]) -> list[str]:
         # the endpoint filters by one symbol at a time
-        base = f"{self.rest_base}/v5/market/instruments-info?category={category_of(exchange_symbols)}"
+        base = f"{self.rest_base}{INSTRUMENTS_PATH}?category={category_of(exchange_symbols)}"
         return [f"{base}&symbol={symbol}" for symbol in exchange_symbols]
 
     # -- symbols and shards ------------------------------------------------------------------
@@ -190,7 +201,7 @@ class BybitConnector(Connector):
     # -- subscriptions -----------------------------------------------------------------------
 
     def book_topic(self, symbol: str) -> str:
-        return f"orderbook.{self.settings.book_depth or self.book_depth}.{symbol}"
+        return f"{BOOK_TOPIC}.{self.settings.book_depth or self.book_depth}.{symbol}"
 
     def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
         derivative = category_of(symbols) in DERIVATIVES
@@ -202,8 +213,13 @@ class BybitConnector(Connector):
 
     def symbol_topics(self, symbol: str, derivative: bool = False) -> tuple[str, ...]:
         """Book, trades, tickers and 1m klines; on derivatives also liquidations."""
-        topics = (self.book_topic(symbol), f"publicTrade.{symbol}", f"tickers.{symbol}", f"kline.1.{symbol}")
-        return (*topics, f"allLiquidation.{symbol}") if derivative else topics
+        topics = (
+            self.book_topic(symbol),
+            f"{TRADE_TOPIC}.{symbol}",
+            f"{TICKERS_TOPIC}.{symbol}",
+            f"{KLINE_TOPIC}.1.{symbol}",
+        )
+        return (*topics, f"{LIQUIDATION_TOPIC}.{symbol}") if derivative else topics
 
     def resubscribe_book_messages(self, symbol: str) -> list[str]:
         return [self._op(op, [self.book_topic(symbol)]) for op in ("unsubscribe", "subscribe")]

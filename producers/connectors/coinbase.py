@@ -8,15 +8,16 @@ from urllib.parse import urlencode
 
 import orjson
 
+from marketpipe.exchanges.coinbase import BOOK_CHANNEL, CHANNELS, INSTRUMENTS_PATH, REST_BASE, WS_BASE
 from producers.base import Connector
 
 
 class CoinbaseConnector(Connector):
     exchange = "coinbase"
-    default_ws_base = "wss://advanced-trade-ws.coinbase.com"
-    default_rest_base = "https://api.coinbase.com"
-    channels = ("heartbeats", "market_trades", "level2", "ticker", "candles")
-    book_channel = "level2"
+    default_ws_base = WS_BASE
+    default_rest_base = REST_BASE
+    channels = CHANNELS
+    book_channel = BOOK_CHANNEL
     max_symbols_per_connection = 10  # level2 snapshots are up to ~5 MB per product
     send_interval_s = 0.125  # 8 unauthenticated messages/s per IP
     send_gate_shared = True
@@ -28,7 +29,7 @@ class CoinbaseConnector(Connector):
         return self.ws_base
 
     def all_instruments_url(self) -> str:
-        return f"{self.rest_base}/api/v3/brokerage/market/products"
+        return f"{self.rest_base}{INSTRUMENTS_PATH}"
 
     def instrument_urls(self, exchange_symbols: Sequence[str]) -> list[str]:
         query = urlencode([("product_ids", symbol) for symbol in exchange_symbols])

@@ -26,14 +26,20 @@ from urllib.parse import urlencode
 
 import orjson
 
+from marketpipe.exchanges.deribit import (
+    BOOK_CHANNEL,
+    INSTRUMENTS_PATH,
+    TICKER_CHANNEL,
+    TRADES_CHANNEL,
+    WS_PATH,
+)
+from marketpipe.instruments import Instruments
 from producers.base import Connection, Connector, SymbolError, log
 from producers.logs import log_event
-from streams.instruments import Instruments
 
 CURRENCIES = ("BTC", "ETH", "USDC", "USDT")
 """the currencies ``get_instruments`` is asked for (linear USDC/USDT contracts are listed under
 the settlement currency, inverse ones under their coin)"""
-INSTRUMENTS_PATH = "/api/v2/public/get_instruments"
 HEARTBEAT_S = 10  # the smallest interval Deribit accepts
 _TEST_REQUEST = b'"test_request"'
 _MAX_HEARTBEAT_FRAME = 256
@@ -43,7 +49,7 @@ class DeribitConnector(Connector):
     exchange = "deribit"
     default_ws_base = "wss://www.deribit.com"
     default_rest_base = "https://www.deribit.com"
-    channels = ("book", "trades", "ticker")
+    channels = (BOOK_CHANNEL, TRADES_CHANNEL, TICKER_CHANNEL)
     interval = "100ms"
     max_symbols_per_connection = 50  # 150 channels in one subscribe
     send_interval_s = 0.05  # non-matching-engine requests: about 20/s sustained per account
@@ -59,7 +65,7 @@ class DeribitConnector(Connector):
         """exchange symbol -> (currency, kind) of the get_instruments list that names it"""
 
     def ws_url(self) -> str:
-        return f"{self.ws_base}/ws/api/v2"
+        return f"{self.ws_base}{WS_PATH}"
 
     # -- instruments ---------------------------------------------------------------------
 

@@ -9,13 +9,14 @@ from collections.abc import Sequence
 
 import orjson
 
+from marketpipe.exchanges import gateio as wire
 from producers.base import RestSnapshotConnector
 
 
 class GateioConnector(RestSnapshotConnector):
     exchange = "gateio"
-    default_ws_base = "wss://api.gateio.ws"
-    default_rest_base = "https://api.gateio.ws"
+    default_ws_base = wire.WS_BASE
+    default_rest_base = wire.REST_BASE
     book_interval = "100ms"
     candle_interval = "1m"
     depth_limit = 100  # the most the REST order_book returns per side
@@ -27,10 +28,10 @@ class GateioConnector(RestSnapshotConnector):
     silence_timeout_s = 45.0  # a spot.pong answers every ping, so 15 s + slack
 
     def ws_url(self) -> str:
-        return f"{self.ws_base}/ws/v4/"
+        return f"{self.ws_base}{wire.WS_PATH}"
 
     def all_instruments_url(self) -> str:
-        return f"{self.rest_base}/api/v4/spot/currency_pairs"
+        return f"{self.rest_base}{wire.INSTRUMENTS_PATH}"
 
     def instrument_urls(self, exchange_symbols: Sequence[str]) -> list[str]:
         # the list endpoint has no filter; the per-pair one returns one object
@@ -38,21 +39,19 @@ class GateioConnector(RestSnapshotConnector):
 
     def depth_url(self, exchange_symbol: str) -> str:
         return (
-            f"{self.rest_base}/api/v4/spot/order_book?currency_pair={exchange_symbol}"
+            f"{self.rest_base}{wire.ORDER_BOOK_PATH}?currency_pair={exchange_symbol}"
             f"&limit={self.depth_limit}&with_id=true"
         )
 
     def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
         # book subscribes first: the server answers in order, so once any frame is back the
         # updates flow and the snapshot taken then is bridged by a buffered update
-        books = [
-            self._request("spot.order_book_update", "subscribe", [s, self.book_interval]) for s in symbols
-        ]
+        books = [self._request(wire.BOOK_CHANNEL, "subscribe", [s, self.book_interval]) for s in symbols]
         candles = [
-            self._request("spot.candlesticks", "subscribe", [self.candle_interval, s]) for s in symbols
+            self._request(wire.CANDLES_CHANNEL, "subscribe", [self.candle_interval, s]) for s in symbols
         ]
         trades_and_tickers = [
-            self._request(c, "subscribe", list(symbols)) for c in ("spot.trades", "spot.tickers")
+            self._request(c, "subscribe", list(symbols)) for c in (wire.TRADES_CHANNEL, wire.TICKERS_CHANNEL)
         ]
         return [*books, *trades_and_tickers, *candles]
 
@@ -63,4 +62,4 @@ class GateioConnector(RestSnapshotConnector):
         ).decode()
 
     def ping_message(self) -> str:
-        return orjson.dumps({"time": int(time.time()), "channel": "spot.ping"}).decode()
+        return orjson.dumps({"time": int(time.time()), "channel": wire.PING_CHANNEL}).decode()

@@ -16,19 +16,19 @@ from collections.abc import Sequence
 
 import orjson
 
+from marketpipe.exchanges import htx as wire
+from marketpipe.exchanges.htx import MBP_LEVELS, PING_PREFIX
 from producers.base import Connection, Connector
 
-MBP_LEVELS = (5, 20, 150, 400)
-_PING_PREFIX = b'{"ping":'
 _MAX_PING_FRAME = 64
 """a gzip-compressed ``{"ping":<13 digits>}`` is about 40 bytes; data frames are larger"""
 
 
 class HtxConnector(Connector):
     exchange = "htx"
-    default_ws_base = "wss://api.huobi.pro"
-    default_rest_base = "https://api.huobi.pro"
-    ws_path = "/feed"
+    default_ws_base = wire.WS_BASE
+    default_rest_base = wire.REST_BASE
+    ws_path = wire.WS_PATH
     book_levels = 150
     kline_period = "1min"
     max_symbols_per_connection = 50 // 4  # HTX advises against many topics per connection: about 50
@@ -50,13 +50,13 @@ class HtxConnector(Connector):
         return f"{self.ws_base}{self.ws_path}"
 
     def all_instruments_url(self) -> str:
-        return f"{self.rest_base}/v2/settings/common/symbols"
+        return f"{self.rest_base}{wire.INSTRUMENTS_PATH}"
 
     def instrument_urls(self, exchange_symbols: Sequence[str]) -> list[str]:
         return [f"{self.all_instruments_url()}?symbols={','.join(exchange_symbols)}"]
 
     def book_topic(self, symbol: str) -> str:
-        return f"market.{symbol}.mbp.{self.levels}"
+        return wire.channel(symbol, f"mbp.{self.levels}")
 
     def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
         topics = [
@@ -64,9 +64,9 @@ class HtxConnector(Connector):
             for s in symbols
             for topic in (
                 self.book_topic(s),
-                f"market.{s}.trade.detail",
-                f"market.{s}.ticker",
-                f"market.{s}.kline.{self.kline_period}",
+                wire.channel(s, wire.TRADE_TOPIC),
+                wire.channel(s, wire.TICKER_TOPICS[0]),
+                wire.channel(s, f"{wire.KLINE_TOPIC}.{self.kline_period}"),
             )
         ]
         return [self._message("sub", topic) for topic in topics]
@@ -91,6 +91,6 @@ class HtxConnector(Connector):
             text = zlib.decompress(data, 31)
         except zlib.error:
             return None
-        if text.startswith(_PING_PREFIX) and text.endswith(b"}") and text[8:-1].isdigit():
+        if text.startswith(PING_PREFIX) and text.endswith(b"}") and text[8:-1].isdigit():
             return f'{{"pong":{text[8:-1].decode()}}}'
         return None

@@ -8,6 +8,16 @@ from collections.abc import Sequence
 
 import orjson
 
+from marketpipe.exchanges.kraken import (
+    BOOK,
+    INSTRUMENTS_PATH,
+    OHLC,
+    REST_BASE,
+    TICKER,
+    TRADE,
+    V2_PATH,
+    WS_BASE,
+)
 from producers.base import Connector
 
 OHLC_MINUTES = 1
@@ -15,8 +25,8 @@ OHLC_MINUTES = 1
 
 class KrakenConnector(Connector):
     exchange = "kraken"
-    default_ws_base = "wss://ws.kraken.com"
-    default_rest_base = "https://api.kraken.com"
+    default_ws_base = WS_BASE
+    default_rest_base = REST_BASE
     default_depth = 1000
     max_symbols_per_connection = 50
     send_interval_s = 0.1  # the message rate limit is undocumented; stay gentle
@@ -35,10 +45,10 @@ class KrakenConnector(Connector):
         return self.settings.book_depth or self.default_depth
 
     def ws_url(self) -> str:
-        return f"{self.ws_base}/v2" if self.v2 else self.ws_base
+        return f"{self.ws_base}{V2_PATH}" if self.v2 else self.ws_base
 
     def all_instruments_url(self) -> str:
-        return f"{self.rest_base}/0/public/AssetPairs"
+        return f"{self.rest_base}{INSTRUMENTS_PATH}"
 
     def instrument_urls(self, exchange_symbols: Sequence[str]) -> list[str]:
         return [f"{self.all_instruments_url()}?pair={','.join(exchange_symbols)}"]
@@ -58,11 +68,11 @@ class KrakenConnector(Connector):
 
     def _book(self, op: str, symbols: Sequence[str]) -> str:
         if self.v2:
-            params = {"channel": "book", "symbol": list(symbols), "depth": self.depth}
+            params = {"channel": BOOK, "symbol": list(symbols), "depth": self.depth}
             if op == "subscribe":
                 params["snapshot"] = True
             return orjson.dumps({"method": op, "params": params, "req_id": next(self._ids)}).decode()
-        subscription = {"name": "book", "depth": self.depth}
+        subscription = {"name": BOOK, "depth": self.depth}
         return orjson.dumps({"event": op, "pair": list(symbols), "subscription": subscription}).decode()
 
     def _stats(self, symbols: Sequence[str]) -> list[str]:
@@ -71,19 +81,19 @@ class KrakenConnector(Connector):
             return [
                 orjson.dumps({"method": "subscribe", "params": params, "req_id": next(self._ids)}).decode()
                 for params in (
-                    {"channel": "ticker", "symbol": list(symbols)},
-                    {"channel": "ohlc", "symbol": list(symbols), "interval": OHLC_MINUTES},
+                    {"channel": TICKER, "symbol": list(symbols)},
+                    {"channel": OHLC, "symbol": list(symbols), "interval": OHLC_MINUTES},
                 )
             ]
         return [
             orjson.dumps({"event": "subscribe", "pair": list(symbols), "subscription": subscription}).decode()
-            for subscription in ({"name": "ticker"}, {"name": "ohlc", "interval": OHLC_MINUTES})
+            for subscription in ({"name": TICKER}, {"name": OHLC, "interval": OHLC_MINUTES})
         ]
 
     def _trades(self, symbols: Sequence[str]) -> str:
         if self.v2:
-            params = {"channel": "trade", "symbol": list(symbols), "snapshot": False}
+            params = {"channel": TRADE, "symbol": list(symbols), "snapshot": False}
             return orjson.dumps({"method": "subscribe", "params": params, "req_id": next(self._ids)}).decode()
         return orjson.dumps(
-            {"event": "subscribe", "pair": list(symbols), "subscription": {"name": "trade"}}
+            {"event": "subscribe", "pair": list(symbols), "subscription": {"name": TRADE}}
         ).decode()

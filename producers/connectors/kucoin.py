@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 import orjson
 
+from marketpipe.exchanges import kucoin as wire
 from producers.base import Connection, RestError, RestSnapshotConnector
 
 _TOKEN = re.compile(r"(?<=[?&]token=)[^&]*")
@@ -21,12 +22,12 @@ _TOKEN = re.compile(r"(?<=[?&]token=)[^&]*")
 
 class KucoinConnector(RestSnapshotConnector):
     exchange = "kucoin"
-    default_ws_base = "wss://ws-api-spot.kucoin.com"  # informational: bullet-public names the endpoint
-    default_rest_base = "https://api.kucoin.com"
-    book_topic = "/market/level2"
-    trade_topic = "/market/match"
-    ticker_topics = ("/market/ticker", "/market/snapshot")  # best bid/ask + last trade, 24 h stats
-    candle_topic = "/market/candles"
+    default_ws_base = wire.WS_BASE
+    default_rest_base = wire.REST_BASE
+    book_topic = wire.BOOK_TOPIC
+    trade_topic = wire.TRADE_TOPIC
+    ticker_topics = wire.TICKER_TOPICS
+    candle_topic = wire.CANDLE_TOPIC
     candle_type = "1min"
     symbols_per_topic = 100
     max_symbols_per_connection = 100 // 5  # 100 topics per connection; each symbol of a topic counts
@@ -48,7 +49,7 @@ class KucoinConnector(RestSnapshotConnector):
 
     async def connect_url(self, conn: Connection) -> str:
         """POST bullet-public: a token and an endpoint for this connection, and its ping interval."""
-        url = f"{self.rest_base}/api/v1/bullet-public"
+        url = f"{self.rest_base}{wire.TOKEN_PATH}"
         body = await self.rest.post(url)
         try:
             reply = orjson.loads(body)
@@ -58,7 +59,7 @@ class KucoinConnector(RestSnapshotConnector):
             ping_ms = server.get("pingInterval")
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
             raise RestError(f"POST {url}: unexpected token response {body[:200]!r} ({exc!r})") from None
-        if reply.get("code") != "200000":
+        if reply.get("code") != wire.OK:
             raise RestError(f"POST {url}: error {reply.get('code')}: {reply.get('msg')!r}")
         if not self.settings.ping_interval_s and ping_ms:
             conn.ping_s = float(ping_ms) / 1000
@@ -69,13 +70,13 @@ class KucoinConnector(RestSnapshotConnector):
         return _TOKEN.sub("REDACTED", url)
 
     def all_instruments_url(self) -> str:
-        return f"{self.rest_base}/api/v2/symbols"
+        return f"{self.rest_base}{wire.INSTRUMENTS_PATH}"
 
     def instrument_urls(self, exchange_symbols: Sequence[str]) -> list[str]:
         return [f"{self.all_instruments_url()}/{symbol}" for symbol in exchange_symbols]
 
     def depth_url(self, exchange_symbol: str) -> str:
-        return f"{self.rest_base}/api/v1/market/orderbook/level2_100?symbol={exchange_symbol}"
+        return f"{self.rest_base}{wire.SNAPSHOT_PATH}?symbol={exchange_symbol}"
 
     def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
         messages: list[str] = []

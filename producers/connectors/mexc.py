@@ -8,19 +8,16 @@ from collections.abc import Sequence
 
 import orjson
 
+from marketpipe.exchanges import mexc as wire
 from producers.base import RestSnapshotConnector
 
 
 class MexcConnector(RestSnapshotConnector):
     exchange = "mexc"
-    default_ws_base = "wss://wbs-api.mexc.com"
-    default_rest_base = "https://api.mexc.com"
-    channels = ("spot@public.aggre.depth.v3.api.pb@100ms", "spot@public.aggre.deals.v3.api.pb@100ms")
-    stats_channels = (
-        "spot@public.kline.v3.api.pb@{symbol}@Min1",
-        "spot@public.miniTicker.v3.api.pb@{symbol}@24H",
-    )
-    """the symbol sits before the interval / time zone in these names"""
+    default_ws_base = wire.WS_BASE
+    default_rest_base = wire.REST_BASE
+    channels = wire.CHANNELS
+    stats_channels = wire.STATS_CHANNELS
     depth_limit = 5000  # the documented local-book procedure asks for the 5000-level snapshot
     max_symbols_per_connection = 30 // 4  # 30 subscriptions per connection, four per symbol
     send_interval_s = 0.1
@@ -33,21 +30,21 @@ class MexcConnector(RestSnapshotConnector):
     max_connection_age_s = 23.5 * 3600  # connections are cut at 24 h: hand over before that
 
     def ws_url(self) -> str:
-        return f"{self.ws_base}/ws"
+        return f"{self.ws_base}{wire.WS_PATH}"
 
     def all_instruments_url(self) -> str:
-        return f"{self.rest_base}/api/v3/exchangeInfo"
+        return f"{self.rest_base}{wire.INSTRUMENTS_PATH}"
 
     def instrument_urls(self, exchange_symbols: Sequence[str]) -> list[str]:
-        return [f"{self.rest_base}/api/v3/exchangeInfo?symbols={','.join(exchange_symbols)}"]
+        return [f"{self.rest_base}{wire.INSTRUMENTS_PATH}?symbols={','.join(exchange_symbols)}"]
 
     def depth_url(self, exchange_symbol: str) -> str:
-        return f"{self.rest_base}/api/v3/depth?symbol={exchange_symbol}&limit={self.depth_limit}"
+        return f"{self.rest_base}{wire.DEPTH_PATH}?symbol={exchange_symbol}&limit={self.depth_limit}"
 
     def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
         params = [f"{channel}@{symbol}" for symbol in symbols for channel in self.channels]
         params += [channel.format(symbol=symbol) for symbol in symbols for channel in self.stats_channels]
-        return [orjson.dumps({"method": "SUBSCRIPTION", "params": params}).decode()]
+        return [orjson.dumps({"method": wire.SUBSCRIBE, "params": params}).decode()]
 
     def ping_message(self) -> str:
-        return '{"method":"PING"}'
+        return wire.PING

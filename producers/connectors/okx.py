@@ -25,14 +25,28 @@ from typing import Any
 
 import orjson
 
+from marketpipe.exchanges.okx import (
+    BOOKS_CHANNEL,
+    BUSINESS_WS_PATH,
+    CANDLE_PREFIX,
+    FUNDING_CHANNEL,
+    INDEX_CHANNEL,
+    INSTRUMENTS_PATH,
+    LIQUIDATIONS_CHANNEL,
+    MARK_CHANNEL,
+    OPEN_INTEREST_CHANNEL,
+    PUBLIC_WS_PATH,
+    TICKERS_CHANNEL,
+    TRADES_CHANNEL,
+)
+from marketpipe.instruments import Instruments
 from producers.base import Connection, Connector, Shard
-from streams.instruments import Instruments
 
 INST_TYPES = {"spot": "SPOT", "perpetual": "SWAP", "future": "FUTURES"}
 """Instrument kind -> the instType OKX lists it under."""
-SPOT_CHANNELS = ("books", "trades", "tickers")
-FUTURES_CHANNELS = (*SPOT_CHANNELS, "mark-price", "open-interest")
-SWAP_CHANNELS = (*FUTURES_CHANNELS, "funding-rate")
+SPOT_CHANNELS = (BOOKS_CHANNEL, TRADES_CHANNEL, TICKERS_CHANNEL)
+FUTURES_CHANNELS = (*SPOT_CHANNELS, MARK_CHANNEL, OPEN_INTEREST_CHANNEL)
+SWAP_CHANNELS = (*FUTURES_CHANNELS, FUNDING_CHANNEL)
 CHANNELS = {"SPOT": SPOT_CHANNELS, "SWAP": SWAP_CHANNELS, "FUTURES": FUTURES_CHANNELS}
 MAX_CHANNELS = 29
 """channels per connection: OKX advises fewer than 30"""
@@ -58,8 +72,8 @@ class OkxConnector(Connector):
     default_ws_base = "wss://ws.okx.com:8443"
     default_rest_base = "https://www.okx.com"
     channels = SPOT_CHANNELS
-    candle_channel = "candle1m"
-    book_channel = "books"
+    candle_channel = f"{CANDLE_PREFIX}1m"
+    book_channel = BOOKS_CHANNEL
     max_symbols_per_connection = MAX_CHANNELS // len(SPOT_CHANNELS)
     send_interval_s = 0.1
     connect_interval_s = 0.34  # 3 connection requests/s per IP
@@ -76,10 +90,10 @@ class OkxConnector(Connector):
         """SWAP/FUTURES exchange symbol -> its underlying index instId (``uly``)"""
 
     def ws_url(self) -> str:
-        return f"{self.ws_base}/ws/v5/public"
+        return f"{self.ws_base}{PUBLIC_WS_PATH}"
 
     def candle_ws_url(self) -> str:
-        return f"{self.ws_base}/ws/v5/business"
+        return f"{self.ws_base}{BUSINESS_WS_PATH}"
 
     async def connect_url(self, conn: Connection) -> str:
         return self.candle_ws_url() if isinstance(conn.shard, CandleShard) else self.ws_url()
@@ -87,7 +101,7 @@ class OkxConnector(Connector):
     # -- instruments ---------------------------------------------------------------------
 
     def all_instruments_url(self, inst_type: str = "SPOT") -> str:
-        return f"{self.rest_base}/api/v5/public/instruments?instType={inst_type}"
+        return f"{self.rest_base}{INSTRUMENTS_PATH}?instType={inst_type}"
 
     def listed_types(self) -> tuple[str, ...]:
         """SPOT, and SWAP/FUTURES only when a requested name is a derivative's (more than
@@ -131,10 +145,10 @@ class OkxConnector(Connector):
         args: list[dict[str, str]] = []
         index = self.index_of.get(symbol)
         if index is not None and f"index:{index}" not in taken:
-            args.append({"channel": "index-tickers", "instId": index})
+            args.append({"channel": INDEX_CHANNEL, "instId": index})
         inst_type = self.inst_type(symbol)
         if inst_type != "SPOT" and f"liquidations:{inst_type}" not in taken:
-            args.append({"channel": "liquidation-orders", "instType": inst_type})
+            args.append({"channel": LIQUIDATIONS_CHANNEL, "instType": inst_type})
         return args
 
     def build_shards(self, exchange_symbols: Sequence[str]) -> list[Shard]:
@@ -191,6 +205,6 @@ class OkxConnector(Connector):
 
 
 def _shared_key(arg: dict[str, str]) -> str:
-    if arg["channel"] == "index-tickers":
+    if arg["channel"] == INDEX_CHANNEL:
         return f"index:{arg['instId']}"
     return f"liquidations:{arg['instType']}"

@@ -1,34 +1,17 @@
-"""One parser module per exchange; ``processor_for(exchange)`` gives a fresh processor."""
+"""One parser module per registered exchange; ``processor_for(exchange)`` gives a fresh processor."""
 
 from __future__ import annotations
 
 import importlib
 
+from marketpipe.exchanges import EXCHANGES, exchange
 from streams.feed import ClockWindow, FeedCounters, FeedOutput, FeedProcessor
 
-_MODULES = {
-    "binance": ("streams.parsers.binance", "BinanceProcessor"),
-    "binance-futures": ("streams.parsers.binance_futures", "BinanceFuturesProcessor"),
-    "coinbase": ("streams.parsers.coinbase", "CoinbaseProcessor"),
-    "kraken": ("streams.parsers.kraken", "KrakenProcessor"),
-    "bybit": ("streams.parsers.bybit", "BybitProcessor"),
-    "okx": ("streams.parsers.okx", "OkxProcessor"),
-    "bitfinex": ("streams.parsers.bitfinex", "BitfinexProcessor"),
-    "kucoin": ("streams.parsers.kucoin", "KucoinProcessor"),
-    "gateio": ("streams.parsers.gateio", "GateioProcessor"),
-    "htx": ("streams.parsers.htx", "HtxProcessor"),
-    "mexc": ("streams.parsers.mexc", "MexcProcessor"),
-    "deribit": ("streams.parsers.deribit", "DeribitProcessor"),
-}
-EXCHANGES: tuple[str, ...] = tuple(_MODULES)
 
-
-def processor_class(exchange: str) -> type[FeedProcessor]:
-    try:
-        module, name = _MODULES[exchange]
-    except KeyError:
-        raise ValueError(f"no parser for exchange {exchange!r}; known: {', '.join(EXCHANGES)}") from None
-    found: type[FeedProcessor] = getattr(importlib.import_module(module), name)
+def processor_class(name: str) -> type[FeedProcessor]:
+    """The processor class of exchange ``name`` (``streams.parsers.<row.module>``)."""
+    row = exchange(name)
+    found: type[FeedProcessor] = getattr(importlib.import_module(f"{__name__}.{row.module}"), row.processor)
     return found
 
 

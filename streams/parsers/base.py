@@ -9,25 +9,23 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import msgspec
-
 from marketpipe.raw import RawRecord
 from marketpipe.records import Level
+from marketpipe.wire import ParseError, decode_json, json_object, ms_to_us
 from streams.book import BookSide, OrderBook
+from streams.book_sync import BookSync
 from streams.feed import (
-    BookState,
     ClockWindow,
-    Connection,
+    ConnectionState,
     FeedCounters,
     FeedOutput,
     FeedProcessor,
-    ParseError,
 )
 
 __all__ = [
-    "BookState",
+    "BookSync",
     "ClockWindow",
-    "Connection",
+    "ConnectionState",
     "FeedCounters",
     "FeedOutput",
     "FeedProcessor",
@@ -49,27 +47,8 @@ __all__ = [
     "url_param",
 ]
 
-_decoder = msgspec.json.Decoder()
 TextRows = list[tuple[Level, str]]
 """levels with their checksum tokens"""
-
-
-def decode_json(data: bytes | str | None, decoder: msgspec.json.Decoder[Any] = _decoder) -> Any:
-    if not data:
-        raise ParseError("empty frame")
-    try:
-        return decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise ParseError(f"invalid JSON: {exc}") from None
-
-
-def json_object(
-    data: bytes | str | None, what: str, decoder: msgspec.json.Decoder[Any] = _decoder
-) -> dict[str, Any]:
-    found = decode_json(data, decoder)
-    if not isinstance(found, dict):
-        raise ParseError(f"{what} is not a JSON object")
-    return found
 
 
 def url_param(raw: RawRecord, name: str, what: str) -> str:
@@ -95,10 +74,6 @@ def occurrences(identities: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- timestamps
-
-
-def ms_to_us(value: int | str) -> int:
-    return int(value) * 1000
 
 
 _minute_base: dict[str, int] = {}

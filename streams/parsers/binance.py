@@ -8,82 +8,95 @@ events with ``u <= lastUpdateId`` are dropped, the first remaining one must stra
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
+from marketpipe.exchanges.binance import (
+    BOOK_TICKER_MARK,
+    DEPTH_PATH,
+    EVENTS,
+    INSTRUMENTS_PATH,
+    KLINE_INTERVALS,
+    SERVER_SHUTDOWN,
+    AggTrade,
+    BookTicker,
+    BookTickerFrame,
+    DepthSnapshot,
+    DepthUpdate,
+    KlineEvent,
+    ServerShutdown,
+    StreamFrame,
+    Ticker24h,
+    Trade,
+    parse_instruments,
+)
 from marketpipe.raw import RawRecord
 from marketpipe.records import Level, Side
 from streams.bridge import Delta, SnapshotBridgeProcessor
-from streams.instruments import Instruments, read_entries, spot_name
 from streams.parsers.base import (
-    Connection,
+    ConnectionState,
     FeedOutput,
     ParseError,
     json_object,
-    levels,
     ms_to_us,
     opt_float,
     url_param,
 )
 
-INSTRUMENTS_PATH = "/api/v3/exchangeInfo"
-DEPTH_PATH = "/api/v3/depth"
+__all__ = ["BinanceProcessor", "depth_update", "parse_instruments", "typed_event"]
+
 AGG_IDS = "#agg"
 """aggTrade ids (``a``) are numbered apart from trade ids (``t``): deduplicated apart"""
 
+T = TypeVar("T")
+Handler = Callable[[Any, ConnectionState, RawRecord, Any, FeedOutput], None]
+"""a processor method reading one wire struct: (self, conn, raw, event, out)"""
 
-class DepthUpdate(msgspec.Struct):
-    """The ``depthUpdate`` payload of a diff-depth stream (price and size strings as numbers)."""
-
-    e: str
-    E: int
-    s: str
-    U: int
-    u: int
-    b: list[tuple[float, float]]
-    a: list[tuple[float, float]]
+_frames = msgspec.json.Decoder(StreamFrame, strict=False)  # strict=False: "0.01" -> 0.01 in depth levels
+_book_tickers = msgspec.json.Decoder(BookTickerFrame)
+_snapshots = msgspec.json.Decoder(DepthSnapshot, strict=False)
+_MISSING = re.compile(r"Object missing required field `([^`]+)`")
 
 
-class DepthFrame(msgspec.Struct):
-    stream: str
-    data: DepthUpdate
-
-
-_depth_frames = msgspec.json.Decoder(DepthFrame, strict=False)  # strict=False: "0.01" -> 0.01
+def stream_frame(frame: bytes | str | None) -> StreamFrame | BookTickerFrame | None:
+    """Any combined-stream frame with a typed event, diff-depth levels straight into numbers (no
+    dicts, no float() per level); None for what the typed decoder refuses (an unknown event, a
+    malformed frame), which ``explain`` then reads."""
+    if not frame:
+        return None
+    try:
+        return _frames.decode(frame)
+    except msgspec.DecodeError:  # ValidationError included
+        pass
+    if isinstance(frame, str):
+        frame = frame.encode()
+    if BOOK_TICKER_MARK not in frame:
+        return None
+    try:
+        return _book_tickers.decode(frame)
+    except msgspec.DecodeError:
+        return None
 
 
 def depth_update(frame: bytes | str | None) -> DepthUpdate | None:
-    """A diff-depth frame decoded straight into numbers, the hot path (no dicts, no float() per
-    level); None for any other frame, and for a malformed one, which the generic path reports."""
-    if isinstance(frame, str):
-        frame = frame.encode()
-    if frame is None or b"depthUpdate" not in frame:
-        return None
+    """The diff-depth event of a frame as the typed decoder reads it; None for any other frame."""
+    found = stream_frame(frame)
+    return found.data if found is not None and isinstance(found.data, DepthUpdate) else None
+
+
+def typed_event(data: dict[str, Any], kind: type[T]) -> T:
+    """An event the typed decoder refused, read again to say why: a missing field is reported as
+    the KeyError the feed words as ``missing field``, anything else with msgspec's reason."""
     try:
-        update = _depth_frames.decode(frame).data
-    except msgspec.DecodeError:  # ValidationError included
-        return None
-    return update if update.e == "depthUpdate" else None
-
-
-def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
-    """exchangeInfo -> {"BTCUSDT": "BTC-USDT", ...} from baseAsset/quoteAsset (an entry without
-    them is skipped). Concatenated names are never split without metadata."""
-    info = json_object(body, "binance exchangeInfo response")
-    if not isinstance(info.get("symbols"), list):
-        raise ParseError(f"binance exchangeInfo response has no 'symbols' list: {str(info)[:200]}")
-    return read_entries(info["symbols"], _entry, "binance exchangeInfo")
-
-
-def _entry(row: dict[str, Any], found: Instruments) -> None:
-    found.add(row["symbol"], spot_name(row["baseAsset"], row["quoteAsset"]))
-
-
-KLINE_INTERVALS = frozenset(
-    ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
-)
-"""Binance's kline intervals are spelled as marketpipe spells them"""
+        return msgspec.convert(data, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        missing = _MISSING.match(str(exc))
+        if missing:
+            raise KeyError(missing.group(1)) from None
+        raise ParseError(f"malformed binance {data.get('e')} event: {exc}") from None
 
 
 def _flag(value: object) -> bool:
@@ -97,136 +110,178 @@ class BinanceProcessor(SnapshotBridgeProcessor):
     strict_chain = False  # the documented rule: U must not skip past the local id + 1
     instruments_path = INSTRUMENTS_PATH
     instruments_parser = staticmethod(parse_instruments)
+    handlers: ClassVar[dict[type, Handler]]
+    """wire struct -> the method that reads it (set below the class: the methods must exist)"""
 
-    def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
-        update = depth_update(raw.data)
-        if update is not None:
-            bids = [Level(price, size) for price, size in update.b]
-            asks = [Level(price, size) for price, size in update.a]
-            self.on_delta(conn, update.s, Delta(update.U, update.u, bids, asks, update.E * 1000, raw), out)
+    def on_frame(self, conn: ConnectionState, raw: RawRecord, out: FeedOutput) -> None:
+        frame = self.decode_frame(raw.data)
+        if frame is None:
+            self.explain(conn, raw, out)
             return
-        msg = json_object(raw.data, "binance frame")
+        event = frame.data
+        if event is None:
+            self._control_frame(frame, raw)
+        elif isinstance(event, list):  # !ticker@arr (and !markPrice@arr on futures)
+            for item in event:
+                self._event(conn, raw, item, out)
+        else:
+            self._event(conn, raw, event, out)
+
+    decode_frame: Callable[[bytes | str | None], Any] = staticmethod(stream_frame)
+    """the frame as the exchange's ``StreamFrame`` struct, None when the typed decoder refuses it"""
+
+    def explain(self, conn: ConnectionState, raw: RawRecord, out: FeedOutput) -> None:
+        """A frame the typed decoder refused: bookTicker (no event name), or the reason it is bad."""
+        msg = json_object(raw.data, f"{self.exchange} frame")
         data = msg.get("data")
-        if data is None:
-            self._control_frame(msg)
-            return
-        if isinstance(data, list):  # !ticker@arr: every changed symbol's 24hrTicker
-            for item in data:
-                if not isinstance(item, dict) or item.get("e") != "24hrTicker":
-                    raise ParseError(f"unsupported binance array item on stream {msg.get('stream')!r}")
-                self._ticker(raw, item, out)
+        stream = msg.get("stream")
+        if isinstance(data, list):
+            self.explain_items(conn, raw, data, stream, out)
             return
         if not isinstance(data, dict):
-            raise ParseError(f"binance stream {msg.get('stream')!r} payload is not an object")
-        self._event(conn, raw, data, msg.get("stream"), out)
+            raise ParseError(f"{self.exchange} stream {stream!r} payload is not an object")
+        event = data.get("e")
+        if event is None and "A" in data and "u" in data:
+            self.counters.tickers += 1  # bookTicker: the validated book's BBO is published instead
+            return
+        self._event(conn, raw, self.typed_event(event, data, stream), out)
 
-    def _control_frame(self, msg: dict[str, Any]) -> None:
-        if "result" in msg and "id" in msg:
+    def explain_items(
+        self, conn: ConnectionState, raw: RawRecord, items: list[Any], stream: object, out: FeedOutput
+    ) -> None:
+        """!ticker@arr: every changed symbol's 24hrTicker, read until the first bad one."""
+        for item in items:
+            if not isinstance(item, dict) or item.get("e") != "24hrTicker":
+                raise ParseError(f"unsupported binance array item on stream {stream!r}")
+            self._event(conn, raw, typed_event(item, Ticker24h), out)
+
+    def typed_event(self, event: object, data: dict[str, Any], stream: object) -> Any:
+        kind = EVENTS.get(event) if isinstance(event, str) else None
+        if kind is None:
+            raise ParseError(f"unsupported binance event {event!r} on stream {stream!r}")
+        return typed_event(data, kind)
+
+    def _control_frame(self, frame: StreamFrame, raw: RawRecord) -> None:
+        if frame.result is not msgspec.UNSET and frame.id is not msgspec.UNSET:
             self.counters.acks += 1
-        elif msg.get("e") == "serverShutdown":
+        elif frame.e == SERVER_SHUTDOWN:
             self.counters.notices += 1
-        elif "error" in msg or "code" in msg:
-            raise ParseError(f"binance request error: {msg.get('error', msg)}")
+        elif frame.error is not msgspec.UNSET:
+            raise ParseError(f"binance request error: {frame.error}")
         else:
+            msg = json_object(raw.data, "binance frame")
+            if "code" in msg:
+                raise ParseError(f"binance request error: {msg}")
             raise ParseError(f"unrecognised binance frame with keys {sorted(msg)}")
 
-    def _event(
-        self, conn: Connection, raw: RawRecord, data: dict[str, Any], stream: object, out: FeedOutput
-    ) -> None:
-        event = data.get("e")
-        if event == "depthUpdate":
-            self._diff(conn, raw, data, out)
-        elif event == "aggTrade":
-            self._trade(raw, data, data["a"], out, AGG_IDS)
-        elif event == "trade":
-            self._trade(raw, data, data["t"], out)
-        elif event is None and "A" in data and "u" in data:
-            self.counters.tickers += 1  # bookTicker: the validated book's BBO is published instead
-        elif event == "kline":
-            self._kline(conn, raw, data, out)
-        elif event == "24hrTicker":
-            self._ticker(raw, data, out)
-        elif event == "serverShutdown":
-            self.counters.notices += 1
-        else:
-            raise ParseError(f"unsupported binance event {event!r} on stream {stream!r}")
+    def _event(self, conn: ConnectionState, raw: RawRecord, event: Any, out: FeedOutput) -> None:
+        handler = self.handlers.get(type(event))
+        if handler is None:
+            raise ParseError(f"unsupported binance event {type(event).__name__}")
+        handler(self, conn, raw, event, out)
+
+    def _agg_trade(self, conn: ConnectionState, raw: RawRecord, event: AggTrade, out: FeedOutput) -> None:
+        self._trade(raw, event, event.a, out, AGG_IDS)
+
+    def _plain_trade(self, conn: ConnectionState, raw: RawRecord, event: Trade, out: FeedOutput) -> None:
+        self._trade(raw, event, event.t, out)
 
     def _trade(
-        self, raw: RawRecord, data: dict[str, Any], trade_id: object, out: FeedOutput, id_space: str = ""
+        self, raw: RawRecord, event: AggTrade | Trade, trade_id: int, out: FeedOutput, id_space: str = ""
     ) -> None:
         # m: the buyer is the maker, so the taker sold
-        side: Side = "sell" if data["m"] else "buy"
-        price, size = float(data["p"]), float(data["q"])
-        self.trade(raw, out, data["s"], str(trade_id), price, size, side, ms_to_us(data["T"]), id_space)
+        side: Side = "sell" if event.m else "buy"
+        price, size = float(event.p), float(event.q)
+        self.trade(raw, out, event.s, str(trade_id), price, size, side, ms_to_us(event.T), id_space)
+
+    def _notice(self, conn: ConnectionState, raw: RawRecord, event: ServerShutdown, out: FeedOutput) -> None:
+        self.counters.notices += 1
+
+    def _book_ticker(self, conn: ConnectionState, raw: RawRecord, event: Any, out: FeedOutput) -> None:
+        self.counters.tickers += 1  # the validated book's BBO is published instead
 
     # ------------------------------------------------------------------ ticker, kline
 
-    def _ticker(self, raw: RawRecord, data: dict[str, Any], out: FeedOutput) -> None:
+    def _ticker(self, conn: ConnectionState, raw: RawRecord, event: Ticker24h, out: FeedOutput) -> None:
         self.ticker(
             raw,
             out,
-            data["s"],
-            ms_to_us(data["E"]),
-            last_price=float(data["c"]),
-            last_size=opt_float(data.get("Q")),
-            bid_price=opt_float(data.get("b")),
-            bid_size=opt_float(data.get("B")),
-            ask_price=opt_float(data.get("a")),
-            ask_size=opt_float(data.get("A")),
-            open_24h=float(data["o"]),
-            high_24h=float(data["h"]),
-            low_24h=float(data["l"]),
-            volume_24h=float(data["v"]),
-            quote_volume_24h=float(data["q"]),
-            trades_24h=int(data["n"]),
+            event.s,
+            ms_to_us(event.E),
+            last_price=float(event.c),
+            last_size=opt_float(event.Q),
+            bid_price=opt_float(event.b),
+            bid_size=opt_float(event.B),
+            ask_price=opt_float(event.a),
+            ask_size=opt_float(event.A),
+            open_24h=float(event.o),
+            high_24h=float(event.h),
+            low_24h=float(event.l),
+            volume_24h=float(event.v),
+            quote_volume_24h=float(event.q),
+            trades_24h=event.n,
         )
 
-    def _kline(self, conn: Connection, raw: RawRecord, data: dict[str, Any], out: FeedOutput) -> None:
-        k = data["k"]
-        if not isinstance(k, dict):
-            raise ParseError("binance kline payload has no 'k' object")
-        interval = k["i"]
-        if not isinstance(interval, str) or interval not in KLINE_INTERVALS:
-            raise ParseError(f"unsupported binance kline interval {interval!r}")
-        trades = int(k["n"])
-        first, last = int(k["f"]), int(k["L"])
-        ids = (str(first), str(last)) if trades > 0 and first >= 0 else (None, None)
+    def _kline(self, conn: ConnectionState, raw: RawRecord, event: KlineEvent, out: FeedOutput) -> None:
+        k = event.k
+        if k.i not in KLINE_INTERVALS:
+            raise ParseError(f"unsupported binance kline interval {k.i!r}")
+        ids = (str(k.f), str(k.L)) if k.n > 0 and k.f >= 0 else (None, None)
         self.exchange_candle(
             conn,
             raw,
             out,
-            k["s"],
-            interval,
-            ms_to_us(k["t"]),
-            ms_to_us(k["T"]) + 1000,  # T is the window's last millisecond
-            float(k["o"]),
-            float(k["h"]),
-            float(k["l"]),
-            float(k["c"]),
-            volume=float(k["v"]),
-            quote_volume=float(k["q"]),
-            trades=trades,
+            k.s,
+            k.i,
+            ms_to_us(k.t),
+            ms_to_us(k.T) + 1000,  # T is the window's last millisecond
+            float(k.o),
+            float(k.h),
+            float(k.l),
+            float(k.c),
+            volume=float(k.v),
+            quote_volume=float(k.q),
+            trades=k.n,
             first_trade_id=ids[0],
             last_trade_id=ids[1],
-            closed=_flag(k["x"]),
-            ts=ms_to_us(data["E"]),
+            closed=_flag(k.x),
+            ts=ms_to_us(event.E),
         )
 
     # ---------------------------------------------------------------------------- book
 
-    def _diff(self, conn: Connection, raw: RawRecord, data: dict[str, Any], out: FeedOutput) -> None:
-        diff = Delta(
-            int(data["U"]), int(data["u"]), levels(data["b"]), levels(data["a"]), ms_to_us(data["E"]), raw
-        )
-        self.on_delta(conn, data["s"], diff, out)
+    def _depth(self, conn: ConnectionState, raw: RawRecord, update: DepthUpdate, out: FeedOutput) -> None:
+        bids = [Level(price, size) for price, size in update.b]
+        asks = [Level(price, size) for price, size in update.a]
+        self.on_delta(conn, update.s, Delta(update.U, update.u, bids, asks, update.E * 1000, raw), out)
 
-    def on_rest(self, conn: Connection, raw: RawRecord, path: str, out: FeedOutput) -> None:
+    def on_rest(self, conn: ConnectionState, raw: RawRecord, path: str, out: FeedOutput) -> None:
         if not path.endswith(DEPTH_PATH):
             super().on_rest(conn, raw, path, out)
             return
         symbol = url_param(raw, "symbol", "binance depth snapshot")
+        snapshot = _snapshot(raw)
+        bids = [Level(price, size) for price, size in snapshot.bids]
+        asks = [Level(price, size) for price, size in snapshot.asks]
+        self.bridge(conn, symbol.upper(), raw, snapshot.lastUpdateId, bids, asks, out)
+
+
+BinanceProcessor.handlers = {
+    AggTrade: BinanceProcessor._agg_trade,
+    Trade: BinanceProcessor._plain_trade,
+    KlineEvent: BinanceProcessor._kline,
+    Ticker24h: BinanceProcessor._ticker,
+    DepthUpdate: BinanceProcessor._depth,
+    ServerShutdown: BinanceProcessor._notice,
+    BookTicker: BinanceProcessor._book_ticker,
+}
+
+
+def _snapshot(raw: RawRecord) -> DepthSnapshot:
+    try:
+        return _snapshots.decode(raw.payload or b"")
+    except msgspec.DecodeError as exc:  # ValidationError included: say what is wrong as before
         snapshot = json_object(raw.payload, "binance depth snapshot")
         if "lastUpdateId" not in snapshot:
-            raise ParseError(f"binance depth snapshot has no lastUpdateId: {raw.text()[:200]}")
-        bids, asks = levels(snapshot["bids"]), levels(snapshot["asks"])
-        self.bridge(conn, symbol.upper(), raw, int(snapshot["lastUpdateId"]), bids, asks, out)
+            raise ParseError(f"binance depth snapshot has no lastUpdateId: {raw.text()[:200]}") from None
+        raise ParseError(f"malformed binance depth snapshot: {exc}") from None

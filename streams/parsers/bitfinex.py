@@ -31,17 +31,9 @@ VOLUME]`` (close before high), a snapshot of such rows newest first on subscribe
 There is no final flag: a candle is final once a later one arrives on the connection (published
 newest first, the snapshot's older rows are final at once).
 
-Instruments: ``GET /v2/conf/<keys>`` answers one list per requested key, in the order of the
-keys in the path: ``pub:list:pair:exchange`` (the pairs), ``pub:info:pair`` (``[[pair, info],
-...]``), ``pub:map:currency:sym`` (``[[code, name], ...]``); the connector asks for the pair list
-and the currency map, other recorders for the pair list alone. The legacy ``/v1/symbols``
-(``["btcusd", ...]``) and ``/v1/symbols_details`` (``[{"pair": "btcusd"}, ...]``) are read too.
-Bitfinex publishes no base/quote fields, so the pair is split by its documented naming rule:
-six characters are BASE(3)+QUOTE(3) ("BTCUSD"); longer pairs put ':' between base and quote
-("TESTBTC:TESTUSD"). Each currency code then goes through the currency map, upper-cased (UST ->
-"USDt" -> USDT); without a map in the answer, through ``CURRENCY_NAMES``, a copy of Bitfinex's
-published ``pub:map:currency:sym``, so a pair has the same name whichever form named it. The
-websocket symbol is ``t`` + pair; a ``t`` symbol no answer named is read by the same rule.
+Instruments, flags and the wire structs: ``marketpipe/exchanges/bitfinex.py``
+(``parse_instruments`` is re-exported here); a ``t`` symbol no instrument answer named is read
+by the same naming rule.
 """
 
 from __future__ import annotations
@@ -50,14 +42,40 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
+from msgspec.structs import astuple
 
+from marketpipe.exchanges.bitfinex import (
+    ANY,
+    BOOK_CHANNEL,
+    CANDLES_CHANNEL,
+    CURRENCY_NAMES,
+    DATA_FRAME,
+    DATA_FRAME_LENGTH,
+    FRAME,
+    FRAME_LENGTHS,
+    INSTRUMENTS_PATH,
+    TICKER_CHANNEL,
+    TICKER_FIELDS,
+    TIMEFRAMES,
+    TRADES_CHANNEL,
+    BookEntry,
+    CandleRow,
+    ChannelFrame,
+    TickerRow,
+    TradeRow,
+    event,
+    is_instruments_path,
+    pair_name,
+    parse_instruments,
+    rows,
+)
 from marketpipe.raw import RawRecord
 from marketpipe.records import Level, Side
 from streams.feed import ClockWindow
-from streams.instruments import Instruments, read_entries, spot_name
 from streams.parsers.base import (
-    BookState,
-    Connection,
+    BookSync,
+    ConnectionState,
     FeedOutput,
     FeedProcessor,
     ParseError,
@@ -68,91 +86,8 @@ from streams.parsers.base import (
     okx_checksum,
 )
 
-INSTRUMENTS_PATH = "/v2/conf/pub:list:pair:exchange,pub:map:currency:sym"
-SEQ_ALL = 65536
-OB_CHECKSUM = 131072
-NOTICE_CODES = {
-    20051: "server restart: reconnect",
-    20060: "maintenance started: pause",
-    20061: "maintenance ended: resubscribe",
-}
-_BASE_LENGTH = {"hb": 2, "cs": 3, "te": 3, "tu": 3}
-"""length of a channel frame with a string at index 1, without the SEQ_ALL number"""
-TIMEFRAMES = {
-    "1m": "1m", "5m": "5m", "15m": "15m", "30m": "30m", "1h": "1h", "3h": "3h", "6h": "6h",
-    "12h": "12h", "1D": "1d", "1W": "1w", "14D": "14d", "1M": "1M",
-}  # fmt: skip
-"""Bitfinex candle timeframes -> marketpipe's interval spelling"""
-TICKER_FIELDS = 10
-"""a trading-pair ticker array (funding ``f`` symbols send a longer one)"""
-CANDLE_FIELDS = 6
-
-_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(float_hook=str)
-
-
-PAIRS = "pub:list:pair:exchange"
-PAIR_INFO = "pub:info:pair"
-CURRENCY_MAP = "pub:map:currency:sym"
-V1_PATHS = ("/v1/symbols", "/v1/symbols_details")
-CURRENCY_NAMES = {
-    code: name.upper()
-    for code, name in (
-        ("ABS", "ABYSS"), ("AIO", "AION"), ("ALG", "ALGO"), ("AMP", "AMPL"), ("ATO", "ATOM"),
-        ("BAB", "BCH"), ("CNHT", "CNHt"), ("CSX", "CS"), ("CTX", "CTXC"), ("DAT", "DATA"),
-        ("DOG", "MDOGE"), ("DRN", "DRGN"), ("DSH", "DASH"), ("DTX", "DT"), ("EDO", "PNT"),
-        ("EUS", "EURS"), ("EUT", "EURt"), ("GSD", "GUSD"), ("IOS", "IOST"), ("IOT", "IOTA"),
-        ("LBT", "LBTC"), ("MIT", "MITH"), ("MNA", "MANA"), ("NCA", "NCASH"), ("OMN", "OMNI"),
-        ("PAS", "PASS"), ("POY", "POLY"), ("QSH", "QASH"), ("QTM", "QTUM"), ("RBT", "RBTC"),
-        ("REP", "REP2"), ("SCR", "XD"), ("SNG", "SNGLS"), ("SPK", "SPANK"), ("STJ", "STORJ"),
-        ("TSD", "TUSD"), ("UDC", "USDC"), ("USK", "USDK"), ("UST", "USDt"), ("UTN", "UTNP"),
-        ("VSY", "VSYS"), ("WBT", "WBTC"), ("XAUT", "XAUt"), ("XCH", "XCHF"), ("YGG", "YEED"),
-        ("YYW", "YOYOW"),
-    )
-}  # fmt: skip
-"""Bitfinex's ``pub:map:currency:sym`` as published (upper-cased), for answers without the map"""
-
-
-def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
-    """A conf (or v1 symbols) answer -> {"tBTCUSD": "BTC-USD", "tBTCUST": "BTC-USDT", ...}."""
-    found = decode_json(body)
-    if isinstance(found, list) and found and found[0] == "error":
-        raise ParseError(f"bitfinex conf error {found[1:]}")
-    if path.endswith(V1_PATHS):
-        return _v1_symbols(found)
-    keys = path.rsplit("/", 1)[-1].split(",")
-    if not isinstance(found, list) or len(found) != len(keys) or not all(isinstance(x, list) for x in found):
-        raise ParseError(f"bitfinex conf response is not one list per requested key {keys}")
-    lists = dict(zip(keys, found, strict=True))
-    names = dict(CURRENCY_NAMES)
-    if CURRENCY_MAP in lists:
-        names = {str(code): str(name).upper() for code, name in lists[CURRENCY_MAP]}
-    if PAIRS in lists:
-        pairs = lists[PAIRS]
-    elif PAIR_INFO in lists:
-        pairs = [row[0] if isinstance(row, list) and row else row for row in lists[PAIR_INFO]]
-    else:
-        raise ParseError(f"bitfinex conf response for {keys} lists no trading pairs")
-    return read_entries(pairs, lambda pair, into: _pair(pair, names, into), "bitfinex pair")
-
-
-def _v1_symbols(found: Any) -> Instruments:
-    if not isinstance(found, list):
-        raise ParseError("bitfinex v1 symbols response is not a list")
-    pairs = [row.get("pair") if isinstance(row, dict) else row for row in found]
-    return read_entries(pairs, lambda pair, into: _pair(pair.upper(), CURRENCY_NAMES, into), "bitfinex pair")
-
-
-def _pair(pair: str, names: dict[str, str], found: Instruments) -> None:
-    found.add(f"t{pair}", pair_name(pair, names))
-
-
-def pair_name(pair: str, names: dict[str, str]) -> str:
-    base, colon, quote = pair.partition(":")
-    if not colon:
-        if len(pair) != 6:
-            raise ParseError(f"bitfinex pair {pair!r} is neither BASEQUOTE (3+3) nor BASE:QUOTE")
-        base, quote = pair[:3], pair[3:]
-    return spot_name(names.get(base, base), names.get(quote, quote))
+# parse_instruments stays importable from here until every caller reads it from the wire module
+__all__ = ["BitfinexConnection", "BitfinexProcessor", "parse_instruments"]
 
 
 def _text(value: object) -> str:
@@ -165,7 +100,7 @@ def _price_token(text: str) -> str:
     return text
 
 
-class BitfinexConnection(Connection):
+class BitfinexConnection(ConnectionState):
     def __init__(self, conn: str, url: str | None) -> None:
         super().__init__(conn, url)
         self.channels: dict[int, tuple[str, str]] = {}
@@ -186,10 +121,7 @@ class BitfinexProcessor(FeedProcessor):
         """``tu`` repeats of ``te`` trades (never published, see the module docstring)"""
 
     def is_instruments_path(self, path: str) -> bool:
-        if path.endswith(V1_PATHS):
-            return True
-        keys = path.rsplit("/", 1)[-1].split(",")
-        return "/conf/" in path and (PAIRS in keys or PAIR_INFO in keys)
+        return is_instruments_path(path)
 
     def fallback_instrument(self, exchange_symbol: str) -> tuple[str, str] | None:
         """``t`` + pair by the documented naming rule (funding ``f`` symbols have no pair)."""
@@ -197,74 +129,167 @@ class BitfinexProcessor(FeedProcessor):
             return None
         return pair_name(exchange_symbol[1:], CURRENCY_NAMES), exchange_symbol
 
-    def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
+    def on_frame(self, conn: ConnectionState, raw: RawRecord, out: FeedOutput) -> None:
         assert isinstance(conn, BitfinexConnection)
-        msg = decode_json(raw.data, _decoder)
-        if isinstance(msg, list):
+        data = raw.data
+        if not data:
+            raise ParseError("empty frame")
+        try:
+            msg = FRAME.decode(data)
+        except msgspec.ValidationError as exc:
+            self._data_frame(conn, data, exc, raw, out)
+            return
+        except msgspec.DecodeError as exc:
+            raise ParseError(f"invalid JSON: {exc}") from None
+        if isinstance(msg, ChannelFrame):
             self._channel_frame(conn, msg, raw, out)
-        elif isinstance(msg, dict):
-            self._event(conn, msg)
         else:
+            self._event(conn, msg)
+
+    def _data_frame(
+        self, conn: BitfinexConnection, data: bytes | str, unfit: Exception, raw: RawRecord, out: FeedOutput
+    ) -> None:
+        """A frame ``ChannelFrame`` does not fit (``unfit`` says why): a snapshot, ticker or candle."""
+        try:
+            frame = DATA_FRAME.decode(data)
+        except msgspec.DecodeError as exc:
+            self._unfit(conn, data, unfit, exc, raw, out)
+            return
+        self._frame_shape(conn, None, frame.length(), frame.third, raw, out)
+        channel, symbol = self._channel(conn, frame.chan_id)
+        self._data(conn, channel, symbol, frame.body, raw, out)
+
+    def _unfit(
+        self,
+        conn: BitfinexConnection,
+        data: bytes | str,
+        as_channel: Exception,
+        as_data: Exception,
+        raw: RawRecord,
+        out: FeedOutput,
+    ) -> None:
+        """A frame no struct fits: what is wrong with it, checked in the order the typed path
+        checks (the sequence number counts when the frame's shape carries one)."""
+        msg = decode_json(data, ANY)
+        if not isinstance(msg, list):
             raise ParseError("bitfinex frame is neither an array nor an object")
+        if len(msg) < 2 or not isinstance(msg[0], int):
+            raise ParseError("bitfinex channel frame is not [chanId, ...]")
+        code = msg[1] if isinstance(msg[1], str) else None
+        self._frame_shape(conn, code, len(msg), msg[-1], raw, out)
+        raise ParseError(
+            f"malformed bitfinex {code or 'data'} frame: {as_data if code is None else as_channel}"
+        )
 
     # ------------------------------------------------------------------ events
 
-    def _event(self, conn: BitfinexConnection, msg: dict[str, Any]) -> None:
-        event = msg.get("event")
-        if event == "subscribed":
+    def _event(self, conn: BitfinexConnection, fields: dict[str, Any]) -> None:
+        msg = event(fields)
+        kind = msg.event
+        if kind == "subscribed":
             # candles name their channel by key (``trade:1m:tBTCUSD``), the others by symbol
-            name = msg["key"] if msg["channel"] == "candles" else msg["symbol"]
-            conn.channels[int(msg["chanId"])] = (msg["channel"], name)
+            name = msg.key if msg.channel == CANDLES_CHANNEL else msg.symbol
+            if msg.chanId is None or name is None:
+                raise ParseError(f"malformed bitfinex subscribed event: no chanId or key/symbol: {fields}")
+            conn.channels[msg.chanId] = (msg.channel, name)
             self.counters.acks += 1
-        elif event == "unsubscribed":
-            conn.channels.pop(int(msg["chanId"]), None)
+        elif kind == "unsubscribed":
+            if msg.chanId is None:
+                raise ParseError(f"malformed bitfinex unsubscribed event: no chanId: {fields}")
+            conn.channels.pop(msg.chanId, None)
             self.counters.acks += 1
-        elif event == "info":
-            if "code" in msg:
+        elif kind == "info":
+            if msg.code is not None:
                 self.counters.notices += 1  # 20051/20061: the connector reconnects
             else:
                 self.counters.acks += 1
-        elif event == "conf":
-            if msg.get("status") != "OK":
-                raise ParseError(f"bitfinex conf rejected: {msg}")
+        elif kind == "conf":
+            if msg.status != "OK":
+                raise ParseError(f"bitfinex conf rejected: {fields}")
             self.counters.acks += 1
-        elif event == "pong":
+        elif kind == "pong":
             self.counters.heartbeats += 1
-        elif event == "error":
-            raise ParseError(f"bitfinex error {msg.get('code')}: {msg.get('msg')!r}")
+        elif kind == "error":
+            raise ParseError(f"bitfinex error {msg.code}: {msg.msg!r}")
         else:
-            raise ParseError(f"unsupported bitfinex event {event!r}")
+            raise ParseError(f"unsupported bitfinex event {kind!r}")
 
     # --------------------------------------------------------- channel frames
 
     def _channel_frame(
-        self, conn: BitfinexConnection, msg: list[Any], raw: RawRecord, out: FeedOutput
+        self, conn: BitfinexConnection, frame: ChannelFrame, raw: RawRecord, out: FeedOutput
     ) -> None:
-        if len(msg) < 2 or not isinstance(msg[0], int):
-            raise ParseError("bitfinex channel frame is not [chanId, ...]")
-        body = msg[1]
-        code = body if isinstance(body, str) else None
-        base = 2 if code is None else _BASE_LENGTH.get(code)
-        if base is None:
-            raise ParseError(f"unsupported bitfinex channel message {code!r}")
-        if len(msg) == base + 1:
-            self._check_sequence(conn, msg[base], raw, out)
-        elif len(msg) != base:
-            raise ParseError(f"bitfinex {code or 'data'} frame with {len(msg)} elements")
+        body = frame.body
+        if isinstance(body, str):
+            self._message(conn, frame, body, raw, out)
+            return
+        if frame.fourth is not UNSET:
+            raise ParseError("bitfinex data frame with 4 elements")
+        if frame.third is not UNSET:
+            self._check_sequence(conn, frame.third, raw, out)
+        channel, symbol = self._channel(conn, frame.chan_id)
+        if channel == BOOK_CHANNEL:
+            state = self.book_state(conn, symbol)
+            self.counters.book_messages += 1
+            # book frames carry no exchange time (TIMESTAMP flag off)
+            self._update(state, body, raw.recv_ns // 1000, raw, out)
+        else:  # one book entry fits no other channel's data: its reader says what is wrong
+            self._data(conn, channel, symbol, [body.price, body.count, body.amount], raw, out)
+
+    def _message(
+        self, conn: BitfinexConnection, frame: ChannelFrame, code: str, raw: RawRecord, out: FeedOutput
+    ) -> None:
+        """``[chanId, code, ...]``: a heartbeat, a book checksum or a trade."""
+        length = frame.length()
+        self._frame_shape(conn, code, length, frame.third if length == 3 else frame.fourth, raw, out)
         if code == "hb":
             self.counters.heartbeats += 1
             return
-        channel, symbol = self._channel(conn, msg[0])
-        if channel == "book":
-            self._book(conn, symbol, code, msg, raw, out)
-        elif channel == "trades":
-            self._trades(symbol, code, msg[2] if code else body, raw, out)
-        elif channel == "ticker" and code is None:
+        channel, symbol = self._channel(conn, frame.chan_id)
+        if channel == BOOK_CHANNEL:
+            self._book_message(conn, symbol, code, frame.third, raw, out)
+        elif channel == TRADES_CHANNEL:
+            self._trade_message(symbol, code, frame.third, raw, out)
+        else:
+            raise ParseError(f"unsupported bitfinex channel {channel!r}")
+
+    def _data(
+        self,
+        conn: BitfinexConnection,
+        channel: str,
+        symbol: str,
+        body: list[Any],
+        raw: RawRecord,
+        out: FeedOutput,
+    ) -> None:
+        if channel == BOOK_CHANNEL:
+            self._book_snapshot(conn, symbol, body, raw, out)
+        elif channel == TRADES_CHANNEL:
+            self._trades_snapshot(symbol, body, raw, out)
+        elif channel == TICKER_CHANNEL:
             self._ticker(symbol, body, raw, out)
-        elif channel == "candles" and code is None:
+        elif channel == CANDLES_CHANNEL:
             self._candles(conn, symbol, body, raw, out)
         else:
             raise ParseError(f"unsupported bitfinex channel {channel!r}")
+
+    def _frame_shape(
+        self,
+        conn: BitfinexConnection,
+        code: str | None,
+        length: int,
+        last: object,
+        raw: RawRecord,
+        out: FeedOutput,
+    ) -> None:
+        """Each frame type has a fixed length, one more with SEQ_ALL: then ``last`` is the number."""
+        base = DATA_FRAME_LENGTH if code is None else FRAME_LENGTHS.get(code)
+        if base is None:
+            raise ParseError(f"unsupported bitfinex channel message {code!r}")
+        if length == base + 1:
+            self._check_sequence(conn, last, raw, out)
+        elif length != base:
+            raise ParseError(f"bitfinex {code or 'data'} frame with {length} elements")
 
     def _check_sequence(self, conn: BitfinexConnection, seq: object, raw: RawRecord, out: FeedOutput) -> None:
         if not isinstance(seq, int):
@@ -283,30 +308,39 @@ class BitfinexProcessor(FeedProcessor):
 
     # ------------------------------------------------------------------ trades
 
-    def _trades(self, symbol: str, code: str | None, body: Any, raw: RawRecord, out: FeedOutput) -> None:
-        if code is None:  # the snapshot of recent trades on subscribe, newest first
-            if not isinstance(body, list):
-                raise ParseError("bitfinex trades snapshot is not a list")
-            for row in sorted(body, key=lambda row: (row[1], row[0])):
-                self._trade(symbol, row, raw, out)
-            return
+    def _trades_snapshot(self, symbol: str, body: list[Any], raw: RawRecord, out: FeedOutput) -> None:
+        """The recent trades sent on subscribe, newest first: published oldest first."""
+        try:
+            found = rows(body, list[TradeRow])
+        except msgspec.ValidationError as exc:
+            raise ParseError(
+                f"bitfinex trades snapshot is not a list of [ID, MTS, AMOUNT, PRICE]: {exc}"
+            ) from None
+        for row in sorted(found, key=lambda row: (row.mts, row.id)):
+            self._trade(symbol, row, raw, out)
+
+    def _trade_message(
+        self, symbol: str, code: str, trade: int | str | TradeRow | UnsetType, raw: RawRecord, out: FeedOutput
+    ) -> None:
         if code == "tu":
             self.skipped_trades += 1
             return
-        self._trade(symbol, body, raw, out)
+        if not isinstance(trade, TradeRow):
+            raise ParseError(f"bitfinex {code} frame of {symbol} carries no [ID, MTS, AMOUNT, PRICE] trade")
+        self._trade(symbol, trade, raw, out)
 
-    def _trade(self, symbol: str, row: list[Any], raw: RawRecord, out: FeedOutput) -> None:
-        trade_id, mts, amount, price = row
-        size = float(amount)
-        side: Side = "buy" if size > 0 else "sell"
-        self.trade(raw, out, symbol, str(trade_id), float(price), abs(size), side, ms_to_us(mts))
+    def _trade(self, symbol: str, row: TradeRow, raw: RawRecord, out: FeedOutput) -> None:
+        side: Side = "buy" if row.amount > 0 else "sell"
+        self.trade(raw, out, symbol, str(row.id), row.price, abs(row.amount), side, ms_to_us(row.mts))
 
     # ----------------------------------------------------------- ticker, candles
 
-    def _ticker(self, symbol: str, body: Any, raw: RawRecord, out: FeedOutput) -> None:
-        if not isinstance(body, list) or len(body) != TICKER_FIELDS:
-            raise ParseError(f"bitfinex ticker of {symbol} is not a {TICKER_FIELDS}-field array")
-        bid, bid_size, ask, ask_size, change, _, last, volume, high, low = (_number(v) for v in body)
+    def _ticker(self, symbol: str, body: list[Any], raw: RawRecord, out: FeedOutput) -> None:
+        try:
+            row = rows(body, TickerRow)
+        except msgspec.ValidationError:
+            raise ParseError(f"bitfinex ticker of {symbol} is not a {TICKER_FIELDS}-field array") from None
+        bid, bid_size, ask, ask_size, change, _, last, volume, high, low = (_number(v) for v in astuple(row))
         self.ticker(
             raw,
             out,
@@ -324,27 +358,27 @@ class BitfinexProcessor(FeedProcessor):
         )
 
     def _candles(
-        self, conn: BitfinexConnection, key: str, body: Any, raw: RawRecord, out: FeedOutput
+        self, conn: BitfinexConnection, key: str, body: list[Any], raw: RawRecord, out: FeedOutput
     ) -> None:
         kind, _, rest = key.partition(":")
         timeframe, _, symbol = rest.partition(":")
         interval = TIMEFRAMES.get(timeframe)
         if kind != "trade" or interval is None or not symbol:
             raise ParseError(f"unsupported bitfinex candles key {key!r}")
-        if not isinstance(body, list):
-            raise ParseError(f"bitfinex candles of {key} is not an array")
         # a snapshot lists rows newest first: the newest is the open candle, the rest are final
-        rows = body if body and isinstance(body[0], list) else [body] if body else []
-        for row in rows:
+        for row in _candle_rows(body):
             self._candle(conn, symbol, interval, row, raw, out)
 
     def _candle(
-        self, conn: BitfinexConnection, symbol: str, interval: str, row: Any, raw: RawRecord, out: FeedOutput
+        self,
+        conn: BitfinexConnection,
+        symbol: str,
+        interval: str,
+        row: CandleRow,
+        raw: RawRecord,
+        out: FeedOutput,
     ) -> None:
-        if not isinstance(row, list) or len(row) != CANDLE_FIELDS or not isinstance(row[0], int):
-            raise ParseError(f"bitfinex candle {str(row)[:100]} is not [MTS, OPEN, CLOSE, HIGH, LOW, VOLUME]")
-        open_time = ms_to_us(row[0])
-        open_, close, high, low, volume = (float(v) for v in row[1:])
+        open_time = ms_to_us(row.mts)
         self.exchange_candle(
             conn,
             raw,
@@ -353,49 +387,55 @@ class BitfinexProcessor(FeedProcessor):
             interval,
             open_time,
             interval_span_us(interval, open_time),
-            open_,
-            high,
-            low,
-            close,
-            volume=volume,
+            row.open,
+            row.high,
+            row.low,
+            row.close,
+            volume=row.volume,
         )
 
     # ------------------------------------------------------------------- books
 
-    def _book(
+    def _book_message(
         self,
         conn: BitfinexConnection,
         symbol: str,
-        code: str | None,
-        msg: list[Any],
+        code: str,
+        checksum: int | str | TradeRow | UnsetType,
         raw: RawRecord,
         out: FeedOutput,
     ) -> None:
         state = self.book_state(conn, symbol)
-        if code == "cs":
-            self._verify(state, msg[2], raw, out)
-            return
-        if code is not None:
+        if code != "cs":
             raise ParseError(f"bitfinex book message {code!r}")
-        self.counters.book_messages += 1
-        body = msg[1]
-        ts = raw.recv_ns // 1000  # book frames carry no exchange time (TIMESTAMP flag off)
-        if not body or isinstance(body[0], list):
-            self._snapshot(state, body, ts, raw, out)
-        else:
-            self._update(state, body, ts, raw, out)
+        self._verify(state, checksum, raw, out)
 
-    def _snapshot(self, state: BookState, rows: list[Any], ts: int, raw: RawRecord, out: FeedOutput) -> None:
+    def _book_snapshot(
+        self, conn: BitfinexConnection, symbol: str, body: list[Any], raw: RawRecord, out: FeedOutput
+    ) -> None:
+        state = self.book_state(conn, symbol)
+        self.counters.book_messages += 1
+        try:
+            entries = rows(body, list[BookEntry])
+        except msgspec.ValidationError as exc:
+            raise ParseError(
+                f"bitfinex book data is neither [PRICE, COUNT, AMOUNT] nor a list of them: {exc}"
+            ) from None
+        self._snapshot(state, entries, raw.recv_ns // 1000, raw, out)  # no exchange time either
+
+    def _snapshot(
+        self, state: BookSync, entries: list[BookEntry], ts: int, raw: RawRecord, out: FeedOutput
+    ) -> None:
         bids: list[tuple[Level, str]] = []
         asks: list[tuple[Level, str]] = []
-        for row in rows:
+        for row in entries:
             level, token, is_bid = _entry(row)
             (bids if is_bid else asks).append((level, token))
         load_text_levels(state.book.bids, bids)
         load_text_levels(state.book.asks, asks)
         self.accept_snapshot(state, raw, out, ts)
 
-    def _update(self, state: BookState, row: list[Any], ts: int, raw: RawRecord, out: FeedOutput) -> None:
+    def _update(self, state: BookSync, row: BookEntry, ts: int, raw: RawRecord, out: FeedOutput) -> None:
         level, token, is_bid = _entry(row)
         if not state.synced:
             self.skip_unsynced(state, raw, out)
@@ -408,13 +448,25 @@ class BitfinexProcessor(FeedProcessor):
             book.asks.apply_tokens(((level, token),))
             self.accept_update(state, raw, out, ts, [], [level])
 
-    def _verify(self, state: BookState, expected: object, raw: RawRecord, out: FeedOutput) -> None:
+    def _verify(self, state: BookSync, expected: object, raw: RawRecord, out: FeedOutput) -> None:
         if not isinstance(expected, int):
             raise ParseError(f"bitfinex checksum {expected!r} is not an integer")
         if not state.synced:
             return  # nothing to compare; the snapshot that re-syncs the book is on its way
         actual = okx_checksum(state.book)  # the same interleaved top-25 signed CRC32
         self.checksum_result(state, actual == expected, expected, actual, raw, out)
+
+
+def _candle_rows(body: list[Any]) -> list[CandleRow]:
+    """One candle, or a snapshot of them (a list, newest first)."""
+    if not body:
+        return []
+    try:
+        return rows(body, list[CandleRow]) if isinstance(body[0], list) else [rows(body, CandleRow)]
+    except msgspec.ValidationError:
+        raise ParseError(
+            f"bitfinex candle {str(body)[:100]} is not [MTS, OPEN, CLOSE, HIGH, LOW, VOLUME]"
+        ) from None
 
 
 def _number(value: object) -> Decimal:
@@ -427,12 +479,13 @@ def _number(value: object) -> Decimal:
         raise ParseError(f"bitfinex value {value!r} is not a number") from None
 
 
-def _entry(row: list[Any]) -> tuple[Level, str, bool]:
+def _entry(row: BookEntry) -> tuple[Level, str, bool]:
     """``[PRICE, COUNT, AMOUNT]`` -> (Level with size >= 0, checksum token, is_bid)."""
-    price, count, amount = row
-    price_text, amount_text = _text(price), _text(amount)
+    price_text, amount_text = _text(row.price), _text(row.amount)
     signed = float(amount_text)
     if signed == 0.0:
-        raise ParseError(f"bitfinex book entry {row!r} has a zero amount (no side)")
-    size = 0.0 if count == 0 else abs(signed)
+        raise ParseError(
+            f"bitfinex book entry {[row.price, row.count, row.amount]!r} has a zero amount (no side)"
+        )
+    size = 0.0 if row.count == 0 else abs(signed)
     return Level(float(price_text), size), f"{_price_token(price_text)}:{amount_text}", signed > 0

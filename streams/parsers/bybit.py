@@ -12,12 +12,8 @@ its symbols resolve through the names every metadata answer agrees on, as on oth
 far takes that name, right only if the connection is of that category), and its tickers give no
 derivative records.
 
-Instruments (``/v5/market/instruments-info``): spot from ``baseCoin``/``quoteCoin``; linear and
-inverse from ``contractType`` (``LinearPerpetual``, ``LinearFutures``, ``InversePerpetual``,
-``InverseFutures``), ``settleCoin`` and ``deliveryTime`` (the expiry of futures), tick size
-``priceFilter.tickSize`` and lot size ``lotSizeFilter.qtyStep`` (spot ``basePrecision``). Bybit
-has no multiplier field: a linear contract is 1 base coin, an inverse one 1 USD (the quote).
-Options are not normalised (``unnamed_instrument``).
+Instruments, the wire structs and the category of a URL: ``marketpipe/exchanges/bybit.py``
+(``parse_instruments`` is re-exported here for callers that still look it up in the parser).
 
 Units: sizes in trades, books, candles, liquidations and open interest are contracts. Bybit
 sends linear quantities in base coin (1 contract each) and inverse ones in USD (1 contract
@@ -44,17 +40,36 @@ the bankruptcy price Bybit gives.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit
-
 import msgspec
-from msgspec import UNSET, UnsetType
+from msgspec import UnsetType
 
+from marketpipe.exchanges.bybit import (
+    BOOK,
+    BOOK_TOPIC,
+    FRAMES,
+    INSTRUMENTS_PATH,
+    KLINE_TOPIC,
+    KLINES,
+    LEGACY_LIQUIDATION,
+    LEGACY_LIQUIDATION_TOPIC,
+    LIQUIDATION_TOPIC,
+    LIQUIDATIONS,
+    TICKER,
+    TICKERS_TOPIC,
+    TRADE_TOPIC,
+    TRADES,
+    Frame,
+    Text,
+    TickerData,
+    category_of_url,
+    decode,
+    parse_instruments,
+)
+from marketpipe.instruments import Instruments
 from marketpipe.raw import RawRecord
-from marketpipe.records import ContractType, Instrument, InstrumentKind, Side
-from streams.instruments import Instruments, named, read_entries
+from marketpipe.records import Instrument, Side
 from streams.parsers.base import (
-    Connection,
+    ConnectionState,
     FeedOutput,
     FeedProcessor,
     ParseError,
@@ -64,18 +79,12 @@ from streams.parsers.base import (
     opt_float,
 )
 
-Category = Literal["spot", "linear", "inverse"]
-CATEGORIES: tuple[Category, ...] = ("spot", "linear", "inverse")
-INSTRUMENTS_PATH = "/v5/market/instruments-info"
+# parse_instruments stays importable from here until every caller reads it from the wire module
+__all__ = ["BybitConnection", "BybitProcessor", "parse_instruments"]
+
 TAKER_SIDES: dict[str, Side] = {"Buy": "buy", "Sell": "sell"}
 LIQUIDATION_SIDES: dict[str, Side] = {"Buy": "sell", "Sell": "buy"}
 """the liquidated position's side -> the side of the order that closed it"""
-CONTRACT_TYPES: dict[str, tuple[InstrumentKind, ContractType]] = {
-    "LinearPerpetual": ("perpetual", "linear"),
-    "LinearFutures": ("future", "linear"),
-    "InversePerpetual": ("perpetual", "inverse"),
-    "InverseFutures": ("future", "inverse"),
-}
 KLINE_INTERVALS = {
     **{str(minutes): f"{minutes}m" for minutes in (1, 3, 5, 15, 30)},
     **{str(hours * 60): f"{hours}h" for hours in (1, 2, 4, 6, 12)},
@@ -85,164 +94,9 @@ KLINE_INTERVALS = {
 }
 """Bybit kline interval -> marketpipe's spelling"""
 SECONDS_PER_HOUR = 3_600
-
-
-# -- wire structs -------------------------------------------------------------------------------
-
-
-class _PriceFilter(msgspec.Struct):
-    tickSize: str = ""
-
-
-class _LotSizeFilter(msgspec.Struct):
-    qtyStep: str = ""
-    basePrecision: str = ""
-
-
-class _InstrumentRow(msgspec.Struct):
-    """One ``result.list`` element of instruments-info (spot, linear or inverse)."""
-
-    symbol: str
-    baseCoin: str = ""
-    quoteCoin: str = ""
-    contractType: str = ""
-    settleCoin: str = ""
-    deliveryTime: str = "0"
-    priceFilter: _PriceFilter = msgspec.field(default_factory=_PriceFilter)
-    lotSizeFilter: _LotSizeFilter = msgspec.field(default_factory=_LotSizeFilter)
-
-
-class _InstrumentsResult(msgspec.Struct):
-    category: str = "spot"
-    rows: list[dict[str, Any]] = msgspec.field(default_factory=list, name="list")
-    nextPageCursor: str = ""
-
-
-class _InstrumentsAnswer(msgspec.Struct):
-    retCode: int
-    retMsg: str = ""
-    result: _InstrumentsResult | None = None
-
-
-class _Cursor(msgspec.Struct):
-    nextPageCursor: str = ""
-
-
-class _Page(msgspec.Struct):
-    result: _Cursor | None = None
-
-
-class _Frame(msgspec.Struct):
-    """A push (``topic`` set; ``data`` decoded by topic) or an op reply."""
-
-    topic: str = ""
-    type: str = ""
-    ts: int | None = None
-    cts: int | None = None
-    data: msgspec.Raw = msgspec.Raw(b"null")
-    op: str = ""
-    success: bool | None = None
-    ret_msg: str = ""
-
-
-class _Trade(msgspec.Struct):
-    T: int
-    s: str
-    S: str
-    v: str
-    p: str
-    i: str
-
-
-class _BookData(msgspec.Struct):
-    s: str
-    b: list[tuple[str, str]]
-    a: list[tuple[str, str]]
-    u: int
-    seq: int | None = None
-
-
-class _Kline(msgspec.Struct):
-    start: int
-    end: int
-    open: str
-    high: str
-    low: str
-    close: str
-    volume: str
-    confirm: bool
-    turnover: str = ""
-
-
-class _Liquidation(msgspec.Struct):
-    """``allLiquidation`` entry; ``S`` is the liquidated position's side."""
-
-    T: int
-    s: str
-    S: str
-    v: str
-    p: str
-
-
-class _LegacyLiquidation(msgspec.Struct):
-    """The older ``liquidation.{symbol}`` data object (2023)."""
-
-    updatedTime: int
-    symbol: str
-    side: str
-    size: str
-    price: str
-
-
-Text = str | UnsetType
-
-
-class _TickerData(msgspec.Struct):
-    """A tickers snapshot, or a delta holding only the fields that changed (the rest UNSET)."""
-
-    symbol: str
-    lastPrice: Text = UNSET
-    bid1Price: Text = UNSET
-    bid1Size: Text = UNSET
-    ask1Price: Text = UNSET
-    ask1Size: Text = UNSET
-    prevPrice24h: Text = UNSET
-    highPrice24h: Text = UNSET
-    lowPrice24h: Text = UNSET
-    volume24h: Text = UNSET
-    turnover24h: Text = UNSET
-    markPrice: Text = UNSET
-    indexPrice: Text = UNSET
-    openInterest: Text = UNSET
-    openInterestValue: Text = UNSET
-    fundingRate: Text = UNSET
-    nextFundingTime: Text = UNSET
-    fundingIntervalHour: Text = UNSET
-
-
 FUNDING_FIELDS = ("fundingRate", "nextFundingTime", "fundingIntervalHour")
 OI_FIELDS = ("openInterest", "openInterestValue")
 MARK_FIELDS = ("markPrice", "indexPrice")
-
-_frames = msgspec.json.Decoder(_Frame)
-_trades = msgspec.json.Decoder(list[_Trade])
-_book = msgspec.json.Decoder(_BookData)
-_klines = msgspec.json.Decoder(list[_Kline])
-_ticker = msgspec.json.Decoder(_TickerData)
-_liquidations = msgspec.json.Decoder(list[_Liquidation])
-_legacy_liquidation = msgspec.json.Decoder(_LegacyLiquidation)
-_answer = msgspec.json.Decoder(_InstrumentsAnswer)
-_page = msgspec.json.Decoder(_Page)
-T = TypeVar("T")
-
-
-def _decode(decoder: msgspec.json.Decoder[T], data: bytes | str, what: str) -> T:
-    try:
-        return decoder.decode(data)
-    except msgspec.ValidationError as exc:
-        raise ParseError(f"malformed bybit {what}: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise ParseError(f"invalid JSON: {exc}") from None
 
 
 def _set(value: Text) -> str | None:
@@ -255,122 +109,14 @@ def _num(value: Text) -> float | None:
     return None if text is None else float(text)
 
 
-# -- instruments --------------------------------------------------------------------------------
-
-
-def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
-    """instruments-info -> {"BTCUSDT": "BTC-USDT-PERP", ...} with each entry's Instrument record,
-    the instrument ids ``<category>:<symbol>``. One page of a cursor-paged answer names its own
-    entries; an entry it cannot read is skipped with the reason."""
-    answer = _decode(_answer, body, "instruments-info response")
-    if answer.retCode != 0:
-        raise ParseError(f"bybit instruments-info error {answer.retCode}: {answer.retMsg!r}")
-    result = answer.result
-    if result is None:
-        raise ParseError("bybit instruments-info response has no result")
-    category = result.category
-
-    def entry(fields: dict[str, Any], found: Instruments) -> None:
-        row = msgspec.convert(fields, _InstrumentRow)
-        record = named(_record(category, row))
-        found.add(row.symbol, record.symbol, f"{category}:{row.symbol}")
-        found.records[row.symbol] = record
-
-    return read_entries(result.rows, entry, "bybit instruments-info")
-
-
-def _record(category: str, row: _InstrumentRow) -> Instrument:
-    if category == "spot":
-        return _spot(row)
-    if category in ("linear", "inverse"):
-        return _contract(category, row)
-    raise ParseError(f"bybit {category} instruments are not normalised", "unnamed_instrument")
-
-
-def _spot(row: _InstrumentRow) -> Instrument:
-    return Instrument(
-        exchange="bybit",
-        symbol="",
-        exchange_symbol=row.symbol,
-        kind="spot",
-        base=row.baseCoin,
-        quote=row.quoteCoin,
-        contract_size=1.0,
-        contract_size_currency=row.baseCoin,
-        tick_size=_positive(row.priceFilter.tickSize, "tickSize"),
-        lot_size=_positive(row.lotSizeFilter.basePrecision, "basePrecision"),
-        ts=0,
-    )
-
-
-def _contract(category: str, row: _InstrumentRow) -> Instrument:
-    found = CONTRACT_TYPES.get(row.contractType)
-    if found is None:
-        raise ParseError(f"contractType {row.contractType!r} is not a linear or inverse contract")
-    kind, contract_type = found
-    if contract_type != category:
-        raise ParseError(f"{row.contractType} listed under category {category}")
-    expiry = int(row.deliveryTime or 0)
-    if kind == "future" and expiry <= 0:
-        raise ParseError(f"{row.contractType} without a deliveryTime")
-    if not row.settleCoin:
-        raise ParseError("no settleCoin")
-    return Instrument(
-        exchange="bybit",
-        symbol="",
-        exchange_symbol=row.symbol,
-        kind=kind,
-        contract_type=contract_type,
-        base=row.baseCoin,
-        quote=row.quoteCoin,
-        settle_currency=row.settleCoin,
-        contract_size=1.0,  # no multiplier field: 1 base coin (linear), 1 USD (inverse)
-        contract_size_currency=row.baseCoin if contract_type == "linear" else row.quoteCoin,
-        expiry_ts=ms_to_us(expiry) if kind == "future" else None,
-        tick_size=_positive(row.priceFilter.tickSize, "tickSize"),
-        lot_size=_positive(row.lotSizeFilter.qtyStep, "qtyStep"),
-        ts=0,
-    )
-
-
-def _positive(text: str, field: str) -> float | None:
-    if not text:
-        return None
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise ParseError(f"{field} {text!r} is not a positive number")
-    return value
-
-
-def next_page_cursor(body: bytes) -> str:
-    """``result.nextPageCursor`` of an instruments-info page: "" on the last one (and on an
-    answer that is not a page: ``parse_instruments`` says what is wrong with it)."""
-    try:
-        page = _page.decode(body)
-    except msgspec.DecodeError:
-        return ""
-    return page.result.nextPageCursor if page.result is not None else ""
-
-
-def category_of_url(url: str | None) -> Category | None:
-    """``wss://stream.bybit.com/v5/public/linear`` -> ``linear``; None when not a v5 public URL."""
-    if not url:
-        return None
-    last = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
-    for category in CATEGORIES:
-        if last == category:
-            return category
-    return None
-
-
 # -- the processor ------------------------------------------------------------------------------
 
 
-class BybitConnection(Connection):
+class BybitConnection(ConnectionState):
     def __init__(self, conn: str, url: str | None) -> None:
         super().__init__(conn, url)
         self.category = category_of_url(url)
-        self.tickers: dict[str, _TickerData] = {}
+        self.tickers: dict[str, TickerData] = {}
         """exchange symbol -> the merged tickers state (snapshot + deltas) on this connection"""
 
 
@@ -394,31 +140,31 @@ class BybitProcessor(FeedProcessor):
             contracts[(category, exchange_symbol)] = record
         return learned
 
-    def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
+    def on_frame(self, conn: ConnectionState, raw: RawRecord, out: FeedOutput) -> None:
         if not raw.data:
             raise ParseError("empty frame")
-        msg = _decode(_frames, raw.data, "frame")
+        msg = decode(FRAMES, raw.data, "frame")
         topic = msg.topic
         if not topic:
             self._op_reply(msg)
             return
         channel = topic.partition(".")[0]
-        if channel == "orderbook":
+        if channel == BOOK_TOPIC:
             self._book(conn, msg, raw, out)
-        elif channel == "publicTrade":
+        elif channel == TRADE_TOPIC:
             self._trades(msg, raw, out)
-        elif channel == "tickers":
+        elif channel == TICKERS_TOPIC:
             self._ticker(conn, msg, raw, out)
-        elif channel == "kline":
+        elif channel == KLINE_TOPIC:
             self._klines(conn, topic, msg, raw, out)
-        elif channel == "allLiquidation":
+        elif channel == LIQUIDATION_TOPIC:
             self._liquidations(msg, raw, out)
-        elif channel == "liquidation":
+        elif channel == LEGACY_LIQUIDATION_TOPIC:
             self._legacy_liquidation(msg, raw, out)
         else:
             raise ParseError(f"unsupported bybit topic {topic!r}")
 
-    def _op_reply(self, msg: _Frame) -> None:
+    def _op_reply(self, msg: Frame) -> None:
         op = msg.op
         if msg.success is False:
             raise ParseError(f"bybit {op} rejected: {msg.ret_msg!r}")
@@ -429,31 +175,33 @@ class BybitProcessor(FeedProcessor):
         else:
             raise ParseError(f"unrecognised bybit frame (op {op!r}, no topic)")
 
-    def _category(self, conn: Connection) -> str | None:
+    def _category(self, conn: ConnectionState) -> str | None:
         return getattr(conn, "category", None)
 
-    def _record(self, conn: Connection, exchange_symbol: str) -> Instrument | None:
+    def _record(self, conn: ConnectionState, exchange_symbol: str) -> Instrument | None:
         category = self._category(conn)
         return None if category is None else self.contracts().get((category, exchange_symbol))
 
-    def _quote_amount(self, conn: Connection, exchange_symbol: str, contracts: float | None) -> float | None:
+    def _quote_amount(
+        self, conn: ConnectionState, exchange_symbol: str, contracts: float | None
+    ) -> float | None:
         """Contracts of a contract sized in its quote currency (inverse: USD) in that currency."""
         record = self._record(conn, exchange_symbol)
         if contracts is None or record is None or record.contract_size_currency != record.quote:
             return None
         return contracts * record.contract_size
 
-    def _is_inverse(self, conn: Connection) -> bool:
+    def _is_inverse(self, conn: ConnectionState) -> bool:
         return self._category(conn) == "inverse"
 
     # -- trades, klines, liquidations ------------------------------------------------------
 
-    def _trades(self, msg: _Frame, raw: RawRecord, out: FeedOutput) -> None:
-        for item in _decode(_trades, msg.data, "publicTrade data"):
+    def _trades(self, msg: Frame, raw: RawRecord, out: FeedOutput) -> None:
+        for item in decode(TRADES, msg.data, "publicTrade data"):
             side = TAKER_SIDES.get(item.S, "unknown")
             self.trade(raw, out, item.s, item.i, float(item.p), float(item.v), side, ms_to_us(item.T))
 
-    def _klines(self, conn: Connection, topic: str, msg: _Frame, raw: RawRecord, out: FeedOutput) -> None:
+    def _klines(self, conn: ConnectionState, topic: str, msg: Frame, raw: RawRecord, out: FeedOutput) -> None:
         """``kline.{interval}.{symbol}``; one frame may carry several candles (a closed one and
         the next open one); ``confirm`` is the final flag. Inverse ``turnover`` is in the base
         coin: the quote volume is the contracts' USD."""
@@ -463,7 +211,7 @@ class BybitProcessor(FeedProcessor):
             raise ParseError(f"unsupported bybit kline interval {interval_code!r}")
         ts = ms_to_us(msg.ts) if msg.ts is not None else None
         inverse = self._is_inverse(conn)
-        for item in _decode(_klines, msg.data, "kline data"):
+        for item in decode(KLINES, msg.data, "kline data"):
             volume = float(item.volume)
             self.exchange_candle(
                 conn,
@@ -485,8 +233,8 @@ class BybitProcessor(FeedProcessor):
                 ts=ts,
             )
 
-    def _liquidations(self, msg: _Frame, raw: RawRecord, out: FeedOutput) -> None:
-        for item in _decode(_liquidations, msg.data, "allLiquidation data"):
+    def _liquidations(self, msg: Frame, raw: RawRecord, out: FeedOutput) -> None:
+        for item in decode(LIQUIDATIONS, msg.data, "allLiquidation data"):
             side = LIQUIDATION_SIDES.get(item.S)
             if side is None:
                 raise ParseError(f"bybit allLiquidation side {item.S!r} is neither Buy nor Sell")
@@ -494,8 +242,8 @@ class BybitProcessor(FeedProcessor):
                 raw, out, item.s, ms_to_us(item.T), side=side, price=float(item.p), size=float(item.v)
             )
 
-    def _legacy_liquidation(self, msg: _Frame, raw: RawRecord, out: FeedOutput) -> None:
-        item = _decode(_legacy_liquidation, msg.data, "liquidation data")
+    def _legacy_liquidation(self, msg: Frame, raw: RawRecord, out: FeedOutput) -> None:
+        item = decode(LEGACY_LIQUIDATION, msg.data, "liquidation data")
         side = LIQUIDATION_SIDES.get(item.side)
         if side is None:
             raise ParseError(f"bybit liquidation side {item.side!r} is neither Buy nor Sell")
@@ -504,11 +252,11 @@ class BybitProcessor(FeedProcessor):
 
     # -- tickers ---------------------------------------------------------------------------
 
-    def _ticker(self, conn: Connection, msg: _Frame, raw: RawRecord, out: FeedOutput) -> None:
+    def _ticker(self, conn: ConnectionState, msg: Frame, raw: RawRecord, out: FeedOutput) -> None:
         """Merge a delta into the connection's state of the symbol (a snapshot replaces it),
         then publish the ticker and, on derivatives, what the frame changed."""
-        change = _decode(_ticker, msg.data, "tickers data")
-        latest: dict[str, _TickerData] = conn.__dict__.setdefault("tickers", {})
+        change = decode(TICKER, msg.data, "tickers data")
+        latest: dict[str, TickerData] = conn.__dict__.setdefault("tickers", {})
         symbol = change.symbol
         if msg.type == "delta":
             previous = latest.get(symbol)
@@ -526,9 +274,9 @@ class BybitProcessor(FeedProcessor):
 
     def _publish_ticker(
         self,
-        conn: Connection,
+        conn: ConnectionState,
         symbol: str,
-        state: _TickerData,
+        state: TickerData,
         ts: int | None,
         raw: RawRecord,
         out: FeedOutput,
@@ -554,10 +302,10 @@ class BybitProcessor(FeedProcessor):
 
     def _derivative_fields(
         self,
-        conn: Connection,
+        conn: ConnectionState,
         symbol: str,
-        change: _TickerData,
-        state: _TickerData,
+        change: TickerData,
+        state: TickerData,
         ts: int | None,
         raw: RawRecord,
         out: FeedOutput,
@@ -590,9 +338,9 @@ class BybitProcessor(FeedProcessor):
 
     # -- books -----------------------------------------------------------------------------
 
-    def _book(self, conn: Connection, msg: _Frame, raw: RawRecord, out: FeedOutput) -> None:
+    def _book(self, conn: ConnectionState, msg: Frame, raw: RawRecord, out: FeedOutput) -> None:
         self.counters.book_messages += 1
-        data = _decode(_book, msg.data, "orderbook data")
+        data = decode(BOOK, msg.data, "orderbook data")
         update_id = data.u
         bids, asks = levels(data.b), levels(data.a)
         stamp = msg.cts or msg.ts
@@ -620,7 +368,7 @@ class BybitProcessor(FeedProcessor):
             raise ParseError(f"bybit orderbook message type {kind!r}")
 
 
-def _merged(previous: _TickerData, change: _TickerData) -> _TickerData:
+def _merged(previous: TickerData, change: TickerData) -> TickerData:
     updates = {
         name: value
         for name in change.__struct_fields__
@@ -629,5 +377,5 @@ def _merged(previous: _TickerData, change: _TickerData) -> _TickerData:
     return msgspec.structs.replace(previous, **updates)
 
 
-def _came(change: _TickerData, fields: tuple[str, ...]) -> bool:
+def _came(change: TickerData, fields: tuple[str, ...]) -> bool:
     return any(not isinstance(getattr(change, name), UnsetType) for name in fields)

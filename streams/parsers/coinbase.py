@@ -10,121 +10,38 @@ trade-id deduplication publishes only those not seen yet (oldest first).
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
+from marketpipe.exchanges.coinbase import (
+    CANDLE_US,
+    INSTRUMENTS_PATH,
+    INSTRUMENTS_PATHS,
+    TAKER_SIDE,
+    ErrorMessage,
+    Event,
+    Message,
+    parse_instruments,
+)
+from marketpipe.instruments import dashed_pair
 from marketpipe.raw import RawRecord
-from marketpipe.records import Level, Side
-from streams.instruments import Instruments, dashed_pair, read_entries, spot_name
+from marketpipe.records import Level
 from streams.parsers.base import (
-    Connection,
+    ConnectionState,
     FeedOutput,
     FeedProcessor,
     ParseError,
     apply_levels,
-    decode_json,
     opt_float,
     rfc3339_to_us,
 )
 
-INSTRUMENTS_PATH = "/api/v3/brokerage/market/products"
-INSTRUMENTS_PATHS = (INSTRUMENTS_PATH, "/api/v3/brokerage/products", "/products")
-"""Advanced Trade public and authenticated product lists, and the Exchange API's ``/products``"""
-TAKER_SIDE: dict[str, Side] = {"BUY": "sell", "SELL": "buy"}
-CANDLE_US = 300 * 1_000_000
-"""the candles channel's only granularity: five minutes"""
+__all__ = ["CoinbaseConnection", "CoinbaseProcessor", "parse_instruments"]
+
+_decoder = msgspec.json.Decoder(Message)
+_errors = msgspec.json.Decoder(ErrorMessage)
 
 
-def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
-    """Products -> {"BTC-USD": "BTC-USD", ...} from the base/quote currency fields, in every form:
-    Advanced Trade ``{"products": [...]}`` or one product (``product_id``, ``base_currency_id``,
-    ``quote_currency_id``), the Exchange API list or one product (``id``, ``base_currency``,
-    ``quote_currency``). Non-spot products (futures) are skipped: no normalised name yet."""
-    found = decode_json(body)
-    if isinstance(found, dict) and "products" in found:
-        rows = found["products"]
-    elif isinstance(found, dict) and ("product_id" in found or "id" in found):
-        rows = [found]
-    elif isinstance(found, list):
-        rows = found
-    else:
-        raise ParseError(f"coinbase products response has no products: {str(found)[:200]}")
-    if not isinstance(rows, list):
-        raise ParseError("coinbase products response: products is not a list")
-    return read_entries(rows, _product, "coinbase product", ("product_id", "id"))
-
-
-def _product(row: dict[str, Any], found: Instruments) -> None:
-    product_id = row["product_id"] if "product_id" in row else row["id"]
-    kind = row.get("product_type") or "SPOT"
-    if kind != "SPOT":
-        raise ParseError(f"{kind} product: not normalised yet (derivatives)", "unnamed_instrument")
-    if "product_id" in row:
-        base, quote = row["base_currency_id"], row["quote_currency_id"]
-    else:
-        base, quote = row["base_currency"], row["quote_currency"]
-    found.add(product_id, spot_name(base, quote))
-
-
-class _Level(msgspec.Struct):
-    side: str
-    price_level: str
-    new_quantity: str
-    event_time: str = ""
-
-
-class _Trade(msgspec.Struct):
-    product_id: str
-    trade_id: str
-    price: str
-    size: str
-    side: str
-    time: str
-
-
-class _Ticker(msgspec.Struct):
-    product_id: str
-    price: str
-    volume_24_h: str = ""
-    low_24_h: str = ""
-    high_24_h: str = ""
-    best_bid: str = ""
-    best_ask: str = ""
-    best_bid_quantity: str = ""
-    best_ask_quantity: str = ""
-
-
-class _Candle(msgspec.Struct):
-    product_id: str
-    start: str
-    open: str
-    high: str
-    low: str
-    close: str
-    volume: str
-
-
-class _Event(msgspec.Struct):
-    type: str = ""
-    product_id: str = ""
-    updates: list[_Level] = []
-    trades: list[_Trade] = []
-    tickers: list[_Ticker] = []
-    candles: list[_Candle] = []
-
-
-class _Message(msgspec.Struct):
-    channel: str
-    timestamp: str = ""
-    sequence_num: int | None = None
-    events: list[_Event] = []
-
-
-_decoder = msgspec.json.Decoder(_Message)
-
-
-class CoinbaseConnection(Connection):
+class CoinbaseConnection(ConnectionState):
     def __init__(self, conn: str, url: str | None) -> None:
         super().__init__(conn, url)
         self.last_seq: int | None = None
@@ -141,7 +58,7 @@ class CoinbaseProcessor(FeedProcessor):
         name = dashed_pair(exchange_symbol)  # spot product ids are BASE-QUOTE already
         return None if name is None else (name, exchange_symbol)
 
-    def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
+    def on_frame(self, conn: ConnectionState, raw: RawRecord, out: FeedOutput) -> None:
         assert isinstance(conn, CoinbaseConnection)
         msg = self._decode(raw)
         self._check_sequence(conn, msg.sequence_num, raw, out)
@@ -162,17 +79,15 @@ class CoinbaseProcessor(FeedProcessor):
         else:
             raise ParseError(f"unsupported coinbase channel {channel!r}")
 
-    def _decode(self, raw: RawRecord) -> _Message:
+    def _decode(self, raw: RawRecord) -> Message:
         if not raw.data:
             raise ParseError("empty frame")
         try:
             return _decoder.decode(raw.data)
         except msgspec.ValidationError as exc:
-            found = decode_json(raw.data)
-            if isinstance(found, dict) and found.get("type") == "error":
-                raise ParseError(
-                    f"coinbase error: {found.get('message')!r} {found.get('reason', '')}".strip()
-                ) from None
+            error = _error(raw.data)
+            if error is not None:
+                raise ParseError(f"coinbase error: {error.message!r} {error.reason}".strip()) from None
             raise ParseError(f"unrecognised coinbase frame: {exc}") from None
         except msgspec.DecodeError as exc:
             raise ParseError(f"invalid JSON: {exc}") from None
@@ -187,7 +102,7 @@ class CoinbaseProcessor(FeedProcessor):
         if last is not None and seq != last + 1:
             self.connection_gap(conn, f"sequence_num {seq} after {last}", raw, out)
 
-    def _trades(self, raw: RawRecord, msg: _Message, out: FeedOutput) -> None:
+    def _trades(self, raw: RawRecord, msg: Message, out: FeedOutput) -> None:
         rows = []
         for event in msg.events:
             for trade in event.trades:
@@ -202,7 +117,7 @@ class CoinbaseProcessor(FeedProcessor):
                 raw, out, trade.product_id, trade.trade_id, float(trade.price), float(trade.size), side, ts
             )
 
-    def _tickers(self, raw: RawRecord, msg: _Message, out: FeedOutput) -> None:
+    def _tickers(self, raw: RawRecord, msg: Message, out: FeedOutput) -> None:
         ts = rfc3339_to_us(msg.timestamp) if msg.timestamp else None
         for event in msg.events:
             for row in event.tickers:
@@ -221,7 +136,7 @@ class CoinbaseProcessor(FeedProcessor):
                     volume_24h=opt_float(row.volume_24_h),
                 )
 
-    def _candles(self, conn: Connection, raw: RawRecord, msg: _Message, out: FeedOutput) -> None:
+    def _candles(self, conn: ConnectionState, raw: RawRecord, msg: Message, out: FeedOutput) -> None:
         """Five-minute candles (the only websocket granularity), no final flag: the base's
         later-window rule closes them. A snapshot lists recent ones oldest first."""
         ts = rfc3339_to_us(msg.timestamp) if msg.timestamp else None
@@ -245,7 +160,7 @@ class CoinbaseProcessor(FeedProcessor):
                 )
 
     def _book_event(
-        self, conn: Connection, raw: RawRecord, msg: _Message, event: _Event, out: FeedOutput
+        self, conn: ConnectionState, raw: RawRecord, msg: Message, event: Event, out: FeedOutput
     ) -> None:
         self.counters.book_messages += 1
         bids: list[Level] = []
@@ -277,3 +192,12 @@ class CoinbaseProcessor(FeedProcessor):
             self.accept_update(state, raw, out, ts, bids, asks, last_id=msg.sequence_num)
         else:
             raise ParseError(f"coinbase l2_data event type {event.type!r}")
+
+
+def _error(data: bytes | str) -> ErrorMessage | None:
+    """The frame as an error message, None when it is not one."""
+    try:
+        found = _errors.decode(data)
+    except msgspec.DecodeError:
+        return None
+    return found if found.type == "error" else None

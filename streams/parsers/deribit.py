@@ -45,270 +45,60 @@ coin). Both are divided by the instrument's ``contract_size`` from its metadata 
 0.5 SOL = 500 contracts; options: 1 coin). ``OpenInterest.value`` is the USD open interest as
 sent for inverse contracts and None for linear ones and options (Deribit states no notional).
 
-Instruments (``/api/v2/public/get_instruments``, ``/api/v2/public/get_instrument``, the JSON-RPC
-answer over HTTP): ``kind`` future with ``settlement_period`` ``perpetual`` is a perpetual,
-otherwise a dated future; options carry ``strike`` and ``option_type``; spot is named
-``BASE-QUOTE``; combos are skipped (``unnamed_instrument``). ``instrument_type`` ``reversed`` is
-inverse, ``linear`` linear (older answers without it, as recorded in 2021, are coin-margined when
-quoted in USD or in the base coin: Deribit's only inverse contracts). The name's quote is the price
-currency (``quote_currency``), for options the strike's currency (``counter_currency``, else the
-``price_index`` quote, else USD for coin-quoted options, all struck on the coin/USD index):
-BTC-PERPETUAL is ``BTC-USD-PERP-INV``, BTC-25MAR22 ``BTC-USD-20220325-INV``, SOL_USDC-PERPETUAL
-``SOL-USDC-PERP``, BTC-24JUN22-30000-C ``BTC-USD-20220624-30000-C-INV``. Contract size currency:
-USD for inverse perpetuals and futures, the base coin otherwise. Lot size is ``min_trade_amount``
-in contracts. Symbols no metadata named are dead-lettered (``unnamed_instrument``), never read
-from the wire name.
+Instruments and the wire structs: ``marketpipe/exchanges/deribit.py`` (``parse_instruments`` is
+re-exported here). Symbols no metadata named are dead-lettered (``unnamed_instrument``), never
+read from the wire name.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
+from marketpipe.exchanges.deribit import (
+    ANY,
+    BOOK,
+    BOOK_CHANNEL,
+    BOOK_SUMMARY_PATHS,
+    CANDLE,
+    CHART_PREFIX,
+    INSTRUMENTS_PATH,
+    INSTRUMENTS_PATHS,
+    MESSAGE,
+    SUMMARIES,
+    TICKER,
+    TICKER_CHANNEL,
+    TRADES,
+    TRADES_CHANNEL,
+    Book,
+    Candle,
+    Message,
+    Params,
+    Stats,
+    Summary,
+    Ticker,
+    Trade,
+    parse_instruments,
+    typed,
+)
 from marketpipe.raw import RawRecord
-from marketpipe.records import ContractType, Instrument, InstrumentKind, Level, OptionType, Side
-from streams.instruments import Instruments, named, read_entries
+from marketpipe.records import Instrument, Level, Side
 from streams.parsers.base import (
-    BookState,
-    Connection,
+    BookSync,
+    ConnectionState,
     FeedOutput,
     FeedProcessor,
     ParseError,
     interval_name,
-    json_object,
     ms_to_us,
 )
 
-INSTRUMENTS_PATH = "/api/v2/public/get_instruments"
-INSTRUMENTS_PATHS = (INSTRUMENTS_PATH, "/api/v2/public/get_instrument")
-BOOK_SUMMARY_PATHS = (
-    "/api/v2/public/get_book_summary_by_instrument",
-    "/api/v2/public/get_book_summary_by_currency",
-)
+# parse_instruments stays importable from here until every caller reads it from the wire module
+__all__ = ["DeribitProcessor", "parse_instruments"]
+
 TAKER_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
 OPPOSITE: dict[Side, Side] = {"buy": "sell", "sell": "buy", "unknown": "unknown"}
-CONTRACT_TYPES: dict[str, ContractType] = {"reversed": "inverse", "linear": "linear"}
-OPTION_TYPES: dict[str, OptionType] = {"call": "call", "put": "put"}
 DELIVERY_WINDOW_US = 30 * 60 * 1_000_000
 """Deribit's delivery price is the index averaged over the last 30 minutes before expiry"""
-
-
-# ----------------------------------------------------------------------------- wire structs
-
-
-class _Error(msgspec.Struct):
-    code: int = 0
-    message: str = ""
-
-
-class _Params(msgspec.Struct):
-    channel: str = ""
-    data: msgspec.Raw = msgspec.Raw(b"null")
-    type: str = ""
-    """heartbeat notifications: ``heartbeat`` or ``test_request``"""
-
-
-_NO_RESULT = msgspec.Raw(b"")
-
-
-class _Message(msgspec.Struct):
-    jsonrpc: str = ""
-    id: int | str | None = None
-    method: str = ""
-    params: _Params | None = None
-    result: msgspec.Raw = _NO_RESULT
-    """empty (length 0) when the frame has none"""
-    error: _Error | None = None
-
-
-class _Trade(msgspec.Struct):
-    trade_id: str
-    instrument_name: str
-    timestamp: int
-    price: float
-    amount: float
-    direction: str
-    liquidation: str | None = None
-
-
-class _Book(msgspec.Struct):
-    type: str
-    timestamp: int
-    instrument_name: str
-    change_id: int
-    prev_change_id: int | None = None
-    bids: list[tuple[str, float, float]] = []
-    asks: list[tuple[str, float, float]] = []
-
-
-class _Stats(msgspec.Struct):
-    volume: float | None = None
-    volume_usd: float | None = None
-    high: float | None = None
-    low: float | None = None
-
-
-class _Ticker(msgspec.Struct):
-    instrument_name: str
-    timestamp: int
-    last_price: float | None = None
-    best_bid_price: float | None = None
-    best_bid_amount: float | None = None
-    best_ask_price: float | None = None
-    best_ask_amount: float | None = None
-    mark_price: float | None = None
-    index_price: float | None = None
-    estimated_delivery_price: float | None = None
-    open_interest: float | None = None
-    current_funding: float | None = None
-    stats: _Stats | None = None
-
-
-class _Summary(msgspec.Struct):
-    """One ``public/get_book_summary_by_*`` row (open interest, mark and funding)."""
-
-    instrument_name: str
-    creation_timestamp: int
-    mark_price: float | None = None
-    estimated_delivery_price: float | None = None
-    open_interest: float | None = None
-    current_funding: float | None = None
-
-
-class _Candle(msgspec.Struct):
-    tick: int
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float | None = None
-    cost: float | None = None
-
-
-_message = msgspec.json.Decoder(_Message)
-_trades = msgspec.json.Decoder(list[_Trade])
-_book = msgspec.json.Decoder(_Book)
-_ticker = msgspec.json.Decoder(_Ticker)
-_candle = msgspec.json.Decoder(_Candle)
-_summaries = msgspec.json.Decoder(list[_Summary])
-_any = msgspec.json.Decoder()
-
-
-# ------------------------------------------------------------------------------ instruments
-
-
-def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
-    """``public/get_instruments`` (a list) or ``public/get_instrument`` (one) -> names with the
-    Instrument record of each; combos and unreadable entries are skipped with the reason."""
-    answer = json_object(body, "deribit instruments answer")
-    error = answer.get("error")
-    if error is not None:
-        detail = error if not isinstance(error, dict) else f"{error.get('code')}: {error.get('message')!r}"
-        raise ParseError(f"deribit instruments error {detail}")
-    result = answer.get("result")
-    rows = [result] if isinstance(result, dict) else result
-    if not isinstance(rows, list):
-        raise ParseError(f"deribit instruments answer has no result list: {str(answer)[:200]}")
-    return read_entries(rows, _instrument, "deribit instruments", ("instrument_name",))
-
-
-def _instrument(row: dict[str, Any], found: Instruments) -> None:
-    kind = row["kind"]
-    if kind == "future":
-        perpetual = row.get("settlement_period") == "perpetual"
-        found.add_record(named(_derivative(row, "perpetual" if perpetual else "future")))
-    elif kind == "option":
-        found.add_record(named(_derivative(row, "option")))
-    elif kind == "spot":
-        found.add_record(named(_spot(row)))
-    else:
-        raise ParseError(f"{kind} instrument: deribit combos are not normalised", "unnamed_instrument")
-
-
-def _spot(row: dict[str, Any]) -> Instrument:
-    return Instrument(
-        exchange="deribit",
-        symbol="",
-        exchange_symbol=row["instrument_name"],
-        kind="spot",
-        base=row["base_currency"],
-        quote=row["quote_currency"],
-        contract_size=1.0,
-        contract_size_currency=row["base_currency"],
-        tick_size=_positive(row, "tick_size"),
-        lot_size=_positive(row, "min_trade_amount"),
-        ts=0,
-    )
-
-
-def _derivative(row: dict[str, Any], kind: InstrumentKind) -> Instrument:
-    base = row["base_currency"]
-    contract_type = _contract_type(row)
-    quote = _strike_currency(row) if kind == "option" else row["quote_currency"]
-    contract_size = _positive(row, "contract_size")
-    if contract_size is None:
-        raise ParseError("no contract_size")
-    min_amount = _positive(row, "min_trade_amount")
-    option_type = OPTION_TYPES.get(row.get("option_type") or "") if kind == "option" else None
-    if kind == "option" and option_type is None:
-        raise ParseError(f"option_type {row.get('option_type')!r} is neither call nor put")
-    return Instrument(
-        exchange="deribit",
-        symbol="",
-        exchange_symbol=row["instrument_name"],
-        kind=kind,
-        contract_type=contract_type,
-        base=base,
-        quote=quote,
-        settle_currency=row.get("settlement_currency") or (base if contract_type == "inverse" else quote),
-        contract_size=contract_size,
-        contract_size_currency=quote if contract_type == "inverse" and kind != "option" else base,
-        expiry_ts=ms_to_us(row["expiration_timestamp"]) if kind != "perpetual" else None,
-        strike=float(row["strike"]) if kind == "option" else None,
-        option_type=option_type,
-        tick_size=_positive(row, "tick_size"),
-        lot_size=min_amount / contract_size if min_amount is not None else None,
-        ts=0,
-    )
-
-
-def _contract_type(row: dict[str, Any]) -> ContractType:
-    declared = row.get("instrument_type") or row.get("future_type")
-    if declared is None:
-        # answers older than ``instrument_type``: coin-margined (inverse) when quoted in USD or in
-        # the base coin itself, Deribit's only inverse contracts; USDC-quoted ones are linear
-        quote = row["quote_currency"]
-        return "inverse" if quote in ("USD", row["base_currency"]) else "linear"
-    found = CONTRACT_TYPES.get(declared)
-    if found is None:
-        raise ParseError(f"instrument_type {declared!r} is neither linear nor reversed")
-    return found
-
-
-def _strike_currency(row: dict[str, Any]) -> str:
-    """The currency an option's strike is stated in: ``counter_currency``, else the quote of its
-    ``price_index`` (``btc_usd``), else USD for an option quoted in its own coin (Deribit's coin
-    options are all struck on the coin/USD index)."""
-    counter = row.get("counter_currency")
-    if isinstance(counter, str) and counter:
-        return counter
-    index = row.get("price_index")
-    if isinstance(index, str) and "_" in index:
-        return index.rsplit("_", 1)[1].upper()
-    if row["quote_currency"] == row["base_currency"]:
-        return "USD"
-    raise ParseError("option without counter_currency or price_index: strike currency unknown")
-
-
-def _positive(row: dict[str, Any], field: str) -> float | None:
-    value = row.get(field)
-    if value is None:
-        return None
-    number = float(value)
-    if not 0.0 < number < float("inf"):
-        raise ParseError(f"{field} {value!r} is not a positive number")
-    return number
 
 
 # -------------------------------------------------------------------------------- processor
@@ -327,7 +117,7 @@ class DeribitProcessor(FeedProcessor):
             "unnamed_instrument",
         )
 
-    def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
+    def on_frame(self, conn: ConnectionState, raw: RawRecord, out: FeedOutput) -> None:
         msg = self._decode(raw)
         if msg.method == "subscription" and msg.params is not None:
             self._notification(conn, msg.params, raw, out)
@@ -340,7 +130,7 @@ class DeribitProcessor(FeedProcessor):
         else:
             raise ParseError(f"unrecognised deribit frame: {raw.text()[:200]}")
 
-    def on_rest(self, conn: Connection, raw: RawRecord, path: str, out: FeedOutput) -> None:
+    def on_rest(self, conn: ConnectionState, raw: RawRecord, path: str, out: FeedOutput) -> None:
         if not path.endswith(BOOK_SUMMARY_PATHS):
             super().on_rest(conn, raw, path, out)
             return
@@ -349,13 +139,13 @@ class DeribitProcessor(FeedProcessor):
             raise ParseError(f"deribit error {msg.error.code}: {msg.error.message!r} ({raw.url})")
         if not len(msg.result):
             raise ParseError(f"deribit book summary {raw.url!r} has no result")
-        self._summaries(_typed(_summaries, msg.result, "book summary"), raw, out)
+        self._summaries(typed(SUMMARIES, msg.result, "book summary"), raw, out)
 
-    def _decode(self, raw: RawRecord) -> _Message:
+    def _decode(self, raw: RawRecord) -> Message:
         if not raw.payload:
             raise ParseError("empty frame")
         try:
-            return _message.decode(raw.payload)
+            return MESSAGE.decode(raw.payload)
         except msgspec.ValidationError as exc:
             raise ParseError(f"unrecognised deribit frame: {exc}: {raw.text()[:200]}") from None
         except msgspec.DecodeError as exc:
@@ -364,27 +154,27 @@ class DeribitProcessor(FeedProcessor):
     def _result(self, result: msgspec.Raw, raw: RawRecord, out: FeedOutput) -> None:
         """Answers on the websocket: the subscribe result (the channels now subscribed), ``"ok"``
         of set_heartbeat, ``{"version"}`` of public/test, or book summaries (open interest)."""
-        value = _any.decode(result)
+        value = ANY.decode(result)
         if isinstance(value, list) and all(isinstance(item, str) for item in value):
             self.counters.acks += 1
         elif value == "ok" or (isinstance(value, dict) and "version" in value):
             self.counters.heartbeats += 1
         elif isinstance(value, list) and all(isinstance(item, dict) for item in value):
-            self._summaries(_typed(_summaries, result, "book summary"), raw, out)
+            self._summaries(typed(SUMMARIES, result, "book summary"), raw, out)
         else:
             raise ParseError(f"unrecognised deribit result: {bytes(result)[:200]!r}")
 
-    def _notification(self, conn: Connection, params: _Params, raw: RawRecord, out: FeedOutput) -> None:
+    def _notification(self, conn: ConnectionState, params: Params, raw: RawRecord, out: FeedOutput) -> None:
         channel = params.channel
         kind = channel.partition(".")[0]
-        if kind == "book":
-            self._book(conn, _typed(_book, params.data, channel), raw, out)
-        elif kind == "trades":
-            self._trades(_typed(_trades, params.data, channel), raw, out)
-        elif kind == "ticker":
-            self._ticker(_typed(_ticker, params.data, channel), raw, out)
-        elif channel.startswith("chart.trades."):
-            self._candle(conn, channel, _typed(_candle, params.data, channel), raw, out)
+        if kind == BOOK_CHANNEL:
+            self._book(conn, typed(BOOK, params.data, channel), raw, out)
+        elif kind == TRADES_CHANNEL:
+            self._trades(typed(TRADES, params.data, channel), raw, out)
+        elif kind == TICKER_CHANNEL:
+            self._ticker(typed(TICKER, params.data, channel), raw, out)
+        elif channel.startswith(CHART_PREFIX):
+            self._candle(conn, channel, typed(CANDLE, params.data, channel), raw, out)
         else:
             raise ParseError(f"unsupported deribit channel {channel!r}", "unsupported")
 
@@ -402,7 +192,7 @@ class DeribitProcessor(FeedProcessor):
 
     # -- trades and liquidations ---------------------------------------------------------
 
-    def _trades(self, trades: list[_Trade], raw: RawRecord, out: FeedOutput) -> None:
+    def _trades(self, trades: list[Trade], raw: RawRecord, out: FeedOutput) -> None:
         for item in trades:
             symbol = item.instrument_name
             size = _in_contracts(item.amount, self._record(symbol).contract_size)
@@ -414,7 +204,7 @@ class DeribitProcessor(FeedProcessor):
                 self._liquidation(item, side, size, ts, raw, out)
 
     def _liquidation(
-        self, item: _Trade, taker: Side, size: float, ts: int, raw: RawRecord, out: FeedOutput
+        self, item: Trade, taker: Side, size: float, ts: int, raw: RawRecord, out: FeedOutput
     ) -> None:
         flag = item.liquidation
         if flag == "T":
@@ -436,13 +226,13 @@ class DeribitProcessor(FeedProcessor):
 
     # -- tickers: ticker, mark/index, funding, open interest ---------------------------------
 
-    def _ticker(self, item: _Ticker, raw: RawRecord, out: FeedOutput) -> None:
+    def _ticker(self, item: Ticker, raw: RawRecord, out: FeedOutput) -> None:
         symbol = item.instrument_name
         record = self._record(symbol)
         per_contract = record.contract_size
         ts = ms_to_us(item.timestamp)
         bid, ask = _price(item.best_bid_price), _price(item.best_ask_price)
-        stats = item.stats or _Stats()
+        stats = item.stats or Stats()
         self.ticker(
             raw,
             out,
@@ -463,7 +253,7 @@ class DeribitProcessor(FeedProcessor):
             item.open_interest, item.current_funding, raw, out,
         )  # fmt: skip
 
-    def _summaries(self, rows: list[_Summary], raw: RawRecord, out: FeedOutput) -> None:
+    def _summaries(self, rows: list[Summary], raw: RawRecord, out: FeedOutput) -> None:
         """Book summaries (REST or websocket answers): open interest, mark price and funding."""
         for row in rows:
             record = self._record(row.instrument_name)
@@ -504,9 +294,11 @@ class DeribitProcessor(FeedProcessor):
 
     # -- exchange candles -------------------------------------------------------------------
 
-    def _candle(self, conn: Connection, channel: str, item: _Candle, raw: RawRecord, out: FeedOutput) -> None:
+    def _candle(
+        self, conn: ConnectionState, channel: str, item: Candle, raw: RawRecord, out: FeedOutput
+    ) -> None:
         """``chart.trades.<instrument>.<resolution>``: minutes as a number, or ``1D``."""
-        _, _, rest = channel.partition("chart.trades.")
+        _, _, rest = channel.partition(CHART_PREFIX)
         symbol, _, resolution = rest.rpartition(".")
         if resolution == "1D":
             seconds = 86_400
@@ -533,7 +325,7 @@ class DeribitProcessor(FeedProcessor):
 
     # -- books ------------------------------------------------------------------------------
 
-    def _book(self, conn: Connection, data: _Book, raw: RawRecord, out: FeedOutput) -> None:
+    def _book(self, conn: ConnectionState, data: Book, raw: RawRecord, out: FeedOutput) -> None:
         self.counters.book_messages += 1
         symbol = data.instrument_name
         per_contract = self._record(symbol).contract_size
@@ -550,7 +342,7 @@ class DeribitProcessor(FeedProcessor):
             raise ParseError(f"deribit book notification type {data.type!r} is not snapshot or change")
 
     def _change(
-        self, state: BookState, data: _Book, per_contract: float, ts: int, raw: RawRecord, out: FeedOutput
+        self, state: BookSync, data: Book, per_contract: float, ts: int, raw: RawRecord, out: FeedOutput
     ) -> None:
         if not state.synced:
             self.skip_unsynced(state, raw, out)
@@ -565,13 +357,6 @@ class DeribitProcessor(FeedProcessor):
         self.accept_update(
             state, raw, out, ts, bids, asks, first_id=data.prev_change_id, last_id=data.change_id
         )
-
-
-def _typed(decoder: msgspec.json.Decoder[Any], data: msgspec.Raw | bytes, what: str) -> Any:
-    try:
-        return decoder.decode(data)
-    except msgspec.ValidationError as exc:
-        raise ParseError(f"malformed deribit {what} data: {exc}") from None
 
 
 def _levels(rows: list[tuple[str, float, float]], per_contract: float) -> list[Level]:

@@ -18,55 +18,39 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+from marketpipe.exchanges import gateio as wire
+from marketpipe.exchanges.gateio import (
+    ACK_EVENTS,
+    INSTRUMENTS_PATH,
+    INTERVALS,
+    ORDER_BOOK_PATH,
+    create_time_ms_to_us,
+    parse_instruments,
+)
+from marketpipe.instruments import dashed_pair
 from marketpipe.raw import RawRecord
-from marketpipe.records import Side
+from marketpipe.records import Level, Side
+from marketpipe.wire import decode_struct
 from streams.bridge import Delta, SnapshotBridgeProcessor
-from streams.instruments import Instruments, dashed_pair, read_entries, spot_name
 from streams.parsers.base import (
-    Connection,
+    ConnectionState,
     FeedOutput,
     ParseError,
-    decode_json,
     interval_span_us,
-    json_object,
-    levels,
     ms_to_us,
     opt_float,
     url_param,
 )
 
-INSTRUMENTS_PATH = "/api/v4/spot/currency_pairs"
-ORDER_BOOK_PATH = "/api/v4/spot/order_book"
+__all__ = ["GateioProcessor", "create_time_ms_to_us", "parse_instruments"]  # producers/base.py, tests
+
 TAKER_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
-ACK_EVENTS = frozenset({"subscribe", "unsubscribe"})
-INTERVALS = {
-    "10s": "10s", "1m": "1m", "5m": "5m", "15m": "15m", "30m": "30m", "1h": "1h", "4h": "4h",
-    "8h": "8h", "1d": "1d", "7d": "7d", "30d": "1M",
-}  # fmt: skip
-"""Gate.io candlestick intervals -> marketpipe's spelling (``30d`` is the calendar month)"""
 
 
-def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
-    """currency_pairs (a list) or currency_pairs/{pair} (one object) -> {"BTC_USDT": "BTC-USDT"}
-    from the ``base``/``quote`` fields (an entry without them is skipped)."""
-    found = decode_json(body)
-    if isinstance(found, dict):
-        if "label" in found:  # {"label":"INVALID_CURRENCY_PAIR","message":...}
-            raise ParseError(f"gateio currency_pairs error {found['label']}: {found.get('message')!r}")
-        found = [found]
-    elif not isinstance(found, list):
-        raise ParseError("gateio currency_pairs response is neither a list nor an object")
-    return read_entries(found, _pair, "gateio currency_pairs", ("id",))
-
-
-def _pair(row: dict[str, Any], found: Instruments) -> None:
-    found.add(row["id"], spot_name(row["base"], row["quote"]))
-
-
-def create_time_ms_to_us(text: str) -> int:
-    """``"1619093543708.2642"`` (milliseconds with a decimal fraction, as text) -> µs."""
-    millis, _, fraction = text.partition(".")
-    return int(millis) * 1000 + (int((fraction + "000")[:3]) if fraction else 0)
+def _levels(rows: list[tuple[float, float]]) -> list[Level]:
+    return [Level(price, size) for price, size in rows]
 
 
 class GateioProcessor(SnapshotBridgeProcessor):
@@ -80,34 +64,36 @@ class GateioProcessor(SnapshotBridgeProcessor):
         name = dashed_pair(exchange_symbol, "_")  # pairs are BASE_QUOTE
         return None if name is None else (name, exchange_symbol)
 
-    def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
-        msg = json_object(raw.data, "gateio frame")
-        channel = msg.get("channel")
-        if msg.get("event") == "update":
-            result = msg["result"]
-            if channel == "spot.order_book_update":
-                self._update(conn, raw, result, out)
-            elif channel == "spot.trades":
-                self._trade(raw, result, out)
-            elif channel == "spot.tickers":
-                self._ticker(raw, msg, result, out)
-            elif channel == "spot.candlesticks":
-                self._candle(conn, raw, msg, result, out)
+    def on_frame(self, conn: ConnectionState, raw: RawRecord, out: FeedOutput) -> None:
+        msg = decode_struct(wire.frames, raw.data, "gateio frame")
+        channel = msg.channel
+        if msg.event == wire.UPDATE:
+            result = msg.result
+            if not result:
+                raise KeyError("result")
+            if channel == wire.BOOK_CHANNEL:
+                self._update(conn, raw, decode_struct(wire.book_updates, result), out)
+            elif channel == wire.TRADES_CHANNEL:
+                self._trade(raw, decode_struct(wire.trades, result), out)
+            elif channel == wire.TICKERS_CHANNEL:
+                self._ticker(raw, msg, decode_struct(wire.tickers, result), out)
+            elif channel == wire.CANDLES_CHANNEL:
+                self._candle(conn, raw, msg, decode_struct(wire.candles, result), out)
             else:
                 raise ParseError(f"unsupported gateio channel {channel!r}")
             return
         self._control_frame(channel, msg)
 
-    def _control_frame(self, channel: object, msg: dict[str, Any]) -> None:
-        error = msg.get("error")
-        event = msg.get("event")
+    def _control_frame(self, channel: object, msg: wire.Frame) -> None:
+        error = msg.error
+        event = msg.event
         if error:
             detail = f"{error.get('code')}: {error.get('message')!r}" if isinstance(error, dict) else error
             raise ParseError(f"gateio {channel} {event} error {detail}")
-        if channel == "spot.pong":
+        if channel == wire.PONG_CHANNEL:
             self.counters.heartbeats += 1
         elif event in ACK_EVENTS:
-            result = msg.get("result")
+            result: Any = msgspec.json.decode(msg.result) if msg.result else None
             status = result.get("status") if isinstance(result, dict) else None
             if status != "success":
                 raise ParseError(f"gateio {channel} {event} not successful: {str(result)[:200]}")
@@ -115,43 +101,46 @@ class GateioProcessor(SnapshotBridgeProcessor):
         else:
             raise ParseError(f"unrecognised gateio frame: channel {channel!r}, event {event!r}")
 
-    def _trade(self, raw: RawRecord, result: dict[str, Any], out: FeedOutput) -> None:
-        side = TAKER_SIDES.get(result["side"], "unknown")
-        price, size = float(result["price"]), float(result["amount"])
-        ts = create_time_ms_to_us(result["create_time_ms"])
-        self.trade(raw, out, result["currency_pair"], str(result["id"]), price, size, side, ts)
+    def _trade(self, raw: RawRecord, result: wire.Trade, out: FeedOutput) -> None:
+        side = TAKER_SIDES.get(result.side, "unknown")
+        ts = create_time_ms_to_us(result.create_time_ms)
+        self.trade(raw, out, result.currency_pair, str(result.id), result.price, result.amount, side, ts)
 
     # -------------------------------------------------------------- tickers, candles
 
     @staticmethod
-    def _frame_time(msg: dict[str, Any]) -> int:
-        stamp = msg.get("time_ms")
-        return ms_to_us(stamp) if stamp is not None else int(msg["time"]) * 1_000_000
+    def _frame_time(msg: wire.Frame) -> int:
+        stamp = msg.time_ms
+        if stamp is not None:
+            return ms_to_us(stamp)
+        if msg.time is None:
+            raise KeyError("time")
+        return int(msg.time) * 1_000_000
 
-    def _ticker(self, raw: RawRecord, msg: dict[str, Any], result: dict[str, Any], out: FeedOutput) -> None:
+    def _ticker(self, raw: RawRecord, msg: wire.Frame, result: wire.Ticker, out: FeedOutput) -> None:
         self.ticker(
             raw,
             out,
-            result["currency_pair"],
+            result.currency_pair,
             self._frame_time(msg),
-            last_price=opt_float(result.get("last")),
-            bid_price=opt_float(result.get("highest_bid")),
-            ask_price=opt_float(result.get("lowest_ask")),
-            high_24h=opt_float(result.get("high_24h")),
-            low_24h=opt_float(result.get("low_24h")),
-            volume_24h=opt_float(result.get("base_volume")),
-            quote_volume_24h=opt_float(result.get("quote_volume")),
+            last_price=opt_float(result.last),
+            bid_price=opt_float(result.highest_bid),
+            ask_price=opt_float(result.lowest_ask),
+            high_24h=opt_float(result.high_24h),
+            low_24h=opt_float(result.low_24h),
+            volume_24h=opt_float(result.base_volume),
+            quote_volume_24h=opt_float(result.quote_volume),
         )
 
     def _candle(
-        self, conn: Connection, raw: RawRecord, msg: dict[str, Any], result: dict[str, Any], out: FeedOutput
+        self, conn: ConnectionState, raw: RawRecord, msg: wire.Frame, result: wire.Candle, out: FeedOutput
     ) -> None:
-        name = result["n"]
+        name = result.n
         kind, _, pair = name.partition("_")
         interval = INTERVALS.get(kind)
         if interval is None or not pair:
             raise ParseError(f"unsupported gateio candlestick name {name!r}")
-        open_time = int(result["t"]) * 1_000_000
+        open_time = result.t * 1_000_000
         self.exchange_candle(
             conn,
             raw,
@@ -160,32 +149,39 @@ class GateioProcessor(SnapshotBridgeProcessor):
             interval,
             open_time,
             interval_span_us(interval, open_time),
-            float(result["o"]),
-            float(result["h"]),
-            float(result["l"]),
-            float(result["c"]),
-            volume=opt_float(result.get("a")),
-            quote_volume=float(result["v"]),
-            closed=True if result.get("w") is True else None,
+            float(result.o),
+            float(result.h),
+            float(result.l),
+            float(result.c),
+            volume=opt_float(result.a),
+            quote_volume=float(result.v),
+            closed=True if result.w is True else None,
             ts=self._frame_time(msg),
         )
 
     # ---------------------------------------------------------------------------- book
 
-    def _update(self, conn: Connection, raw: RawRecord, result: dict[str, Any], out: FeedOutput) -> None:
-        bids, asks = levels(result["b"]), levels(result["a"])
-        delta = Delta(int(result["U"]), int(result["u"]), bids, asks, ms_to_us(result["t"]), raw)
-        self.on_delta(conn, result["s"], delta, out)
+    def _update(
+        self, conn: ConnectionState, raw: RawRecord, result: wire.BookUpdate, out: FeedOutput
+    ) -> None:
+        delta = Delta(result.U, result.u, _levels(result.b), _levels(result.a), ms_to_us(result.t), raw)
+        self.on_delta(conn, result.s, delta, out)
 
-    def on_rest(self, conn: Connection, raw: RawRecord, path: str, out: FeedOutput) -> None:
+    def on_rest(self, conn: ConnectionState, raw: RawRecord, path: str, out: FeedOutput) -> None:
         if not path.endswith(ORDER_BOOK_PATH):
             super().on_rest(conn, raw, path, out)
             return
         pair = url_param(raw, "currency_pair", "gateio order_book")
-        snapshot = json_object(raw.payload, "gateio order_book snapshot")
-        if "id" not in snapshot:
+        snapshot = decode_struct(wire.snapshots, raw.payload, "gateio order_book snapshot")
+        if snapshot.id is msgspec.UNSET:
             raise ParseError(f"gateio order_book snapshot has no id (with_id=true?): {raw.text()[:200]}")
-        stamp = snapshot.get("update") or snapshot.get("current")
+        stamp = snapshot.update or snapshot.current
         ts = ms_to_us(stamp) if stamp else raw.recv_ns // 1000
-        bids, asks = levels(snapshot["bids"]), levels(snapshot["asks"])
-        self.bridge(conn, pair, raw, int(snapshot["id"]), bids, asks, out, ts)
+        bids, asks = _required(snapshot.bids, "bids"), _required(snapshot.asks, "asks")
+        self.bridge(conn, pair, raw, snapshot.id, _levels(bids), _levels(asks), out, ts)
+
+
+def _required(rows: list[tuple[float, float]] | None, name: str) -> list[tuple[float, float]]:
+    if rows is None:
+        raise KeyError(name)
+    return rows

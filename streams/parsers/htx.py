@@ -29,66 +29,37 @@ no final flag (a later window on the connection makes a candle final). Numbers a
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
+import msgspec
+
+from marketpipe.exchanges import htx as wire
+from marketpipe.exchanges.htx import (
+    INSTRUMENTS_PATH,
+    INSTRUMENTS_PATHS,
+    PERIODS,
+    inflate,
+    parse_instruments,
+)
 from marketpipe.raw import RawRecord
-from marketpipe.records import Side
+from marketpipe.records import Level, Side
+from marketpipe.wire import decode_json, decode_struct, ms_to_us
 from streams.bridge import Delta, SnapshotBridgeProcessor
-from streams.instruments import Instruments, read_entries, spot_name
 from streams.parsers.base import (
-    Connection,
+    ConnectionState,
     FeedOutput,
     ParseError,
     interval_span_us,
-    json_object,
-    levels,
-    ms_to_us,
     opt_float,
 )
 
-INSTRUMENTS_PATH = "/v2/settings/common/symbols"
-INSTRUMENTS_PATHS = (
-    INSTRUMENTS_PATH,
-    "/v1/settings/common/symbols",
-    "/v1/settings/common/market-symbols",
-    "/v1/common/symbols",
-)
-"""the v2 and v1 symbol settings (``sc``/``symbol``, ``bc``, ``qc``) and the older
-``/v1/common/symbols`` (``symbol``, ``base-currency``, ``quote-currency``)"""
+__all__ = ["HtxProcessor", "inflate", "parse_instruments"]  # parse_instruments: producers/base.py
+
 TAKER_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
-_GZIP_MAGIC = b"\x1f\x8b"
-PERIODS = {
-    "1min": "1m", "5min": "5m", "15min": "15m", "30min": "30m", "60min": "1h", "4hour": "4h",
-    "1day": "1d", "1week": "1w", "1mon": "1M", "1year": "12M",
-}  # fmt: skip
-"""HTX kline periods -> marketpipe's interval spelling"""
 
 
-def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
-    """Any of ``INSTRUMENTS_PATHS`` -> {"btcusdt": "BTC-USDT", ...} from the base/quote currency
-    (an entry without them is skipped)."""
-    info = json_object(body, "htx symbols response")
-    if info.get("status") != "ok" or not isinstance(info.get("data"), list):
-        raise ParseError(f"htx symbols error: {str(info)[:200]}")
-    return read_entries(info["data"], _symbol, "htx symbols", ("sc", "symbol"))
-
-
-def _symbol(row: dict[str, Any], found: Instruments) -> None:
-    symbol = row["sc"] if "sc" in row else row["symbol"]
-    base = row["bc"] if "bc" in row else row["base-currency"]
-    quote = row["qc"] if "qc" in row else row["quote-currency"]
-    found.add(symbol, spot_name(base.upper(), quote.upper()))
-
-
-def inflate(data: bytes | str | None) -> bytes | str | None:
-    """A gzip frame as its JSON text; anything else is returned as is (decoded sample text)."""
-    if isinstance(data, bytes) and data[:2] == _GZIP_MAGIC:
-        try:
-            return zlib.decompress(data, 31)
-        except zlib.error as exc:
-            raise ParseError(f"htx frame is not valid gzip: {exc}") from None
-    return data
+def _levels(rows: list[wire.Level] | None) -> list[Level]:
+    return [Level(price, size) for price, size in rows] if rows else []
 
 
 def _topic(channel: str) -> tuple[str, str]:
@@ -112,6 +83,15 @@ def _mbp_depth(topic: str) -> int:
         raise ParseError(f"htx mbp channel without a level count: {topic!r}") from None
 
 
+Data = bytes | str | None
+
+
+def _required(raw: msgspec.Raw, name: str) -> msgspec.Raw:
+    if not raw:
+        raise KeyError(name)
+    return raw
+
+
 class HtxProcessor(SnapshotBridgeProcessor):
     exchange = "htx"
     instruments_path = INSTRUMENTS_PATH
@@ -119,48 +99,54 @@ class HtxProcessor(SnapshotBridgeProcessor):
     instruments_parser = staticmethod(parse_instruments)
     id_name = "seqNum"
 
-    def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
-        msg = json_object(inflate(raw.data), "htx frame")
-        channel = msg.get("ch")
-        if channel is not None:
-            self._push(conn, channel, msg, raw, out)
-        elif "ping" in msg:
+    def on_frame(self, conn: ConnectionState, raw: RawRecord, out: FeedOutput) -> None:
+        text = inflate(raw.data)
+        pushed = _leading_topic(text)
+        if pushed is not None:  # a push as HTX writes it: decoded once, with its topic's struct
+            self._push(conn, *pushed, text, raw, out)
+            return
+        msg = decode_struct(wire.frames, text, "htx frame")
+        if msg.ch is not None:
+            self._push(conn, *_topic(msg.ch), text, raw, out)
+        elif msg.ping is not msgspec.UNSET:
             self.counters.heartbeats += 1
-        elif "rep" in msg:
-            self._reply(conn, msg, raw, out)
-        elif msg.get("status") == "ok" and ("subbed" in msg or "unsubbed" in msg):
+        elif not isinstance(msg.rep, msgspec.UnsetType):
+            self._reply(conn, msg.rep, msg, raw, out)
+        elif msg.status == "ok" and (msg.subbed is not msgspec.UNSET or msg.unsubbed is not msgspec.UNSET):
             self.counters.acks += 1
-        elif msg.get("status") == "error":
-            raise ParseError(f"htx error {msg.get('err-code')}: {msg.get('err-msg')!r}")
+        elif msg.status == "error":
+            raise ParseError(f"htx error {msg.err_code}: {msg.err_msg!r}")
         else:
-            raise ParseError(f"unrecognised htx frame with keys {sorted(msg)}")
+            raise ParseError(f"unrecognised htx frame with keys {sorted(decode_json(text))}")
 
     def _push(
-        self, conn: Connection, channel: str, msg: dict[str, Any], raw: RawRecord, out: FeedOutput
+        self, conn: ConnectionState, symbol: str, topic: str, text: Data, raw: RawRecord, out: FeedOutput
     ) -> None:
-        symbol, topic = _topic(channel)
-        tick = msg["tick"]
-        if topic == "trade.detail":
-            self._trades(symbol, tick["data"], raw, out)
+        if topic == wire.TRADE_TOPIC:
+            self._trades(symbol, decode_struct(wire.trades, text, "htx frame").tick.data, raw, out)
         elif topic.startswith("mbp."):
-            self._update(conn, symbol, _mbp_depth(topic), msg, tick, raw, out)
+            update = decode_struct(wire.mbp_updates, text, "htx frame")
+            self._update(conn, symbol, _mbp_depth(topic), _ts(update), update.tick, raw, out)
         elif topic.startswith("depth.step"):
-            self._full_book(conn, symbol, tick, ms_to_us(msg["ts"]), raw, out)
-        elif topic in ("ticker", "detail"):
-            self._ticker(symbol, tick, ms_to_us(msg["ts"]), raw, out)
+            book = decode_struct(wire.full_books, text, "htx frame")
+            self._full_book(conn, symbol, book.tick, _ts(book), raw, out)
+        elif topic in wire.TICKER_TOPICS:
+            ticker = decode_struct(wire.day_tickers, text, "htx frame")
+            self._ticker(symbol, ticker.tick, _ts(ticker), raw, out)
         elif topic.startswith("kline."):
-            self._kline(conn, symbol, topic[6:], tick, ms_to_us(msg["ts"]), raw, out)
+            kline = decode_struct(wire.klines, text, "htx frame")
+            self._kline(conn, symbol, topic[6:], kline.tick, _ts(kline), raw, out)
         else:
-            raise ParseError(f"unsupported htx channel {channel!r}")
+            raise ParseError(f"unsupported htx channel {wire.channel(symbol, topic)!r}")
 
-    def _trades(self, symbol: str, data: list[dict[str, Any]], raw: RawRecord, out: FeedOutput) -> None:
+    def _trades(self, symbol: str, data: list[wire.Trade], raw: RawRecord, out: FeedOutput) -> None:
         rows = [
             (
-                str(item.get("tradeId", item["id"])),
-                float(item["price"]),
-                float(item["amount"]),
-                TAKER_SIDES.get(item["direction"], "unknown"),
-                ms_to_us(item["ts"]),
+                str(item.id if item.tradeId is msgspec.UNSET else item.tradeId),
+                item.price,
+                item.amount,
+                TAKER_SIDES.get(item.direction, "unknown"),
+                ms_to_us(item.ts),
             )
             for item in data
         ]
@@ -169,33 +155,34 @@ class HtxProcessor(SnapshotBridgeProcessor):
 
     # -------------------------------------------------------------- tickers, klines
 
-    def _ticker(self, symbol: str, tick: dict[str, Any], ts: int, raw: RawRecord, out: FeedOutput) -> None:
-        count = tick.get("count")
+    def _ticker(self, symbol: str, tick: wire.DayTicker, ts: int, raw: RawRecord, out: FeedOutput) -> None:
+        count = tick.count
+        last = tick.close if tick.lastPrice is msgspec.UNSET else tick.lastPrice
         self.ticker(
             raw,
             out,
             symbol,
             ts,
-            last_price=opt_float(tick.get("lastPrice", tick.get("close"))),
-            last_size=opt_float(tick.get("lastSize")),
-            bid_price=opt_float(tick.get("bid")),
-            bid_size=opt_float(tick.get("bidSize")),
-            ask_price=opt_float(tick.get("ask")),
-            ask_size=opt_float(tick.get("askSize")),
-            open_24h=opt_float(tick.get("open")),
-            high_24h=opt_float(tick.get("high")),
-            low_24h=opt_float(tick.get("low")),
-            volume_24h=opt_float(tick.get("amount")),
-            quote_volume_24h=opt_float(tick.get("vol")),
+            last_price=opt_float(last),
+            last_size=opt_float(tick.lastSize),
+            bid_price=opt_float(tick.bid),
+            bid_size=opt_float(tick.bidSize),
+            ask_price=opt_float(tick.ask),
+            ask_size=opt_float(tick.askSize),
+            open_24h=opt_float(tick.open),
+            high_24h=opt_float(tick.high),
+            low_24h=opt_float(tick.low),
+            volume_24h=opt_float(tick.amount),
+            quote_volume_24h=opt_float(tick.vol),
             trades_24h=None if count is None else _count(count),
         )
 
     def _kline(
         self,
-        conn: Connection,
+        conn: ConnectionState,
         symbol: str,
         period: str,
-        tick: dict[str, Any],
+        tick: wire.Kline,
         ts: int,
         raw: RawRecord,
         out: FeedOutput,
@@ -203,8 +190,8 @@ class HtxProcessor(SnapshotBridgeProcessor):
         interval = PERIODS.get(period)
         if interval is None:
             raise ParseError(f"unsupported htx kline period {period!r}")
-        open_time = int(tick["id"]) * 1_000_000
-        count = tick.get("count")
+        open_time = tick.id * 1_000_000
+        count = tick.count
         self.exchange_candle(
             conn,
             raw,
@@ -213,12 +200,12 @@ class HtxProcessor(SnapshotBridgeProcessor):
             interval,
             open_time,
             interval_span_us(interval, open_time),
-            float(tick["open"]),
-            float(tick["high"]),
-            float(tick["low"]),
-            float(tick["close"]),
-            volume=opt_float(tick.get("amount")),
-            quote_volume=opt_float(tick.get("vol")),
+            float(tick.open),
+            float(tick.high),
+            float(tick.low),
+            float(tick.close),
+            volume=opt_float(tick.amount),
+            quote_volume=opt_float(tick.vol),
             trades=None if count is None else _count(count),
             ts=ts,
         )
@@ -226,47 +213,85 @@ class HtxProcessor(SnapshotBridgeProcessor):
     # ------------------------------------------------------------------ full books
 
     def _full_book(
-        self, conn: Connection, symbol: str, tick: dict[str, Any], ts: int, raw: RawRecord, out: FeedOutput
+        self,
+        conn: ConnectionState,
+        symbol: str,
+        tick: wire.FullBook,
+        ts: int,
+        raw: RawRecord,
+        out: FeedOutput,
     ) -> None:
         self.counters.book_messages += 1
-        bids, asks = levels(tick["bids"]), levels(tick["asks"])
-        version = tick.get("version")
+        version = tick.version
         state = self.book_state(conn, symbol)
-        if version is not None and state.last_id is not None and int(version) < state.last_id:
+        if version is not None and state.last_id is not None and version < state.last_id:
             self.counters.stale_updates += 1
             return
         book = state.book
-        book.bids.load((level.price, level.size) for level in bids)
-        book.asks.load((level.price, level.size) for level in asks)
-        self.accept_snapshot(state, raw, out, ts, last_id=None if version is None else int(version))
+        book.bids.load(tick.bids)
+        book.asks.load(tick.asks)
+        self.accept_snapshot(state, raw, out, ts, last_id=version)
 
     # ------------------------------------------------------------------ MBP
 
     def _update(
         self,
-        conn: Connection,
+        conn: ConnectionState,
         symbol: str,
         depth: int,
-        msg: dict[str, Any],
-        tick: dict[str, Any],
+        ts: int,
+        tick: wire.MbpUpdate,
         raw: RawRecord,
         out: FeedOutput,
     ) -> None:
         # seqNum follows prevSeqNum: as an id range the update covers prevSeqNum+1..seqNum
-        first, last = int(tick["prevSeqNum"]) + 1, int(tick["seqNum"])
-        bids, asks = levels(tick.get("bids") or ()), levels(tick.get("asks") or ())
+        first, last = tick.prevSeqNum + 1, tick.seqNum
+        bids, asks = _levels(tick.bids), _levels(tick.asks)
         self.book_state(conn, symbol).depth = depth
-        self.on_delta(conn, symbol, Delta(first, last, bids, asks, ms_to_us(msg["ts"]), raw), out)
+        self.on_delta(conn, symbol, Delta(first, last, bids, asks, ts, raw), out)
 
-    def _reply(self, conn: Connection, msg: dict[str, Any], raw: RawRecord, out: FeedOutput) -> None:
-        rep = msg["rep"]
-        if msg.get("status") != "ok":
-            raise ParseError(f"htx request {rep!r} failed {msg.get('err-code')}: {msg.get('err-msg')!r}")
+    def _reply(
+        self, conn: ConnectionState, rep: str, msg: wire.Frame, raw: RawRecord, out: FeedOutput
+    ) -> None:
+        if msg.status != "ok":
+            raise ParseError(f"htx request {rep!r} failed {msg.err_code}: {msg.err_msg!r}")
         symbol, topic = _topic(rep)
         if not topic.startswith("mbp."):
             raise ParseError(f"unsupported htx request reply {rep!r}")
-        data = msg["data"]
-        bids, asks = levels(data["bids"]), levels(data["asks"])
+        data = decode_struct(wire.mbp_snapshots, _required(msg.data, "data"))
         self.book_state(conn, symbol).depth = _mbp_depth(topic)
-        ts = ms_to_us(msg["ts"]) if "ts" in msg else raw.recv_ns // 1000
-        self.bridge(conn, symbol, raw, int(data["seqNum"]), bids, asks, out, ts)
+        ts = ms_to_us(msg.ts) if msg.ts is not msgspec.UNSET else raw.recv_ns // 1000
+        self.bridge(conn, symbol, raw, data.seqNum, _levels(data.bids), _levels(data.asks), out, ts)
+
+
+def _ts(push: wire.Push[Any]) -> int:
+    if push.ts is msgspec.UNSET:
+        raise KeyError("ts")
+    return ms_to_us(push.ts)
+
+
+_PUSH_START = b'{"ch":"'
+
+
+_known_channels: dict[bytes, tuple[str, str]] = {}
+"""the (symbol, topic) of each push channel seen: a frame's channel is looked up, not parsed"""
+
+
+def _leading_topic(text: Data) -> tuple[str, str] | None:
+    """(symbol, topic) of a frame that starts ``{"ch":"market.<symbol>.<topic>"`` (every push HTX
+    sends), read without decoding the frame; None for anything else."""
+    if not isinstance(text, bytes) or not text.startswith(_PUSH_START):
+        return None
+    end = text.find(b'"', 7)
+    if end < 0:
+        return None
+    name = text[7:end]
+    found = _known_channels.get(name)
+    if found is None:
+        parts = name.decode(errors="replace").split(".", 2)
+        if b"\\" in name or len(parts) != 3 or parts[0] != "market":
+            return None
+        if len(_known_channels) >= 10_000:
+            _known_channels.clear()
+        found = _known_channels[name] = (parts[1], parts[2])
+    return found

@@ -9,19 +9,40 @@ are published as deletes so downstream books match.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
+from marketpipe.exchanges.kraken import (
+    CHANNELS,
+    DEFAULT_DEPTH,
+    DEPTHS,
+    INSTRUMENTS_PATH,
+    TAKER_SIDES,
+    BookData,
+    BookMessage,
+    ChannelMessage,
+    HeartbeatMessage,
+    MethodResponse,
+    OhlcData,
+    OhlcMessage,
+    StatusMessage,
+    TickerData,
+    TickerMessage,
+    TradeData,
+    TradeMessage,
+    asset,
+    parse_instruments,
+)
 from marketpipe.raw import RawRecord
-from marketpipe.records import Level, Side
+from marketpipe.records import Level
 from streams.book import BookSide
-from streams.instruments import Instruments, read_entries, spot_name
 from streams.parsers import kraken_v1
 from streams.parsers.base import (
-    BookState,
-    Connection,
+    BookSync,
+    ConnectionState,
     FeedOutput,
     FeedProcessor,
     ParseError,
@@ -29,7 +50,6 @@ from streams.parsers.base import (
     apply_text_levels,
     decode_json,
     interval_name,
-    json_object,
     kraken_checksum,
     kraken_levels,
     load_text_levels,
@@ -38,53 +58,34 @@ from streams.parsers.base import (
     rfc3339_to_us,
 )
 
-INSTRUMENTS_PATH = "/0/public/AssetPairs"
-DEFAULT_DEPTH = 10
-DEPTHS = (10, 25, 100, 500, 1000)
-ASSET_ALIASES = {"XBT": "BTC", "XDG": "DOGE"}
-TAKER_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
+__all__ = ["KrakenConnection", "KrakenProcessor", "parse_instruments"]
+
+T = TypeVar("T")
 
 _decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(float_hook=str)
+_frames: msgspec.json.Decoder[ChannelMessage | list[Any]] = msgspec.json.Decoder(
+    ChannelMessage | list[Any], float_hook=str
+)
+_MISSING = re.compile(r"Object missing required field `([^`]+)`")
 
 
-def _asset(code: str) -> str:
-    return ASSET_ALIASES.get(code, code)
-
-
-def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
-    """AssetPairs -> v1 ``wsname`` and v2 names -> BASE-QUOTE, e.g. "XBT/USD" and "BTC/USD" -> "BTC-USD"
-    (both names of the pair ``XXBTZUSD``). Pairs without a ``wsname`` (the dark-pool ``.d`` pairs,
-    not on the websocket) and unreadable entries are skipped."""
-    info = json_object(body, "kraken AssetPairs response")
-    if info.get("error"):
-        raise ParseError(f"kraken AssetPairs error: {info['error']}")
-    result = info.get("result")
-    if not isinstance(result, dict):
-        raise ParseError(f"kraken AssetPairs response has no 'result' object: {str(info)[:200]}")
-    found = Instruments()
-    for key, pair in result.items():
-        read_entries([(key, pair)], _pair, "kraken AssetPairs", found=found)
-    return found
-
-
-def _pair(entry: tuple[str, Any], found: Instruments) -> None:
-    key, pair = entry
-    wsname = pair.get("wsname")
-    if not wsname:
-        raise ParseError(f"{key}: no wsname (not traded on the websocket, e.g. a dark-pool '.d' pair)")
-    base, slash, quote = wsname.partition("/")
-    if not slash:
-        raise ParseError(f"{key}: wsname {wsname!r} is not BASE/QUOTE")
-    name = spot_name(_asset(base), _asset(quote))
-    found.add(wsname, name, key)
-    found.add(f"{_asset(base)}/{_asset(quote)}", name, key)
+def _typed(value: Any, kind: type[T]) -> T:
+    """A message the typed decoder refused, read again to say why: a missing field is reported as
+    the KeyError the feed words as ``missing field``, anything else with msgspec's reason."""
+    try:
+        return msgspec.convert(value, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        missing = _MISSING.match(str(exc))
+        if missing:
+            raise KeyError(missing.group(1)) from None
+        raise ParseError(f"malformed kraken message: {exc}") from None
 
 
 def _text(value: object) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-class KrakenConnection(Connection):
+class KrakenConnection(ConnectionState):
     def __init__(self, conn: str, url: str | None) -> None:
         super().__init__(conn, url)
         self.depths: dict[str, int] = {}
@@ -104,10 +105,10 @@ class KrakenProcessor(FeedProcessor):
         base, slash, quote = exchange_symbol.partition("/")
         if not (slash and base.isalnum() and quote.isalnum()):
             return None
-        base, quote = _asset(base), _asset(quote)
+        base, quote = asset(base), asset(quote)
         return f"{base}-{quote}", f"{base}/{quote}"
 
-    def on_sent(self, conn: Connection, raw: RawRecord) -> None:
+    def on_sent(self, conn: ConnectionState, raw: RawRecord) -> None:
         assert isinstance(conn, KrakenConnection)
         try:
             msg = decode_json(raw.data, _decoder)
@@ -121,129 +122,135 @@ class KrakenProcessor(FeedProcessor):
             else:
                 kraken_v1.learn_depth_from_request(conn, msg)
 
-    def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
+    def on_frame(self, conn: ConnectionState, raw: RawRecord, out: FeedOutput) -> None:
         assert isinstance(conn, KrakenConnection)
-        msg = decode_json(raw.data, _decoder)
-        if isinstance(msg, list):
+        try:
+            msg = _frames.decode(raw.data) if raw.data else None
+        except msgspec.DecodeError:  # ValidationError included: read generically to say why
+            msg = None
+        if msg is None:
+            self._untyped(conn, raw, out)
+        elif isinstance(msg, list):
             kraken_v1.on_array(self, conn, msg, raw, out)
-        elif not isinstance(msg, dict):
-            raise ParseError("kraken frame is neither an object nor an array")
-        elif "channel" in msg:
+        else:
             self._channel(conn, msg, raw, out)
+
+    def _untyped(self, conn: KrakenConnection, raw: RawRecord, out: FeedOutput) -> None:
+        """Requests' answers, v1 events, and the reason a frame the typed decoder refused is bad."""
+        msg = decode_json(raw.data, _decoder)
+        if not isinstance(msg, dict):
+            raise ParseError("kraken frame is neither an object nor an array")
+        if "channel" in msg:
+            kind = CHANNELS.get(msg["channel"])
+            if kind is None:
+                raise ParseError(f"unsupported kraken channel {msg['channel']!r}")
+            self._channel(conn, _typed(msg, kind), raw, out)
         elif "method" in msg:
-            self._method(conn, msg)
+            self._method(conn, _typed(msg, MethodResponse))
         elif "event" in msg:
             kraken_v1.on_event(self, conn, msg)
         else:
             raise ParseError(f"unrecognised kraken frame with keys {sorted(msg)}")
 
-    def _channel(self, conn: KrakenConnection, msg: dict[str, Any], raw: RawRecord, out: FeedOutput) -> None:
-        channel = msg["channel"]
-        if channel == "book":
-            for item in msg["data"]:
-                self._book(conn, msg["type"], item, raw, out)
-        elif channel == "trade":
-            self._trades(msg["data"], raw, out)
-        elif channel == "ticker":
-            for item in msg["data"]:
-                self._ticker(item, raw, out)
-        elif channel == "ohlc":
-            stamp = msg.get("timestamp")
-            sent = rfc3339_to_us(stamp) if stamp else None
-            for item in msg["data"]:
-                self._ohlc(conn, item, sent, raw, out)
-        elif channel == "heartbeat":
+    def _channel(self, conn: KrakenConnection, msg: ChannelMessage, raw: RawRecord, out: FeedOutput) -> None:
+        if isinstance(msg, BookMessage):
+            for item in msg.data:
+                self._book(conn, msg.type, item, raw, out)
+        elif isinstance(msg, TradeMessage):
+            self._trades(msg.data, raw, out)
+        elif isinstance(msg, TickerMessage):
+            for row in msg.data:
+                self._ticker(row, raw, out)
+        elif isinstance(msg, OhlcMessage):
+            sent = rfc3339_to_us(msg.timestamp) if msg.timestamp else None
+            for candle in msg.data:
+                self._ohlc(conn, candle, sent, raw, out)
+        elif isinstance(msg, HeartbeatMessage):
             self.counters.heartbeats += 1
-        elif channel == "status":
+        elif isinstance(msg, StatusMessage):
             self.counters.acks += 1
-        else:
-            raise ParseError(f"unsupported kraken channel {channel!r}")
 
-    def _method(self, conn: KrakenConnection, msg: dict[str, Any]) -> None:
-        if msg.get("success") is False:
-            raise ParseError(f"kraken {msg['method']} rejected: {msg.get('error')!r}")
-        if msg["method"] == "pong":
+    def _method(self, conn: KrakenConnection, msg: MethodResponse) -> None:
+        if msg.success is False:
+            raise ParseError(f"kraken {msg.method} rejected: {msg.error!r}")
+        if msg.method == "pong":
             self.counters.heartbeats += 1
             return
         self.counters.acks += 1
-        result = msg.get("result")
+        result = msg.result
         if isinstance(result, dict) and result.get("channel") == "book" and "depth" in result:
             conn.depths[result["symbol"]] = int(result["depth"])
 
-    def _trades(self, data: list[dict[str, Any]], raw: RawRecord, out: FeedOutput) -> None:
+    def _trades(self, data: list[TradeData], raw: RawRecord, out: FeedOutput) -> None:
         rows = [
             (
-                item["symbol"],
-                str(item["trade_id"]),
-                float(item["price"]),
-                float(item["qty"]),
-                TAKER_SIDES.get(item["side"], "unknown"),
-                rfc3339_to_us(item["timestamp"]),
+                item.symbol,
+                str(item.trade_id),
+                float(item.price),
+                float(item.qty),
+                TAKER_SIDES.get(item.side, "unknown"),
+                rfc3339_to_us(item.timestamp),
             )
             for item in data
         ]
         for symbol, trade_id, price, size, side, ts in rows:
             self.trade(raw, out, symbol, trade_id, price, size, side, ts)
 
-    def _ticker(self, item: dict[str, Any], raw: RawRecord, out: FeedOutput) -> None:
+    def _ticker(self, item: TickerData, raw: RawRecord, out: FeedOutput) -> None:
         """No open price: ``last - change`` (24 h change in quote), in decimal so it stays the
         exchange's number; no quote volume, no trade count."""
-        last = item["last"]
-        change = item.get("change")
-        stamp = item.get("timestamp")
+        last, change = item.last, item.change
         self.ticker(
             raw,
             out,
-            item["symbol"],
-            rfc3339_to_us(stamp) if stamp else None,
+            item.symbol,
+            rfc3339_to_us(item.timestamp) if item.timestamp else None,
             last_price=float(last),
-            bid_price=opt_float(item.get("bid")),
-            bid_size=opt_float(item.get("bid_qty")),
-            ask_price=opt_float(item.get("ask")),
-            ask_size=opt_float(item.get("ask_qty")),
+            bid_price=opt_float(item.bid),
+            bid_size=opt_float(item.bid_qty),
+            ask_price=opt_float(item.ask),
+            ask_size=opt_float(item.ask_qty),
             open_24h=None if change is None else float(Decimal(_text(last)) - Decimal(_text(change))),
-            high_24h=opt_float(item.get("high")),
-            low_24h=opt_float(item.get("low")),
-            volume_24h=opt_float(item.get("volume")),
+            high_24h=opt_float(item.high),
+            low_24h=opt_float(item.low),
+            volume_24h=opt_float(item.volume),
         )
 
     def _ohlc(
-        self, conn: KrakenConnection, item: dict[str, Any], sent: int | None, raw: RawRecord, out: FeedOutput
+        self, conn: KrakenConnection, item: OhlcData, sent: int | None, raw: RawRecord, out: FeedOutput
     ) -> None:
         """No final flag: the base's later-window rule closes a candle. The item's own
         ``timestamp`` is deprecated (it is the interval end), so the envelope's send time is ``ts``."""
-        minutes = item["interval"]
+        minutes = item.interval
         if not isinstance(minutes, int):
             raise ParseError(f"kraken ohlc interval {minutes!r} is not a whole number of minutes")
-        open_time = rfc3339_to_us(item["interval_begin"])
-        trades = item.get("trades")
+        open_time = rfc3339_to_us(item.interval_begin)
         self.exchange_candle(
             conn,
             raw,
             out,
-            item["symbol"],
+            item.symbol,
             interval_name(minutes * 60),
             open_time,
             open_time + minutes * 60_000_000,
-            float(item["open"]),
-            float(item["high"]),
-            float(item["low"]),
-            float(item["close"]),
-            volume=opt_float(item.get("volume")),
-            trades=None if trades is None else int(trades),
+            float(item.open),
+            float(item.high),
+            float(item.low),
+            float(item.close),
+            volume=opt_float(item.volume),
+            trades=None if item.trades is None else int(item.trades),
             ts=sent,
         )
 
     def _book(
-        self, conn: KrakenConnection, kind: str, item: dict[str, Any], raw: RawRecord, out: FeedOutput
+        self, conn: KrakenConnection, kind: str, item: BookData, raw: RawRecord, out: FeedOutput
     ) -> None:
         self.counters.book_messages += 1
-        bids = kraken_levels((level["price"], level["qty"]) for level in item["bids"])
-        asks = kraken_levels((level["price"], level["qty"]) for level in item["asks"])
-        checksum = item.get("checksum")
-        stamp = item.get("timestamp")
-        ts = rfc3339_to_us(stamp) if stamp else raw.recv_ns // 1000
-        symbol = item["symbol"]
+        bids = kraken_levels((level.price, level.qty) for level in item.bids)
+        asks = kraken_levels((level.price, level.qty) for level in item.asks)
+        checksum = item.checksum
+        ts = rfc3339_to_us(item.timestamp) if item.timestamp else raw.recv_ns // 1000
+        symbol = item.symbol
         state = self.book_state(conn, symbol)
         if state.depth is None or kind == "snapshot":
             state.depth = conn.depths.get(symbol) or _depth_for(max(len(bids), len(asks)))
@@ -258,7 +265,7 @@ class KrakenProcessor(FeedProcessor):
 
     def apply_snapshot(
         self,
-        state: BookState,
+        state: BookSync,
         bids: TextRows,
         asks: TextRows,
         checksum: int | None,
@@ -278,7 +285,7 @@ class KrakenProcessor(FeedProcessor):
 
     def apply_update(
         self,
-        state: BookState,
+        state: BookSync,
         bids: TextRows,
         asks: TextRows,
         checksum: int | None,
@@ -299,7 +306,7 @@ class KrakenProcessor(FeedProcessor):
             return
         self.accept_update(state, raw, out, ts, bid_changes, ask_changes, checksum=checksum)
 
-    def _verify(self, state: BookState, expected: int, raw: RawRecord, out: FeedOutput) -> bool:
+    def _verify(self, state: BookSync, expected: int, raw: RawRecord, out: FeedOutput) -> bool:
         actual = kraken_checksum(state.book)
         return self.checksum_result(state, actual == expected, expected, actual, raw, out)
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from marketpipe.exchanges.kraken import V1_TAKER_SIDES as TAKER_SIDES
 from marketpipe.raw import RawRecord
-from marketpipe.records import Side
 from streams.parsers.base import (
-    Connection,
+    ConnectionState,
     FeedOutput,
     ParseError,
     TextRows,
@@ -33,10 +33,8 @@ from streams.parsers.base import (
 if TYPE_CHECKING:
     from streams.parsers.kraken import KrakenConnection, KrakenProcessor
 
-TAKER_SIDES: dict[str, Side] = {"b": "buy", "s": "sell"}
 
-
-def learn_depth_from_request(conn: Connection, msg: dict[str, Any]) -> None:
+def learn_depth_from_request(conn: ConnectionState, msg: dict[str, Any]) -> None:
     subscription = msg.get("subscription")
     if (
         msg.get("event") == "subscribe"

@@ -23,68 +23,46 @@ later-window rule of ``FeedProcessor.exchange_candle``).
 
 from __future__ import annotations
 
-from typing import Any
+import msgspec
 
+from marketpipe.exchanges import kucoin as wire
+from marketpipe.exchanges.kucoin import (
+    CANDLE_TYPES,
+    CONTROL_ACKS,
+    INSTRUMENTS_PATH,
+    INSTRUMENTS_PATHS,
+    SNAPSHOT_PATH,
+    Change,
+    parse_instruments,
+)
+from marketpipe.instruments import dashed_pair
 from marketpipe.raw import RawRecord
 from marketpipe.records import Level, Side, Ticker
+from marketpipe.wire import decode_struct
 from streams.bridge import Delta, SnapshotBridgeProcessor
-from streams.instruments import Instruments, dashed_pair, read_entries, spot_name
 from streams.parsers.base import (
-    Connection,
+    ConnectionState,
     FeedOutput,
     ParseError,
     interval_span_us,
-    json_object,
     levels,
     ms_to_us,
     opt_float,
     url_param,
 )
 
-INSTRUMENTS_PATH = "/api/v2/symbols"
-INSTRUMENTS_PATHS = (INSTRUMENTS_PATH, "/api/v1/symbols")
-SNAPSHOT_PATH = "/api/v1/market/orderbook/level2_100"
-OK = "200000"
+__all__ = ["KucoinProcessor", "changes", "parse_instruments"]  # parse_instruments: producers/base.py
+
 TAKER_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
-CONTROL_ACKS = frozenset({"welcome", "ack"})
-CANDLE_TYPES = {
-    "1min": "1m", "3min": "3m", "5min": "5m", "15min": "15m", "30min": "30m", "1hour": "1h",
-    "2hour": "2h", "4hour": "4h", "6hour": "6h", "8hour": "8h", "12hour": "12h", "1day": "1d",
-    "1week": "1w", "1month": "1M",
-}  # fmt: skip
-"""KuCoin candle types -> marketpipe's interval spelling"""
 BBO_FIELDS = ("last_price", "last_size", "bid_price", "bid_size", "ask_price", "ask_size")
 DAY_FIELDS = ("open_24h", "high_24h", "low_24h", "volume_24h", "quote_volume_24h")
 TickerFields = dict[str, float | None]
 
 
-def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
-    """``/api/v2/symbols`` or ``/api/v1/symbols`` (a list), ``/api/v2/symbols/{symbol}`` (one
-    object) -> {"BTC-USDT": "BTC-USDT", ...} from baseCurrency/quoteCurrency (both versions carry
-    them; an entry without them is skipped)."""
-    info = json_object(body, "kucoin symbols response")
-    if info.get("code") != OK:
-        raise ParseError(f"kucoin symbols error {info.get('code')}: {info.get('msg')!r}")
-    data = info["data"]
-    rows = [data] if isinstance(data, dict) else data
-    if not isinstance(rows, list):
-        raise ParseError(f"kucoin symbols response data is {type(data).__name__}, not a list or object")
-    return read_entries(rows, _symbol, "kucoin symbols")
-
-
-def _symbol(row: dict[str, Any], found: Instruments) -> None:
-    found.add(row["symbol"], spot_name(row["baseCurrency"], row["quoteCurrency"]))
-
-
-def changes(rows: list[list[Any]], after: int | None = None) -> list[Level]:
+def changes(rows: list[Change], after: int | None = None) -> list[Level]:
     """Levels of the changes, without the sequence-only ``["0","0",seq]`` entries and (when
     bridging a snapshot) without those at or below the snapshot's sequence."""
-    found = []
-    for row in rows:
-        price = float(row[0])
-        if price and (after is None or int(row[2]) > after):
-            found.append(Level(price, float(row[1])))
-    return found
+    return [Level(price, size) for price, size, seq in rows if price and (after is None or seq > after)]
 
 
 class KucoinProcessor(SnapshotBridgeProcessor):
@@ -99,24 +77,25 @@ class KucoinProcessor(SnapshotBridgeProcessor):
         name = dashed_pair(exchange_symbol)  # spot symbols are BASE-QUOTE already
         return None if name is None else (name, exchange_symbol)
 
-    def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
-        msg = json_object(raw.data, "kucoin frame")
-        kind = msg.get("type")
+    def on_frame(self, conn: ConnectionState, raw: RawRecord, out: FeedOutput) -> None:
+        msg = decode_struct(wire.frames, raw.data, "kucoin frame")
+        kind = msg.type
         if kind == "message":
-            subject = msg.get("subject")
-            data = msg["data"]
-            if subject == "trade.l2update":
-                self._update(conn, raw, data, out)
-            elif subject == "trade.l3match":
-                self._trade(raw, data, out)
-            elif subject == "trade.ticker" or msg.get("topic") == "/market/ticker:all":
-                self._bbo_ticker(conn, raw, msg, out)
-            elif subject == "trade.snapshot":
-                self._day_ticker(conn, raw, data["data"], out)
-            elif subject in ("trade.candles.add", "trade.candles.update"):
-                self._candle(conn, raw, msg, out)
+            subject = msg.subject
+            data = _data(msg)
+            if subject == wire.L2_UPDATE:
+                self._update(conn, raw, decode_struct(wire.l2_updates, data), out)
+            elif subject == wire.MATCH:
+                self._trade(raw, decode_struct(wire.matches, data), out)
+            elif subject == wire.TICKER or msg.topic_or(None) == wire.ALL_TICKERS_TOPIC:
+                self._bbo_ticker(conn, raw, msg, decode_struct(wire.bbo_tickers, data), out)
+            elif subject == wire.SNAPSHOT:
+                stats = decode_struct(wire.day_snapshots, data).data
+                self._day_ticker(conn, raw, stats, out)
+            elif subject in wire.CANDLES:
+                self._candle(conn, raw, msg, decode_struct(wire.candles, data), out)
             else:
-                raise ParseError(f"unsupported kucoin subject {subject!r} on topic {msg.get('topic')!r}")
+                raise ParseError(f"unsupported kucoin subject {subject!r} on topic {msg.topic_or(None)!r}")
         elif kind in CONTROL_ACKS:
             self.counters.acks += 1
         elif kind == "pong":
@@ -124,47 +103,56 @@ class KucoinProcessor(SnapshotBridgeProcessor):
         elif kind == "notice":
             self.counters.notices += 1
         elif kind == "error":
-            raise ParseError(f"kucoin error {msg.get('code')}: {msg.get('data')!r}")
+            detail = msgspec.json.decode(msg.data) if msg.data else None
+            raise ParseError(f"kucoin error {msg.code}: {detail!r}")
         else:
             raise ParseError(f"unsupported kucoin frame type {kind!r}")
 
-    def _trade(self, raw: RawRecord, data: dict[str, Any], out: FeedOutput) -> None:
-        side = TAKER_SIDES.get(data["side"], "unknown")
-        price, size = float(data["price"]), float(data["size"])
-        ts = int(data["time"]) // 1000  # nanoseconds
-        self.trade(raw, out, data["symbol"], str(data["tradeId"]), price, size, side, ts)
+    def _trade(self, raw: RawRecord, data: wire.Match, out: FeedOutput) -> None:
+        side = TAKER_SIDES.get(data.side, "unknown")
+        ts = data.time // 1000  # nanoseconds
+        self.trade(raw, out, data.symbol, str(data.tradeId), data.price, data.size, side, ts)
 
     # -------------------------------------------------------------- tickers, candles
 
-    def _bbo_ticker(self, conn: Connection, raw: RawRecord, msg: dict[str, Any], out: FeedOutput) -> None:
-        data = msg["data"]
-        topic = msg.get("topic", "")
+    def _bbo_ticker(
+        self, conn: ConnectionState, raw: RawRecord, msg: wire.Frame, data: wire.BboTicker, out: FeedOutput
+    ) -> None:
+        topic = msg.topic_or("")
         # /market/ticker:all names the symbol in the subject
-        symbol = msg["subject"] if topic == "/market/ticker:all" else topic.rpartition(":")[2]
+        if topic == wire.ALL_TICKERS_TOPIC:
+            if msg.subject is None:
+                raise KeyError("subject")
+            symbol: str = msg.subject
+        else:
+            symbol = topic.rpartition(":")[2]
         fields: TickerFields = {
-            "last_price": opt_float(data.get("price")),
-            "last_size": opt_float(data.get("size")),
-            "bid_price": opt_float(data.get("bestBid")),
-            "bid_size": opt_float(data.get("bestBidSize")),
-            "ask_price": opt_float(data.get("bestAsk")),
-            "ask_size": opt_float(data.get("bestAskSize")),
+            "last_price": opt_float(data.price),
+            "last_size": opt_float(data.size),
+            "bid_price": opt_float(data.bestBid),
+            "bid_size": opt_float(data.bestBidSize),
+            "ask_price": opt_float(data.bestAsk),
+            "ask_size": opt_float(data.bestAskSize),
         }
-        self._joined_ticker(conn, raw, symbol, ms_to_us(data["time"]), fields, DAY_FIELDS, out)
+        self._joined_ticker(conn, raw, symbol, ms_to_us(data.time), fields, DAY_FIELDS, out)
 
-    def _day_ticker(self, conn: Connection, raw: RawRecord, data: dict[str, Any], out: FeedOutput) -> None:
+    def _day_ticker(
+        self, conn: ConnectionState, raw: RawRecord, data: wire.DayStats, out: FeedOutput
+    ) -> None:
+        last = data.close if data.lastTradedPrice is msgspec.UNSET else data.lastTradedPrice
         fields: TickerFields = {
-            "last_price": opt_float(data.get("lastTradedPrice", data.get("close"))),
-            "open_24h": opt_float(data.get("open")),
-            "high_24h": opt_float(data.get("high")),
-            "low_24h": opt_float(data.get("low")),
-            "volume_24h": opt_float(data.get("vol")),
-            "quote_volume_24h": opt_float(data.get("volValue")),
+            "last_price": opt_float(last),
+            "open_24h": opt_float(data.open),
+            "high_24h": opt_float(data.high),
+            "low_24h": opt_float(data.low),
+            "volume_24h": opt_float(data.vol),
+            "quote_volume_24h": opt_float(data.volValue),
         }
-        self._joined_ticker(conn, raw, data["symbol"], ms_to_us(data["datetime"]), fields, BBO_FIELDS, out)
+        self._joined_ticker(conn, raw, data.symbol, ms_to_us(data.datetime), fields, BBO_FIELDS, out)
 
     def _joined_ticker(
         self,
-        conn: Connection,
+        conn: ConnectionState,
         raw: RawRecord,
         symbol: str,
         ts: int,
@@ -203,15 +191,16 @@ class KucoinProcessor(SnapshotBridgeProcessor):
         ):
             joined[symbol] = out.tickers[-1]
 
-    def _candle(self, conn: Connection, raw: RawRecord, msg: dict[str, Any], out: FeedOutput) -> None:
-        topic = msg.get("topic", "")
+    def _candle(
+        self, conn: ConnectionState, raw: RawRecord, msg: wire.Frame, data: wire.Candle, out: FeedOutput
+    ) -> None:
+        topic = msg.topic_or("")
         kind = topic.rpartition("_")[2]
         interval = CANDLE_TYPES.get(kind)
         if interval is None:
             raise ParseError(f"unsupported kucoin candle type {kind!r} in topic {topic!r}")
-        data = msg["data"]
-        row = data["candles"]
-        if not isinstance(row, list) or len(row) != 7:
+        row = data.candles
+        if len(row) != 7:
             raise ParseError(
                 f"kucoin candle {str(row)[:100]} is not [start, open, close, high, low, vol, turnover]"
             )
@@ -221,51 +210,63 @@ class KucoinProcessor(SnapshotBridgeProcessor):
             conn,
             raw,
             out,
-            data["symbol"],
+            data.symbol,
             interval,
             open_time,
             interval_span_us(interval, open_time),
-            float(open_),
-            float(high),
-            float(low),
-            float(close),
-            volume=float(volume),
-            quote_volume=float(turnover),
-            ts=int(data["time"]) // 1000,  # nanoseconds
+            open_,
+            high,
+            low,
+            close,
+            volume=volume,
+            quote_volume=turnover,
+            ts=data.time // 1000,  # nanoseconds
         )
 
     # ---------------------------------------------------------------------------- book
 
-    def _update(self, conn: Connection, raw: RawRecord, data: dict[str, Any], out: FeedOutput) -> None:
-        rows = data["changes"]
-        bids, asks = rows["bids"], rows["asks"]
+    def _update(self, conn: ConnectionState, raw: RawRecord, data: wire.L2Update, out: FeedOutput) -> None:
+        bids, asks = data.changes.bids, data.changes.asks
         # the 2021 frames carry no time; current ones have it in milliseconds
-        stamp = data.get("time")
+        stamp = data.time
         ts = ms_to_us(stamp) if stamp is not None else raw.recv_ns // 1000
-        first, last = int(data["sequenceStart"]), int(data["sequenceEnd"])
-        delta = Delta(first, last, changes(bids), changes(asks), ts, raw, (bids, asks))
-        self.on_delta(conn, data["symbol"], delta, out)
+        delta = Delta(
+            data.sequenceStart, data.sequenceEnd, changes(bids), changes(asks), ts, raw, (bids, asks)
+        )
+        self.on_delta(conn, data.symbol, delta, out)
 
     def trim_straddling(self, delta: Delta, snapshot_id: int) -> Delta:
         """Only the changes numbered after the snapshot's sequence apply (KuCoin's documented rule)."""
         bids, asks = delta.changes
         return delta._replace(bids=changes(bids, snapshot_id), asks=changes(asks, snapshot_id))
 
-    def on_rest(self, conn: Connection, raw: RawRecord, path: str, out: FeedOutput) -> None:
+    def on_rest(self, conn: ConnectionState, raw: RawRecord, path: str, out: FeedOutput) -> None:
         if path.endswith(SNAPSHOT_PATH):
             self._snapshot(conn, raw, out)
         else:
             super().on_rest(conn, raw, path, out)
 
-    def _snapshot(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
+    def _snapshot(self, conn: ConnectionState, raw: RawRecord, out: FeedOutput) -> None:
         symbol = url_param(raw, "symbol", "kucoin level2 snapshot")
-        body = json_object(raw.payload, "kucoin level2 snapshot")
-        if body.get("code") != OK:
-            raise ParseError(f"kucoin level2 snapshot error {body.get('code')}: {body.get('msg')!r}")
-        data = body["data"]
-        if not isinstance(data, dict) or data.get("sequence") is None:
+        body = decode_struct(wire.snapshots, raw.payload, "kucoin level2 snapshot")
+        if body.code != wire.OK:
+            raise ParseError(f"kucoin level2 snapshot error {body.code}: {body.msg!r}")
+        data = body.data
+        if data is None or data.sequence is None:
             raise ParseError(f"kucoin level2 snapshot has no sequence: {raw.text()[:200]}")
-        stamp = data.get("time")
+        stamp = data.time
         ts = ms_to_us(stamp) if stamp is not None else raw.recv_ns // 1000
-        bids, asks = levels(data["bids"]), levels(data["asks"])
-        self.bridge(conn, symbol, raw, int(data["sequence"]), bids, asks, out, ts)
+        bids, asks = levels(_required(data.bids, "bids")), levels(_required(data.asks, "asks"))
+        self.bridge(conn, symbol, raw, data.sequence, bids, asks, out, ts)
+
+
+def _data(msg: wire.Frame) -> msgspec.Raw:
+    if not msg.data:
+        raise KeyError("data")
+    return msg.data
+
+
+def _required(rows: list[tuple[float, float]] | None, name: str) -> list[tuple[float, float]]:
+    if rows is None:
+        raise KeyError(name)
+    return rows

@@ -1,6 +1,6 @@
 """MEXC spot v3: protobuf push frames (binary), JSON control frames (text).
 
-Data frames are ``PushDataV3ApiWrapper`` messages (``streams/parsers/mexc_pb``) carrying
+Data frames are ``PushDataV3ApiWrapper`` messages (``marketpipe/exchanges/mexc_pb``) carrying
 ``publicAggreDepths`` (incremental book, ``fromVersion``/``toVersion``) or ``publicAggreDeals``
 (trades). Subscription replies ``{"id":0,"code":0,"msg":"<channel>"}`` and ``PONG`` replies
 are JSON text.
@@ -21,47 +21,36 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from google.protobuf.message import DecodeError
 
+from marketpipe.exchanges import mexc as wire
+from marketpipe.exchanges.mexc import (
+    DEPTH_PATH,
+    INSTRUMENTS_PATH,
+    INTERVALS,
+    PushDataV3ApiWrapper,
+    parse_instruments,
+)
 from marketpipe.raw import RawRecord
 from marketpipe.records import Level, Side
+from marketpipe.wire import decode_struct
 from streams.bridge import Delta, SnapshotBridgeProcessor
-from streams.instruments import Instruments, read_entries, spot_name
 from streams.parsers.base import (
-    Connection,
+    ConnectionState,
     FeedOutput,
     ParseError,
     interval_span_us,
     json_object,
-    levels,
     occurrences,
     opt_float,
     url_param,
 )
-from streams.parsers.mexc_pb import PushDataV3ApiWrapper
 
-INSTRUMENTS_PATH = "/api/v3/exchangeInfo"
-DEPTH_PATH = "/api/v3/depth"
+__all__ = ["MexcProcessor", "parse_instruments"]  # parse_instruments: producers/base.py
+
 TAKER_SIDES: dict[int, Side] = {1: "buy", 2: "sell"}
 _decode_push = PushDataV3ApiWrapper.FromString
-INTERVALS = {
-    "Min1": "1m", "Min5": "5m", "Min15": "15m", "Min30": "30m", "Min60": "1h", "Hour4": "4h",
-    "Hour8": "8h", "Day1": "1d", "Week1": "1w", "Month1": "1M",
-}  # fmt: skip
-"""MEXC kline intervals -> marketpipe's interval spelling"""
-
-
-def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
-    """exchangeInfo -> {"BTCUSDT": "BTC-USDT", ...} from baseAsset/quoteAsset (an entry without
-    them is skipped). Concatenated names are never split without metadata."""
-    info = json_object(body, "mexc exchangeInfo response")
-    if not isinstance(info.get("symbols"), list):
-        raise ParseError(f"mexc exchangeInfo response has no 'symbols' list: {str(info)[:200]}")
-    return read_entries(info["symbols"], _symbol, "mexc exchangeInfo")
-
-
-def _symbol(row: dict[str, Any], found: Instruments) -> None:
-    found.add(row["symbol"], spot_name(row["baseAsset"], row["quoteAsset"]))
 
 
 def _levels(items: Any) -> list[Level]:
@@ -74,10 +63,10 @@ class MexcProcessor(SnapshotBridgeProcessor):
     instruments_parser = staticmethod(parse_instruments)
     id_name = "version"
 
-    def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
+    def on_frame(self, conn: ConnectionState, raw: RawRecord, out: FeedOutput) -> None:
         data = raw.payload
         if data[:1] == b"{":
-            self._control(json_object(data, "mexc control frame"))
+            self._control(decode_struct(wire.control_replies, data, "mexc control frame"), data)
             return
         if not data:
             raise ParseError("empty mexc frame")
@@ -97,15 +86,15 @@ class MexcProcessor(SnapshotBridgeProcessor):
         else:
             raise ParseError(f"unsupported mexc push on channel {push.channel!r} ({body or 'no known'} body)")
 
-    def _control(self, msg: dict[str, Any]) -> None:
-        reply = msg.get("msg")
-        if "msg" not in msg and "channel" in msg:
+    def _control(self, msg: wire.ControlReply, data: bytes) -> None:
+        reply = msg.msg
+        if reply is msgspec.UNSET and msg.channel is not msgspec.UNSET:
             raise ParseError(
-                f"unsupported mexc JSON push on channel {msg['channel']!r} (the pre-protobuf format)"
+                f"unsupported mexc JSON push on channel {msg.channel!r} (the pre-protobuf format)"
             )
-        if msg.get("code", 0) != 0 or not isinstance(reply, str) or "Not Subscribed" in reply:
-            raise ParseError(f"mexc request failed: {msg}")
-        if reply == "PONG":
+        if msg.code != 0 or not isinstance(reply, str) or "Not Subscribed" in reply:
+            raise ParseError(f"mexc request failed: {json_object(data, 'mexc control frame')}")
+        if reply == wire.PONG:
             self.counters.heartbeats += 1
         else:
             self.counters.acks += 1
@@ -150,7 +139,9 @@ class MexcProcessor(SnapshotBridgeProcessor):
             quote_volume_24h=opt_float(mini.volume),
         )
 
-    def _kline(self, conn: Connection, raw: RawRecord, push: PushDataV3ApiWrapper, out: FeedOutput) -> None:
+    def _kline(
+        self, conn: ConnectionState, raw: RawRecord, push: PushDataV3ApiWrapper, out: FeedOutput
+    ) -> None:
         kline = push.publicSpotKline
         interval = INTERVALS.get(kline.interval)
         if interval is None:
@@ -176,7 +167,9 @@ class MexcProcessor(SnapshotBridgeProcessor):
 
     # ---------------------------------------------------------------------------- book
 
-    def _depth(self, conn: Connection, raw: RawRecord, push: PushDataV3ApiWrapper, out: FeedOutput) -> None:
+    def _depth(
+        self, conn: ConnectionState, raw: RawRecord, push: PushDataV3ApiWrapper, out: FeedOutput
+    ) -> None:
         depths = push.publicAggreDepths
         first, last = int(depths.fromVersion), int(depths.toVersion)
         if last < first:
@@ -184,13 +177,19 @@ class MexcProcessor(SnapshotBridgeProcessor):
         delta = Delta(first, last, _levels(depths.bids), _levels(depths.asks), self._ts(push, raw), raw)
         self.on_delta(conn, self._symbol(push), delta, out)
 
-    def on_rest(self, conn: Connection, raw: RawRecord, path: str, out: FeedOutput) -> None:
+    def on_rest(self, conn: ConnectionState, raw: RawRecord, path: str, out: FeedOutput) -> None:
         if not path.endswith(DEPTH_PATH):
             super().on_rest(conn, raw, path, out)
             return
         symbol = url_param(raw, "symbol", "mexc depth snapshot")
-        snapshot = json_object(raw.payload, "mexc depth snapshot")
-        if "lastUpdateId" not in snapshot:
+        snapshot = decode_struct(wire.depth_snapshots, raw.payload, "mexc depth snapshot")
+        if snapshot.lastUpdateId is msgspec.UNSET:
             raise ParseError(f"mexc depth snapshot has no lastUpdateId: {raw.text()[:200]}")
-        bids, asks = levels(snapshot["bids"]), levels(snapshot["asks"])
-        self.bridge(conn, symbol.upper(), raw, int(snapshot["lastUpdateId"]), bids, asks, out)
+        bids, asks = _snapshot_levels(snapshot.bids, "bids"), _snapshot_levels(snapshot.asks, "asks")
+        self.bridge(conn, symbol.upper(), raw, snapshot.lastUpdateId, bids, asks, out)
+
+
+def _snapshot_levels(rows: list[tuple[float, float]] | None, name: str) -> list[Level]:
+    if rows is None:
+        raise KeyError(name)
+    return [Level(price, size) for price, size in rows]

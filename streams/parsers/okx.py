@@ -9,13 +9,10 @@ CRC32 over the top 25 bid/ask levels interleaved, using the price/size strings a
 Trades: OKX pushes the latest trade of an instrument on every subscribe (hours old on a quiet
 one); the feed's trade-id deduplication drops it when it was published already.
 
-Instruments (``/api/v5/public/instruments``): spot (and margin) ``instId``s are named from
-``baseCcy``/``quoteCcy`` or, without metadata, read as ``BASE-QUOTE``. SWAP and FUTURES are named
-from their metadata only (``streams/instruments.py``): base/quote from ``uly`` (else
-``instFamily``), ``ctType`` linear/inverse, ``expTime`` for the date, so ``BTC-USDT-SWAP`` is
-``BTC-USDT-PERP``, ``UNI-USD-SWAP`` (inverse) ``UNI-USD-PERP-INV`` and ``BTC-USD-220527``
-``BTC-USD-20220527-INV``. A derivative id no metadata named, OPTION and unknown instTypes are
-dead-lettered (``unnamed_instrument``), each under its own id.
+Instruments (``/api/v5/public/instruments``) and the wire structs: ``marketpipe/exchanges/okx.py``
+(``parse_instruments`` is re-exported here). A spot ``instId`` no metadata named is read as
+``BASE-QUOTE``; a derivative id no metadata named is dead-lettered (``unnamed_instrument``),
+each under its own id.
 
 Units. SWAP/FUTURES sizes stay in **contracts**, as OKX sends them (``Instrument.contract_size``:
 ``ctVal`` x ``ctMult`` of ``ctValCcy``; 0.01 BTC for BTC-USDT-SWAP, 100 USD for BTC-USD-SWAP):
@@ -41,17 +38,46 @@ Derivative channels:
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
-from typing import Any
-
 import msgspec
 
+from marketpipe.exchanges.okx import (
+    BOOKS,
+    BOOKS_CHANNEL,
+    CANDLE_PREFIX,
+    CANDLES,
+    FRAMES,
+    FUNDING_CHANNEL,
+    FUNDINGS,
+    INDEX_CHANNEL,
+    INDEXES,
+    INSTRUMENTS_PATH,
+    LIQUIDATIONS,
+    LIQUIDATIONS_CHANNEL,
+    MARK_CHANNEL,
+    MARKS,
+    OPEN_INTEREST_CHANNEL,
+    OPEN_INTERESTS,
+    SPOT_TYPES,
+    TICKERS,
+    TICKERS_CHANNEL,
+    TRADES,
+    TRADES_CHANNEL,
+    Book,
+    Frame,
+    Funding,
+    IndexTicker,
+    Liquidations,
+    Ticker,
+    Trade,
+    channel_data,
+    parse_instruments,
+)
+from marketpipe.instruments import Instruments, dashed_pair
 from marketpipe.raw import RawRecord
-from marketpipe.records import ContractType, Instrument, InstrumentKind, Side
-from streams.instruments import Instruments, dashed_pair, decimal_field, named, read_entries
+from marketpipe.records import InstrumentKind, Side
 from streams.parsers.base import (
-    BookState,
-    Connection,
+    BookSync,
+    ConnectionState,
     FeedOutput,
     FeedProcessor,
     ParseError,
@@ -59,7 +85,6 @@ from streams.parsers.base import (
     apply_text_levels,
     interval_name,
     interval_span_us,
-    json_object,
     load_text_levels,
     ms_to_us,
     okx_checksum,
@@ -68,8 +93,10 @@ from streams.parsers.base import (
     plain,
 )
 
-INSTRUMENTS_PATH = "/api/v5/public/instruments"
 TAKER_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
+# parse_instruments stays importable from here until every caller reads it from the wire module
+__all__ = ["OkxProcessor", "okx_bar", "parse_instruments"]
+
 ACK_EVENTS = frozenset({"subscribe", "unsubscribe", "channel-conn-count"})
 
 
@@ -115,215 +142,7 @@ def okx_bar(bar: str) -> tuple[str, int]:
     return name + HONG_KONG, HK_OFFSET_US
 
 
-SPOT_TYPES = frozenset({"SPOT", "MARGIN"})
-DERIVATIVE_KINDS: dict[str, InstrumentKind] = {"SWAP": "perpetual", "FUTURES": "future"}
-CONTRACT_TYPES: dict[str, ContractType] = {"linear": "linear", "inverse": "inverse"}
-NOT_YET = {"OPTION": "okx options are not normalised yet"}
-
-
-def parse_instruments(body: bytes, path: str = INSTRUMENTS_PATH) -> Instruments:
-    """instruments -> {"BTC-USDT": "BTC-USDT", "BTC-USDT-SWAP": "BTC-USDT-PERP", ...} with the
-    Instrument record of each. OPTION and unknown instTypes are skipped, never named ``-``."""
-    info = json_object(body, "okx instruments response")
-    if info.get("code") != "0" or not isinstance(info.get("data"), list):
-        raise ParseError(f"okx instruments error {info.get('code')}: {info.get('msg')!r}")
-    return read_entries(info["data"], _instrument, "okx instruments", ("instId",))
-
-
-def _instrument(row: dict[str, Any], found: Instruments) -> None:
-    inst_type = row.get("instType") or "SPOT"
-    if inst_type in SPOT_TYPES:
-        found.add_record(named(_spot(row)))
-    elif inst_type in DERIVATIVE_KINDS:
-        found.add_record(named(_derivative(row, DERIVATIVE_KINDS[inst_type])))
-    else:
-        why = NOT_YET.get(inst_type, f"unknown okx instType {inst_type!r}")
-        raise ParseError(f"{inst_type} instrument: {why}", "unnamed_instrument")
-
-
-def _spot(row: dict[str, Any]) -> Instrument:
-    return Instrument(
-        exchange="okx",
-        symbol="",
-        exchange_symbol=row["instId"],
-        kind="spot",
-        base=row["baseCcy"],
-        quote=row["quoteCcy"],
-        contract_size=1.0,
-        contract_size_currency=row["baseCcy"],
-        tick_size=decimal_field(row, "tickSz"),
-        lot_size=decimal_field(row, "lotSz"),
-        ts=0,
-    )
-
-
-def _derivative(row: dict[str, Any], kind: InstrumentKind) -> Instrument:
-    base, quote = _underlying(row)
-    contract_type = CONTRACT_TYPES.get(row["ctType"])
-    if contract_type is None:
-        raise ParseError(f"ctType {row['ctType']!r} is neither linear nor inverse")
-    expiry = row.get("expTime")
-    if kind == "future" and not expiry:
-        raise ParseError("FUTURES instrument without expTime")
-    return Instrument(
-        exchange="okx",
-        symbol="",
-        exchange_symbol=row["instId"],
-        kind=kind,
-        contract_type=contract_type,
-        base=base,
-        quote=quote,
-        settle_currency=_currency(row, "settleCcy"),
-        contract_size=_contract_size(row),
-        contract_size_currency=_currency(row, "ctValCcy"),
-        expiry_ts=ms_to_us(expiry) if kind == "future" and expiry else None,
-        tick_size=decimal_field(row, "tickSz"),
-        lot_size=decimal_field(row, "lotSz"),
-        ts=0,
-    )
-
-
-def _underlying(row: dict[str, Any]) -> tuple[str, str]:
-    """(base, quote) of the contract's underlying index ``uly`` (``BTC-USD``), else its
-    ``instFamily``; a derivative's ``baseCcy``/``quoteCcy`` are empty."""
-    underlying = row.get("uly") or row.get("instFamily") or ""
-    base, sep, quote = underlying.partition("-")
-    if not (sep and base.isalnum() and quote.isalnum()):
-        raise ParseError(f"underlying (uly/instFamily) {underlying!r} is not BASE-QUOTE")
-    return base, quote
-
-
-def _contract_size(row: dict[str, Any]) -> float:
-    """``ctVal`` x ``ctMult`` (the multiplier is 1 on swaps and futures; options use it)."""
-    try:
-        size = Decimal(row["ctVal"]) * Decimal(row.get("ctMult") or "1")
-    except InvalidOperation:
-        raise ParseError(f"ctVal {row['ctVal']!r} / ctMult {row.get('ctMult')!r} not decimal") from None
-    if not size.is_finite() or size <= 0:
-        raise ParseError(f"contract size {size} is not positive")
-    return float(size)
-
-
-def _currency(row: dict[str, Any], field: str) -> str:
-    value = row.get(field)
-    if not isinstance(value, str) or not value:
-        raise ParseError(f"no {field}")
-    return value
-
-
-# -- wire structs (the fields read; OKX sends every number as a string) --------------------
-
-
-class _Arg(msgspec.Struct):
-    channel: str
-    instId: str = ""
-    instType: str = ""
-
-
-class _Frame(msgspec.Struct):
-    """A push (``arg`` + ``data``) or an event reply (``event``); ``data`` is decoded by channel."""
-
-    arg: _Arg | None = None
-    event: str | None = None
-    code: str | int = ""
-    msg: str = ""
-    action: str = ""
-    data: msgspec.Raw = msgspec.Raw(b"[]")
-
-
-class _Book(msgspec.Struct):
-    asks: list[list[str]]
-    bids: list[list[str]]
-    ts: str
-    checksum: int = 0
-    seqId: int | None = None
-    prevSeqId: int | None = None
-
-
-class _Trade(msgspec.Struct):
-    instId: str
-    tradeId: str
-    px: str
-    sz: str
-    side: str
-    ts: str
-
-
-class _Ticker(msgspec.Struct):
-    instId: str
-    last: str
-    ts: str
-    instType: str = ""
-    lastSz: str = ""
-    bidPx: str = ""
-    bidSz: str = ""
-    askPx: str = ""
-    askSz: str = ""
-    open24h: str = ""
-    high24h: str = ""
-    low24h: str = ""
-    vol24h: str = ""
-    volCcy24h: str = ""
-
-
-class _Funding(msgspec.Struct):
-    instId: str
-    fundingRate: str
-    fundingTime: str
-    nextFundingTime: str = ""
-    nextFundingRate: str = ""
-    ts: str = ""
-
-
-class _MarkPrice(msgspec.Struct):
-    instId: str
-    markPx: str
-    ts: str
-
-
-class _IndexTicker(msgspec.Struct):
-    instId: str
-    idxPx: str
-    ts: str
-
-
-class _OpenInterest(msgspec.Struct):
-    instId: str
-    oi: str
-    ts: str
-    oiUsd: str = ""
-
-
-class _LiquidationDetail(msgspec.Struct):
-    side: str
-    bkPx: str
-    sz: str
-    ts: str
-
-
-class _Liquidations(msgspec.Struct):
-    instId: str
-    details: list[_LiquidationDetail]
-
-
-_frames = msgspec.json.Decoder(_Frame)
-_books = msgspec.json.Decoder(list[_Book])
-_trades = msgspec.json.Decoder(list[_Trade])
-_tickers = msgspec.json.Decoder(list[_Ticker])
-_candles = msgspec.json.Decoder(list[list[str]])
-_fundings = msgspec.json.Decoder(list[_Funding])
-_marks = msgspec.json.Decoder(list[_MarkPrice])
-_indexes = msgspec.json.Decoder(list[_IndexTicker])
-_open_interests = msgspec.json.Decoder(list[_OpenInterest])
-_liquidations = msgspec.json.Decoder(list[_Liquidations])
 LIQUIDATION_SIDES: dict[str, Side] = {"buy": "buy", "sell": "sell"}
-
-
-def _data(decoder: msgspec.json.Decoder[list[Any]], frame: _Frame, channel: str) -> list[Any]:
-    try:
-        return decoder.decode(frame.data)
-    except msgspec.ValidationError as exc:
-        raise ParseError(f"malformed okx {channel} data: {exc}") from None
 
 
 class OkxProcessor(FeedProcessor):
@@ -379,7 +198,7 @@ class OkxProcessor(FeedProcessor):
             return kind != "spot"
         return inst_type not in ("", *SPOT_TYPES)
 
-    def on_frame(self, conn: Connection, raw: RawRecord, out: FeedOutput) -> None:
+    def on_frame(self, conn: ConnectionState, raw: RawRecord, out: FeedOutput) -> None:
         if raw.data in ("pong", b"pong"):
             self.counters.heartbeats += 1
             return
@@ -390,53 +209,60 @@ class OkxProcessor(FeedProcessor):
         if frame.arg is None:
             raise ParseError("malformed okx frame: neither an event nor a push (no arg)")
         channel, inst_id = frame.arg.channel, frame.arg.instId
-        if channel == "books":
-            for book in _data(_books, frame, channel):
+        if channel == BOOKS_CHANNEL:
+            for book in channel_data(BOOKS, frame, channel):
                 self._book(conn, inst_id, frame.action, book, raw, out)
-        elif channel == "trades":
-            self._trades(_data(_trades, frame, channel), raw, out)
-        elif channel == "tickers":
-            for ticker in _data(_tickers, frame, channel):
+        elif channel == TRADES_CHANNEL:
+            self._trades(channel_data(TRADES, frame, channel), raw, out)
+        elif channel == TICKERS_CHANNEL:
+            for ticker in channel_data(TICKERS, frame, channel):
                 self._ticker(ticker, raw, out)
-        elif channel.startswith("candle"):
-            self._candles(conn, channel[6:], inst_id, _data(_candles, frame, channel), raw, out)
+        elif channel.startswith(CANDLE_PREFIX):
+            self._candles(
+                conn,
+                channel.removeprefix(CANDLE_PREFIX),
+                inst_id,
+                channel_data(CANDLES, frame, channel),
+                raw,
+                out,
+            )
         else:
             self._derivative_channel(channel, frame, raw, out)
 
-    def _derivative_channel(self, channel: str, frame: _Frame, raw: RawRecord, out: FeedOutput) -> None:
-        if channel == "funding-rate":
-            for funding in _data(_fundings, frame, channel):
+    def _derivative_channel(self, channel: str, frame: Frame, raw: RawRecord, out: FeedOutput) -> None:
+        if channel == FUNDING_CHANNEL:
+            for funding in channel_data(FUNDINGS, frame, channel):
                 self._funding(funding, raw, out)
-        elif channel == "mark-price":
-            for mark in _data(_marks, frame, channel):
+        elif channel == MARK_CHANNEL:
+            for mark in channel_data(MARKS, frame, channel):
                 self.mark_price(raw, out, mark.instId, ms_to_us(mark.ts), mark_price=float(mark.markPx))
-        elif channel == "index-tickers":
-            for index in _data(_indexes, frame, channel):
+        elif channel == INDEX_CHANNEL:
+            for index in channel_data(INDEXES, frame, channel):
                 self._index(index, raw, out)
-        elif channel == "open-interest":
-            for found in _data(_open_interests, frame, channel):
+        elif channel == OPEN_INTEREST_CHANNEL:
+            for found in channel_data(OPEN_INTERESTS, frame, channel):
                 value = opt_float(found.oiUsd)
                 self.open_interest(
                     raw, out, found.instId, ms_to_us(found.ts), open_interest=float(found.oi), value=value
                 )
-        elif channel == "liquidation-orders":
-            for group in _data(_liquidations, frame, channel):
+        elif channel == LIQUIDATIONS_CHANNEL:
+            for group in channel_data(LIQUIDATIONS, frame, channel):
                 self._liquidations(group, raw, out)
         else:
             raise ParseError(f"unsupported okx channel {channel!r}")
 
     @staticmethod
-    def _decode(raw: RawRecord) -> _Frame:
+    def _decode(raw: RawRecord) -> Frame:
         if not raw.data:
             raise ParseError("empty frame")
         try:
-            return _frames.decode(raw.data)
+            return FRAMES.decode(raw.data)
         except msgspec.ValidationError as exc:
             raise ParseError(f"malformed okx frame: {exc}") from None
         except msgspec.DecodeError as exc:
             raise ParseError(f"invalid JSON: {exc}") from None
 
-    def _event(self, frame: _Frame) -> None:
+    def _event(self, frame: Frame) -> None:
         event = frame.event
         if event in ACK_EVENTS:
             self.counters.acks += 1
@@ -447,7 +273,7 @@ class OkxProcessor(FeedProcessor):
         else:
             raise ParseError(f"unsupported okx event {event!r}")
 
-    def _trades(self, data: list[_Trade], raw: RawRecord, out: FeedOutput) -> None:
+    def _trades(self, data: list[Trade], raw: RawRecord, out: FeedOutput) -> None:
         rows = [
             (
                 t.instId,
@@ -462,7 +288,7 @@ class OkxProcessor(FeedProcessor):
         for symbol, trade_id, price, size, side, ts in rows:
             self.trade(raw, out, symbol, trade_id, price, size, side, ts)
 
-    def _ticker(self, item: _Ticker, raw: RawRecord, out: FeedOutput) -> None:
+    def _ticker(self, item: Ticker, raw: RawRecord, out: FeedOutput) -> None:
         """Spot: ``vol24h`` is base and ``volCcy24h`` quote. SWAP/FUTURES: sizes and ``vol24h``
         are contracts, ``volCcy24h`` base coin (no quote volume: None). Best ask/bid may be empty."""
         derivative = self._is_derivative(item.instId, item.instType)
@@ -484,7 +310,7 @@ class OkxProcessor(FeedProcessor):
             quote_volume_24h=None if derivative else opt_float(item.volCcy24h),
         )
 
-    def _funding(self, item: _Funding, raw: RawRecord, out: FeedOutput) -> None:
+    def _funding(self, item: Funding, raw: RawRecord, out: FeedOutput) -> None:
         """``fundingTime`` is the upcoming settlement; the interval is the distance to the one
         after (``nextFundingTime``). ``nextFundingRate`` is ``""`` since OKX dropped the
         next-period method; older frames carry the forecast it then was."""
@@ -501,7 +327,7 @@ class OkxProcessor(FeedProcessor):
             interval_s=(after - settle) // 1000 if after is not None else None,
         )
 
-    def _index(self, item: _IndexTicker, raw: RawRecord, out: FeedOutput) -> None:
+    def _index(self, item: IndexTicker, raw: RawRecord, out: FeedOutput) -> None:
         """An index (``BTC-USDT``) price becomes the index price of every contract on it."""
         contracts = self.indexes().get(item.instId)
         if not contracts:
@@ -514,7 +340,7 @@ class OkxProcessor(FeedProcessor):
         for inst_id in sorted(contracts):
             self.mark_price(raw, out, inst_id, ts, index_price=price)
 
-    def _liquidations(self, group: _Liquidations, raw: RawRecord, out: FeedOutput) -> None:
+    def _liquidations(self, group: Liquidations, raw: RawRecord, out: FeedOutput) -> None:
         """``details[].side`` is the liquidation order's side (``buy``: a short was liquidated),
         ``bkPx`` the bankruptcy price, ``sz`` contracts. Contracts no metadata answer named are
         counted (``liquidations_unfollowed``), not dead-lettered: the channel is per instType."""
@@ -536,7 +362,13 @@ class OkxProcessor(FeedProcessor):
             )
 
     def _candles(
-        self, conn: Connection, bar: str, inst_id: str, rows: list[list[str]], raw: RawRecord, out: FeedOutput
+        self,
+        conn: ConnectionState,
+        bar: str,
+        inst_id: str,
+        rows: list[list[str]],
+        raw: RawRecord,
+        out: FeedOutput,
     ) -> None:
         """``[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]``; the older 7-field form has no
         ``confirm`` (the base's later-window rule closes those). ``vol`` is base on spot and
@@ -569,10 +401,10 @@ class OkxProcessor(FeedProcessor):
 
     def _book(
         self,
-        conn: Connection,
+        conn: ConnectionState,
         inst_id: str,
         action: str,
-        item: _Book,
+        item: Book,
         raw: RawRecord,
         out: FeedOutput,
     ) -> None:
@@ -595,7 +427,7 @@ class OkxProcessor(FeedProcessor):
 
     def _update(
         self,
-        state: BookState,
+        state: BookSync,
         bids: TextRows,
         asks: TextRows,
         seq_id: int | None,
@@ -633,7 +465,7 @@ class OkxProcessor(FeedProcessor):
             checksum=checksum or None,
         )
 
-    def _verify(self, state: BookState, expected: int, raw: RawRecord, out: FeedOutput) -> bool:
+    def _verify(self, state: BookSync, expected: int, raw: RawRecord, out: FeedOutput) -> bool:
         actual = okx_checksum(state.book)
         return self.checksum_result(state, actual == expected, expected, actual, raw, out)
 

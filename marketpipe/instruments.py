@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 
 from marketpipe.records import ContractType, Instrument, OptionType
-from streams.feed import ParseError
+from marketpipe.wire import ParseError
 
 CONTRACT_SUFFIX: dict[ContractType, str] = {"linear": "", "inverse": "-INV", "quanto": "-QUANTO"}
 OPTION_LETTER: dict[OptionType, str] = {"call": "C", "put": "P"}

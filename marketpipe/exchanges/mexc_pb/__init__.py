@@ -1,6 +1,6 @@
 """MEXC's protobuf push messages (generated from ``mexc_push.proto``; see that file to regenerate)."""
 
-from streams.parsers.mexc_pb.mexc_push_pb2 import (
+from marketpipe.exchanges.mexc_pb.mexc_push_pb2 import (
     PublicAggreDealsV3Api,
     PublicAggreDealsV3ApiItem,
     PublicAggreDepthsV3Api,
