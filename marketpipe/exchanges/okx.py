@@ -232,7 +232,18 @@ class Liquidations(msgspec.Struct):
     details: list[LiquidationDetail]
 
 
+class BookFrame(msgspec.Struct):
+    """A ``books`` push decoded in one pass (the hot path; ``Frame`` decodes ``data`` twice)."""
+
+    arg: Arg
+    action: str = ""
+    data: list[Book] = []
+
+
+BOOK_PUSH_PREFIX = b'{"arg":{"channel":"books",'
+"""how OKX starts every ``books`` push (other key orders take the generic path)"""
 FRAMES = msgspec.json.Decoder(Frame)
+BOOK_FRAMES = msgspec.json.Decoder(BookFrame)
 BOOKS = msgspec.json.Decoder(list[Book])
 TRADES = msgspec.json.Decoder(list[Trade])
 TICKERS = msgspec.json.Decoder(list[Ticker])

@@ -41,6 +41,8 @@ from __future__ import annotations
 import msgspec
 
 from marketpipe.exchanges.okx import (
+    BOOK_FRAMES,
+    BOOK_PUSH_PREFIX,
     BOOKS,
     BOOKS_CHANNEL,
     CANDLE_PREFIX,
@@ -202,6 +204,16 @@ class OkxProcessor(FeedProcessor):
         if raw.data in ("pong", b"pong"):
             self.counters.heartbeats += 1
             return
+        data = raw.data
+        if isinstance(data, bytes) and data.startswith(BOOK_PUSH_PREFIX):
+            try:
+                push = BOOK_FRAMES.decode(data)
+            except msgspec.ValidationError:
+                pass  # the generic path below gives the reason
+            else:
+                for book in push.data:
+                    self._book(conn, push.arg.instId, push.action, book, raw, out)
+                return
         frame = self._decode(raw)
         if frame.event is not None:
             self._event(frame)
