@@ -23,6 +23,8 @@ from marketpipe.config import EXCHANGES, LocalBrokerSettings
 from marketpipe.kafka_local import LocalKafka, free_port
 from marketpipe.topics import Topology, apply_topology
 
+pytest_plugins = ["clickhouse_support"]  # the chDB `link` fixture
+
 KAFKA_IMAGE = "apache/kafka:4.3.1"
 
 

@@ -3,12 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from clickhouse_support import insert, rows
 
-import pytest
-from clickhouse_connect.driver.client import Client
-
-from marketpipe.codec import AvroCodec
 from marketpipe.records import (
     Candle,
     FundingRate,
@@ -16,41 +12,15 @@ from marketpipe.records import (
     Liquidation,
     MarkPrice,
     OpenInterest,
-    Record,
     Side,
     Trade,
 )
-from sinks.clickhouse import connect
-from sinks.migrate import migrate
-from sinks.tables import BatchDecoder, sink_tables
 from sinks.worker import ClickHouseLink
 
 T0 = 1_714_560_000_000_000  # 2024-05-01T10:40:00Z in µs
 MIN = 60_000_000
 PERP = "BTC-USDT-PERP"
 INVERSE = "BTC-USD-PERP-INV"
-
-
-@pytest.fixture
-def link(chdb_dsn: str) -> Iterator[ClickHouseLink]:
-    client = connect(chdb_dsn)
-    migrate(client)
-    link = ClickHouseLink("unused")
-    link.client = client
-    yield link
-    client.close()
-
-
-def insert(link: ClickHouseLink, table_name: str, records: list[Record], token: str) -> None:
-    codec = AvroCodec()
-    table = sink_tables(codec)[table_name]
-    decoded = BatchDecoder(codec, table.record_type).decode([codec.encode(r) for r in records])
-    assert not decoded.failures
-    link.insert(table, table.to_columns(decoded.rows), token)
-
-
-def rows(client: Client, sql: str) -> list[tuple[object, ...]]:
-    return [tuple(row) for row in client.query(sql).result_rows]
 
 
 def common(symbol: str, ts: int, seq: int) -> dict[str, object]:

@@ -3,45 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import msgspec
-import pytest
-from clickhouse_connect.driver.client import Client
+from clickhouse_support import insert, rows
 from prometheus_client import REGISTRY
 
-from marketpipe.codec import AvroCodec
 from marketpipe.records import Candle, ExchangeCandle, Record, Ticker
-from sinks.clickhouse import connect
 from sinks.metrics import set_candle_check
-from sinks.migrate import migrate
-from sinks.tables import BatchDecoder, sink_tables
 from sinks.worker import CANDLE_CHECK_QUERY, ClickHouseLink
 
 T0 = 1_714_560_000_000_000  # 2024-05-01T10:40:00Z in µs
 MIN = 60_000_000
-
-
-@pytest.fixture
-def link(chdb_dsn: str) -> Iterator[ClickHouseLink]:
-    client = connect(chdb_dsn)
-    migrate(client)
-    link = ClickHouseLink("unused")
-    link.client = client
-    yield link
-    client.close()
-
-
-def insert(link: ClickHouseLink, table_name: str, records: list[Record], token: str) -> None:
-    codec = AvroCodec()
-    table = sink_tables(codec)[table_name]
-    decoded = BatchDecoder(codec, table.record_type).decode([codec.encode(r) for r in records])
-    assert not decoded.failures
-    link.insert(table, table.to_columns(decoded.rows), token)
-
-
-def rows(client: Client, sql: str) -> list[tuple[object, ...]]:
-    return [tuple(row) for row in client.query(sql).result_rows]
 
 
 def ticker(ts: int, last: float, seq: int, symbol: str = "BTC-USDT") -> Ticker:
