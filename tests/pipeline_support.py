@@ -8,10 +8,12 @@ stable), read a topic completely, and query the sink's ClickHouse.
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import time
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from confluent_kafka.admin import AdminClient
 from kafka_helpers import marketpipe_process, stop_process, worker_env
 
+from marketpipe.codec import AvroCodec
 from marketpipe.kafka_local import free_port, port_open
+from marketpipe.records import StatusEvent
 from marketpipe.topics import Topology, apply_topology
 from sinks.clickhouse import connect
 
@@ -157,12 +161,33 @@ class Pipeline:
         self.env["MARKETPIPE_EXCHANGES"] = ",".join(self.exchanges)
         for exchange in self.exchanges:
             base = f"127.0.0.1:{self.sim_port}/{exchange}"
-            self.env[f"MARKETPIPE_PRODUCERS__{exchange.upper()}__WS_URL"] = f"ws://{base}"
-            self.env[f"MARKETPIPE_PRODUCERS__{exchange.upper()}__REST_URL"] = f"http://{base}"
+            key = exchange.upper().replace("-", "_")  # binance-futures: [producers.binance_futures]
+            self.env[f"MARKETPIPE_PRODUCERS__{key}__WS_URL"] = f"ws://{base}"
+            self.env[f"MARKETPIPE_PRODUCERS__{key}__REST_URL"] = f"http://{base}"
 
     @property
     def dsn(self) -> str:
         return f"chdb:///{self.root / 'data' / 'clickhouse'}"
+
+    def inject_fault(self, exchange: str, fault: str, symbol: str) -> int:
+        """Arm a simulator fault; the number of connections it applies to."""
+        body = json.dumps({"exchange": exchange, "fault": fault, "symbol": symbol}).encode()
+        url = f"http://127.0.0.1:{self.sim_port}/_sim/fault"
+        request = urllib.request.Request(url, data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return int(json.loads(reply.read())["connections"])
+
+    def wait_for(self, done: Callable[[], bool], what: str, timeout_s: float = 40.0) -> None:
+        """Until ``done()``, while every process lives."""
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            self.check_alive()
+            assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
+            time.sleep(0.5)
+
+    def statuses(self) -> list[StatusEvent]:
+        codec, messages = AvroCodec(), read_topic(self.bootstrap, self.topics.status)
+        return [codec.decode(m.value() or b"", StatusEvent) for m in messages]
 
     def start(self, name: str, *args: str) -> None:
         """Start `marketpipe ARGS` as `name`; each (re)start logs to `<root>/<name>.<run>.log`."""
@@ -229,6 +254,26 @@ class Pipeline:
 
     def close(self) -> None:
         self.stack.close()
+
+
+def states(statuses: list[StatusEvent], exchange: str, symbol: str) -> list[tuple[str, str]]:
+    """(state, reason) of one market's status events, in order."""
+    return [(s.state, s.reason) for s in statuses if s.exchange == exchange and s.symbol == symbol]
+
+
+DERIVATIVE_ROWS = (
+    "SELECT 'funding', symbol FROM funding GROUP BY symbol"
+    " UNION ALL SELECT 'open_interest', symbol FROM open_interest GROUP BY symbol"
+    " UNION ALL SELECT 'mark', symbol FROM mark_price WHERE mark_price IS NOT NULL GROUP BY symbol"
+    " UNION ALL SELECT 'index', symbol FROM mark_price WHERE index_price IS NOT NULL GROUP BY symbol"
+    " UNION ALL SELECT 'liquidations', symbol FROM liquidations GROUP BY symbol"
+)
+
+
+def derivative_rows(dsn: str) -> set[tuple[str, str]]:
+    """(kind, symbol) of every derivative record kind stored: funding, open_interest, mark,
+    index, liquidations."""
+    return {(kind, symbol) for kind, symbol in query(dsn, DERIVATIVE_ROWS)}
 
 
 @contextlib.contextmanager

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from pipeline_support import Pipeline, pipeline, query, read_topic
+from pipeline_support import Pipeline, derivative_rows, pipeline, query, read_topic, states
 from producers_support import read_topic as read_raw
 from producers_support import sim_settings
 from pydantic import ValidationError
@@ -61,10 +59,7 @@ class Run:
 
 
 def _fault(p: Pipeline, fault: str, symbol: str) -> int:
-    body = json.dumps({"exchange": "bybit", "fault": fault, "symbol": symbol}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{p.sim_port}/_sim/fault", data=body, method="POST")
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return int(json.loads(response.read())["connections"])
+    return p.inject_fault("bybit", fault, symbol)
 
 
 def _decoded(p: Pipeline, topic: str, kind: type[Any]) -> list[Any]:
@@ -76,29 +71,17 @@ def _order(record: RawRecord) -> tuple[str, int]:
 
 
 def _states(statuses: list[StatusEvent], symbol: str) -> list[tuple[str, str]]:
-    return [(s.state, s.reason) for s in statuses if s.exchange == "bybit" and s.symbol == symbol]
+    return states(statuses, "bybit", symbol)
 
 
 def _wait(p: Pipeline, done: Callable[[], bool], what: str, timeout_s: float = 40.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        p.check_alive()
-        assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
-        time.sleep(0.5)
+    p.wait_for(done, what, timeout_s)
 
 
 def _filled(p: Pipeline) -> bool:
     """Every derivative table has rows of both contracts."""
-    found = query(
-        p.dsn,
-        "SELECT 'funding', symbol FROM funding GROUP BY symbol"
-        " UNION ALL SELECT 'open_interest', symbol FROM open_interest GROUP BY symbol"
-        " UNION ALL SELECT 'mark', symbol FROM mark_price WHERE mark_price IS NOT NULL GROUP BY symbol"
-        " UNION ALL SELECT 'index', symbol FROM mark_price WHERE index_price IS NOT NULL GROUP BY symbol"
-        " UNION ALL SELECT 'liquidations', symbol FROM liquidations GROUP BY symbol",
-    )
     tables = ("funding", "open_interest", "mark", "index", "liquidations")
-    return {(table, s) for table in tables for s in CONTRACTS} <= {tuple(row) for row in found}
+    return {(table, s) for table in tables for s in CONTRACTS} <= derivative_rows(p.dsn)
 
 
 def test_the_old_single_category_setting_is_refused_naming_categories() -> None:

@@ -10,9 +10,7 @@ fresh snapshot, and the book must be synced and publishing again afterwards.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,10 +76,7 @@ def _count(p: Pipeline, table: str, where: str = "") -> int:
 
 
 def _fault(p: Pipeline, fault: str, symbol: str) -> int:
-    body = json.dumps({"exchange": "deribit", "fault": fault, "symbol": symbol}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{p.sim_port}/_sim/fault", data=body, method="POST")
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return int(json.loads(response.read())["connections"])
+    return p.inject_fault("deribit", fault, symbol)
 
 
 def _heartbeats(p: Pipeline) -> tuple[int, int]:

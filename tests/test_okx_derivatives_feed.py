@@ -11,15 +11,12 @@ book must unsync it once and see it re-synced from a fresh snapshot.
 from __future__ import annotations
 
 import itertools
-import json
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from pipeline_support import Pipeline, pipeline, query, read_topic
+from pipeline_support import Pipeline, derivative_rows, pipeline, query, read_topic, states
 
 from marketpipe.codec import AvroCodec
 from marketpipe.records import BookChange, StatusEvent
@@ -52,43 +49,27 @@ class Run:
 
 
 def _fault(p: Pipeline, fault: str, symbol: str) -> int:
-    body = json.dumps({"exchange": "okx", "fault": fault, "symbol": symbol}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{p.sim_port}/_sim/fault", data=body, method="POST")
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return int(json.loads(response.read())["connections"])
+    return p.inject_fault("okx", fault, symbol)
 
 
 def _statuses(p: Pipeline) -> list[StatusEvent]:
-    return [CODEC.decode(m.value() or b"", StatusEvent) for m in read_topic(p.bootstrap, p.topics.status)]
+    return p.statuses()
 
 
 def _states(statuses: list[StatusEvent], symbol: str) -> list[tuple[str, str]]:
-    return [(s.state, s.reason) for s in statuses if s.exchange == "okx" and s.symbol == symbol]
+    return states(statuses, "okx", symbol)
 
 
 def _wait(p: Pipeline, done: Callable[[], bool], what: str, timeout_s: float = 40.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        p.check_alive()
-        assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
-        time.sleep(0.5)
+    p.wait_for(done, what, timeout_s)
 
 
 def _filled(p: Pipeline) -> bool:
     """Every derivative table has rows of each contract it applies to."""
-    counts = query(
-        p.dsn,
-        "SELECT 'funding', symbol FROM funding GROUP BY symbol"
-        " UNION ALL SELECT 'open_interest', symbol FROM open_interest GROUP BY symbol"
-        " UNION ALL SELECT 'mark', symbol FROM mark_price WHERE mark_price IS NOT NULL GROUP BY symbol"
-        " UNION ALL SELECT 'index', symbol FROM mark_price WHERE index_price IS NOT NULL GROUP BY symbol"
-        " UNION ALL SELECT 'liquidations', symbol FROM liquidations GROUP BY symbol",
-    )
-    found = {(table, symbol) for table, symbol in counts}
     wanted = {("funding", s) for s in PERPETUALS} | {
         (table, s) for table in ("open_interest", "mark", "index", "liquidations") for s in CONTRACTS
     }
-    return wanted <= found
+    return wanted <= derivative_rows(p.dsn)
 
 
 @pytest.fixture(scope="module")
