@@ -291,7 +291,7 @@ class Connector:
         """Cheap per-frame check for a server notice that asks us to reconnect."""
         return None
 
-    def on_frame(self, data: bytes) -> str | None:
+    def answer_frame(self, data: bytes) -> str | None:
         """A cheap look at every received frame: returns a frame to send in answer (HTX's
         ``{"ping":n}``), else None. Connectors may also note what they need from it (KuCoin's
         subscribe acks, Bitfinex's book chanIds); it must never block or raise."""

@@ -184,7 +184,7 @@ class Connection:
         publish = self._publisher.publish
         exchange, conn, stats, key = self.exchange, self.id, self._stats, self.shard_key
         inspect = self.connector.planned_reconnect_reason
-        watch = self.connector.on_frame
+        watch = self.connector.answer_frame
         first_frame = self.first_frame
         try:
             while True:

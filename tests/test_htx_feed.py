@@ -117,7 +117,7 @@ async def test_faults_htx_does_not_have_are_refused(rig: Rig) -> None:
 
 
 class SilentConnector(HtxConnector):
-    def on_frame(self, data: bytes) -> str | None:
+    def answer_frame(self, data: bytes) -> str | None:
         return None
 
 
@@ -142,11 +142,11 @@ async def test_unanswered_pings_get_the_connection_closed(tmp_path: Path) -> Non
 
 def test_on_frame_answers_gzip_pings_only() -> None:
     connector = HtxConnector(["BTC-USDT"], CaptureRawPublisher(Path("/dev/null")))
-    assert connector.on_frame(gzip.compress(b'{"ping":1618678073643}')) == '{"pong":1618678073643}'
-    assert connector.on_frame(gzip.compress(b'{"ch":"x","ts":1}')) is None
-    assert connector.on_frame(gzip.compress(b'{"ping":"x"}')) is None
-    assert connector.on_frame(b"\x1f\x8b garbage") is None
-    assert connector.on_frame(gzip.compress(b'{"ping":1}' + b" " * 200)) is None  # too long to be a ping
+    assert connector.answer_frame(gzip.compress(b'{"ping":1618678073643}')) == '{"pong":1618678073643}'
+    assert connector.answer_frame(gzip.compress(b'{"ch":"x","ts":1}')) is None
+    assert connector.answer_frame(gzip.compress(b'{"ping":"x"}')) is None
+    assert connector.answer_frame(b"\x1f\x8b garbage") is None
+    assert connector.answer_frame(gzip.compress(b'{"ping":1}' + b" " * 200)) is None  # too long to be a ping
 
 
 async def test_tickers_and_exchange_candles_equal_what_the_trades_add_up_to(tmp_path: Path) -> None:

@@ -207,10 +207,11 @@ def test_subscribe_result_and_heartbeat_answers_are_counted_not_dead_lettered() 
 
 def test_the_connector_answers_a_test_request_with_public_test_only() -> None:
     connector = DeribitConnector(["BTC-USD-PERP-INV"], CaptureRawPublisher(Path("/dev/null")))
-    answer = connector.on_frame(b'{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"test_request"}}')
+    heartbeat = '{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"%s"}}'
+    answer = connector.answer_frame((heartbeat % "test_request").encode())
     assert answer is not None and json.loads(answer)["method"] == "public/test"
-    assert connector.on_frame(b'{"jsonrpc":"2.0","method":"heartbeat","params":{"type":"heartbeat"}}') is None
-    assert connector.on_frame(_frame("trade", 0).encode()) is None
+    assert connector.answer_frame((heartbeat % "heartbeat").encode()) is None
+    assert connector.answer_frame(_frame("trade", 0).encode()) is None
 
 
 def test_an_error_answer_is_dead_lettered_with_the_exchange_reason() -> None:

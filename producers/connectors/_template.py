@@ -5,7 +5,7 @@ It declares the exchange's limits and endpoints and builds its subscribe frames;
 class (``producers.base.Connector``) does the rest: instrument resolution, sharding,
 connections, pacing, heartbeats, publishing raw frames. Required: the class attributes below,
 ``ws_url``, ``all_instruments_url``, ``instrument_urls``, ``subscribe_messages`` and
-``resubscribe_book_messages``. Optional hooks: ``ping_message``, ``on_frame``,
+``resubscribe_book_messages``. Optional hooks: ``ping_message``, ``answer_frame``,
 ``on_subscribed``, ``planned_reconnect_reason``. Protocol facts come from the exchange's wire
 module (``marketpipe.exchanges.<module>``), never from ``streams``.
 """

@@ -125,7 +125,7 @@ class BitfinexConnector(Connector):
             return None
         return next((reason for code, reason in RECONNECT_CODES.items() if code in data), None)
 
-    def on_frame(self, data: bytes) -> str | None:
+    def answer_frame(self, data: bytes) -> str | None:
         """Nothing to answer (the server heartbeats); learns book chanIds from ``subscribed``."""
         if data[:21] == _SUBSCRIBED:
             # a malformed reply is the parser's to dead-letter; it must not end the connection

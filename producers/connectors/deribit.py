@@ -144,7 +144,7 @@ class DeribitConnector(Connector):
             for method in ("public/unsubscribe", "public/subscribe")
         ]
 
-    def on_frame(self, data: bytes) -> str | None:
+    def answer_frame(self, data: bytes) -> str | None:
         """``test_request`` must be answered at once with ``public/test``, or Deribit closes."""
         if len(data) < _MAX_HEARTBEAT_FRAME and _TEST_REQUEST in data and b'"heartbeat"' in data:
             return self._request("public/test", {})

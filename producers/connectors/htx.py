@@ -84,7 +84,7 @@ class HtxConnector(Connector):
     async def resync(self, conn: Connection, symbol: str) -> None:
         await conn.send(self.snapshot_request(symbol))
 
-    def on_frame(self, data: bytes) -> str | None:
+    def answer_frame(self, data: bytes) -> str | None:
         if len(data) > _MAX_PING_FRAME:
             return None
         try:

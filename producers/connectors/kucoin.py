@@ -105,7 +105,7 @@ class KucoinConnector(RestSnapshotConnector):
     def ping_message(self) -> str:
         return orjson.dumps({"id": str(next(self._ids)), "type": "ping"}).decode()
 
-    def on_frame(self, data: bytes) -> str | None:
+    def answer_frame(self, data: bytes) -> str | None:
         # Nothing to answer; this per-frame hook notes the level2 subscribe acks, after which
         # a REST snapshot is guaranteed to be no older than the first update it must bridge.
         if len(data) < 96 and b'"ack"' in data:
