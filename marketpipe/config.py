@@ -41,6 +41,7 @@ from pydantic_settings import (
 
 from marketpipe.errors import EXIT_USAGE, UserError
 from marketpipe.exchanges import EXCHANGES, REGISTRY, Exchange
+from marketpipe.logs import log_event
 
 log = logging.getLogger(__name__)
 
@@ -527,8 +528,11 @@ def _warn_unknown_variables() -> None:
     for name, close in unknown_variables(os.environ).items():
         if name not in _warned:
             _warned.add(name)
-            hint = f"did you mean {close}?" if close else "docs/runbook.md lists the settings"
-            log.warning("%s is not a marketpipe setting and is ignored; %s", name, hint)
+            event = "not a marketpipe setting, ignored"
+            if close:
+                log_event(log, logging.WARNING, event, variable=name, did_you_mean=close)
+            else:
+                log_event(log, logging.WARNING, event, variable=name, settings_in="docs/runbook.md")
 
 
 def _takes_text_list(annotation: Any) -> bool:

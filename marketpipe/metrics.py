@@ -6,6 +6,8 @@ import logging
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
+from marketpipe.logs import log_event
+
 log = logging.getLogger(__name__)
 
 
@@ -19,11 +21,13 @@ def serve_metrics_endpoint(port: int, registry: CollectorRegistry = REGISTRY) ->
     try:
         start_http_server(port, registry=registry)
     except OSError as exc:
-        log.error(
-            "metrics endpoint NOT served: port %d unavailable (%s); set MARKETPIPE_METRICS_PORT to a free "
-            "port, or 0 to turn metrics off",
-            port,
-            exc,
+        log_event(
+            log,
+            logging.ERROR,
+            "metrics endpoint NOT served: set MARKETPIPE_METRICS_PORT to a free port, "
+            "or 0 to turn metrics off",
+            port=port,
+            error=exc,
         )
         return False
     return True

@@ -28,6 +28,7 @@ from typing import IO, Any, Literal, cast
 import msgspec
 
 from marketpipe.errors import UserError
+from marketpipe.logs import log_event
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,14 @@ def read_capture(path: str | Path) -> Iterator[RawRecord]:
 def _cut_off(path: Path, records: int, reason: str) -> None:
     if records == 0:
         raise CaptureError(f"{path}: not a readable capture file ({reason})")
-    log.warning("%s is cut off after %d complete record(s) (%s): the tail is skipped", path, records, reason)
+    log_event(
+        log,
+        logging.WARNING,
+        "capture cut off, the tail is skipped",
+        path=path,
+        complete_records=records,
+        reason=reason,
+    )
 
 
 class CaptureWriter:

@@ -31,6 +31,7 @@ from marketpipe.cli_support import settings_from
 from marketpipe.config import ConfigError, Settings
 from marketpipe.kafka_local import LocalKafka, LocalKafkaError, free_port, port_open
 from marketpipe.kafka_security import KafkaAccessError, aiokafka_options, require_kafka_of
+from marketpipe.logs import log_event
 from marketpipe.supervisor import Child, Supervisor, signal_child
 from marketpipe.topics import Topology, apply_topology
 from marketpipe.view import (
@@ -175,7 +176,7 @@ class Drain:
             return self._caught_up()
         except KafkaException as exc:
             # metadata can lag on a young broker (NOT_LEADER, ...): not drained yet, ask again
-            log.info("drain check deferred: %s", exc)
+            log_event(log, logging.INFO, "drain check deferred", error=exc)
             self._stable = 0
             return False
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from marketpipe.logs import log_event
+
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
@@ -93,7 +95,7 @@ class Supervisor:
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         child.started_at = time.monotonic()
-        log.info("started %s (pid %s)", child.name, child.process.pid)
+        log_event(log, logging.INFO, "started", child=child.name, pid=child.process.pid)
 
     def poll(self) -> list[Child]:
         """Reap exited children and restart them when due; returns children that exited for good."""
@@ -116,7 +118,14 @@ class Supervisor:
             if child.restart:
                 child.restarts += 1
                 child.next_start_at = now + child.backoff_s
-                log.warning("%s exited with %s; restarting in %.0fs", child.name, code, child.backoff_s)
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "exited, restarting",
+                    child=child.name,
+                    code=code,
+                    backoff_s=round(child.backoff_s),
+                )
                 child.backoff_s = min(child.backoff_s * 2, MAX_BACKOFF_S)
             else:
                 finished.append(child)
@@ -134,7 +143,13 @@ class Supervisor:
             try:
                 child.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0fs; killing it", child.name, timeout)
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "did not stop in time, killing it",
+                    child=child.name,
+                    timeout_s=round(timeout),
+                )
                 _signal_group(child, signal.SIGKILL)
                 child.process.wait()
             else:

@@ -30,8 +30,8 @@ from urllib.parse import unquote, urlsplit
 
 from marketpipe.config import ConnectorSettings, ProducerSettings
 from marketpipe.exchanges import exchange
+from marketpipe.logs import log_event
 from producers.connection import RUN_ID, Connection
-from producers.logs import log_event
 from producers.pacing import Backoff, CircuitBreaker, Gate
 from producers.publisher import RawPublisher
 from producers.rest import RestClient, RestError

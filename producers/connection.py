@@ -21,8 +21,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from marketpipe.logs import log_event
 from marketpipe.raw import Kind, RawRecord
-from producers.logs import log_event
 from producers.pacing import Gate
 
 if TYPE_CHECKING:

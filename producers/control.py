@@ -25,10 +25,10 @@ from confluent_kafka.admin import AdminClient
 
 from marketpipe.codec import AvroCodec, DecodeError
 from marketpipe.kafka_security import KafkaAccessError, aiokafka_options, check_access
+from marketpipe.logs import log_event
 from marketpipe.records import ControlRequest, DeadLetter
 from marketpipe.topics import Topology
 from producers.base import Connector
-from producers.logs import log_event
 
 log = logging.getLogger("producers.control")
 

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 
-from producers.logs import log_event
+from marketpipe.logs import log_event
 
 log = logging.getLogger("producers")
 

@@ -31,9 +31,9 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from marketpipe.config import ProducerSettings, Settings
 from marketpipe.kafka_logs import librdkafka_logger
 from marketpipe.kafka_security import check_access
+from marketpipe.logs import log_event
 from marketpipe.raw import CaptureWriter, RawRecord
 from marketpipe.topics import Topology
-from producers.logs import log_event
 
 log = logging.getLogger(__name__)
 
@@ -333,9 +333,13 @@ class KafkaRawPublisher:
                 return
             gap.marker_sent = True
             self.stats.gap_markers += 1
-            log.warning(
+            log_event(
+                log,
+                logging.WARNING,
                 "gap marker published",
-                extra={"exchange": gap.exchange, "conn": gap.conn, "dropped": gap.dropped},
+                exchange=gap.exchange,
+                conn=gap.conn,
+                dropped=gap.dropped,
             )
         self._gaps.prune()
 
@@ -367,12 +371,14 @@ class KafkaRawPublisher:
         self.stats.errors += 1
         if err.fatal():
             self.fatal = err
-            log.critical("fatal kafka producer error: %s", err)
+            log_event(log, logging.CRITICAL, "fatal kafka producer error", error=err)
             return
         now = time.monotonic()
         if now - self._last_error_log > 10:
             self._last_error_log = now
-            log.warning("kafka producer error: %s", err, extra={"queue_depth": len(self._producer)})
+            log_event(
+                log, logging.WARNING, "kafka producer error", error=err, queue_depth=len(self._producer)
+            )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -404,7 +410,7 @@ class KafkaRawPublisher:
         self._emit_gap_markers()
         self.stats.unsent = remaining
         if remaining:
-            log.error("records still unsent at shutdown", extra={"unsent": remaining})
+            log_event(log, logging.ERROR, "records still unsent at shutdown", unsent=remaining)
 
 
 class CaptureRawPublisher:

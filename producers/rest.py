@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import aiohttp
 import yarl
 
-from producers.logs import log_event
+from marketpipe.logs import log_event
 from producers.pacing import Backoff, Gate
 
 log = logging.getLogger("producers")

@@ -12,11 +12,11 @@ from typing import Any
 
 from marketpipe.codec import AvroCodec
 from marketpipe.config import ConnectorSettings, Settings
+from marketpipe.logs import log_event
 from marketpipe.topics import Topology
 from producers.base import Connector
 from producers.connectors import connector_class
 from producers.control import ControlListener
-from producers.logs import log_event
 from producers.metrics import serve_metrics
 from producers.publisher import RawPublisher
 

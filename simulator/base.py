@@ -20,6 +20,7 @@ from aiohttp import WSMsgType, web
 
 from marketpipe.exchanges import EXCHANGES
 from marketpipe.exchanges import exchange as registry_row
+from marketpipe.logs import log_event
 from simulator.klines import MarketStats
 from simulator.market import MarketParams, Step, SymbolMarket, SymbolSpec
 
@@ -497,7 +498,14 @@ class Dialect:
         try:
             self.on_text(session, text)
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
-            log.warning("%s: bad request %r: %r", self.name, text[:200], exc)
+            log_event(
+                log,
+                logging.WARNING,
+                "bad request",
+                venue=self.name,
+                request=repr(text[:200]),
+                error=repr(exc),
+            )
             session.send({"error": f"bad request: {exc}", "request": text[:200]})
 
     def accept_query(self, session: Session, request: web.Request) -> None:

@@ -30,13 +30,14 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from marketpipe.codec import AvroCodec
+from marketpipe.logs import log_event
 from marketpipe.records import DeadLetter
 from sinks import metrics
 
@@ -222,7 +223,7 @@ class BatchingSink:
                 if error.fatal():
                     raise KafkaException(error)
                 if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", error)
+                    log_event(log, logging.WARNING, "consumer error", error=error)
                 continue
             key = (cast(str, message.topic()), cast(int, message.partition()))
             if replays and key in replays and replays[key].take(message):
@@ -282,15 +283,22 @@ class BatchingSink:
             outcome = "exact" if replay.exact else "changed"
             metrics.REPLAYED_BATCHES.labels(table, outcome).inc()
             if outcome == "exact":
-                log.info("re-inserting recorded batch %s[%d] %s", *key, replay.recorded)
+                log_event(
+                    log,
+                    logging.INFO,
+                    "re-inserting recorded batch",
+                    partition=_name(key),
+                    batch=replay.recorded,
+                )
             else:
                 seen = RecordedRange.of(replay.messages) if replay.messages else None
-                log.warning(
-                    "recorded batch %s[%d] %s could not be read again as it was (read %s); "
-                    "its rows may be stored twice",
-                    *key,
-                    replay.recorded,
-                    seen,
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "recorded batch could not be read again as it was, its rows may be stored twice",
+                    partition=_name(key),
+                    batch=replay.recorded,
+                    read=seen,
                 )
             if replay.messages:
                 self.write(key, replay.messages)
@@ -320,7 +328,13 @@ class BatchingSink:
             try:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
             except KafkaException as exc:
-                log.info("not rewinding %s[%d] (no longer assigned): %s", topic, partition, exc)
+                log_event(
+                    log,
+                    logging.INFO,
+                    "not rewinding (no longer assigned)",
+                    partition=_name((topic, partition)),
+                    error=exc,
+                )
 
     # -- backpressure -------------------------------------------------------------------
 
@@ -374,8 +388,14 @@ class BatchingSink:
             payload=value,
             ts=time.time_ns() // 1000,
         )
-        log.warning(
-            "dead-lettering %s[%d]@%d: %s", message.topic(), message.partition(), message.offset(), reason
+        log_event(
+            log,
+            logging.WARNING,
+            "dead-lettering",
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            reason=reason,
         )
         self.producer.produce(
             self.dlq_topic,
@@ -409,11 +429,13 @@ class BatchingSink:
             results = self.consumer.commit(offsets=offsets, asynchronous=False) or []
         except KafkaException as exc:
             # Typically a rebalance took the partitions away.
-            log.warning("%s failed: %s", what, exc)
+            log_event(log, logging.WARNING, "offset commit failed", step=what, error=exc)
             return {(tp.topic, tp.partition) for tp in offsets}
         failed = {(tp.topic, tp.partition) for tp in results if tp.error is not None}
         if failed:
-            log.warning("%s failed for %s", what, sorted(failed))
+            log_event(
+                log, logging.WARNING, "offset commit failed", step=what, partitions=_names(sorted(failed))
+            )
         for tp in offsets:
             if (tp.topic, tp.partition) not in failed:
                 self._committed[(tp.topic, tp.partition)] = tp.offset
@@ -445,7 +467,9 @@ class BatchingSink:
     # -- rebalancing --------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("assigned %s", [(tp.topic, tp.partition) for tp in partitions])
+        log_event(
+            log, logging.INFO, "assigned", partitions=_names((tp.topic, tp.partition) for tp in partitions)
+        )
         if partitions:
             self._replays.update(self._recorded_batches(partitions))
 
@@ -460,12 +484,20 @@ class BatchingSink:
             self._committed[(tp.topic, tp.partition)] = tp.offset
             recorded = RecordedRange.parse(tp.metadata)
             if tp.error is None and recorded is not None and recorded.first == tp.offset:
-                log.info("%s[%d]: re-forming recorded batch %s first", tp.topic, tp.partition, recorded)
+                log_event(
+                    log,
+                    logging.INFO,
+                    "re-forming recorded batch first",
+                    partition=_name((tp.topic, tp.partition)),
+                    batch=recorded,
+                )
                 replays[(tp.topic, tp.partition)] = Replay(recorded)
         return replays
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("revoked %s", [(tp.topic, tp.partition) for tp in partitions])
+        log_event(
+            log, logging.INFO, "revoked", partitions=_names((tp.topic, tp.partition) for tp in partitions)
+        )
         if not self._flushing:
             self.flush()
         for tp in partitions:
@@ -524,3 +556,11 @@ class SinkError(RuntimeError):
 
 class SinkStopped(SinkError):
     pass
+
+
+def _name(key: PartitionKey) -> str:
+    return f"{key[0]}[{key[1]}]"
+
+
+def _names(keys: Iterable[PartitionKey]) -> str:
+    return ",".join(_name(key) for key in keys) or "nothing"

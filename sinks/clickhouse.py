@@ -21,6 +21,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError, ProgrammingError
 
+from marketpipe.logs import log_event
 from sinks.server import Endpoint, read_endpoint
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,12 @@ def _embedded_client(target: Target, wait_s: float) -> Client:
     while True:
         endpoint = read_endpoint(target.path)
         if endpoint is not None:
-            log.info(
-                "embedded ClickHouse %s is owned by pid %d; using its endpoint", target.path, endpoint.pid
+            log_event(
+                log,
+                logging.INFO,
+                "embedded ClickHouse owned by another process, using its endpoint",
+                path=target.path,
+                pid=endpoint.pid,
             )
             return endpoint_client(endpoint)
         try:

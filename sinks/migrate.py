@@ -16,6 +16,8 @@ from pathlib import Path
 
 from clickhouse_connect.driver.client import Client
 
+from marketpipe.logs import log_event
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -97,5 +99,7 @@ def migrate(client: Client, directory: Path = MIGRATIONS_DIR) -> list[str]:
             column_names=["version", "name", "checksum"],
         )
         applied_now.append(f"{migration.version:04d}_{migration.name}")
-        log.info("applied migration %04d_%s", migration.version, migration.name)
+        log_event(
+            log, logging.INFO, "applied migration", migration=f"{migration.version:04d}_{migration.name}"
+        )
     return applied_now

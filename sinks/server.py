@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, urlsplit
 import chdb
 
 from marketpipe.kafka_local import process_alive
+from marketpipe.logs import log_event
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class QueryServer:
     def start(self) -> Endpoint:
         self._thread.start()
         _write_private(endpoint_path(self.db_path), json.dumps(asdict(self.endpoint)))
-        log.info("serving embedded ClickHouse %s on %s", self.db_path, self.endpoint.url)
+        log_event(log, logging.INFO, "serving embedded ClickHouse", path=self.db_path, url=self.endpoint.url)
         return self.endpoint
 
     def stop(self) -> None:
@@ -301,7 +302,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle()
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("endpoint: " + format, *args)
+        if log.isEnabledFor(logging.DEBUG):  # the request line is formatted only when it is shown
+            log_event(log, logging.DEBUG, "endpoint request", line=format % args)
 
     def _handle(self) -> None:
         try:

@@ -68,6 +68,8 @@ __all__ = [
     "position",
 ]
 
+from marketpipe.logs import log_event
+
 log = logging.getLogger(__name__)
 
 STAGE = "sink"
@@ -171,7 +173,7 @@ class ClickHouseLink:
             client = self.open()
             return bool(client.ping())
         except Exception as exc:
-            log.debug("ClickHouse not back yet: %s", exc)
+            log_event(log, logging.DEBUG, "ClickHouse not back yet", error=exc)
             self.reset()
             return False
 
@@ -255,7 +257,7 @@ class SinkWorker(BatchingSink):
                 if not is_unavailable(exc):
                     raise
                 metrics.CLICKHOUSE_UP.set(0)
-                log.warning("waiting for ClickHouse before consuming: %s", exc)
+                log_event(log, logging.WARNING, "waiting for ClickHouse before consuming", error=exc)
                 self.link.reset()
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, self.config.backoff_max_s)
@@ -270,7 +272,7 @@ class SinkWorker(BatchingSink):
         try:
             counts = self.link.client.query(CANDLE_CHECK_QUERY).result_rows
         except Exception as exc:  # the metric must never stop the sink
-            log.warning("candle_check metric not updated: %s", exc)
+            log_event(log, logging.WARNING, "candle_check metric not updated", error=exc)
             return
         metrics.set_candle_check(counts)
 
@@ -308,7 +310,14 @@ class SinkWorker(BatchingSink):
                 metrics.INSERT_ERRORS.labels(table.name, "rejected").inc()
                 attempt += 1
                 if attempt < self.config.insert_attempts:
-                    log.warning("insert into %s rejected (attempt %d): %s", table.name, attempt, exc)
+                    log_event(
+                        log,
+                        logging.WARNING,
+                        "insert rejected, retrying",
+                        table=table.name,
+                        attempt=attempt,
+                        error=exc,
+                    )
                     time.sleep(self.config.backoff_initial_s * attempt)
                     continue
                 self._isolate(table, rows, sources, token, exc)
@@ -347,9 +356,9 @@ class SinkWorker(BatchingSink):
 
     def _wait_for_clickhouse(self, exc: BaseException) -> None:
         """Hold consumption until ClickHouse answers again (the batch is kept and retried)."""
-        log.warning("ClickHouse unavailable, pausing consumption: %s", exc)
+        log_event(log, logging.WARNING, "ClickHouse unavailable, pausing consumption", error=exc)
         metrics.CLICKHOUSE_UP.set(0)
         self.link.reset()
         self.hold(self.link.healthy, "ClickHouse")
-        log.warning("ClickHouse is back, resuming consumption")
+        log_event(log, logging.WARNING, "ClickHouse is back, resuming consumption")
         metrics.CLICKHOUSE_UP.set(1)

@@ -26,6 +26,7 @@ from confluent_kafka import Message
 
 from marketpipe.codec import AvroCodec, DecodeError
 from marketpipe.config import StreamSettings
+from marketpipe.logs import log_event
 from marketpipe.records import BookBuckets, Candle, DeadLetter, Record, Trade
 from marketpipe.topics import Topology
 from streams.consolidate import BucketMerger, CandleMerger, SymbolMap
@@ -100,7 +101,15 @@ class OhlcvStage:
             payload=message.value() or b"",
             ts=ts,
         )
-        log.warning("dead-lettered %s:%s@%s: %s", t.trades, letter.partition, letter.offset, reason)
+        log_event(
+            log,
+            logging.WARNING,
+            "dead-lettered",
+            topic=t.trades,
+            partition=letter.partition,
+            offset=letter.offset,
+            reason=reason,
+        )
         emit(t.dlq, letter.key().encode(), self.codec.encode(letter, t.dlq))
 
 
@@ -135,7 +144,7 @@ class ConsolidateStage:
             try:
                 record: Record = self.codec.decode(message.value() or b"")
             except DecodeError as exc:
-                log.error("consolidate: undecodable internal record: %s", exc)
+                log_event(log, logging.ERROR, "undecodable internal record", stage="consolidate", error=exc)
                 continue
             if isinstance(record, Candle):
                 state.candles.add(record)

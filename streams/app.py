@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from confluent_kafka import Message
 
 from marketpipe.codec import AvroCodec
+from marketpipe.logs import log_event
 from marketpipe.raw import RawRecord
 from marketpipe.records import DeadLetter
 from marketpipe.topics import Topology
@@ -121,8 +122,14 @@ class NormaliseStage:
             payload=payload,
             ts=raw.recv_ns // 1000 if raw else 0,
         )
-        log.warning(
-            "dead-lettered %s:%s@%s: %s", letter.source_topic, letter.partition, letter.offset, reason
+        log_event(
+            log,
+            logging.WARNING,
+            "dead-lettered",
+            topic=letter.source_topic,
+            partition=letter.partition,
+            offset=letter.offset,
+            reason=reason,
         )
         dlq = self.topology.dlq
         emit(dlq, letter.key().encode(), self.codec.encode(letter, dlq))

@@ -68,6 +68,7 @@ from confluent_kafka import (
 )
 
 from marketpipe.config import Settings
+from marketpipe.logs import log_event
 from marketpipe.topics import Topology
 
 log = logging.getLogger(__name__)
@@ -288,7 +289,7 @@ class TransactionalLoop(Generic[S]):
             # partitions back at once; gone for good, they move after the session timeout
             self.consumer.close()
         except KafkaException as exc:
-            log.warning("%s: closing the consumer: %s", self.stage.name, exc)
+            log_event(log, logging.WARNING, "closing the consumer failed", stage=self.stage.name, error=exc)
 
     # --------------------------------------------------------------------------- a round
 
@@ -388,7 +389,7 @@ class TransactionalLoop(Generic[S]):
             if error is not None:
                 if error.fatal():
                     raise StageFailed(f"{self.stage.name}: consumer failed: {error.str()}")
-                log.warning("%s: consumer: %s", self.stage.name, error.str())
+                log_event(log, logging.WARNING, "consumer error", stage=self.stage.name, error=error.str())
                 continue
             tp: TP = (message.topic() or "", message.partition() or 0)
             found = batches.get(tp)
@@ -489,7 +490,14 @@ class TransactionalLoop(Generic[S]):
                     raise StageFailed(
                         f"{self.stage.name}: {what} still failing after {RETRY_FOR_S} s: {error.str()}"
                     ) from None
-                log.warning("%s: %s retried: %s", self.stage.name, what, error.str())
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "kafka call retried",
+                    stage=self.stage.name,
+                    call=what,
+                    error=error.str(),
+                )
                 time.sleep(0.5)
 
     def _transaction_failed(self, exc: KafkaException) -> None:
@@ -500,8 +508,12 @@ class TransactionalLoop(Generic[S]):
             ) from None
         if error.fatal() or not error.txn_requires_abort():
             raise StageFailed(f"{self.stage.name}: transaction failed: {error.str()}") from None
-        log.warning(
-            "%s: transaction aborted (%s); restoring from the last commit", self.stage.name, error.str()
+        log_event(
+            log,
+            logging.WARNING,
+            "transaction aborted, restoring from the last commit",
+            stage=self.stage.name,
+            error=error.str(),
         )
         self._retrying("abort", lambda: self.producer.abort_transaction(30))
         self._failures.clear()
@@ -592,17 +604,23 @@ class TransactionalLoop(Generic[S]):
         restored = self._restore(partitions)
         self._assigned.update((tp.topic, tp.partition) for tp in partitions)
         consumer.incremental_assign(restored)
-        log.info("%s: assigned %s", self.stage.name, _names(restored))
+        log_event(log, logging.INFO, "assigned", stage=self.stage.name, partitions=_names(restored))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._settle_commit()
         for tp in partitions:
             self.partitions.pop((tp.topic, tp.partition), None)
         consumer.incremental_unassign(partitions)
-        log.info("%s: revoked %s", self.stage.name, _names(partitions))
+        log_event(log, logging.INFO, "revoked", stage=self.stage.name, partitions=_names(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.warning("%s: partitions lost (session timed out): %s", self.stage.name, _names(partitions))
+        log_event(
+            log,
+            logging.WARNING,
+            "partitions lost (session timed out)",
+            stage=self.stage.name,
+            partitions=_names(partitions),
+        )
         self._on_revoke(consumer, partitions)
 
     def _restore(self, partitions: Iterable[TopicPartition]) -> list[TopicPartition]:
@@ -636,7 +654,13 @@ class TransactionalLoop(Generic[S]):
                 return self.consumer.committed(partitions, timeout=30)
             except KafkaException as exc:
                 # UNSTABLE_OFFSET_COMMIT: a previous owner's transaction is still pending
-                log.warning("%s: committed offsets not readable yet (%s)", self.stage.name, exc)
+                log_event(
+                    log,
+                    logging.WARNING,
+                    "committed offsets not readable yet",
+                    stage=self.stage.name,
+                    error=exc,
+                )
                 time.sleep(min(1.0, 0.1 * (attempt + 1)))
         raise StageFailed(f"{self.stage.name}: committed offsets unreadable for a minute")
 
@@ -670,11 +694,26 @@ class TransactionalLoop(Generic[S]):
                     break
                 return found
         except (KafkaException, msgspec.DecodeError) as exc:
-            log.error("%s: checkpoint %s of %s unreadable: %s", self.stage.name, pointer, key, exc)
+            log_event(
+                log,
+                logging.ERROR,
+                "checkpoint unreadable",
+                stage=self.stage.name,
+                checkpoint=pointer,
+                partition=_name(key),
+                error=exc,
+            )
         finally:
             reader.close()
         self.stats.restore_failures += 1
-        log.error("%s: no checkpoint at %s for %s: starting with fresh state", self.stage.name, pointer, key)
+        log_event(
+            log,
+            logging.ERROR,
+            "no checkpoint, starting with fresh state",
+            stage=self.stage.name,
+            checkpoint=pointer,
+            partition=_name(key),
+        )
         return None
 
     # --------------------------------------------------------------------------- progress
@@ -725,4 +764,8 @@ def checkpoint_key(stage: str, topic: str, partition: int) -> bytes:
 
 
 def _names(partitions: Iterable[TopicPartition]) -> str:
-    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
+    return ",".join(_name((tp.topic, tp.partition)) for tp in partitions) or "nothing"
+
+
+def _name(key: TP) -> str:
+    return f"{key[0]}[{key[1]}]"

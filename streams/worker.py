@@ -31,6 +31,7 @@ from typing import Any
 
 from marketpipe.codec import AvroCodec
 from marketpipe.config import Settings
+from marketpipe.logs import log_event
 from marketpipe.topics import Topology
 from streams.aggregations import ConsolidateStage, OhlcvStage
 from streams.app import NormaliseStage
@@ -102,7 +103,9 @@ class StreamWorker:
             self._stopping.wait(0.5)
             self._watchdog()
         if self.failure:
-            log.critical("stream worker %s stopped: %s", self.worker_id, self.failure)
+            log_event(
+                log, logging.CRITICAL, "stream worker stopped", worker=self.worker_id, reason=self.failure
+            )
             return EXIT_STAGE_FAILED
         return 0
 
@@ -118,9 +121,21 @@ class StreamWorker:
                 self._fail(str(exc))
                 return
             except StageFailed as exc:
-                log.error("stage %s failed, starting it again from its last commit: %s", name, exc)
+                log_event(
+                    log,
+                    logging.ERROR,
+                    "stage failed, starting it again from its last commit",
+                    stage=name,
+                    error=exc,
+                )
             except Exception as exc:
-                log.exception("stage %s crashed, starting it again from its last commit", name)
+                log_event(
+                    log,
+                    logging.ERROR,
+                    "stage crashed, starting it again from its last commit",
+                    exc_info=True,
+                    stage=name,
+                )
                 if isinstance(exc, KeyboardInterrupt):
                     raise
             loop.heartbeat = time.monotonic() + backoff  # waiting on purpose, not stuck
@@ -140,8 +155,13 @@ class StreamWorker:
         for name, loop in self.loops.items():
             stuck = now - loop.heartbeat
             if stuck > self.stall_timeout_s and not self._stopping.is_set():
-                log.critical(
-                    "stage %s stuck for %.0f s; stacks follow, exiting %d", name, stuck, EXIT_STAGE_FAILED
+                log_event(
+                    log,
+                    logging.CRITICAL,
+                    "stage stuck; stacks follow, exiting",
+                    stage=name,
+                    stuck_s=round(stuck),
+                    exit_code=EXIT_STAGE_FAILED,
                 )
                 faulthandler.dump_traceback(all_threads=True)
                 logging.shutdown()
@@ -167,7 +187,9 @@ def run_worker(settings: Settings, stages: Sequence[str] = STAGES, worker_id: st
     signal.signal(signal.SIGINT, lambda *_: worker.stop())
     signal.signal(signal.SIGHUP, lambda *_: worker.request_flush())
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints every thread's stack
-    log.warning("stream worker %s: stages %s", worker.worker_id, ", ".join(worker.loops))
+    log_event(
+        log, logging.WARNING, "stream worker started", worker=worker.worker_id, stages=",".join(worker.loops)
+    )
     code = worker.run()
     logging.shutdown()
     sys.exit(code)

@@ -109,7 +109,7 @@ def test_a_cut_off_tail_gives_every_complete_record_and_a_warning(
     assert len(back) >= 30  # all that was flushed; maybe some of the tail
     assert back == written[: len(back)]
     [warning] = [r.getMessage() for r in caplog.records if r.name == "marketpipe.raw"]
-    assert f"{path} is cut off after {len(back)} complete record(s)" in warning
+    assert f"capture cut off, the tail is skipped path={path} complete_records={len(back)} " in warning
 
 
 def test_a_complete_last_line_without_newline_is_a_record(tmp_path: Path) -> None:
@@ -165,5 +165,8 @@ def test_produce_from_a_cut_off_capture_publishes_the_complete_records_and_warns
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "published 4 records from 1 capture file(s)"
-    assert f"{path} is cut off after 4 complete record(s) (line 5 ends mid-record)" in result.stderr
+    assert (
+        f"capture cut off, the tail is skipped path={path} complete_records=4 reason=line 5 ends mid-record"
+        in result.stderr
+    )
     assert [c.record.seq for c in read_topic(kafka_bootstrap, topics.raw("binance"))] == [0, 1, 2, 3]

@@ -166,9 +166,9 @@ def test_misspelt_variables_are_warnings_naming_the_closest_known_one(
         settings = load_settings()
     assert settings.kafka.linger_ms == 20 and settings.producers.binance.ws_url == "ws://x"
     assert sorted(record.getMessage() for record in caplog.records) == [
-        "MARKETPIPE_KAFKA__LINGERMS is not a marketpipe setting and is ignored; "
-        "did you mean MARKETPIPE_KAFKA__LINGER_MS?",
-        "MARKETPIPE_SCHEMA_REGISTRY_URL is not a marketpipe setting and is ignored; "
-        "did you mean SCHEMA_REGISTRY_URL?",
-        "MARKETPIPE_SYMBOL is not a marketpipe setting and is ignored; did you mean MARKETPIPE_SYMBOLS?",
+        "not a marketpipe setting, ignored variable=MARKETPIPE_KAFKA__LINGERMS "
+        "did_you_mean=MARKETPIPE_KAFKA__LINGER_MS",
+        "not a marketpipe setting, ignored variable=MARKETPIPE_SCHEMA_REGISTRY_URL "
+        "did_you_mean=SCHEMA_REGISTRY_URL",
+        "not a marketpipe setting, ignored variable=MARKETPIPE_SYMBOL did_you_mean=MARKETPIPE_SYMBOLS",
     ]

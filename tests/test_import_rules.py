@@ -23,6 +23,7 @@ CORE = frozenset(
         *("marketpipe.topics", "marketpipe.raw", "marketpipe.errors", "marketpipe.times"),
         *("marketpipe.metrics", "marketpipe.output", "marketpipe.kafka_logs", "marketpipe.kafka_security"),
         *("marketpipe.kafka_local", "marketpipe.instruments", "marketpipe.wire", "marketpipe.cli_support"),
+        "marketpipe.logs",
     }
 )
 """marketpipe core modules, besides the marketpipe.exchanges package"""

@@ -39,9 +39,9 @@ from marketpipe.exchanges.binance_futures import (
     parse_instruments,
 )
 from marketpipe.instruments import Instruments
+from marketpipe.logs import log_event
 from producers.base import Connection, RestError, Shard
 from producers.connectors.binance import BinanceConnector
-from producers.logs import log_event
 
 log = logging.getLogger("producers")
 

@@ -31,8 +31,8 @@ from marketpipe.exchanges.bitfinex import (
     TRADES_CHANNEL,
     WS_PATH,
 )
+from marketpipe.logs import log_event
 from producers.base import Connector
-from producers.logs import log_event
 
 log = logging.getLogger("producers")
 

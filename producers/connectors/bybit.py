@@ -33,8 +33,8 @@ from marketpipe.exchanges.bybit import (
     next_page_cursor,
 )
 from marketpipe.instruments import Instruments
+from marketpipe.logs import log_event
 from producers.base import RUN_ID, Connection, Connector, Shard, SymbolError, shard_key
-from producers.logs import log_event
 from producers.publisher import RawPublisher
 
 log = logging.getLogger("producers")

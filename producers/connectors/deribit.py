@@ -34,8 +34,8 @@ from marketpipe.exchanges.deribit import (
     WS_PATH,
 )
 from marketpipe.instruments import Instruments
+from marketpipe.logs import log_event
 from producers.base import Connection, Connector, SymbolError, log
-from producers.logs import log_event
 
 CURRENCIES = ("BTC", "ETH", "USDC", "USDT")
 """the currencies ``get_instruments`` is asked for (linear USDC/USDT contracts are listed under
