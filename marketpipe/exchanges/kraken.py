@@ -1,12 +1,13 @@
 """Kraken spot wire, WS v2 (objects with ``channel``/``method``) and the legacy WS v1 (array
 frames ``[channelID, payload..., channelName, pair]`` and ``{"event": ...}`` objects): endpoints,
 channel names, book depths, asset aliases, the AssetPairs reader and the msgspec structs of the
-v2 messages.
+v2 and v1 messages.
 
 v2 book prices and sizes are JSON numbers whose exact text matters for the CRC32 checksum: the
 structs type them ``Any`` and are decoded with ``float_hook=str``, so every non-integer number
-stays the text it was sent as. v1 payloads are positional arrays of varying length, read by
-position in the parser.
+stays the text it was sent as. A v1 frame's shape depends on its channel name (the
+penultimate element), so the parser decodes the outer array into ``msgspec.Raw`` elements and
+each payload element with the channel's struct; v1 sends prices and volumes as strings.
 
 Shared by the connector (producers/connectors/kraken.py), the parser (streams/parsers/kraken.py,
 kraken_v1.py) and the simulator.
@@ -142,6 +143,75 @@ class MethodResponse(msgspec.Struct):
     success: bool | None = None
     result: Any = None
     error: Any = None
+
+
+# ------------------------------------------------------------------------------ v1 channels
+
+
+class V1TradeRow(msgspec.Struct, array_like=True, gc=False):
+    """``[price, volume, time, side, orderType, misc]``; no trade id."""
+
+    price: str
+    volume: str
+    time: str
+    side: str
+
+
+class V1BookLevel(msgspec.Struct, array_like=True, gc=False):
+    """``[price, volume, timestamp]`` (an update may add ``"r"``, a republish); the texts are kept
+    for the checksum."""
+
+    price: str
+    volume: str
+    timestamp: str
+
+
+class V1BookPayload(msgspec.Struct):
+    """A snapshot carries ``as``/``bs``; an update ``a`` and/or ``b`` (possibly split over two
+    payloads) with the checksum ``c`` in the last one."""
+
+    snapshot_asks: list[V1BookLevel] | None = msgspec.field(default=None, name="as")
+    snapshot_bids: list[V1BookLevel] | None = msgspec.field(default=None, name="bs")
+    a: list[V1BookLevel] = []
+    b: list[V1BookLevel] = []
+    c: str | int | None = None
+
+
+class V1Ticker(msgspec.Struct):
+    """``a``/``b`` ``[price, wholeLotVolume, lotVolume]``, ``c`` ``[price, lotVolume]``, the rest
+    ``[today, last 24 h]``. No time is sent."""
+
+    a: tuple[str, Any, str]
+    b: tuple[str, Any, str]
+    c: tuple[str, str]
+    v: tuple[str, str]
+    t: tuple[int, int]
+    l: tuple[str, str]  # noqa: E741 (the wire name)
+    h: tuple[str, str]
+    o: tuple[str, str]
+
+
+class V1Candle(msgspec.Struct, array_like=True, gc=False):
+    """``[time, etime, open, high, low, close, vwap, volume, count]``; ``etime`` is the interval end."""
+
+    time: str
+    etime: str
+    open: str
+    high: str
+    low: str
+    close: str
+    vwap: str
+    volume: str
+    count: int
+
+
+class V1Event(msgspec.Struct, rename="camel"):
+    """``{"event": ...}``: heartbeat, pong, systemStatus, subscriptionStatus, error."""
+
+    event: str
+    status: str | None = None
+    error_message: Any = None
+    pair: Any = None
 
 
 # ------------------------------------------------------------------------------- metadata

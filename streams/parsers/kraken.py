@@ -63,8 +63,8 @@ __all__ = ["KrakenConnection", "KrakenProcessor", "parse_instruments"]
 T = TypeVar("T")
 
 _decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(float_hook=str)
-_frames: msgspec.json.Decoder[ChannelMessage | list[Any]] = msgspec.json.Decoder(
-    ChannelMessage | list[Any], float_hook=str
+_frames: msgspec.json.Decoder[ChannelMessage | list[msgspec.Raw]] = msgspec.json.Decoder(
+    ChannelMessage | list[msgspec.Raw], float_hook=str
 )
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 

@@ -11,13 +11,20 @@ k-th row of the frame with exactly the same four values (one taker order filling
 maker orders at one price and time); so the same trade delivered on two connections has one id.
 Book snapshots carry ``as``/``bs``; updates carry ``a``/``b`` (possibly in two objects)
 with the checksum ``c`` in the last one; the subscribed depth is in the channel name.
+
+The outer array arrives decoded into ``msgspec.Raw`` elements (streams/parsers/kraken.py); the
+channel name picks the struct each payload element is decoded with (marketpipe.exchanges.kraken).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import re
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
 
 from marketpipe.exchanges.kraken import V1_TAKER_SIDES as TAKER_SIDES
+from marketpipe.exchanges.kraken import V1BookLevel, V1BookPayload, V1Candle, V1Event, V1Ticker, V1TradeRow
 from marketpipe.raw import RawRecord
 from streams.parsers.base import (
     ConnectionState,
@@ -33,6 +40,17 @@ from streams.parsers.base import (
 if TYPE_CHECKING:
     from streams.parsers.kraken import KrakenConnection, KrakenProcessor
 
+T = TypeVar("T")
+
+_name = msgspec.json.Decoder(str)
+_trades_decoder = msgspec.json.Decoder(list[V1TradeRow])
+_book_decoder = msgspec.json.Decoder(V1BookPayload)
+_ticker_decoder = msgspec.json.Decoder(V1Ticker)
+_candle_decoder = msgspec.json.Decoder(V1Candle)
+_OHLC_SHAPE = "kraken v1 ohlc payload is not [time, etime, open, high, low, close, vwap, volume, count]"
+_MISSING = re.compile(r"Object missing required field `([^`]+)`")
+_SHAPE = "kraken v1 array frame is not [channelID, payload..., channelName, pair]"
+
 
 def learn_depth_from_request(conn: ConnectionState, msg: dict[str, Any]) -> None:
     subscription = msg.get("subscription")
@@ -47,49 +65,86 @@ def learn_depth_from_request(conn: ConnectionState, msg: dict[str, Any]) -> None
 
 
 def on_event(proc: KrakenProcessor, conn: KrakenConnection, msg: dict[str, Any]) -> None:
-    event = msg["event"]
-    if event in ("heartbeat", "pong"):
+    """``msg`` is the frame read generically (the v2 decoder refused it): read again as a v1 event."""
+    try:
+        event = msgspec.convert(msg, V1Event)
+    except msgspec.ValidationError as exc:
+        raise ParseError(f"malformed kraken v1 event: {exc}") from None
+    if event.event in ("heartbeat", "pong"):
         proc.counters.heartbeats += 1
-    elif event == "systemStatus":
+    elif event.event == "systemStatus":
         proc.counters.acks += 1
-    elif event == "subscriptionStatus":
-        if msg.get("status") == "error" or "errorMessage" in msg:
-            raise ParseError(
-                f"kraken v1 subscription rejected: {msg.get('errorMessage')!r} for {msg.get('pair')!r}"
-            )
+    elif event.event == "subscriptionStatus":
+        if event.status == "error" or event.error_message is not None:
+            raise ParseError(f"kraken v1 subscription rejected: {event.error_message!r} for {event.pair!r}")
         proc.counters.acks += 1
-    elif event == "error":
-        raise ParseError(f"kraken v1 error: {msg.get('errorMessage')!r}")
+    elif event.event == "error":
+        raise ParseError(f"kraken v1 error: {event.error_message!r}")
     else:
-        raise ParseError(f"unsupported kraken v1 event {event!r}")
+        raise ParseError(f"unsupported kraken v1 event {event.event!r}")
 
 
 def on_array(
-    proc: KrakenProcessor, conn: KrakenConnection, msg: list[Any], raw: RawRecord, out: FeedOutput
+    proc: KrakenProcessor,
+    conn: KrakenConnection,
+    msg: list[msgspec.Raw],
+    raw: RawRecord,
+    out: FeedOutput,
 ) -> None:
-    if len(msg) < 4 or not isinstance(msg[-2], str) or not isinstance(msg[-1], str):
-        raise ParseError("kraken v1 array frame is not [channelID, payload..., channelName, pair]")
-    channel_name, pair = msg[-2], msg[-1]
-    if channel_name == "trade":
-        _trades(proc, msg[1], pair, raw, out)
-    elif channel_name.startswith("book-"):
-        _book(proc, conn, msg[1:-2], int(channel_name[5:]), pair, raw, out)
+    if len(msg) < 4:
+        raise ParseError(_SHAPE)
+    try:
+        channel_name, pair = _name.decode(msg[-2]), _name.decode(msg[-1])
+    except msgspec.DecodeError:
+        raise ParseError(_SHAPE) from None
+    if channel_name.startswith("book-"):
+        try:
+            payloads = [_book_decoder.decode(part) for part in msg[1:-2]]
+        except msgspec.ValidationError as exc:
+            raise _refused(exc, channel_name) from None
+        _book(proc, conn, payloads, int(channel_name[5:]), pair, raw, out)
+    elif channel_name == "trade":
+        _trades(proc, _payload(_trades_decoder, msg[1], channel_name), pair, raw, out)
     elif channel_name == "ticker":
-        _ticker(proc, msg[1], pair, raw, out)
+        _ticker(proc, _payload(_ticker_decoder, msg[1], channel_name), pair, raw, out)
     elif channel_name.startswith("ohlc-") and channel_name[5:].isdigit():
-        _ohlc(proc, conn, msg[1], int(channel_name[5:]), pair, raw, out)
+        candle = _payload(_candle_decoder, msg[1], channel_name, _OHLC_SHAPE)
+        _ohlc(proc, conn, candle, int(channel_name[5:]), pair, raw, out)
     else:
         raise ParseError(f"unsupported kraken v1 channel {channel_name!r}")
 
 
-def _trades(proc: KrakenProcessor, rows: list[list[Any]], pair: str, raw: RawRecord, out: FeedOutput) -> None:
+def _payload(decoder: msgspec.json.Decoder[T], part: msgspec.Raw, channel_name: str, shape: str = "") -> T:
+    """A payload element decoded with its channel's struct; a refusal is reported as before the
+    structs: a missing field as the KeyError the feed words as ``missing field``."""
+    try:
+        return decoder.decode(part)
+    except msgspec.ValidationError as exc:
+        raise _refused(exc, channel_name, shape) from None
+
+
+def _refused(exc: msgspec.ValidationError, channel_name: str, shape: str = "") -> Exception:
+    reason = str(exc)
+    missing = _MISSING.match(reason)
+    if missing:
+        return KeyError(missing.group(1))
+    if shape:
+        return ParseError(shape)
+    if reason.startswith("Expected `object`, got"):
+        return ParseError(f"kraken v1 {channel_name.partition('-')[0]} payload is not an object")
+    return ParseError(f"malformed kraken v1 {channel_name} payload: {reason}")
+
+
+def _trades(
+    proc: KrakenProcessor, rows: list[V1TradeRow], pair: str, raw: RawRecord, out: FeedOutput
+) -> None:
     parsed = [
         (
-            trade_identity(row[:4]),
-            float(row[0]),
-            float(row[1]),
-            seconds_text_to_us(_text(row[2])),
-            TAKER_SIDES.get(row[3], "unknown"),
+            trade_identity(row),
+            float(row.price),
+            float(row.volume),
+            seconds_text_to_us(row.time),
+            TAKER_SIDES.get(row.side, "unknown"),
         )
         for row in rows
     ]
@@ -98,46 +153,38 @@ def _trades(proc: KrakenProcessor, rows: list[list[Any]], pair: str, raw: RawRec
         proc.trade(raw, out, pair, identity, price, size, side, ts)
 
 
-def _ticker(proc: KrakenProcessor, payload: Any, pair: str, raw: RawRecord, out: FeedOutput) -> None:
-    """``{a,b,c,v,p,t,l,h,o}``; the 24 h values are the second of each [today, last 24 h] pair.
-    No time is sent."""
-    if not isinstance(payload, dict):
-        raise ParseError("kraken v1 ticker payload is not an object")
+def _ticker(proc: KrakenProcessor, payload: V1Ticker, pair: str, raw: RawRecord, out: FeedOutput) -> None:
+    """The 24 h values are the second of each [today, last 24 h] pair. No time is sent."""
     proc.ticker(
         raw,
         out,
         pair,
         None,
-        last_price=float(payload["c"][0]),
-        last_size=float(payload["c"][1]),
-        bid_price=float(payload["b"][0]),
-        bid_size=float(payload["b"][2]),
-        ask_price=float(payload["a"][0]),
-        ask_size=float(payload["a"][2]),
-        open_24h=float(payload["o"][1]),
-        high_24h=float(payload["h"][1]),
-        low_24h=float(payload["l"][1]),
-        volume_24h=float(payload["v"][1]),
-        trades_24h=int(payload["t"][1]),
+        last_price=float(payload.c[0]),
+        last_size=float(payload.c[1]),
+        bid_price=float(payload.b[0]),
+        bid_size=float(payload.b[2]),
+        ask_price=float(payload.a[0]),
+        ask_size=float(payload.a[2]),
+        open_24h=float(payload.o[1]),
+        high_24h=float(payload.h[1]),
+        low_24h=float(payload.l[1]),
+        volume_24h=float(payload.v[1]),
+        trades_24h=payload.t[1],
     )
 
 
 def _ohlc(
     proc: KrakenProcessor,
     conn: KrakenConnection,
-    row: Any,
+    row: V1Candle,
     minutes: int,
     pair: str,
     raw: RawRecord,
     out: FeedOutput,
 ) -> None:
-    """``[time, etime, open, high, low, close, vwap, volume, count]``: ``etime`` is the interval
-    end; no final flag (the base's later-window rule closes a candle)."""
-    if not isinstance(row, list) or len(row) < 9:
-        raise ParseError(
-            "kraken v1 ohlc payload is not [time, etime, open, high, low, close, vwap, volume, count]"
-        )
-    close_time = seconds_text_to_us(_text(row[1]))
+    """No final flag (the base's later-window rule closes a candle)."""
+    close_time = seconds_text_to_us(row.etime)
     proc.exchange_candle(
         conn,
         raw,
@@ -146,29 +193,25 @@ def _ohlc(
         interval_name(minutes * 60),
         close_time - minutes * 60_000_000,
         close_time,
-        float(row[2]),
-        float(row[3]),
-        float(row[4]),
-        float(row[5]),
-        volume=float(row[7]),
-        trades=int(row[8]),
-        ts=seconds_text_to_us(_text(row[0])),
+        float(row.open),
+        float(row.high),
+        float(row.low),
+        float(row.close),
+        volume=float(row.volume),
+        trades=row.count,
+        ts=seconds_text_to_us(row.time),
     )
 
 
-def trade_identity(values: list[Any]) -> str:
+def trade_identity(row: V1TradeRow) -> str:
     """``price:volume:time:side`` as sent."""
-    return ":".join(_text(value) for value in values)
-
-
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else str(value)
+    return f"{row.price}:{row.volume}:{row.time}:{row.side}"
 
 
 def _book(
     proc: KrakenProcessor,
     conn: KrakenConnection,
-    payloads: list[Any],
+    payloads: list[V1BookPayload],
     depth: int,
     pair: str,
     raw: RawRecord,
@@ -177,36 +220,39 @@ def _book(
     proc.counters.book_messages += 1
     state = proc.book_state(conn, pair)
     state.depth = depth
-    if any(not isinstance(payload, dict) for payload in payloads):
-        raise ParseError("kraken v1 book payload is not an object")
-    if "as" in payloads[0] or "bs" in payloads[0]:
-        asks, bids, _ = _collect(payloads, "as", "bs")
-        ts = _latest(asks, bids, raw)
-        proc.apply_snapshot(state, _levels(bids), _levels(asks), None, ts, raw, out)
+    first = payloads[0]
+    if first.snapshot_asks is not None or first.snapshot_bids is not None:
+        asks, bids, _ = _collect(payloads, True)
+        proc.apply_snapshot(state, _levels(bids), _levels(asks), None, _latest(asks, bids, raw), raw, out)
         return
-    asks, bids, checksum = _collect(payloads, "a", "b")
-    ts = _latest(asks, bids, raw)
-    proc.apply_update(state, _levels(bids), _levels(asks), checksum, ts, raw, out)
+    asks, bids, checksum = _collect(payloads, False)
+    proc.apply_update(state, _levels(bids), _levels(asks), checksum, _latest(asks, bids, raw), raw, out)
 
 
 def _collect(
-    payloads: list[dict[str, Any]], ask_key: str, bid_key: str
-) -> tuple[list[Any], list[Any], int | None]:
-    asks: list[Any] = []
-    bids: list[Any] = []
+    payloads: list[V1BookPayload], snapshot: bool
+) -> tuple[list[V1BookLevel], list[V1BookLevel], int | None]:
+    """Both sides' levels and the checksum; an update may come split over two payloads."""
+    if len(payloads) == 1:  # the usual frame: no copies
+        (payload,) = payloads
+        if snapshot:
+            return payload.snapshot_asks or [], payload.snapshot_bids or [], None
+        return payload.a, payload.b, None if payload.c is None else int(payload.c)
+    asks: list[V1BookLevel] = []
+    bids: list[V1BookLevel] = []
     checksum: int | None = None
     for payload in payloads:
-        asks.extend(payload.get(ask_key, ()))
-        bids.extend(payload.get(bid_key, ()))
-        if "c" in payload:
-            checksum = int(payload["c"])
+        asks.extend((payload.snapshot_asks or ()) if snapshot else payload.a)
+        bids.extend((payload.snapshot_bids or ()) if snapshot else payload.b)
+        if payload.c is not None and not snapshot:
+            checksum = int(payload.c)
     return asks, bids, checksum
 
 
-def _levels(rows: list[list[str]]) -> TextRows:
-    return kraken_levels((row[0], row[1]) for row in rows)
+def _levels(rows: list[V1BookLevel]) -> TextRows:
+    return kraken_levels((row.price, row.volume) for row in rows)
 
 
-def _latest(asks: list[list[str]], bids: list[list[str]], raw: RawRecord) -> int:
-    stamps = [row[2] for row in asks] + [row[2] for row in bids]
+def _latest(asks: list[V1BookLevel], bids: list[V1BookLevel], raw: RawRecord) -> int:
+    stamps = [row.timestamp for row in asks] + [row.timestamp for row in bids]
     return max(seconds_text_to_us(stamp) for stamp in stamps) if stamps else raw.recv_ns // 1000
