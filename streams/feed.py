@@ -55,6 +55,7 @@ from marketpipe.records import (
     Liquidation,
     MarkPrice,
     OpenInterest,
+    Record,
     Side,
     StatusEvent,
     Ticker,
@@ -873,31 +874,26 @@ class FeedProcessor(BookSyncRules):
         interval_s: int | None = None,
     ) -> bool:
         """Publish a perpetual's funding when a value changed since the last one published for
-        the symbol. Dead-lettered (False) when a rate is not finite or beyond +-100 %, the
-        interval is not positive, or the symbol or ``ts`` is bad as for ``ticker``."""
+        the symbol (False for a repeat). Dead-lettered (False) when a rate is not finite or beyond
+        +-100 %, the interval is not positive, or the symbol or ``ts`` is bad as for ``ticker``."""
         problem = _bad_rate(rate) or _bad_rate(predicted_rate)
         if problem is None and interval_s is not None and interval_s <= 0:
             problem = "invalid_value", f"funding interval {interval_s} s is not positive"
-        values = (rate, predicted_rate, next_funding_ts, interval_s)
-        symbol = self._derivative_symbol(raw, out, exchange_symbol, ts, "funding", problem, values)
-        if symbol is None:
+        fields = self._record_fields(raw, out, exchange_symbol, ts, "funding", problem)
+        if fields is None:
             return False
-        self.counters.derivatives += 1
-        out.funding.append(
-            FundingRate(
-                exchange=self.exchange,
-                symbol=symbol,
-                exchange_symbol=exchange_symbol,
-                rate=rate,
-                predicted_rate=predicted_rate,
-                next_funding_ts=next_funding_ts,
-                interval_s=interval_s,
-                ts=self._ts_or_recv(ts, raw),
-                recv_ts=raw.recv_ns // 1000,
-                conn=raw.conn,
-                seq=raw.seq,
-            )
+        if not self._changed(
+            "funding", fields["symbol"], (rate, predicted_rate, next_funding_ts, interval_s)
+        ):
+            return False
+        record = FundingRate(
+            rate=rate,
+            predicted_rate=predicted_rate,
+            next_funding_ts=next_funding_ts,
+            interval_s=interval_s,
+            **fields,
         )
+        self._add_derivative(out.funding, record)
         return True
 
     def open_interest(
@@ -911,25 +907,16 @@ class FeedProcessor(BookSyncRules):
         value: float | None = None,
     ) -> bool:
         """Publish open interest (contracts; ``value`` the notional the venue states) when it
-        changed for the symbol. Dead-lettered (False) when negative or not finite."""
+        changed for the symbol (False for a repeat). Dead-lettered (False) when negative or not
+        finite."""
         problem = _bad_values((), (open_interest, value))
-        values = (open_interest, value)
-        symbol = self._derivative_symbol(raw, out, exchange_symbol, ts, "open interest", problem, values)
-        if symbol is None:
+        fields = self._record_fields(raw, out, exchange_symbol, ts, "open interest", problem)
+        if fields is None:
             return False
-        self.counters.derivatives += 1
-        out.open_interest.append(
-            OpenInterest(
-                exchange=self.exchange,
-                symbol=symbol,
-                exchange_symbol=exchange_symbol,
-                open_interest=open_interest,
-                value=value,
-                ts=self._ts_or_recv(ts, raw),
-                recv_ts=raw.recv_ns // 1000,
-                conn=raw.conn,
-                seq=raw.seq,
-            )
+        if not self._changed("open interest", fields["symbol"], (open_interest, value)):
+            return False
+        self._add_derivative(
+            out.open_interest, OpenInterest(open_interest=open_interest, value=value, **fields)
         )
         return True
 
@@ -945,31 +932,21 @@ class FeedProcessor(BookSyncRules):
         settle_price: float | None = None,
     ) -> bool:
         """Publish a contract's mark/index/settle prices (a repeat of the last values at the
-        same time, e.g. from a second connection, is dropped). Dead-lettered (False) when a
-        price is not positive and finite, or none is given."""
+        same time, e.g. from a second connection, is dropped: False). Dead-lettered (False) when
+        a price is not positive and finite, or none is given."""
         prices = (mark_price, index_price, settle_price)
         problem = _bad_values(prices, ())
         if problem is None and mark_price is None and index_price is None and settle_price is None:
             problem = "invalid_value", "no mark, index or settle price"
-        values = (ts, *prices)
-        symbol = self._derivative_symbol(raw, out, exchange_symbol, ts, "mark price", problem, values)
-        if symbol is None:
+        fields = self._record_fields(raw, out, exchange_symbol, ts, "mark price", problem)
+        if fields is None:
             return False
-        self.counters.derivatives += 1
-        out.mark_prices.append(
-            MarkPrice(
-                exchange=self.exchange,
-                symbol=symbol,
-                exchange_symbol=exchange_symbol,
-                mark_price=mark_price,
-                index_price=index_price,
-                settle_price=settle_price,
-                ts=self._ts_or_recv(ts, raw),
-                recv_ts=raw.recv_ns // 1000,
-                conn=raw.conn,
-                seq=raw.seq,
-            )
+        if not self._changed("mark price", fields["symbol"], (ts, *prices)):
+            return False
+        record = MarkPrice(
+            mark_price=mark_price, index_price=index_price, settle_price=settle_price, **fields
         )
+        self._add_derivative(out.mark_prices, record)
         return True
 
     def liquidation(
@@ -988,36 +965,22 @@ class FeedProcessor(BookSyncRules):
         once: the same one again (a second connection, a re-sent snapshot) is dropped and
         counted. Dead-lettered (False) when the price or size is not positive and finite."""
         problem = _bad_values((price, size), ())
-        symbol = self._derivative_symbol(raw, out, exchange_symbol, ts, "liquidation", problem, None)
-        if symbol is None:
+        fields = self._record_fields(raw, out, exchange_symbol, ts, "liquidation", problem)
+        if fields is None:
             return False
-        seen = self._liquidations_seen.get(symbol)
+        seen = self._liquidations_seen.get(fields["symbol"])
         if seen is None:
-            seen = self._liquidations_seen[symbol] = deque(maxlen=LIQUIDATION_MEMORY)
+            seen = self._liquidations_seen[fields["symbol"]] = deque(maxlen=LIQUIDATION_MEMORY)
         key = (ts, side, price, size, liquidation_id)
         if key in seen:
             self.counters.repeats_dropped += 1
             return True
         seen.append(key)
-        self.counters.derivatives += 1
-        out.liquidations.append(
-            Liquidation(
-                exchange=self.exchange,
-                symbol=symbol,
-                exchange_symbol=exchange_symbol,
-                side=side,
-                price=price,
-                size=size,
-                liquidation_id=liquidation_id,
-                ts=self._ts_or_recv(ts, raw),
-                recv_ts=raw.recv_ns // 1000,
-                conn=raw.conn,
-                seq=raw.seq,
-            )
-        )
+        record = Liquidation(side=side, price=price, size=size, liquidation_id=liquidation_id, **fields)
+        self._add_derivative(out.liquidations, record)
         return True
 
-    def _derivative_symbol(
+    def _record_fields(
         self,
         raw: RawRecord,
         out: FeedOutput,
@@ -1025,10 +988,9 @@ class FeedProcessor(BookSyncRules):
         ts: int | None,
         what: str,
         problem: tuple[str, str] | None,
-        values: tuple[object, ...] | None,
-    ) -> str | None:
-        """The symbol a funding/open-interest/mark/liquidation record is published under, or
-        None: dead-lettered (a bad symbol, value or time) or a repeat of the last ``values``."""
+    ) -> dict[str, Any] | None:
+        """The fields every funding/open-interest/mark/liquidation record carries, or None when
+        it is dead-lettered (a bad symbol, value or time)."""
         symbol = self._symbol_or_reject(raw, out, exchange_symbol)
         if symbol is None:
             return None
@@ -1036,17 +998,29 @@ class FeedProcessor(BookSyncRules):
         if problem:
             self.reject(raw, f"{self.exchange} {what} of {exchange_symbol}: {problem[1]}", out, problem[0])
             return None
-        if values is not None:
-            key = (what, symbol)
-            if self._last_published.get(key) == values:
-                self.counters.repeats_dropped += 1
-                return None
-            self._last_published[key] = values
-        return symbol
+        recv_us = raw.recv_ns // 1000
+        return {
+            "exchange": self.exchange,
+            "symbol": symbol,
+            "exchange_symbol": exchange_symbol,
+            "ts": recv_us if ts is None else ts,
+            "recv_ts": recv_us,
+            "conn": raw.conn,
+            "seq": raw.seq,
+        }
 
-    @staticmethod
-    def _ts_or_recv(ts: int | None, raw: RawRecord) -> int:
-        return raw.recv_ns // 1000 if ts is None else ts
+    def _changed(self, what: str, symbol: str, values: tuple[object, ...]) -> bool:
+        """False (and counted) when ``values`` repeat the last ones published for the symbol."""
+        key = (what, symbol)
+        if self._last_published.get(key) == values:
+            self.counters.repeats_dropped += 1
+            return False
+        self._last_published[key] = values
+        return True
+
+    def _add_derivative(self, records: list[Any], record: Record) -> None:
+        self.counters.derivatives += 1
+        records.append(record)
 
 
 def _bad_values(
