@@ -32,7 +32,7 @@ from confluent_kafka.admin import AdminClient
 
 from marketpipe.config import LocalBrokerSettings
 from marketpipe.kafka_local import LocalKafka, free_port
-from marketpipe.topics import Topology, apply_topology
+from marketpipe.topics import Topology, apply_topology, watermarks
 
 BIN = Path(sys.executable).parent
 SYMBOL_BASES = ["BTC", "ETH", "SOL", "XRP", "DOGE", "LTC", "ADA", "DOT", "AVAX", "LINK", "ATOM", "UNI"]
@@ -50,9 +50,7 @@ def _topic_count(bootstrap: str, topic: str) -> int:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}"})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
-        )
+        return sum(watermarks(consumer, TopicPartition(topic, p))[1] for p in partitions)
     finally:
         consumer.close()
 

@@ -47,7 +47,7 @@ from marketpipe.config import LocalBrokerSettings
 from marketpipe.kafka_local import LocalKafka, free_port, port_open
 from marketpipe.raw import RawRecord, read_capture
 from marketpipe.records import Record, Trade
-from marketpipe.topics import Topology, apply_topology
+from marketpipe.topics import Topology, apply_topology, watermarks
 from streams.feed import FeedOutput, FeedProcessor
 from streams.parsers import processor_for
 
@@ -251,7 +251,7 @@ def _producer(bootstrap: str) -> Producer:
 def _end_offset(bootstrap: str, topic: str) -> int:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}"})
     try:
-        return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+        return watermarks(consumer, TopicPartition(topic, 0))[1]
     finally:
         consumer.close()
 

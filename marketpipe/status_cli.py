@@ -245,6 +245,8 @@ def _start_position(offset: str | None, from_beginning: bool, from_time: str | N
 def _assignment(consumer: Any, topic: str, partitions: list[int], start: str | int | datetime) -> list[Any]:
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
+    from marketpipe.topics import watermarks
+
     if start == "beginning" or start == "end":
         at = OFFSET_BEGINNING if start == "beginning" else OFFSET_END
         return [TopicPartition(topic, p, at) for p in partitions]
@@ -268,7 +270,7 @@ def _assignment(consumer: Any, topic: str, partitions: list[int], start: str | i
         return [TopicPartition(topic, p, start) for p in partitions]
     assignment = []
     for p in partitions:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        low, high = watermarks(consumer, TopicPartition(topic, p))
         assignment.append(TopicPartition(topic, p, max(low, high + start)))
     return assignment
 

@@ -346,12 +346,45 @@ def _wait_until_visible(admin: AdminClient, names: list[str], timeout: float) ->
     deadline = time.monotonic() + timeout
     while True:
         topics = admin.list_topics(timeout=timeout).topics
-        ready = all(
-            name in topics and topics[name].partitions and topics[name].error is None for name in names
-        )
+        ready = all(name in topics and _served(topics[name]) for name in names)
         if ready or time.monotonic() > deadline:
             return topics
         time.sleep(0.1)
+
+
+def _served(topic: Any) -> bool:
+    """Every partition of ``topic`` has a leader that answers for it."""
+    partitions = topic.partitions.values()
+    return (
+        topic.error is None
+        and bool(partitions)
+        and all(p.leader >= 0 and p.error is None for p in partitions)
+    )
+
+
+_ELECTING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_PARTITION,
+}
+
+
+def watermarks(consumer: Any, tp: Any, timeout: float = 10.0) -> tuple[int, int]:
+    """(low, high) offsets of one partition, waiting out a leader that is still being elected.
+
+    A partition created or moved moments ago answers NOT_LEADER/LEADER_NOT_AVAILABLE for a
+    while; those are retriable, so they are retried until ``timeout``; anything else raises.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=max(0.1, deadline - time.monotonic()))
+            return int(low), int(high)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _ELECTING or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def describe_configs(

@@ -25,7 +25,7 @@ from kafka_helpers import marketpipe_process, stop_process, worker_env
 from marketpipe.codec import AvroCodec
 from marketpipe.kafka_local import free_port, port_open
 from marketpipe.records import StatusEvent
-from marketpipe.topics import Topology, apply_topology
+from marketpipe.topics import Topology, apply_topology, watermarks
 from sinks.clickhouse import connect
 
 Offsets = dict[tuple[str, int], int]
@@ -62,8 +62,7 @@ def end_offsets(bootstrap: str, topics: list[str]) -> Offsets:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ends-{uuid.uuid4().hex}"})
     try:
         return {
-            (tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=10)[1]
-            for tp in partitions_of(bootstrap, topics)
+            (tp.topic, tp.partition): watermarks(consumer, tp)[1] for tp in partitions_of(bootstrap, topics)
         }
     finally:
         consumer.close()
@@ -108,7 +107,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Mess
         }
     )
     try:
-        bounds = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10) for tp in partitions}
+        bounds = {tp.partition: watermarks(consumer, tp) for tp in partitions}
         todo = {p for p, (low, high) in bounds.items() if high > low}
         consumer.assign([TopicPartition(topic, p, bounds[p][0]) for p in todo])
         messages: list[Message] = []

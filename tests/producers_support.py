@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from marketpipe.config import ConnectorSettings
 from marketpipe.raw import RawRecord
+from marketpipe.topics import watermarks
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[Cons
     try:
         metadata = consumer.list_topics(topic, timeout=10)
         partitions = list(metadata.topics[topic].partitions)
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
-        }
+        ends = {p: watermarks(consumer, TopicPartition(topic, p))[1] for p in partitions}
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         found: list[Consumed] = []
         remaining = {p for p, end in ends.items() if end > 0}

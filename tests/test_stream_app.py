@@ -20,7 +20,7 @@ from marketpipe.raw import RawRecord
 from marketpipe.records import BBO, BookChange, DeadLetter, Record, Trade
 from marketpipe.run_cli import restore_failures
 from marketpipe.supervisor import Child
-from marketpipe.topics import Topology
+from marketpipe.topics import Topology, watermarks
 from marketpipe.view import KafkaLag
 from streams.feed import FeedOutput
 from streams.parsers import processor_for
@@ -178,8 +178,7 @@ def _ends(bootstrap: str, topic: str) -> list[TopicPartition]:
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         return [
-            TopicPartition(topic, p, consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
-            for p in partitions
+            TopicPartition(topic, p, watermarks(consumer, TopicPartition(topic, p))[1]) for p in partitions
         ]
     finally:
         consumer.close()
