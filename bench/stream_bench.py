@@ -388,7 +388,16 @@ def main() -> None:
         default="100000,100",
         help="event-time trades per second of the aggregation backlog, one drain each",
     )
+    parser.add_argument(
+        "--phases",
+        default="throughput,latency,aggregation",
+        help="which phases to run (comma-separated subset of throughput,latency,aggregation)",
+    )
     args = parser.parse_args()
+    phases = set(args.phases.split(","))
+    unknown = phases - {"throughput", "latency", "aggregation"}
+    if unknown:
+        parser.error(f"--phases: unknown {', '.join(sorted(unknown))}")
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None
@@ -406,9 +415,11 @@ def main() -> None:
                 record_capture(capture, args.record_s)
             records = [r for r in read_capture(capture) if r.exchange == "binance"]
             print(f"input      {len(records):,} binance records from {capture}", flush=True)
-            run_throughput(bootstrap, records)
-            run_latency(bootstrap, records, args.rate, args.latency_frames)
-            for trade_rate in args.trade_rates.split(","):
+            if "throughput" in phases:
+                run_throughput(bootstrap, records)
+            if "latency" in phases:
+                run_latency(bootstrap, records, args.rate, args.latency_frames)
+            for trade_rate in args.trade_rates.split(",") if "aggregation" in phases else ():
                 run_aggregation(bootstrap, args.trades, float(trade_rate))
         finally:
             if broker is not None:
