@@ -1,6 +1,7 @@
 """Throughput, CPU and latency of one stream worker (transactional loops), through a real broker.
 
     python -m bench.stream_bench [--capture FILE] [--rate 5000] [--trades 200000]
+                                 [--phases throughput,latency,aggregation]
 
 Input: a capture file (`marketpipe capture`); without --capture the bench records one
 first: the simulator's Binance feed, 10 symbols, 200 book updates and 20 trades per second

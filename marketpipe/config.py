@@ -232,6 +232,13 @@ class StreamSettings(_Section):
     )
     batch_size: int = Field(5000, ge=1, description="records consumed per transaction at most")
     poll_interval_ms: int = Field(30, ge=1, description="longest wait for a batch to fill")
+    commit_interval_ms: int = Field(
+        25,
+        ge=0,
+        le=10_000,
+        description="transactions begin at least this far apart (a round gathers input meanwhile): "
+        "fewer commits for the broker and the worker at low rates, at most this much more latency",
+    )
     checkpoint_interval_s: float = Field(
         5.0, gt=0, description="state checkpoint cadence: bounds the input re-read after a restart"
     )

@@ -190,6 +190,9 @@ class TransactionalLoop(Generic[S]):
         streams = settings.streams
         self.batch_size = streams.batch_size
         self.poll_s = streams.poll_interval_ms / 1000
+        self.commit_every_s = streams.commit_interval_ms / 1000
+        self._next_commit_at = 0.0
+        """monotonic time before which no transaction begins (``commit_interval_ms``)"""
         self.checkpoint_every_s = streams.checkpoint_interval_s
         self.stall_timeout_s = streams.stall_timeout_s
         self.checkpoint_topic = Topology.from_settings(settings).checkpoints
@@ -305,17 +308,26 @@ class TransactionalLoop(Generic[S]):
         ``poll_s`` for the first record). A batch does not wait to fill: records that come
         in while a round commits make the next round, so the batch grows with the load and
         the latency stays at about one commit (``consume`` would wait out its timeout
-        whenever fewer than ``batch_size`` records arrive in it)."""
+        whenever fewer than ``batch_size`` records arrive in it). With ``commit_interval_ms``
+        it gathers until that long after the previous transaction began."""
         first = self.consumer.poll(self.poll_s)
         if first is None or self.batch_size == 1:
             return [first] if first is not None else []
-        self._assigned.clear()
-        rest = self.consumer.consume(self.batch_size - 1, 0)
-        if (first.topic(), first.partition()) in self._assigned:
-            # its partition was revoked and assigned again in between: restored and repositioned
-            # at or before it, it is read again from there
-            return rest
-        return [first, *rest]
+        self._assigned.clear()  # assigned during the poll: `first` comes after that
+        batch = self._still_current([first], self.consumer.consume(self.batch_size - 1, 0))
+        gather = self._next_commit_at - time.monotonic()
+        if gather > 0 and len(batch) < self.batch_size:
+            batch = self._still_current(batch, self.consumer.consume(self.batch_size - len(batch), gather))
+        return batch
+
+    def _still_current(self, earlier: list[Message], consumed: list[Message]) -> list[Message]:
+        """``earlier`` + what one ``consume`` call returned, without the earlier records of a
+        partition that call revoked and assigned again: restored and repositioned at or before
+        them, they are read again from there (a call's own records are already repositioned)."""
+        assigned, self._assigned = self._assigned, set()
+        if assigned:
+            earlier = [m for m in earlier if (m.topic(), m.partition()) not in assigned]
+        return [*earlier, *consumed]
 
     def _round(self, messages: list[Message]) -> None:
         batches = self._by_partition(messages)
@@ -347,6 +359,7 @@ class TransactionalLoop(Generic[S]):
                     self.flush_requested.set()
                 return  # restored from the last commit: this round's input is read again
             self.producer.begin_transaction()
+            self._next_commit_at = time.monotonic() + self.commit_every_s
             # a partition's first commit carries its first checkpoint: committed input is never
             # without the state built from it
             first = [tp for tp in moved if not self.partitions[tp].pointer]

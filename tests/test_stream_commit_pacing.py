@@ -1,0 +1,123 @@
+"""The stream loop's commit pacing (``streams.commit_interval_ms``), on a real broker.
+
+A trickle of input, one record every few milliseconds: without pacing every round commits as
+soon as the previous commit is done; with it, transactions begin at least the interval apart
+and a round gathers what arrives meanwhile, so the same input takes far fewer transactions and
+still comes out whole, in order, exactly once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+
+import pytest
+from confluent_kafka import Consumer, Message, Producer
+
+from marketpipe.config import Settings
+from marketpipe.topics import Topology
+from streams.runtime import Emit, TransactionalLoop
+
+RECORDS = 300
+SPACING_S = 0.005
+INTERVAL_MS = 500
+
+
+class _Echo:
+    """Copies each input record to md.trades; the state counts records."""
+
+    name = "echo"
+
+    def __init__(self, topology: Topology) -> None:
+        self.group = f"{topology.prefix}echo-{uuid.uuid4().hex[:6]}"
+        self.topics = [topology.raw("binance")]
+        self.output = topology.trades
+
+    def new_state(self, topic: str, partition: int) -> list[int]:
+        return [0]
+
+    def process(self, state: list[int], messages: Sequence[Message], emit: Emit | None) -> None:
+        for message in messages:
+            state[0] += 1
+            if emit is not None:
+                emit(self.output, message.key() or b"", message.value() or b"")
+
+    def flush(self, state: list[int], emit: Emit) -> None:
+        pass
+
+
+def _run(bootstrap: str, topology: Topology, interval_ms: int) -> tuple[int, float, list[bytes]]:
+    """(transactions committed, seconds the trickle lasted, values read back from md.trades)."""
+    settings = Settings(
+        exchanges=["binance"],
+        kafka={"bootstrap_servers": bootstrap, "topic_prefix": topology.prefix},
+        streams={"commit_interval_ms": interval_ms, "poll_interval_ms": 5},
+    )
+    loop = TransactionalLoop(_Echo(topology), settings, f"pacing-{interval_ms}")
+    runner = threading.Thread(target=loop.run, daemon=True)
+    runner.start()
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    values = [f"{interval_ms}-{i}".encode() for i in range(RECORDS)]
+    try:
+        time.sleep(2.0)  # joined the group
+        before = loop.stats.transactions
+        started = time.monotonic()
+        for value in values:
+            producer.produce(topology.raw("binance"), value, b"conn-1")
+            producer.poll(0)
+            time.sleep(SPACING_S)
+        producer.flush(10)
+        trickle_s = time.monotonic() - started
+        deadline = time.monotonic() + 30
+        while loop.stats.received.get(topology.raw("binance"), 0) < RECORDS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(interval_ms / 1000 + 0.5)  # the last round committed
+        transactions = loop.stats.transactions - before
+    finally:
+        loop.stopping.set()
+        runner.join(30)
+    return (
+        transactions,
+        trickle_s,
+        [v for v in _read_committed(bootstrap, topology.trades) if v in set(values)],
+    )
+
+
+def _read_committed(bootstrap: str, topic: str) -> list[bytes]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"read-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe([topic])
+    found: list[bytes] = []
+    idle_until = time.monotonic() + 5
+    while time.monotonic() < idle_until:
+        batch = consumer.consume(1000, 0.5)
+        for message in batch:
+            if message.error() is None:
+                found.append(message.value() or b"")
+        if batch:
+            idle_until = time.monotonic() + 2
+    consumer.close()
+    return found
+
+
+@pytest.mark.kafka
+def test_commit_interval_gathers_a_trickle_into_fewer_transactions(
+    kafka_bootstrap: str, topics: Topology
+) -> None:
+    unpaced, unpaced_s, unpaced_out = _run(kafka_bootstrap, topics, 0)
+    paced, paced_s, paced_out = _run(kafka_bootstrap, topics, INTERVAL_MS)
+
+    assert unpaced_out == [f"0-{i}".encode() for i in range(RECORDS)]
+    assert paced_out == [f"{INTERVAL_MS}-{i}".encode() for i in range(RECORDS)]
+    # at most one transaction per interval of input, plus the one at each edge; unpaced, an
+    # input as long takes more than that
+    assert paced <= paced_s / (INTERVAL_MS / 1000) + 2, (paced, paced_s)
+    assert unpaced > unpaced_s / (INTERVAL_MS / 1000) + 2, (unpaced, unpaced_s)
