@@ -277,6 +277,8 @@ class Marketpipe:
             MARKETPIPE_EXCHANGES="binance",
             MARKETPIPE_SYMBOLS=",".join(at.symbols),
             MARKETPIPE_METRICS_PORT="0",
+            # what cryptofeed subscribes (trades and the diff depth), so both get the same frames
+            MARKETPIPE_PRODUCERS__BINANCE__STREAMS='["trade","depth@100ms"]',
         )
 
     def output_topics(self, at: Endpoints) -> tuple[list[str], list[str]]:

@@ -41,6 +41,8 @@ from pydantic_settings import (
 
 from marketpipe.errors import EXIT_USAGE, UserError
 from marketpipe.exchanges import EXCHANGES, REGISTRY, Exchange
+from marketpipe.exchanges.binance import BOOK_STREAM as BINANCE_BOOK_STREAM
+from marketpipe.exchanges.binance import STREAMS as BINANCE_STREAMS
 from marketpipe.logs import log_event
 
 log = logging.getLogger(__name__)
@@ -285,6 +287,12 @@ class ConnectorSettings(_Section):
         min_length=1,
         description="bybit only: the v5 categories one connector serves (symbols resolve in each)",
     )
+    streams: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description=f"binance only: the streams subscribed per symbol, from {', '.join(BINANCE_STREAMS)} "
+        f"(default all; {BINANCE_BOOK_STREAM} is required, the book is synced from it)",
+    )
     max_symbols_per_connection: int | None = Field(default=None, ge=1)
     silence_timeout_s: float | None = Field(
         default=None, gt=0, description="reconnect after this long without a frame"
@@ -296,6 +304,20 @@ class ConnectorSettings(_Section):
     ping_interval_s: float | None = Field(default=None, gt=0, description="application ping cadence")
     max_connection_age_s: float | None = Field(default=None, gt=0, description="planned reconnect after")
     book_depth: int | None = Field(default=None, ge=1, description="book depth for exchanges that take one")
+
+    @field_validator("streams")
+    @classmethod
+    def _binance_streams(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        unknown = [stream for stream in value if stream not in BINANCE_STREAMS]
+        if unknown:
+            raise ValueError(
+                f"unknown Binance stream(s) {', '.join(unknown)}: choose from {', '.join(BINANCE_STREAMS)}"
+            )
+        if BINANCE_BOOK_STREAM not in value:
+            raise ValueError(f"{BINANCE_BOOK_STREAM} is required: the book is synced from it")
+        return list(dict.fromkeys(value))
 
     @model_validator(mode="before")
     @classmethod
@@ -325,6 +347,13 @@ class ProducerOptions(_Section):
     buffer_max_kbytes: int = Field(default=512 * 1024, ge=1)
     message_timeout_ms: int = Field(default=120_000, ge=1000)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _streams_are_binance_only(self) -> ProducerOptions:
+        for key, value in self:
+            if isinstance(value, ConnectorSettings) and value.streams is not None and key != "binance":
+                raise ValueError(f"producers.{key}.streams: only binance chooses its streams")
+        return self
 
     def for_exchange(self, exchange: str) -> ConnectorSettings:
         found = getattr(self, exchange.replace("-", "_"), None)  # binance-futures: binance_futures

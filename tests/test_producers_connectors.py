@@ -9,6 +9,7 @@ import importlib.util
 import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -325,3 +326,32 @@ async def test_metrics_report_frames_connections_and_publisher_counters(exchange
     published = re.search(r"marketpipe_producer_published_total (\d+)", text)
     assert published is not None and int(published.group(1)) >= int(frames.group(1))
     assert "marketpipe_producer_last_frame_age_seconds" in text
+
+
+def test_binance_subscribes_the_configured_streams_only(tmp_path: Path) -> None:
+    settings = ProducerSettings(binance={"streams": ["trade", "depth@100ms"]})
+    connector = connector_class("binance")(
+        ["BTC-USDT"], CaptureRawPublisher(tmp_path / "c.jsonl"), settings.for_exchange("binance")
+    )
+    params = [
+        p for message in connector.subscribe_messages(["BTCUSDT"]) for p in orjson.loads(message)["params"]
+    ]
+    assert params == ["btcusdt@trade", "btcusdt@depth@100ms"]
+    default = connector_class("binance")(["BTC-USDT"], CaptureRawPublisher(tmp_path / "d.jsonl"))
+    every = [
+        p for message in default.subscribe_messages(["BTCUSDT"]) for p in orjson.loads(message)["params"]
+    ]
+    assert every == ["btcusdt@trade", "btcusdt@depth@100ms", "btcusdt@ticker", "btcusdt@kline_1m"]
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"binance": {"streams": ["trade"]}}, "depth@100ms is required"),
+        ({"binance": {"streams": ["trades", "depth@100ms"]}}, "unknown Binance stream(s) trades"),
+        ({"okx": {"streams": ["trade", "depth@100ms"]}}, "producers.okx.streams: only binance"),
+    ],
+)
+def test_stream_choices_that_cannot_work_are_refused(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ProducerSettings(**table)

@@ -21,9 +21,12 @@ COMBINED_STREAM_PATH = "/stream"
 INSTRUMENTS_PATH = "/api/v3/exchangeInfo"
 DEPTH_PATH = "/api/v3/depth"
 STREAMS = ("trade", "depth@100ms", "ticker", "kline_1m")
+"""the per-symbol streams subscribed as ``<symbol>@<stream>`` (``producers.binance.streams``
+chooses a subset)"""
+BOOK_STREAM = "depth@100ms"
+"""the stream the book is synced from (with REST snapshots)"""
 BOOK_TICKER_MARK = b'@bookTicker"'
 """the end of a bookTicker frame's stream name (it comes first in the frame)"""
-"""the per-symbol streams subscribed as ``<symbol>@<stream>``"""
 SUBSCRIBE = "SUBSCRIBE"
 SERVER_SHUTDOWN = "serverShutdown"
 """the event a server sends before it closes its connections for maintenance"""

@@ -54,7 +54,8 @@ class BinanceConnector(RestSnapshotConnector):
         return f"{self.rest_base}{DEPTH_PATH}?symbol={exchange_symbol}&limit={self.depth_limit}"
 
     def subscribe_messages(self, symbols: Sequence[str]) -> list[str]:
-        params = [f"{symbol.lower()}@{stream}" for symbol in symbols for stream in self.streams]
+        streams = self.settings.streams or self.streams
+        params = [f"{symbol.lower()}@{stream}" for symbol in symbols for stream in streams]
         return [
             self._request(SUBSCRIBE, params[start : start + self.streams_per_message])
             for start in range(0, len(params), self.streams_per_message)
