@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from marketpipe.config import ConnectorSettings
+from marketpipe.config import ConnectorSettings, ProducerSettings
 from marketpipe.raw import RawRecord
 from marketpipe.topics import watermarks
+from producers.connectors import connector_class
+from producers.publisher import CaptureRawPublisher
 
 
 @dataclass(frozen=True)
@@ -88,3 +92,29 @@ def sim_settings(urls: dict[str, tuple[str, str]], exchange: str, **extra: objec
         "connect_interval_s": 0,
     }
     return ConnectorSettings.model_validate({**base, **extra})
+
+
+async def capture_from_simulator(
+    sim: Any, exchange: str, symbols: Sequence[str], capture: Path, frames: int, **overrides: Any
+) -> None:
+    """Run ``exchange``'s connector against the started simulator ``sim`` into the capture file
+    until its shards received ``frames`` frames; stops connector, publisher and simulator."""
+    publisher = CaptureRawPublisher(capture)
+    connector = connector_class(exchange)(
+        list(symbols), publisher, sim_settings(sim.urls(), exchange, **overrides), ProducerSettings()
+    )
+    try:
+        await publisher.start()
+        await connector.start()
+        task = asyncio.create_task(connector.run())
+        try:
+            await wait_until(
+                lambda: sum(s.stats.frames for s in connector.shards) >= frames, 30, f"{frames} frames"
+            )
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await connector.stop()
+            await publisher.close()
+    finally:
+        await sim.stop()

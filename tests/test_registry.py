@@ -13,7 +13,6 @@ the registry by tests/test_compose.py.
 from __future__ import annotations
 
 import ast
-import asyncio
 import re
 import shutil
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from producers_support import sim_settings, wait_until
+from producers_support import capture_from_simulator
 
 import marketpipe.exchanges
 import producers.connectors
@@ -33,7 +32,6 @@ from marketpipe.config import ConnectorSettings, ProducerSettings, producer_sett
 from marketpipe.exchanges import REGISTRY, Exchange
 from marketpipe.raw import read_capture
 from producers.connectors import connector_class
-from producers.publisher import CaptureRawPublisher
 from simulator.server import Simulator
 from streams.feed import FeedOutput
 from streams.parsers import processor_for
@@ -206,21 +204,7 @@ async def test_a_new_exchange_runs_from_one_row_and_its_modules(
     symbols = ["BTC-USDT", "ETH-USDT"]
     capture = tmp_path_factory.mktemp("fake") / "fake.jsonl"
     sim = await Simulator(exchanges=(name,), symbols=tuple(symbols), trade_rate=20.0, seed=3).start()
-    publisher = CaptureRawPublisher(capture)
-    connector = connector_class(name)(symbols, publisher, sim_settings(sim.urls(), name), ProducerSettings())
-    try:
-        await publisher.start()
-        await connector.start()
-        task = asyncio.create_task(connector.run())
-        try:
-            await wait_until(lambda: sum(s.stats.frames for s in connector.shards) >= 20, 30, "20 frames")
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await connector.stop()
-            await publisher.close()
-    finally:
-        await sim.stop()
+    await capture_from_simulator(sim, name, symbols, capture, 20)
 
     processor = processor_for(name)
     out = FeedOutput()

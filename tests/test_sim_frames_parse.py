@@ -9,17 +9,13 @@ The parsers themselves are tested on the real frames in ../shared (tests/test_pa
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
-from producers_support import sim_settings, wait_until
+from producers_support import capture_from_simulator
 
 import simulator
-from marketpipe.config import ProducerSettings
 from marketpipe.raw import read_capture
-from producers.connectors import connector_class
-from producers.publisher import CaptureRawPublisher
 from streams.feed import FeedOutput
 from streams.parsers import processor_for
 
@@ -45,23 +41,7 @@ async def test_simulated_frames_parse_and_books_sync(case: str, tmp_path: Path) 
     exchange, overrides, symbols, checksummed = CASES[case]
     sim = await simulator.start_simulator(seed=11, exchanges=(exchange,), book_rate=40.0, trade_rate=10.0)
     capture = tmp_path / f"{case}.jsonl"
-    publisher = CaptureRawPublisher(capture)
-    connector = connector_class(exchange)(
-        symbols, publisher, sim_settings(sim.urls(), exchange, **overrides), ProducerSettings()
-    )
-    try:
-        await publisher.start()
-        await connector.start()
-        task = asyncio.create_task(connector.run())
-        try:
-            await wait_until(lambda: sum(s.stats.frames for s in connector.shards) >= 300, 30, "300 frames")
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await connector.stop()
-            await publisher.close()
-    finally:
-        await sim.stop()
+    await capture_from_simulator(sim, exchange, symbols, capture, 300, **overrides)
 
     processor = processor_for(exchange)
     out = FeedOutput()

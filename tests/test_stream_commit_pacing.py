@@ -14,7 +14,8 @@ import uuid
 from collections.abc import Sequence
 
 import pytest
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Message, Producer
+from pipeline_support import read_topic
 
 from marketpipe.config import Settings
 from marketpipe.topics import Topology
@@ -78,34 +79,12 @@ def _run(bootstrap: str, topology: Topology, interval_ms: int) -> tuple[int, flo
     finally:
         loop.stopping.set()
         runner.join(30)
+    ours = set(values)  # both runs write to the same md.trades
     return (
         transactions,
         trickle_s,
-        [v for v in _read_committed(bootstrap, topology.trades) if v in set(values)],
+        [v for m in read_topic(bootstrap, topology.trades) if (v := m.value()) in ours],
     )
-
-
-def _read_committed(bootstrap: str, topic: str) -> list[bytes]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"read-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-        }
-    )
-    consumer.subscribe([topic])
-    found: list[bytes] = []
-    idle_until = time.monotonic() + 5
-    while time.monotonic() < idle_until:
-        batch = consumer.consume(1000, 0.5)
-        for message in batch:
-            if message.error() is None:
-                found.append(message.value() or b"")
-        if batch:
-            idle_until = time.monotonic() + 2
-    consumer.close()
-    return found
 
 
 @pytest.mark.kafka

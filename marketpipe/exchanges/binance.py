@@ -157,17 +157,22 @@ class BookTickerFrame(msgspec.Struct):
     data: BookTicker
 
 
-class StreamFrame(msgspec.Struct):
-    """A combined-stream frame with a typed event (or the ``!ticker@arr`` list); control frames
-    (acks, errors, a top-level ``serverShutdown``) have no ``data``."""
+class CombinedFrame(msgspec.Struct):
+    """What every combined-stream frame may carry besides its ``data``: control frames (acks,
+    errors, a top-level ``serverShutdown``) have no ``data``. Spot and futures add their own."""
 
     stream: Any = ""
-    data: SpotEvent | list[Ticker24h] | None = None
     result: Any = msgspec.UNSET
     id: Any = msgspec.UNSET
     e: Any = None
     error: Any = msgspec.UNSET
     code: Any = msgspec.UNSET
+
+
+class StreamFrame(CombinedFrame):
+    """A combined-stream frame with a typed event (or the ``!ticker@arr`` list)."""
+
+    data: SpotEvent | list[Ticker24h] | None = None
 
 
 # ---------------------------------------------------------------------------------- REST

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import msgspec
 
 from marketpipe.exchanges.binance import SUBSCRIBE as SUBSCRIBE  # the same combined-stream requests
-from marketpipe.exchanges.binance import AggTrade, KlineEvent, ServerShutdown, Ticker24h, Trade
+from marketpipe.exchanges.binance import AggTrade, CombinedFrame, KlineEvent, ServerShutdown, Ticker24h, Trade
+from marketpipe.exchanges.binance import DepthSnapshot as SpotDepthSnapshot
 from marketpipe.instruments import Instruments, named, read_entries
 from marketpipe.records import ContractType, Instrument, InstrumentKind, Side
 from marketpipe.wire import ParseError, ms_to_us
@@ -124,28 +125,19 @@ EVENTS: dict[str, type[FuturesEvent]] = {
 }
 
 
-class FuturesStreamFrame(msgspec.Struct):
+class FuturesStreamFrame(CombinedFrame):
     """A combined-stream frame with a typed event or a list of them (``!markPrice@arr``,
-    ``!ticker@arr``); control frames have no ``data``."""
+    ``!ticker@arr``)."""
 
-    stream: Any = ""
     data: FuturesEvent | list[FuturesEvent] | None = None
-    result: Any = msgspec.UNSET
-    id: Any = msgspec.UNSET
-    e: Any = None
-    error: Any = msgspec.UNSET
-    code: Any = msgspec.UNSET
 
 
 # ---------------------------------------------------------------------------------- REST
 
 
-class DepthSnapshot(msgspec.Struct):
-    """``GET /fapi/v1/depth`` (``E`` message time, ``T`` transaction time)."""
+class DepthSnapshot(SpotDepthSnapshot):
+    """``GET /fapi/v1/depth``: the spot answer plus ``E``, the message time."""
 
-    lastUpdateId: int
-    bids: list[tuple[float, float]]
-    asks: list[tuple[float, float]]
     E: int | None = None
 
 
