@@ -90,12 +90,22 @@ RETRY_FOR_S = 120.0
 """how long retriable transaction errors (a broker restart) are retried before the worker gives up"""
 
 
+BACKLOG_FETCH = {
+    "fetch.max.bytes": 64 * 1024 * 1024,
+    "max.partition.fetch.bytes": 16 * 1024 * 1024,
+    "queued.max.messages.kbytes": 256 * 1024,
+}
+"""consumer settings that keep a full batch fetched ahead while a backlog drains"""
+
+
 class Stage(Protocol[S]):
     """What a loop runs. ``process`` must be a pure function of (state, messages)."""
 
     name: str
     group: str
-    topics: Sequence[str]
+
+    @property
+    def topics(self) -> Sequence[str]: ...
 
     def new_state(self, topic: str, partition: int) -> S: ...
 
@@ -234,9 +244,7 @@ class TransactionalLoop(Generic[S]):
                 "partition.assignment.strategy": "cooperative-sticky",
                 "session.timeout.ms": int(streams.session_timeout_s * 1000),
                 "heartbeat.interval.ms": max(1000, int(streams.session_timeout_s * 1000) // 5),
-                "fetch.max.bytes": 64 * 1024 * 1024,
-                "max.partition.fetch.bytes": 16 * 1024 * 1024,
-                "queued.max.messages.kbytes": 256 * 1024,
+                **BACKLOG_FETCH,
             }
         )
         compression = settings.kafka.compression

@@ -26,7 +26,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from marketpipe.codec import AvroCodec
@@ -38,7 +38,7 @@ from streams.app import NormaliseStage
 from streams.buckets import Bucketer
 from streams.consolidate import SymbolMap
 from streams.feed import ClockWindow
-from streams.runtime import Fenced, StageFailed, TransactionalLoop
+from streams.runtime import Fenced, Stage, StageFailed, TransactionalLoop
 
 log = logging.getLogger(__name__)
 
@@ -47,31 +47,35 @@ GC_THRESHOLDS = (100_000, 50, 100)
 EXIT_STAGE_FAILED = 70
 
 
+def stage_builders(settings: Settings) -> dict[str, Callable[[], Stage[Any]]]:
+    """How each stage is built from the settings (the worker's loops; the stream bench's plain
+    loop builds the normalise stage the same way)."""
+    topology = Topology.from_settings(settings)
+    codec = AvroCodec(settings.schema_registry_url)
+    streams = settings.streams
+    symbols = SymbolMap(streams.quote_equivalents)
+    clock = ClockWindow.from_settings(streams)
+    bucketer = Bucketer(
+        interval_us=int(streams.bucket_interval_s * 1_000_000),
+        max_distance_pct=streams.bucket_max_distance_pct,
+        sizes=dict(streams.bucket_sizes),
+    )
+    return {
+        "normalise": lambda: NormaliseStage(topology, codec, settings.exchanges, bucketer, symbols, clock),
+        "ohlcv": lambda: OhlcvStage(topology, codec, streams, symbols),
+        "consolidate": lambda: ConsolidateStage(topology, codec, symbols, bucketer.interval_us),
+    }
+
+
 class StreamWorker:
     def __init__(
         self, settings: Settings, stages: Sequence[str] = STAGES, worker_id: str | None = None
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id or settings.streams.worker_id or socket.gethostname()
-        topology = Topology.from_settings(settings)
-        codec = AvroCodec(settings.schema_registry_url)
-        streams = settings.streams
-        symbols = SymbolMap(streams.quote_equivalents)
-        clock = ClockWindow.from_settings(streams)
-        bucketer = Bucketer(
-            interval_us=int(streams.bucket_interval_s * 1_000_000),
-            max_distance_pct=streams.bucket_max_distance_pct,
-            sizes=dict(streams.bucket_sizes),
-        )
-        self._builders: dict[str, Any] = {
-            "normalise": lambda: NormaliseStage(
-                topology, codec, settings.exchanges, bucketer, symbols, clock
-            ),
-            "ohlcv": lambda: OhlcvStage(topology, codec, streams, symbols),
-            "consolidate": lambda: ConsolidateStage(topology, codec, symbols, bucketer.interval_us),
-        }
+        self._builders = stage_builders(settings)
         self.loops: dict[str, TransactionalLoop[Any]] = {name: self._new_loop(name) for name in stages}
-        self.stall_timeout_s = streams.stall_timeout_s
+        self.stall_timeout_s = settings.streams.stall_timeout_s
         self.failure: str | None = None
         self._stopping = threading.Event()
 
