@@ -10,8 +10,9 @@ each, for --record-s seconds (busy books: 500 levels a side).
 Phase 1 (throughput): the capture is written to raw.binance as a backlog; a worker running
 the normalise stage is started; the rate is measured from the group's committed offsets
 (first progress to the end, so start-up is excluded), with the worker's CPU over the same
-span. The same records through the parsers alone (in this process: parsers and books, no
-Kafka, no Avro, no bucket snapshots) give the reference rate measured in the same run.
+span. Two references measured in the same run, in this process: the same records through
+the parsers alone (parsers and books; no Kafka, no Avro, no bucket snapshots), and the same
+normalise stage in a plain confluent-kafka batch loop (no transactions, no state kept).
 Phase 2 (latency): a warm worker fed the capture at a steady --rate with recv_ns = the
 real send time; latency is the wall time a read-committed consumer receives each output
 minus the recv_ts it carries (what a downstream user sees).
