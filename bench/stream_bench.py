@@ -51,7 +51,6 @@ from marketpipe.kafka_local import LocalKafka, free_port, port_open
 from marketpipe.raw import RawRecord, read_capture
 from marketpipe.records import Record, Trade
 from marketpipe.topics import Topology, apply_topology, watermarks
-from streams.app import NormaliseStage
 from streams.feed import FeedOutput, FeedProcessor
 from streams.parsers import processor_for
 from streams.runtime import BACKLOG_FETCH
@@ -282,12 +281,12 @@ def _end_offset(bootstrap: str, topic: str) -> int:
 
 
 def _plain_loop(bootstrap: str, topics: Topology, end: int) -> tuple[float, float]:
-    """Frames/s and frames/CPU-s of the same normalise stage in a plain confluent-kafka batch loop, in this
-    process: consume a batch, normalise, produce the outputs; no transaction, no committed
-    offsets, no checkpoints, no restorable state. The issue's first measurement compared the
-    worker with this loop: the worker's share of it is what exactly-once costs."""
+    """Frames/s and frames/CPU-s of the same normalise stage in a plain confluent-kafka batch
+    loop, in this process: consume a batch, normalise, produce the outputs; no transaction, no
+    committed offsets, no checkpoints, no restorable state. The issue's first measurement
+    compared the worker with such a loop: the worker's share of it is what exactly-once costs."""
     settings = load_settings(kafka={"topic_prefix": topics.prefix}, exchanges=list(topics.exchanges))
-    stage: NormaliseStage = stage_builders(settings)["normalise"]()  # type: ignore[assignment]
+    stage = stage_builders(settings)["normalise"]()
     raw = topics.raw("binance")
     state = stage.new_state(raw, 0)
     consumer = Consumer(
@@ -308,7 +307,10 @@ def _plain_loop(bootstrap: str, topics: Topology, end: int) -> tuple[float, floa
             "queue.buffering.max.messages": 1_000_000,
         }
     )
-    emit = lambda topic, key, value: producer.produce(topic, value, key)  # noqa: E731
+
+    def emit(topic: str, key: bytes, value: bytes) -> None:
+        producer.produce(topic, value, key)
+
     batch_size, done = settings.streams.batch_size, 0
     started: tuple[float, float, int] | None = None  # after the first batch, as the worker's drain
     thresholds = gc.get_threshold()
@@ -328,9 +330,8 @@ def _plain_loop(bootstrap: str, topics: Topology, end: int) -> tuple[float, floa
         consumer.close()
     assert started is not None
     count = max(end - started[2], 1)
-    return count / max(time.perf_counter() - started[0], 1e-9), count / max(
-        time.process_time() - started[1], 1e-9
-    )
+    wall, cpu = time.perf_counter() - started[0], time.process_time() - started[1]
+    return count / max(wall, 1e-9), count / max(cpu, 1e-9)
 
 
 def run_throughput(bootstrap: str, records: list[RawRecord]) -> None:
