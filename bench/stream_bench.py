@@ -1,12 +1,15 @@
 """Throughput, CPU and latency of one stream worker (transactional loops), through a real broker.
 
     python -m bench.stream_bench [--capture FILE] [--rate 5000] [--trades 200000]
-                                 [--phases throughput,latency,aggregation]
+                                 [--phases breakdown,throughput,latency,aggregation]
 
 Input: a capture file (`marketpipe capture`); without --capture the bench records one
 first: the simulator's Binance feed, 10 symbols, 200 book updates and 20 trades per second
 each, for --record-s seconds (busy books: 500 levels a side).
 
+Phase 0 (breakdown, in this process, no broker): the stage's CPU per frame built up step by
+step: parsers and books, + price-bucket snapshots, + raw records rebuilt from Kafka values and
+headers, + Avro encoding and emitting (the whole stage).
 Phase 1 (throughput): the capture is written to raw.binance as a backlog; a worker running
 the normalise stage is started; the rate is measured from the group's committed offsets
 (first progress to the end, so start-up is excluded), with the worker's CPU over the same
@@ -38,11 +41,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from marketpipe.codec import AvroCodec
@@ -51,6 +55,7 @@ from marketpipe.kafka_local import LocalKafka, free_port, port_open
 from marketpipe.raw import RawRecord, read_capture
 from marketpipe.records import Record, Trade
 from marketpipe.topics import Topology, apply_topology, watermarks
+from streams.app import NormaliseStage
 from streams.feed import FeedOutput, FeedProcessor
 from streams.parsers import processor_for
 from streams.runtime import BACKLOG_FETCH
@@ -334,6 +339,88 @@ def _plain_loop(bootstrap: str, topics: Topology, end: int) -> tuple[float, floa
     return count / max(wall, 1e-9), count / max(cpu, 1e-9)
 
 
+class _Consumed:
+    """What the stage reads of a consumed message, for the in-process breakdown (no broker)."""
+
+    __slots__ = ("_headers", "_topic", "_value")
+
+    def __init__(self, raw: RawRecord, topic: str) -> None:
+        self._value, self._headers, self._topic = raw.payload, raw.kafka_headers(), topic
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return self._headers
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return 0
+
+
+def run_breakdown(records: list[RawRecord], rounds: int = 3) -> None:
+    """Where the normalise stage's CPU goes, in this process, no broker: each step adds one
+    piece of the stage's work to the one before, in batches of ``streams.batch_size`` under
+    the worker's GC thresholds; the best of ``rounds`` runs of each."""
+    settings = load_settings(exchanges=["binance"])
+    builders = stage_builders(settings)
+    topic = Topology.from_settings(settings).raw("binance")
+    consumed = [_Consumed(raw, topic) for raw in records]
+    batch = settings.streams.batch_size
+    bucketer = cast(NormaliseStage, builders["normalise"]()).bucketer
+
+    def parsers(with_buckets: bool, from_kafka: bool) -> None:
+        processor, out = processor_for("binance"), FeedOutput()
+        processor.bucketer = bucketer if with_buckets else None
+        for first in range(0, len(records), batch):
+            if from_kafka:
+                for message in consumed[first : first + batch]:
+                    processor.process(RawRecord.from_kafka(message.value(), message.headers()), out)
+            else:
+                for raw in records[first : first + batch]:
+                    processor.process(raw, out)
+            out.clear()
+
+    def stage() -> None:
+        normalise = builders["normalise"]()
+        state, outputs = normalise.new_state(topic, 0), list[tuple[str, bytes, bytes]]()
+
+        def emit(topic: str, key: bytes, value: bytes) -> None:
+            outputs.append((topic, key, value))
+
+        for first in range(0, len(consumed), batch):
+            normalise.process(state, cast(list[Message], consumed[first : first + batch]), emit)
+            outputs.clear()
+
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("parsers and books", lambda: parsers(False, False)),
+        ("+ price-bucket snapshots", lambda: parsers(True, False)),
+        ("+ raw records from Kafka values and headers", lambda: parsers(True, True)),
+        ("+ Avro encoding and emitting: the stage", stage),
+    ]
+    best = {name: float("inf") for name, _ in steps}
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        for _ in range(rounds):  # interleaved, so a slow spell of the machine hits every step
+            for name, step in steps:
+                started = time.process_time()
+                step()
+                best[name] = min(best[name], time.process_time() - started)
+    finally:
+        gc.set_threshold(*thresholds)
+    previous = 0.0
+    for name, seconds in best.items():
+        per_frame = seconds * 1e6 / len(records)
+        print(f"breakdown  {name:<46} {per_frame:6.2f} µs/frame (+{per_frame - previous:.2f})", flush=True)
+        previous = per_frame
+
+
 def run_throughput(bootstrap: str, records: list[RawRecord]) -> None:
     topics = _fresh_topology(bootstrap)
     _produce(_producer(bootstrap), topics, records)
@@ -472,19 +559,19 @@ def main() -> None:
     )
     parser.add_argument(
         "--phases",
-        default="throughput,latency,aggregation",
-        help="which phases to run (comma-separated subset of throughput,latency,aggregation)",
+        default="breakdown,throughput,latency,aggregation",
+        help="which phases to run (comma-separated subset of breakdown,throughput,latency,aggregation)",
     )
     args = parser.parse_args()
     phases = set(args.phases.split(","))
-    unknown = phases - {"throughput", "latency", "aggregation"}
+    unknown = phases - {"breakdown", "throughput", "latency", "aggregation"}
     if unknown:
         parser.error(f"--phases: unknown {', '.join(sorted(unknown))}")
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None
     with tempfile.TemporaryDirectory(prefix="stream-bench-") as scratch:
-        if not bootstrap:
+        if not bootstrap and phases != {"breakdown"}:
             broker = LocalKafka(
                 Path(scratch) / "kafka", LocalBrokerSettings(port=free_port(), controller_port=free_port())
             )
@@ -497,6 +584,8 @@ def main() -> None:
                 record_capture(capture, args.record_s)
             records = [r for r in read_capture(capture) if r.exchange == "binance"]
             print(f"input      {len(records):,} binance records from {capture}", flush=True)
+            if "breakdown" in phases:
+                run_breakdown(records)
             if "throughput" in phases:
                 run_throughput(bootstrap, records)
             if "latency" in phases:
