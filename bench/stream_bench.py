@@ -31,6 +31,7 @@ Uses KAFKA_BOOTSTRAP_SERVERS when set, else starts a throwaway local broker.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import random
@@ -56,6 +57,7 @@ from marketpipe.raw import RawRecord, read_capture
 from marketpipe.records import Record, Trade
 from marketpipe.topics import Topology, apply_topology, watermarks
 from streams.app import NormaliseStage
+from streams.buckets import Bucketer
 from streams.feed import FeedOutput, FeedProcessor
 from streams.parsers import processor_for
 from streams.runtime import BACKLOG_FETCH
@@ -165,25 +167,36 @@ def _outputs(out: FeedOutput) -> int:
     return len(out.trades) + len(out.books) + len(out.bbos) + len(out.status) + len(out.control)
 
 
-def _parsers_alone(records: list[RawRecord]) -> float:
-    """Frames/s of the parsers and book logic alone (no Kafka, no Avro): the reference rate.
-
-    Run as the stage runs them: the outputs dropped after every batch, under the worker's GC
-    thresholds. Keeping every output (as this reference once did) has the collector rescan
-    them all and understated the reference by a third."""
-    batch = StreamSettings().batch_size
-    processor, out = processor_for(records[0].exchange), FeedOutput()
+@contextlib.contextmanager
+def _worker_gc() -> Iterator[None]:
+    """The stream worker's garbage-collector thresholds (streams/worker.py) within the block."""
     thresholds = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
     try:
-        started = time.process_time()
-        for first in range(0, len(records), batch):
-            for raw in records[first : first + batch]:
-                processor.process(raw, out)
-            out.clear()
-        return len(records) / max(time.process_time() - started, 1e-9)
+        yield
     finally:
         gc.set_threshold(*thresholds)
+
+
+def _parse_in_batches(records: list[RawRecord], bucketer: Bucketer | None = None) -> None:
+    """The parsers and books over ``records`` the way the stage runs them: the outputs
+    dropped after every batch of ``streams.batch_size``."""
+    processor, out, batch = processor_for(records[0].exchange), FeedOutput(), StreamSettings().batch_size
+    processor.bucketer = bucketer
+    for first in range(0, len(records), batch):
+        for raw in records[first : first + batch]:
+            processor.process(raw, out)
+        out.clear()
+
+
+def _parsers_alone(records: list[RawRecord]) -> float:
+    """Frames/s of the parsers and book logic alone (no Kafka, no Avro): the reference rate,
+    under the worker's GC thresholds. (Keeping every output, as this reference once did, has
+    the collector rescan them all and understated the reference by a third.)"""
+    with _worker_gc():
+        started = time.process_time()
+        _parse_in_batches(records)
+        return len(records) / max(time.process_time() - started, 1e-9)
 
 
 def _cpu_seconds(pid: int) -> tuple[float, float]:
@@ -318,20 +331,18 @@ def _plain_loop(bootstrap: str, topics: Topology, end: int) -> tuple[float, floa
 
     batch_size, done = settings.streams.batch_size, 0
     started: tuple[float, float, int] | None = None  # after the first batch, as the worker's drain
-    thresholds = gc.get_threshold()
-    gc.set_threshold(*GC_THRESHOLDS)
     try:
-        while done < end:
-            batch = consumer.consume(min(batch_size, end - done), 1.0)
-            if batch:
-                stage.process(state, batch, emit)
-                producer.poll(0)
-                done = (batch[-1].offset() or 0) + 1
-                if started is None:
-                    started = time.perf_counter(), time.process_time(), done
-        producer.flush(60)
+        with _worker_gc():
+            while done < end:
+                batch = consumer.consume(min(batch_size, end - done), 1.0)
+                if batch:
+                    stage.process(state, batch, emit)
+                    producer.poll(0)
+                    done = (batch[-1].offset() or 0) + 1
+                    if started is None:
+                        started = time.perf_counter(), time.process_time(), done
+            producer.flush(60)
     finally:
-        gc.set_threshold(*thresholds)
         consumer.close()
     assert started is not None
     count = max(end - started[2], 1)
@@ -364,30 +375,21 @@ class _Consumed:
 
 
 def run_breakdown(records: list[RawRecord], rounds: int = 3) -> None:
-    """Where the normalise stage's CPU goes, in this process, no broker: each step adds one
-    piece of the stage's work to the one before, in batches of ``streams.batch_size`` under
-    the worker's GC thresholds; the best of ``rounds`` runs of each."""
-    settings = load_settings(exchanges=["binance"])
-    builders = stage_builders(settings)
-    topic = Topology.from_settings(settings).raw("binance")
+    """Where the normalise stage's CPU goes, in this process, no broker: the parsers and books,
+    the price-bucket snapshots, the raw records rebuilt from Kafka values and headers, and the
+    whole stage, whose remainder is Avro encoding and emitting. Under the worker's GC
+    thresholds, the best of ``rounds`` interleaved runs of each."""
+    settings = load_settings(exchanges=[records[0].exchange])
+    normalise = cast(NormaliseStage, stage_builders(settings)["normalise"]())
+    topic = normalise.topics[0]
     consumed = [_Consumed(raw, topic) for raw in records]
     batch = settings.streams.batch_size
-    bucketer = cast(NormaliseStage, builders["normalise"]()).bucketer
 
-    def parsers(with_buckets: bool, from_kafka: bool) -> None:
-        processor, out = processor_for("binance"), FeedOutput()
-        processor.bucketer = bucketer if with_buckets else None
-        for first in range(0, len(records), batch):
-            if from_kafka:
-                for message in consumed[first : first + batch]:
-                    processor.process(RawRecord.from_kafka(message.value(), message.headers()), out)
-            else:
-                for raw in records[first : first + batch]:
-                    processor.process(raw, out)
-            out.clear()
+    def decode() -> None:
+        for message in consumed:
+            RawRecord.from_kafka(message.value(), message.headers())
 
     def stage() -> None:
-        normalise = builders["normalise"]()
         state, outputs = normalise.new_state(topic, 0), list[tuple[str, bytes, bytes]]()
 
         def emit(topic: str, key: bytes, value: bytes) -> None:
@@ -397,28 +399,28 @@ def run_breakdown(records: list[RawRecord], rounds: int = 3) -> None:
             normalise.process(state, cast(list[Message], consumed[first : first + batch]), emit)
             outputs.clear()
 
-    steps: list[tuple[str, Callable[[], None]]] = [
-        ("parsers and books", lambda: parsers(False, False)),
-        ("+ price-bucket snapshots", lambda: parsers(True, False)),
-        ("+ raw records from Kafka values and headers", lambda: parsers(True, True)),
-        ("+ Avro encoding and emitting: the stage", stage),
-    ]
-    best = {name: float("inf") for name, _ in steps}
-    thresholds = gc.get_threshold()
-    gc.set_threshold(*GC_THRESHOLDS)
-    try:
-        for _ in range(rounds):  # interleaved, so a slow spell of the machine hits every step
-            for name, step in steps:
+    steps: dict[str, Callable[[], None]] = {
+        "parsers and books": lambda: _parse_in_batches(records),
+        "with price-bucket snapshots": lambda: _parse_in_batches(records, normalise.bucketer),
+        "raw records from Kafka values and headers": decode,
+        "the whole stage": stage,
+    }
+    best = dict.fromkeys(steps, float("inf"))
+    with _worker_gc():
+        for _ in range(rounds):  # interleaved: a slow spell of the machine hits every step
+            for name, step in steps.items():
                 started = time.process_time()
                 step()
                 best[name] = min(best[name], time.process_time() - started)
-    finally:
-        gc.set_threshold(*thresholds)
-    previous = 0.0
-    for name, seconds in best.items():
-        per_frame = seconds * 1e6 / len(records)
-        print(f"breakdown  {name:<46} {per_frame:6.2f} µs/frame (+{per_frame - previous:.2f})", flush=True)
-        previous = per_frame
+    parsers, buckets, raw, whole = (best[name] * 1e6 / len(records) for name in steps)
+    for name, per_frame in (
+        ("parsers and books", parsers),
+        ("price-bucket snapshots", buckets - parsers),
+        ("raw records from Kafka values and headers", raw),
+        ("Avro encoding and emitting (the rest)", whole - buckets - raw),
+        ("the whole stage", whole),
+    ):
+        print(f"breakdown  {name:<44} {per_frame:6.2f} µs/frame", flush=True)
 
 
 def run_throughput(bootstrap: str, records: list[RawRecord]) -> None:
