@@ -257,10 +257,11 @@ class Cryptofeed:
 class Marketpipe:
     key = "marketpipe"
 
-    def __init__(self, label: str, tree: Path | None, python: str | None) -> None:
+    def __init__(self, label: str, tree: Path | None, python: str | None, stages: str | None = None) -> None:
         self.label = label
         self.tree = tree  # another checkout of marketpipe to run (e.g. the commit before a change)
         self.python = python or sys.executable  # and the virtualenv with that checkout's lock
+        self.stages = stages  # `marketpipe stream --stages`; None: every stage, as deployed
         self.codec = AvroCodec()
 
     @staticmethod
@@ -296,7 +297,10 @@ class Marketpipe:
 
     def start(self, at: Endpoints) -> list[Spawned]:
         env = self.env(at)
-        worker = spawn("stream", marketpipe_cli("stream", python=self.python), env, at.work_dir, self.tree)
+        stages = ("--stages", self.stages) if self.stages else ()
+        worker = spawn(
+            "stream", marketpipe_cli("stream", *stages, python=self.python), env, at.work_dir, self.tree
+        )
         producer = spawn(
             "produce",
             marketpipe_cli(
@@ -806,6 +810,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="interpreter for marketpipe's commands (a virtualenv synced to --marketpipe-tree's lock)",
     )
+    parser.add_argument(
+        "--marketpipe-stages",
+        default=None,
+        help="stream stages marketpipe runs (e.g. `normalise`, the work cryptofeed does); default: "
+        "every stage, as a deployment runs them (normalise, ohlcv, consolidate)",
+    )
     parser.add_argument("--cryptofeed-python", default=None, help="Python 3.13+ for cryptofeed's venv")
     parser.add_argument(
         "--cryptofeed-batch-interval",
@@ -830,7 +840,7 @@ def build_systems(args: argparse.Namespace, bench_dir: Path) -> list[System]:
             tree = args.marketpipe_tree.resolve() if args.marketpipe_tree else None
             # abspath, not resolve: a virtualenv's python is a symlink out of the virtualenv
             interpreter = os.path.abspath(args.marketpipe_python) if args.marketpipe_python else None
-            systems.append(Marketpipe(args.label, tree, interpreter))
+            systems.append(Marketpipe(args.label, tree, interpreter, args.marketpipe_stages))
         else:
             raise SystemExit(f"unknown system {name!r}: choose from cryptofeed, marketpipe")
     return systems
