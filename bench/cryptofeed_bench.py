@@ -57,6 +57,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from bench import caller_settings
 from marketpipe.codec import AvroCodec
 from marketpipe.config import LocalBrokerSettings
 from marketpipe.kafka_local import LocalKafka, free_port
@@ -270,7 +271,7 @@ class Marketpipe:
 
     def env(self, at: Endpoints) -> dict[str, str]:
         tree = {"PYTHONPATH": str(self.tree)} if self.tree else {}
-        return clean_env(
+        return caller_settings() | clean_env(
             **tree,
             KAFKA_BOOTSTRAP_SERVERS=at.bootstrap,
             MARKETPIPE_KAFKA__TOPIC_PREFIX=at.prefix,

@@ -50,8 +50,9 @@ from typing import cast
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from bench import caller_settings
 from marketpipe.codec import AvroCodec
-from marketpipe.config import LocalBrokerSettings, StreamSettings, load_settings
+from marketpipe.config import ConfigError, LocalBrokerSettings, load_settings
 from marketpipe.kafka_local import LocalKafka, free_port, port_open
 from marketpipe.raw import RawRecord, read_capture
 from marketpipe.records import Record, Trade
@@ -181,7 +182,8 @@ def _worker_gc() -> Iterator[None]:
 def _parse_in_batches(records: list[RawRecord], bucketer: Bucketer | None = None) -> None:
     """The parsers and books over ``records`` the way the stage runs them: the outputs
     dropped after every batch of ``streams.batch_size``."""
-    processor, out, batch = processor_for(records[0].exchange), FeedOutput(), StreamSettings().batch_size
+    processor, out = processor_for(records[0].exchange), FeedOutput()
+    batch = load_settings().streams.batch_size
     processor.bucketer = bucketer
     for first in range(0, len(records), batch):
         for raw in records[first : first + batch]:
@@ -247,9 +249,13 @@ class Drain:
         )
 
 
-def _watch_drain(bootstrap: str, group: str, topic: str, end: int, pid: int) -> Drain:
+def _watch_drain(
+    bootstrap: str, group: str, topic: str, end: int, worker: subprocess.Popen[bytes], log: Path
+) -> Drain:
     """Samples the group's committed offset every 10 ms through one consumer (a consumer made
-    per sample took tens of milliseconds, a visible share of a drain that lasts seconds)."""
+    per sample took tens of milliseconds, a visible share of a drain that lasts seconds).
+    A worker that exits first ends the bench with its exit code and the end of its log."""
+    pid = worker.pid
     # read_uncommitted: the last committed offset even while the worker's next transaction (with
     # its offsets) is open; read_committed asks for stable offsets and gets an error instead
     consumer = Consumer(
@@ -272,6 +278,11 @@ def _watch_drain(bootstrap: str, group: str, topic: str, end: int, pid: int) -> 
                 python, kafka = _cpu_seconds(pid)
                 return Drain(
                     now - first[0], max(done - first[2], 1), python - first[1][0], kafka - first[1][1]
+                )
+            if worker.poll() is not None:
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                raise SystemExit(
+                    f"the worker exited with code {worker.returncode} before {topic} drained:\n{tail}"
                 )
             time.sleep(0.01)
     finally:
@@ -430,11 +441,10 @@ def run_throughput(bootstrap: str, records: list[RawRecord]) -> None:
     raw = topics.raw("binance")
     end = _end_offset(bootstrap, raw)
     with tempfile.TemporaryDirectory() as tmp:
-        env = worker_env(bootstrap, topics, Path(tmp))
-        with marketpipe_process(
-            "stream", "--stages", "normalise", env=env, log_path=Path(tmp) / "t.log"
-        ) as w:
-            drain = _watch_drain(bootstrap, topics.streams_group, raw, end, w.pid)
+        env = caller_settings() | worker_env(bootstrap, topics, Path(tmp))
+        log = Path(tmp) / "t.log"
+        with marketpipe_process("stream", "--stages", "normalise", env=env, log_path=log) as w:
+            drain = _watch_drain(bootstrap, topics.streams_group, raw, end, w, log)
     plain_rate, plain_per_cpu_s = _plain_loop(bootstrap, topics, end)
     rate, per_cpu_s = drain.count / max(drain.seconds, 1e-3), drain.count / max(drain.cpu, 1e-9)
     print(
@@ -466,11 +476,10 @@ def run_latency(bootstrap: str, records: list[RawRecord], rate: float, count: in
         }
     )
     with tempfile.TemporaryDirectory() as tmp:
-        env = worker_env(bootstrap, topics, Path(tmp))
-        with marketpipe_process(
-            "stream", "--stages", "normalise", env=env, log_path=Path(tmp) / "l.log"
-        ) as w:
-            _watch_drain(bootstrap, topics.streams_group, topics.raw("binance"), len(warmup), w.pid)
+        env = caller_settings() | worker_env(bootstrap, topics, Path(tmp))
+        log = Path(tmp) / "l.log"
+        with marketpipe_process("stream", "--stages", "normalise", env=env, log_path=log) as w:
+            _watch_drain(bootstrap, topics.streams_group, topics.raw("binance"), len(warmup), w, log)
             consumer.subscribe([topics.trades, topics.book, topics.bbo])
             consumer.consume(1, 3.0)  # joined and positioned at the end
             expected = _outputs(_normalised(warmup + live)) - _outputs(_normalised(warmup))
@@ -535,9 +544,10 @@ def run_aggregation(bootstrap: str, count: int, trade_rate: float) -> None:
                 producer.poll(0.05)
     producer.flush(60)
     with tempfile.TemporaryDirectory() as tmp:
-        env = worker_env(bootstrap, topics, Path(tmp))
-        with marketpipe_process("stream", "--stages", "ohlcv", env=env, log_path=Path(tmp) / "o.log") as w:
-            drain = _watch_drain(bootstrap, topics.ohlcv_group, topics.trades, count, w.pid)
+        env = caller_settings() | worker_env(bootstrap, topics, Path(tmp))
+        log = Path(tmp) / "o.log"
+        with marketpipe_process("stream", "--stages", "ohlcv", env=env, log_path=log) as w:
+            drain = _watch_drain(bootstrap, topics.ohlcv_group, topics.trades, count, w, log)
     print(
         f"ohlcv      event time {trade_rate:,.0f} trades/s: {drain.count:,} trades in {drain.seconds:.2f} s"
         f" = {drain.count / max(drain.seconds, 1e-3):,.0f} trades/s; {drain.per_item('trade')}",
@@ -565,6 +575,10 @@ def main() -> None:
         help="which phases to run (comma-separated subset of breakdown,throughput,latency,aggregation)",
     )
     args = parser.parse_args()
+    try:  # the worker gets the caller's MARKETPIPE_* settings: a bad one stops the bench here
+        load_settings()
+    except ConfigError as exc:
+        parser.error(str(exc))
     phases = set(args.phases.split(","))
     unknown = phases - {"breakdown", "throughput", "latency", "aggregation"}
     if unknown:
