@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,11 +95,12 @@ def sim_settings(urls: dict[str, tuple[str, str]], exchange: str, **extra: objec
     return ConnectorSettings.model_validate({**base, **extra})
 
 
-async def capture_from_simulator(
-    sim: Any, exchange: str, symbols: Sequence[str], capture: Path, frames: int, **overrides: Any
-) -> None:
-    """Run ``exchange``'s connector against the started simulator ``sim`` into the capture file
-    until its shards received ``frames`` frames; stops connector, publisher and simulator."""
+@contextlib.asynccontextmanager
+async def connector_on_simulator(
+    sim: Any, exchange: str, symbols: Sequence[str], capture: Path, **overrides: Any
+) -> AsyncIterator[Any]:
+    """``exchange``'s connector running against the started simulator ``sim`` into the capture
+    file, for the block; then connector, publisher and simulator are stopped."""
     publisher = CaptureRawPublisher(capture)
     connector = connector_class(exchange)(
         list(symbols), publisher, sim_settings(sim.urls(), exchange, **overrides), ProducerSettings()
@@ -108,9 +110,7 @@ async def capture_from_simulator(
         await connector.start()
         task = asyncio.create_task(connector.run())
         try:
-            await wait_until(
-                lambda: sum(s.stats.frames for s in connector.shards) >= frames, 30, f"{frames} frames"
-            )
+            yield connector
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -118,3 +118,14 @@ async def capture_from_simulator(
             await publisher.close()
     finally:
         await sim.stop()
+
+
+async def capture_from_simulator(
+    sim: Any, exchange: str, symbols: Sequence[str], capture: Path, frames: int, **overrides: Any
+) -> None:
+    """Run ``exchange``'s connector against the started simulator ``sim`` into the capture file
+    until its shards received ``frames`` frames; stops connector, publisher and simulator."""
+    async with connector_on_simulator(sim, exchange, symbols, capture, **overrides) as connector:
+        await wait_until(
+            lambda: sum(s.stats.frames for s in connector.shards) >= frames, 30, f"{frames} frames"
+        )

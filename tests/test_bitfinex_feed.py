@@ -8,7 +8,6 @@ exactly one unsynced StatusEvent and one ControlRequest per book, and the connec
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,13 +21,11 @@ from kline_check import (
     wait_for_candles,
     wait_for_symbols,
 )
-from producers_support import sim_settings, wait_until
+from producers_support import connector_on_simulator, wait_until
 
 import simulator
-from marketpipe.config import ProducerSettings
 from marketpipe.raw import read_capture
 from producers.connectors.bitfinex import BitfinexConnector
-from producers.publisher import CaptureRawPublisher
 from streams.feed import FeedOutput
 from streams.parsers import processor_for
 
@@ -47,37 +44,22 @@ async def _until(check: Callable[[], bool], what: str) -> None:
 async def test_gap_and_checksum_faults_unsync_once_and_resync_restores(tmp_path: Path) -> None:
     sim = await simulator.start_simulator(seed=5, exchanges=("bitfinex",), book_rate=30.0, trade_rate=5.0)
     capture = tmp_path / "bitfinex.jsonl"
-    publisher = CaptureRawPublisher(capture)
-    connector = BitfinexConnector(
-        SYMBOLS, publisher, sim_settings(sim.urls(), "bitfinex"), ProducerSettings()
-    )
-    try:
-        await publisher.start()
-        await connector.start()
-        task = asyncio.create_task(connector.run())
-        try:
-            dialect = sim.venues["bitfinex"].dialects[0]
-            await _until(lambda: any(s.extra["flags"] for s in dialect.sessions), "conf applied")
-            await _frames_grow(connector, 100)
-            first_chans = dict(connector.book_channels)
-            assert set(first_chans) == {"tBTCUSD", "tETHUSD"}
-            assert sim.fault("bitfinex", "gap", "BTC-USD") == 1
-            await _frames_grow(connector, 60)
-            for symbol in SYMBOLS:  # a connection-wide gap: both books asked for a resync
-                assert await connector.request_resync(symbol)
-            await _until(lambda: connector.book_channels["tETHUSD"] != first_chans["tETHUSD"], "new chanIds")
-            await _frames_grow(connector, 60)
-            assert sim.fault("bitfinex", "checksum", "ETH-USD") == 1
-            await _frames_grow(connector, 60)
-            assert await connector.request_resync("ETH-USD")
-            await _frames_grow(connector, 100)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await connector.stop()
-            await publisher.close()
-    finally:
-        await sim.stop()
+    async with connector_on_simulator(sim, "bitfinex", SYMBOLS, capture) as connector:
+        dialect = sim.venues["bitfinex"].dialects[0]
+        await _until(lambda: any(s.extra["flags"] for s in dialect.sessions), "conf applied")
+        await _frames_grow(connector, 100)
+        first_chans = dict(connector.book_channels)
+        assert set(first_chans) == {"tBTCUSD", "tETHUSD"}
+        assert sim.fault("bitfinex", "gap", "BTC-USD") == 1
+        await _frames_grow(connector, 60)
+        for symbol in SYMBOLS:  # a connection-wide gap: both books asked for a resync
+            assert await connector.request_resync(symbol)
+        await _until(lambda: connector.book_channels["tETHUSD"] != first_chans["tETHUSD"], "new chanIds")
+        await _frames_grow(connector, 60)
+        assert sim.fault("bitfinex", "checksum", "ETH-USD") == 1
+        await _frames_grow(connector, 60)
+        assert await connector.request_resync("ETH-USD")
+        await _frames_grow(connector, 100)
 
     records = list(read_capture(capture))
     sent = [r.payload for r in records if r.kind == "sent"]
