@@ -62,7 +62,10 @@ def _run(bootstrap: str, topology: Topology, interval_ms: int) -> tuple[int, flo
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
     values = [f"{interval_ms}-{i}".encode() for i in range(RECORDS)]
     try:
-        time.sleep(2.0)  # joined the group
+        deadline = time.monotonic() + 30
+        while not loop.partitions and time.monotonic() < deadline:  # joined the group
+            time.sleep(0.05)
+        assert loop.partitions, "the loop was assigned no partition in 30 s"
         before = loop.stats.transactions
         started = time.monotonic()
         for value in values:
