@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import random
 
-from confluent_kafka import Message
-
-from marketpipe.codec import AvroCodec
-from marketpipe.config import StreamSettings
-from marketpipe.records import Candle, Trade
-from marketpipe.topics import Topology
-from streams.aggregations import OhlcvStage
-from streams.consolidate import SymbolMap
+from marketpipe.records import Candle
 from streams.ohlcv import CandleBuilder
 
 S = 1_000_000
@@ -197,61 +190,3 @@ def test_all_default_intervals_get_every_trade() -> None:
     candles = [c for c in final(b.take_published() + closing(b)).values() if c.closed]
     for interval in ("1s", "1m", "5m", "15m", "1h", "4h", "1d"):
         assert sum(c.trades for c in candles if c.interval == interval) == 1000, interval
-
-
-def test_latest_only_gives_each_candles_last_version_of_the_take() -> None:
-    rng = random.Random(5)
-    trades = [(rng.uniform(0, 300), rng.uniform(90, 110), rng.uniform(0.1, 2), "buy") for _ in range(3000)]
-    trades.sort(key=lambda t: t[0] + rng.uniform(-3, 0))  # roughly ordered, with late ones
-    every, latest = builder(("1s", "1m", "5m")), builder(("1s", "1m", "5m"))
-    superseded = 0
-    for start in range(0, len(trades), 400):
-        feed(every, trades[start : start + 400], start)
-        feed(latest, trades[start : start + 400], start)
-        versions = every.take_published()
-        last_of_each = list({c.key(): c for c in versions}.values())  # first position, last version
-        assert latest.take_published(latest_only=True) == last_of_each
-        superseded += len(versions) - len(last_of_each)
-    assert superseded > 0
-    assert final(every.take_published() + closing(every)) == final(latest.take_published() + closing(latest))
-
-
-def test_the_stage_publishes_each_candles_last_version_of_a_batch() -> None:
-    """A backlog batch spans many update intervals: md.ohlcv (and the consolidation topic) get
-    each candle once per batch, as the record the event-time rules give for its last version."""
-    codec, topology = AvroCodec(), Topology()
-    stage = OhlcvStage(topology, codec, StreamSettings(), SymbolMap())
-    state, reference = stage.new_state(topology.trades, 0), stage.new_state(topology.trades, 0)
-    emitted: dict[str, list[Candle]] = {topology.ohlcv: [], topology.consolidate: []}
-
-    def emit(topic: str, key: bytes, value: bytes) -> None:
-        emitted[topic].append(codec.decode(value, Candle))
-
-    expected: list[Candle] = []
-    versions = 0
-    for first in range(0, 4000, 1000):  # two markets, 10 trades per event-time second each
-        trades = [
-            Trade(
-                exchange="binance",
-                symbol=f"C{i % 2}-USDT",
-                exchange_symbol=f"C{i % 2}USDT",
-                trade_id=str(i),
-                price=100.0 + i % 7,
-                size=1.0,
-                side="buy",
-                ts=T0 + i * 50_000,
-                recv_ts=T0 + i * 50_000,
-                conn="c",
-                seq=i,
-            )
-            for i in range(first, first + 1000)
-        ]
-        messages = [Message(topic=topology.trades, offset=t.seq, value=codec.encode(t)) for t in trades]
-        stage.process(state, messages, emit)
-        for t in trades:
-            reference.add(t.exchange, t.symbol, t.ts, t.price, t.size, t.side)
-        every = reference.take_published()
-        versions += len(every)
-        expected += {c.key(): c for c in every}.values()
-    assert emitted[topology.ohlcv] == emitted[topology.consolidate] == expected
-    assert versions > 3 * len(expected)
