@@ -384,6 +384,18 @@ class _Consumed:
         return 0
 
 
+@contextlib.contextmanager
+def _stage_worker(bootstrap: str, topics: Topology, stage: str) -> Iterator[Callable[[str, str, int], Drain]]:
+    """``marketpipe stream --stages STAGE`` with the caller's ``MARKETPIPE_*`` settings under the
+    bench's; yields ``drained(group, topic, end)``, which waits until ``group`` committed
+    ``topic`` up to ``end`` (``_watch_drain``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = caller_settings() | worker_env(bootstrap, topics, Path(tmp))
+        log = Path(tmp) / f"{stage}.log"
+        with marketpipe_process("stream", "--stages", stage, env=env, log_path=log) as worker:
+            yield lambda group, topic, end: _watch_drain(bootstrap, group, topic, end, worker, log)
+
+
 def run_breakdown(records: list[RawRecord], rounds: int = 3) -> None:
     """Where the normalise stage's CPU goes, in this process, no broker: the parsers and books,
     the price-bucket snapshots, the raw records rebuilt from Kafka values and headers, and the
@@ -439,11 +451,8 @@ def run_throughput(bootstrap: str, records: list[RawRecord], batch: int) -> None
     reference = _parsers_alone(records, batch)
     raw = topics.raw("binance")
     end = _end_offset(bootstrap, raw)
-    with tempfile.TemporaryDirectory() as tmp:
-        env = caller_settings() | worker_env(bootstrap, topics, Path(tmp))
-        log = Path(tmp) / "t.log"
-        with marketpipe_process("stream", "--stages", "normalise", env=env, log_path=log) as w:
-            drain = _watch_drain(bootstrap, topics.streams_group, raw, end, w, log)
+    with _stage_worker(bootstrap, topics, "normalise") as drained:
+        drain = drained(topics.streams_group, raw, end)
     plain_rate, plain_per_cpu_s = _plain_loop(bootstrap, topics, end)
     rate, per_cpu_s = drain.count / max(drain.seconds, 1e-3), drain.count / max(drain.cpu, 1e-9)
     print(
@@ -474,19 +483,16 @@ def run_latency(bootstrap: str, records: list[RawRecord], rate: float, count: in
             "isolation.level": "read_committed",
         }
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        env = caller_settings() | worker_env(bootstrap, topics, Path(tmp))
-        log = Path(tmp) / "l.log"
-        with marketpipe_process("stream", "--stages", "normalise", env=env, log_path=log) as w:
-            _watch_drain(bootstrap, topics.streams_group, topics.raw("binance"), len(warmup), w, log)
-            consumer.subscribe([topics.trades, topics.book, topics.bbo])
-            consumer.consume(1, 3.0)  # joined and positioned at the end
-            expected = _outputs(_normalised(warmup + live)) - _outputs(_normalised(warmup))
-            started = time.monotonic()
-            feeder = threading.Thread(target=_produce, args=(producer, topics, live, rate))
-            feeder.start()
-            latencies = list(_latencies(consumer, codec, expected, started + 120))
-            feeder.join()
+    with _stage_worker(bootstrap, topics, "normalise") as drained:
+        drained(topics.streams_group, topics.raw("binance"), len(warmup))
+        consumer.subscribe([topics.trades, topics.book, topics.bbo])
+        consumer.consume(1, 3.0)  # joined and positioned at the end
+        expected = _outputs(_normalised(warmup + live)) - _outputs(_normalised(warmup))
+        started = time.monotonic()
+        feeder = threading.Thread(target=_produce, args=(producer, topics, live, rate))
+        feeder.start()
+        latencies = list(_latencies(consumer, codec, expected, started + 120))
+        feeder.join()
     consumer.close()
     if latencies:
         latencies.sort()
@@ -542,11 +548,8 @@ def run_aggregation(bootstrap: str, count: int, trade_rate: float) -> None:
             except BufferError:
                 producer.poll(0.05)
     producer.flush(60)
-    with tempfile.TemporaryDirectory() as tmp:
-        env = caller_settings() | worker_env(bootstrap, topics, Path(tmp))
-        log = Path(tmp) / "o.log"
-        with marketpipe_process("stream", "--stages", "ohlcv", env=env, log_path=log) as w:
-            drain = _watch_drain(bootstrap, topics.ohlcv_group, topics.trades, count, w, log)
+    with _stage_worker(bootstrap, topics, "ohlcv") as drained:
+        drain = drained(topics.ohlcv_group, topics.trades, count)
     print(
         f"ohlcv      event time {trade_rate:,.0f} trades/s: {drain.count:,} trades in {drain.seconds:.2f} s"
         f" = {drain.count / max(drain.seconds, 1e-3):,.0f} trades/s; {drain.per_item('trade')}",
