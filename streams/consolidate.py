@@ -129,12 +129,16 @@ class CandleMerger:
 
     def _expire(self, series: dict[int, str], progress: dict[str, int], length: int) -> None:
         """Forget windows (oldest first) once every candle in them is closed and each of their
-        markets has moved past the late horizon; those markets cannot update them any more."""
+        markets has moved past the late horizon; those markets cannot update them any more.
+        A window with a change not yet published stays until ``publish`` has sent it (a
+        backlog batch can close a window and move every market far past it)."""
         keep = max(length, self.retention_us) + length
         while series:
             open_time, key = next(iter(series.items()))
             window = self.windows.get(key)
             if window is not None:
+                if key in self.changed:
+                    break
                 candles = window["m"]
                 if not all(c.closed for c in candles.values()):
                     break
@@ -142,7 +146,6 @@ class CandleMerger:
                     break
             del series[open_time]
             self.windows.pop(key, None)
-            self.changed.discard(key)
 
     def publish(self) -> list[Candle]:
         """Merged candles of every window changed since the last call (one version each)."""

@@ -247,3 +247,30 @@ def test_consolidated_window_waits_for_slow_markets_before_expiring() -> None:
     merger.add(msgspec.structs.replace(slow, closed=True, version=2))
     first = [c for c in merger.publish() if c.open_time == TS]
     assert first and first[-1].markets == ["binance:BTC-USDT", "okx:BTC-USDT"] and first[-1].closed
+
+
+def test_window_closed_and_passed_in_one_batch_is_published_before_it_expires() -> None:
+    """A backlog batch closes a window and carries every market past the late horizon: the
+    closed consolidated candle still goes out once before the window is forgotten."""
+    merger = CandleMerger(SymbolMap([["USD", "USDT"]]), retention_us=60 * S)
+    prices = dict(open=1.0, high=1.0, low=1.0, close=1.0, volume=1.0, quote_volume=1.0, buy_volume=1.0,
+                  sell_volume=0.0, vwap=1.0, first_trade_ts=TS, last_trade_ts=TS)  # fmt: skip
+    markets = (("binance", "BTC-USDT"), ("coinbase", "BTC-USD"))
+    opened = [candle(exchange, symbol, closed=False, **prices) for exchange, symbol in markets]
+    for market in opened:
+        merger.add(market)
+    merger.publish()
+    for market in opened:
+        merger.add(msgspec.structs.replace(market, closed=True, version=2))
+    for minutes in (7, 8, 9):
+        for market in opened:
+            merger.add(
+                msgspec.structs.replace(
+                    market, open_time=TS + minutes * 60 * S, close_time=TS + (minutes + 1) * 60 * S
+                )
+            )
+    first = [c for c in merger.publish() if c.open_time == TS]
+    assert [(c.closed, c.markets) for c in first] == [(True, ["binance:BTC-USDT", "coinbase:BTC-USD"])]
+    for market in opened:  # published: the next new window forgets it
+        merger.add(msgspec.structs.replace(market, open_time=TS + 10 * 60 * S, close_time=TS + 11 * 60 * S))
+    assert f"BTC-USD:1m:{TS}" not in merger.windows
