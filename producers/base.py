@@ -123,7 +123,8 @@ class Shard:
         """Planned reconnect: the successor is up and streaming before the old one closes."""
         successor = await self._connect()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(successor.first_frame.wait(), HANDOVER_TIMEOUT_S)
+            async with asyncio.timeout(HANDOVER_TIMEOUT_S):
+                await successor.first_frame.wait()
         await old.close(1000, f"planned reconnect: {old.planned_reason}")
         self.stats.reconnects += 1
         return successor
@@ -438,7 +439,8 @@ class RestSnapshotConnector(Connector):
     async def updates_flowing(self, conn: Connection) -> None:
         """Wait until the book updates flow, so a snapshot taken now is bridged by a buffered one."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(conn.first_frame.wait(), self.snapshot_wait_s)
+            async with asyncio.timeout(self.snapshot_wait_s):
+                await conn.first_frame.wait()
 
     async def on_subscribed(self, conn: Connection) -> None:
         await self.updates_flowing(conn)

@@ -137,7 +137,8 @@ class Connection:
             url=self.url,
             symbols=len(self.symbols),
         )
-        await asyncio.wait_for(self._prepare(), OPEN_TIMEOUT_S)
+        async with asyncio.timeout(OPEN_TIMEOUT_S):
+            await self._prepare()
         self._spawn(self._read(), "read")
         self._spawn(self._keepalive(), "keepalive")
         self._spawn(self.connector.on_subscribed(self), "subscribed")

@@ -102,7 +102,8 @@ async def _wait_for_stop(duration_s: float | None) -> None:
             loop.add_signal_handler(sig, stop.set)
     try:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), duration_s)
+            async with asyncio.timeout(duration_s):
+                await stop.wait()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

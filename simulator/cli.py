@@ -104,6 +104,7 @@ async def _serve(config: SimConfig, host: str, port: int, duration: float | None
             click.echo(f"  {name:<9} ws {ws_base:<34} rest {rest_base}  {', '.join(config.listed(name))}")
         click.echo(f"  control   POST http://{host}:{simulator.port}/_sim/fault  GET /_sim/stats")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), duration)
+            async with asyncio.timeout(duration):
+                await stop.wait()
     finally:
         await simulator.stop()

@@ -133,7 +133,8 @@ async def test_simulator_protocol_ping_errors_and_idle_drop(monkeypatch: pytest.
             assert "spot.trades subscribe error 2" in reasons[0] and "NOPE_USDT" in reasons[0]
             assert "expected [currency_pair, interval]" in reasons[1]
             started = asyncio.get_running_loop().time()
-            await asyncio.wait_for(ws.wait_closed(), 5)  # silent from now on: dropped
+            async with asyncio.timeout(5):
+                await ws.wait_closed()  # silent from now on: dropped
             assert asyncio.get_running_loop().time() - started >= 0.3
     finally:
         await sim.stop()

@@ -143,7 +143,8 @@ async def test_simulator_checks_the_token_and_drops_clients_that_stop_pinging() 
             error = orjson.loads(await ws.recv())
             assert (error["type"], error["code"]) == ("error", 401)
             with pytest.raises(ConnectionClosed):
-                await asyncio.wait_for(ws.recv(), 5)
+                async with asyncio.timeout(5):
+                    await ws.recv()
         async with connect(f"{server['endpoint']}?token={data['token']}&connectId=c2") as ws:
             assert orjson.loads(await ws.recv()) == {"id": "c2", "type": "welcome"}
             await ws.send('{"id":"7","type":"ping"}')
@@ -153,7 +154,8 @@ async def test_simulator_checks_the_token_and_drops_clients_that_stop_pinging() 
             assert orjson.loads(await ws.recv())["code"] == 404
             with pytest.raises(ConnectionClosed):  # silent for longer than 0.3 + 0.2 s
                 while True:
-                    await asyncio.wait_for(ws.recv(), 5)
+                    async with asyncio.timeout(5):
+                        await ws.recv()
     finally:
         await sim.stop()
 

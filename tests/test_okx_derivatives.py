@@ -491,7 +491,8 @@ async def test_simulated_swap_frames_have_the_fields_of_the_real_ones() -> None:
         async with connect(f"{server.urls()['okx'][0]}/ws/v5/public") as ws:
             await ws.send(json.dumps({"op": "subscribe", "args": args}))
             while set(SAMPLE_KINDS) - set(seen):
-                frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                async with asyncio.timeout(10):
+                    frame = json.loads(await ws.recv())
                 if "data" in frame:
                     seen.setdefault(frame["arg"]["channel"], frame)
     finally:

@@ -135,7 +135,8 @@ async def test_cli_capture_then_produce_from_capture(kafka_bootstrap, topics, tm
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        stdout, stderr = await asyncio.wait_for(capture.communicate(), 60)
+        async with asyncio.timeout(60):
+            stdout, stderr = await capture.communicate()
         assert capture.returncode == 0, stderr.decode()
         bad = await asyncio.create_subprocess_exec(
             str(MARKETPIPE),
@@ -156,7 +157,8 @@ async def test_cli_capture_then_produce_from_capture(kafka_bootstrap, topics, tm
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        _, bad_err = await asyncio.wait_for(bad.communicate(), 60)
+        async with asyncio.timeout(60):
+            _, bad_err = await bad.communicate()
         assert bad.returncode != 0 and b"NOPE-USDT" in bad_err
     finally:
         await server.stop()
@@ -174,7 +176,8 @@ async def test_cli_capture_then_produce_from_capture(kafka_bootstrap, topics, tm
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await asyncio.wait_for(replay.communicate(), 60)
+    async with asyncio.timeout(60):
+        stdout, stderr = await replay.communicate()
     assert replay.returncode == 0, stderr.decode()
     assert f"published {len(records)} records".encode() in stdout
     consumed = read_topic(kafka_bootstrap, topics.raw("okx"))

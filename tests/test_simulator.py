@@ -46,7 +46,8 @@ async def connect(sim: Simulator, exchange: str, path: str) -> websockets.Client
 
 
 async def recv(ws: websockets.ClientConnection) -> str:
-    frame = await asyncio.wait_for(ws.recv(), 5.0)
+    async with asyncio.timeout(5.0):
+        frame = await ws.recv()
     return frame if isinstance(frame, str) else frame.decode()
 
 
@@ -181,7 +182,8 @@ async def test_binance_depth_snapshot_bridges_to_the_diff_stream(sim: Simulator)
     target[0] = second["lastUpdateId"]
     if events and events[-1]["u"] >= target[0]:
         caught_up.set()
-    await asyncio.wait_for(caught_up.wait(), 5)
+    async with asyncio.timeout(5):
+        await caught_up.wait()
     task.cancel()
     await ws.close()
 

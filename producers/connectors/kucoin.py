@@ -121,5 +121,6 @@ class KucoinConnector(RestSnapshotConnector):
             event = self._acks.get(request_id)
             if event is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), self.snapshot_wait_s)
+                    async with asyncio.timeout(self.snapshot_wait_s):
+                        await event.wait()
                 self._acks.pop(request_id, None)
