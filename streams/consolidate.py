@@ -28,6 +28,9 @@ ALL = "all"
 BOUNDARY_LAG = 2
 ACTIVE_BOUNDARIES = 10
 """a market that has not reported for this many boundaries is no longer waited for"""
+WAITED_WINDOWS = 1000
+"""a market that has not reported while this many windows of a candle series opened is no
+longer waited for before the series forgets a window"""
 
 
 class SymbolMap:
@@ -90,8 +93,35 @@ def merge_candles(symbol: str, candles: Sequence[Candle], version: int) -> Candl
     )
 
 
+class _Series:
+    """The windows of one (consolidated symbol, interval), oldest first, and how far each market got."""
+
+    __slots__ = ("created", "forgotten_through", "heard", "progress", "windows")
+
+    def __init__(self) -> None:
+        self.windows: dict[int, str] = {}
+        """open_time -> state key, in arrival order"""
+        self.progress: dict[str, int] = {}
+        """market -> the latest open_time it reported"""
+        self.heard: dict[str, int] = {}
+        """market -> ``created`` when it last reported"""
+        self.created = 0
+        """windows opened so far"""
+        self.forgotten_through = -(1 << 62)
+        """the newest open_time forgotten: a candle at or before it is too late to merge"""
+
+
 class CandleMerger:
-    """Latest candle per market for each (symbol, interval, open_time); publishes merged ones."""
+    """Latest candle per market for each (symbol, interval, open_time); publishes merged ones.
+
+    A window is forgotten once every candle in it is closed, it is published, and every market
+    of its series (not only the ones in it: another market's candle of that window may still be
+    on its way, as when one market's partition runs far ahead in a backlog) has reported a
+    window past the late horizon. A market silent for ``WAITED_WINDOWS`` new windows is no
+    longer waited for (a delisted market must not hold memory forever). A candle of a forgotten
+    window is counted in ``ignored_late`` and dropped: merged alone, it would overwrite the
+    consolidated candle with a partial one.
+    """
 
     def __init__(self, symbols: SymbolMap, retention_us: int = 5 * 60_000_000) -> None:
         self.symbols = symbols
@@ -99,16 +129,34 @@ class CandleMerger:
         self.windows: dict[str, dict[str, Any]] = {}
         """state key -> {"v": version, "m": {market: Candle}}"""
         self.changed: set[str] = set()
-        self._series: dict[tuple[str, str], dict[int, str]] = {}
-        """(symbol, interval) -> open_time -> state key, in arrival order"""
-        self._progress: dict[tuple[str, str], dict[str, int]] = {}
-        """(symbol, interval) -> market -> latest open_time it reported"""
+        self.series: dict[tuple[str, str], _Series] = {}
+        self.ignored_late = 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Checkpoints of older versions kept the series in two dicts."""
+        windows, progress = state.pop("_series", None), state.pop("_progress", {})
+        self.__dict__.update(state)
+        self.__dict__.setdefault("ignored_late", 0)
+        if windows is not None:
+            self.series = {}
+            for series_key, opened in windows.items():
+                series = self.series[series_key] = _Series()
+                series.windows = opened
+                series.progress = dict(progress.get(series_key, {}))
+                series.heard = dict.fromkeys(series.progress, 0)
 
     def add(self, candle: Candle) -> None:
         if candle.exchange == ALL:
             return
         symbol = self.symbols(candle.symbol)
-        key = f"{symbol}:{candle.interval}:{candle.open_time}"
+        series = self.series.get((symbol, candle.interval))
+        if series is None:
+            series = self.series[(symbol, candle.interval)] = _Series()
+        open_time = candle.open_time
+        if open_time <= series.forgotten_through:
+            self.ignored_late += 1
+            return
+        key = f"{symbol}:{candle.interval}:{open_time}"
         window = self.windows.get(key)
         if window is None:
             window = self.windows[key] = {"v": 0, "m": {}}
@@ -118,34 +166,32 @@ class CandleMerger:
             return  # a replayed or reordered older version
         window["m"][market] = candle
         self.changed.add(key)
-        series_key = (symbol, candle.interval)
-        progress = self._progress.setdefault(series_key, {})
-        if candle.open_time > progress.get(market, -(1 << 62)):
-            progress[market] = candle.open_time
-        series = self._series.setdefault(series_key, {})
-        if candle.open_time not in series:
-            series[candle.open_time] = key
-            self._expire(series, progress, candle.close_time - candle.open_time)
+        if open_time > series.progress.get(market, -(1 << 62)):
+            series.progress[market] = open_time
+        opened = open_time not in series.windows
+        if opened:
+            series.windows[open_time] = key
+            series.created += 1
+        series.heard[market] = series.created
+        if opened:
+            self._expire(series, candle.close_time - open_time)
 
-    def _expire(self, series: dict[int, str], progress: dict[str, int], length: int) -> None:
-        """Forget windows (oldest first) once every candle in them is closed and each of their
-        markets has moved past the late horizon; those markets cannot update them any more.
-        A window with a change not yet published stays until ``publish`` has sent it (a
-        backlog batch can close a window and move every market far past it)."""
+    def _expire(self, series: _Series, length: int) -> None:
+        """Forget the windows (oldest first) that no market can change any more."""
+        for market in [m for m, heard in series.heard.items() if series.created - heard >= WAITED_WINDOWS]:
+            del series.heard[market], series.progress[market]
         keep = max(length, self.retention_us) + length
-        while series:
-            open_time, key = next(iter(series.items()))
-            window = self.windows.get(key)
-            if window is not None:
-                if key in self.changed:
-                    break
-                candles = window["m"]
-                if not all(c.closed for c in candles.values()):
-                    break
-                if any(progress.get(m, open_time) < open_time + keep for m in candles):
-                    break
-            del series[open_time]
-            self.windows.pop(key, None)
+        slowest = min(series.progress.values())
+        windows = series.windows
+        while windows:
+            open_time, key = next(iter(windows.items()))
+            if slowest < open_time + keep or key in self.changed:
+                break
+            if not all(c.closed or m not in series.heard for m, c in self.windows[key]["m"].items()):
+                break  # a market gone for good leaves its last candle open
+            del windows[open_time]
+            del self.windows[key]
+            series.forgotten_through = open_time
 
     def publish(self) -> list[Candle]:
         """Merged candles of every window changed since the last call (one version each)."""

@@ -118,6 +118,15 @@ class StreamCollector(Collector):
         late = CounterMetricFamily("marketpipe_stream_ohlcv_late_trades", "trades applied to closed candles")
         late.add_metric([], sum(builder.late_trades for builder in builders))
         yield late
+        consolidations = self._states("consolidate")
+        ignored = CounterMetricFamily(
+            "marketpipe_stream_consolidate_late",
+            "per-market records that came after their consolidated window or boundary was final (dropped)",
+            labels=["record"],
+        )
+        ignored.add_metric(["candle"], sum(c.candles.ignored_late for c in consolidations))
+        ignored.add_metric(["buckets"], sum(c.buckets.ignored_late for c in consolidations))
+        yield ignored
 
     def _loops(self) -> Iterator[Any]:
         loops = dict(self.worker.loops)

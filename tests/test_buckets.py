@@ -11,7 +11,14 @@ from feed_helpers import BYBIT_INFO_URL, Feed, bybit_instruments
 from marketpipe.records import BookBuckets, Bucket, Candle, Level
 from streams.book import BookSide
 from streams.buckets import Bucketer, bucket_floor, default_bucket_size, imbalance
-from streams.consolidate import BucketMerger, CandleMerger, SymbolMap, common_bucket_size, merge_candles
+from streams.consolidate import (
+    WAITED_WINDOWS,
+    BucketMerger,
+    CandleMerger,
+    SymbolMap,
+    common_bucket_size,
+    merge_candles,
+)
 from streams.parsers import processor_for
 
 S = 1_000_000
@@ -274,3 +281,60 @@ def test_window_closed_and_passed_in_one_batch_is_published_before_it_expires() 
     for market in opened:  # published: the next new window forgets it
         merger.add(msgspec.structs.replace(market, open_time=TS + 10 * 60 * S, close_time=TS + 11 * 60 * S))
     assert f"BTC-USD:1m:{TS}" not in merger.windows
+
+
+def _second(exchange: str, symbol: str, seconds: int, **fields: object) -> Candle:
+    opened = TS + seconds * S
+    prices = dict(open=1.0, high=1.0, low=1.0, close=1.0, volume=1.0, quote_volume=1.0, buy_volume=1.0,
+                  sell_volume=0.0, vwap=1.0, first_trade_ts=opened, last_trade_ts=opened)  # fmt: skip
+    return candle(exchange, symbol, interval="1s", open_time=opened, close_time=opened + S, **prices | fields)
+
+
+def test_a_market_far_ahead_does_not_make_another_ones_window_partial() -> None:
+    """One market's partition runs days ahead in a batch before the other's candles of the same
+    windows arrive: the consolidated candles still hold both, whatever the order."""
+    merger = CandleMerger(SymbolMap([["USD", "USDT"]]))
+    later = 3 * 86_400
+    merger.add(_second("binance", "BTC-USDT", 0, closed=False))
+    merger.add(_second("coinbase", "BTC-USD", 5, closed=False))
+    merger.publish()
+    for seconds in (0, later, later + 1):
+        merger.add(_second("binance", "BTC-USDT", seconds, version=2))
+    merger.publish()
+    for seconds in (0, 5, later):
+        merger.add(_second("coinbase", "BTC-USD", seconds, version=2))
+    merged = {(c.open_time - TS) // S: c for c in merger.publish()}
+    both = ["binance:BTC-USDT", "coinbase:BTC-USD"]
+    assert merged[0].markets == both and merged[0].closed and merged[0].trades == 2
+    assert merged[5].markets == ["coinbase:BTC-USD"]  # binance traded nothing in that second
+    assert merged[later].markets == both
+    merger.add(_second("binance", "BTC-USDT", later + 2, closed=False))  # a new window: both moved on
+    merger.publish()
+    assert not any(key.endswith(f":{TS}") for key in merger.windows) and merger.ignored_late == 0
+    merger.add(_second("coinbase", "BTC-USD", 0, version=3))  # too late: would publish coinbase alone
+    assert merger.ignored_late == 1 and merger.publish() == []
+
+
+def test_a_silent_market_is_waited_for_only_so_long() -> None:
+    merger = CandleMerger(SymbolMap())
+    merger.add(_second("okx", "BTC-USDT", 0, closed=False))  # then silent for good
+    for seconds in range(WAITED_WINDOWS + 400):
+        merger.add(_second("binance", "BTC-USDT", seconds))
+        merger.publish()
+    assert len(merger.windows) < WAITED_WINDOWS
+
+
+def test_checkpoints_of_the_older_merger_restore() -> None:
+    merger = CandleMerger(SymbolMap())
+    merger.add(_second("binance", "BTC-USDT", 0))
+    merger.publish()
+    state = merger.__dict__.copy()
+    series = state.pop("series")[("BTC-USDT", "1s")]
+    del state["ignored_late"]
+    state["_series"] = {("BTC-USDT", "1s"): series.windows}
+    state["_progress"] = {("BTC-USDT", "1s"): series.progress}
+    restored = CandleMerger.__new__(CandleMerger)
+    restored.__setstate__(state)
+    restored.add(_second("binance", "BTC-USDT", 1))
+    assert [c.open_time for c in restored.publish()] == [TS + S]
+    assert restored.series[("BTC-USDT", "1s")].windows.keys() == {TS, TS + S}
