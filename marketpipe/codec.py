@@ -196,9 +196,10 @@ class AvroCodec:
         """Decode only some fields of one record type, as a tuple in the order asked (for a
         stage that needs a few fields of every record: no struct, no text it does not use).
 
-        Records of today's schema are read by a projection of the compiled reader, which
-        checks the body as ``decode`` does but does not decode the UTF-8 of the strings left
-        out; any other writer schema goes through ``decode``. Raises ``DecodeError``.
+        Records of today's schema are read by a projection of the compiled reader: it checks
+        the body as ``decode`` does up to the last field asked for, skips the strings left out
+        without decoding their UTF-8, and reads nothing after that field. Any other writer
+        schema goes through ``decode``. Raises ``DecodeError``.
         """
         unknown = [name for name in fields if name not in record_type.__struct_fields__]
         if unknown:
@@ -689,7 +690,7 @@ class _ReaderBuilder(_SourceBuilder):
 
     def record(self, schema: dict[str, Any], info: Any, project: Sequence[str] | None = None) -> BodyReader:
         """The struct; with ``project``, the tuple of those fields instead (the others' strings
-        are skipped over, bounds-checked but not decoded)."""
+        before the last of them are skipped over, bounds-checked but not decoded)."""
         if not isinstance(info, mi.StructType) or info.array_like or info.tag_field is not None:
             raise UnsupportedSchema(f"{info} is not a plain struct")
         fields = schema["fields"]
@@ -698,7 +699,11 @@ class _ReaderBuilder(_SourceBuilder):
             raise UnsupportedSchema(f"fields of {schema['name']} differ from {info.cls.__name__}")
         lines = ["def read(buf, pos):"]
         run: list[tuple[str, str]] = []  # (variable, struct format) of the current run of fixed-width fields
+        # a projection reads no further than its last field
+        read_through = len(fields) if project is None else 1 + max(names.index(name) for name in project)
         for index, (field, struct_field) in enumerate(zip(fields, info.fields, strict=True)):
+            if index == read_through:
+                break
             kind = _primitive_name(field["type"], self.named)
             if kind in _FIXED_FORMATS and struct_field.type == _LEAF_TYPES[kind]:
                 run.append((f"v{index}", _FIXED_FORMATS[kind]))

@@ -3,7 +3,12 @@
 * ``OhlcvStage`` over ``md.trades`` (key ``exchange:symbol``, so one market's trades share
   a partition): one ``streams.ohlcv.CandleBuilder`` per input partition, candles to
   ``md.ohlcv`` (compacted, key ``Candle.key()``) and to the consolidation topic; trades later
-  than the late horizon go to ``md.dlq``.
+  than the late horizon go to ``md.dlq``. Each batch publishes the last version of each
+  candle it changed, as Kafka Streams' record cache forwards one update per key and commit:
+  a live batch spans less than ``ohlcv_update_interval_s``, so live consumers see every
+  version; a backlog drain skips the versions a later one in the same batch supersedes
+  (every version published is the one the event-time rules give, and the last is always
+  published).
 * Price buckets are produced by the normaliser itself (``FeedProcessor.bucketer``, at
   event-time boundaries) and published to ``md.book-buckets`` and the consolidation topic.
 * ``ConsolidateStage`` over ``<prefix>marketpipe-streams-consolidate`` (keyed by the
@@ -72,7 +77,7 @@ class OhlcvStage:
                 if emit is not None:
                     self._dead_letter(emit, message, rejected[-1].reason, ts)
                 rejected.clear()
-        candles = builder.take_published()
+        candles = builder.take_published(latest_only=True)
         if emit is not None:
             self._publish(candles, emit)
 

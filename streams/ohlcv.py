@@ -33,8 +33,9 @@ come out bit-identical on a replay.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from math import gcd
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -48,6 +49,27 @@ LATE_HORIZON_US = 5 * 60_000_000
 
 _MARKET_PREFIX = b"m|"
 _CLOSED_PREFIX = b"c|"
+
+
+_ROW_FIELDS = (
+    "open_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_volume",
+    "buy_volume",
+    "sell_volume",
+    "trades",
+    "first_ts",
+    "last_ts",
+    "closed",
+    "late",
+    "version",
+    "offsets",
+)
+"""a bar's persisted row (and publication snapshot), in order"""
 
 
 class Bar:
@@ -164,28 +186,11 @@ class Bar:
 
     # -- persistence (a compact msgpack row) ------------------------------------------------
 
-    def row(self) -> list[Any]:
-        return [
-            self.open_time,
-            self.open,
-            self.high,
-            self.low,
-            self.close,
-            self.volume,
-            self.quote_volume,
-            self.buy_volume,
-            self.sell_volume,
-            self.trades,
-            self.first_ts,
-            self.last_ts,
-            self.closed,
-            self.late,
-            self.version,
-            self.offsets,
-        ]
+    def row(self) -> tuple[Any, ...]:
+        return _row_of(self)
 
     @classmethod
-    def from_row(cls, row: list[Any]) -> Bar:
+    def from_row(cls, row: Sequence[Any]) -> Bar:
         bar = cls(row[0], row[10], row[1])
         (_, _, bar.high, bar.low, bar.close, bar.volume, bar.quote_volume, bar.buy_volume) = row[:8]
         (bar.sell_volume, bar.trades, _, bar.last_ts, bar.closed, bar.late, bar.version) = row[8:15]
@@ -193,6 +198,8 @@ class Bar:
         bar.changed = False
         return bar
 
+
+_row_of = attrgetter(*_ROW_FIELDS)  # one C call builds the row: a publication snapshots its bar
 
 _TEMPLATES: dict[tuple[str, str, str], Candle] = {}
 """a candle per (exchange, symbol, interval) that ``Bar.candle`` copies with its own values"""
@@ -299,7 +306,8 @@ class CandleBuilder:
         self.update_every = int(update_interval_s * 1_000_000)
         self.retention = [max(length, late_horizon_us) for length in self.lengths]
         self.markets: dict[str, Market] = {}
-        self.published: list[Candle] = []
+        self.published: list[tuple[Market, int, Bar, tuple[Any, ...]]] = []
+        """(market, interval index, bar, the bar's row) of every version published since the last take"""
         self.rejected: list[Rejected] = []
         self.duplicates = 0
         self.late_trades = 0
@@ -358,9 +366,16 @@ class CandleBuilder:
             self._publish_open(m)
             m.dirty = True
 
-    def take_published(self) -> list[Candle]:
+    def take_published(self, latest_only: bool = False) -> list[Candle]:
+        """The candle versions published since the last call, in publication order; with
+        ``latest_only``, each candle's last version only (the ones it supersedes are never built)."""
         published, self.published = self.published, []
-        return published
+        if latest_only:  # a dict keeps each bar's first position and takes its last entry
+            published = list({id(entry[2]): entry for entry in published}.values())
+        return [
+            Bar.from_row(row).candle(m.exchange, m.symbol, self.intervals[i], self.lengths[i])
+            for m, i, _, row in published
+        ]
 
     # --------------------------------------------------------------------------- internals
 
@@ -390,11 +405,12 @@ class CandleBuilder:
                 if bar.changed:
                     bar.changed = False
                     bar.version += 1
-                    published.append(bar.candle(m.exchange, m.symbol, self.intervals[i], self.lengths[i]))
+                    published.append((m, i, bar, _row_of(bar)))
 
     def _close(self, m: Market, watermark: int) -> None:
         """Close every window ending at or before ``watermark``; expire old closed ones."""
-        self._flush_chunk(m)
+        if m.chunk is not None and m.chunk.open_time < watermark:  # else it is in no closing window
+            self._flush_chunk(m)
         m.closed_through = watermark
         next_close = 1 << 62
         for i, length in enumerate(self.lengths):
@@ -406,17 +422,20 @@ class CandleBuilder:
                 bar.changed = False
                 bar.version += 1
                 bar.offsets = dict(m.offsets)
-                self.published.append(bar.candle(m.exchange, m.symbol, self.intervals[i], length))
+                self.published.append((m, i, bar, _row_of(bar)))
                 closed[open_time] = bar
                 m.touched_closed.add((i, open_time))
             for open_time in windows:
-                next_close = min(next_close, open_time + length)
-            self._expire(m, i, watermark)
+                if open_time + length < next_close:
+                    next_close = open_time + length
+            keep_after = watermark - self.retention[i] - length
+            if closed and next(iter(closed)) <= keep_after:
+                self._expire(m, i, keep_after)
         m.next_close = next_close
 
-    def _expire(self, m: Market, i: int, watermark: int) -> None:
+    def _expire(self, m: Market, i: int, keep_after: int) -> None:
+        """Forget the closed windows of interval ``i`` opened at or before ``keep_after``."""
         closed = m.closed[i]
-        keep_after = watermark - self.retention[i] - self.lengths[i]
         while closed:
             open_time = next(iter(closed))
             if open_time > keep_after:
@@ -471,7 +490,7 @@ class CandleBuilder:
             bar.version += 1
             if offset >= 0 and bar.offsets is not None:
                 bar.offsets[partition] = offset
-            self.published.append(bar.candle(m.exchange, m.symbol, self.intervals[i], self.lengths[i]))
+            self.published.append((m, i, bar, _row_of(bar)))
             m.touched_closed.add((i, open_time))
 
     # ------------------------------------------------------------------------- persistence
@@ -537,22 +556,6 @@ class CandleBuilder:
                 ordered = sorted(closed.items())
                 closed.clear()
                 closed.update(ordered)
-
-    def republish(self) -> None:
-        """Queue every held candle again as last published (after a restore).
-
-        Outputs and state changes are not written atomically: a crash can persist a state
-        whose publications were lost. Re-sending the same versions heals that; consumers
-        see at most exact duplicates. Candles with unpublished changes are skipped (their
-        next version supersedes whatever was lost).
-        """
-        for m in self.markets.values():
-            for i, length in enumerate(self.lengths):
-                for group in (m.closed[i], m.open[i]):
-                    for bar in group.values():
-                        if bar.version and not bar.changed:
-                            candle = bar.candle(m.exchange, m.symbol, self.intervals[i], length)
-                            self.published.append(candle)
 
     def _restore_market(self, row: list[Any], index: dict[str, int]) -> None:
         exchange, symbol, max_ts, closed_through, next_pub, offsets, open_bars, chunk, partition = row

@@ -6,6 +6,7 @@ import io
 import json
 import struct
 import typing
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -655,6 +656,42 @@ def test_trailing_bytes_are_ignored_like_fastavro() -> None:
     codec = AvroCodec()
     data = codec.encode(TRADE) + b"\x00trailing"
     assert codec.decode(data) == _fastavro_decode(codec, data, Trade) == TRADE
+
+
+TRADE_FIELDS = ("exchange", "symbol", "ts", "price", "size", "side")  # the ohlcv stage's
+
+
+def test_field_reader_reads_the_fields_decode_reads() -> None:
+    codec = AvroCodec()
+    read = codec.field_reader(Trade, TRADE_FIELDS)
+    trades = [r for r in SAMPLES + EDGE_VALUES if isinstance(r, Trade)]
+    assert len(trades) > 1
+    for trade in trades:
+        assert read(codec.encode(trade)) == attrgetter(*TRADE_FIELDS)(trade)
+
+
+def test_field_reader_needs_the_body_up_to_its_last_field_only() -> None:
+    codec = AvroCodec()
+    data = codec.encode(TRADE)
+    read = codec.field_reader(Trade, TRADE_FIELDS)
+    project = compile_reader(codec.schema_for(Trade).parsed, Trade, TRADE_FIELDS)
+    assert project is not None
+    _, end = project(data, 10)
+    assert end < len(data)  # recv_ts, conn and seq are not read
+    for cut in range(10, end):
+        with pytest.raises(DecodeError, match="cannot decode"):
+            read(data[:cut])
+    assert read(data[:end]) == read(data) == attrgetter(*TRADE_FIELDS)(TRADE)
+
+
+def test_field_reader_resolves_other_writer_schemas() -> None:
+    codec = AvroCodec()
+    newer = json.loads((SCHEMA_DIR / "trade.avsc").read_text())
+    newer["fields"].append({"name": "venue", "type": "string", "default": ""})
+    codec.add_writer_schema(newer)
+    data = codec.encode_with(newer, TRADE.to_dict() | {"venue": "spot"})
+    assert data[2:10] != codec.schema_for(Trade).fingerprint
+    assert codec.field_reader(Trade, TRADE_FIELDS)(data) == attrgetter(*TRADE_FIELDS)(TRADE)
 
 
 @pytest.mark.parametrize("record", SAMPLES + EDGE_VALUES[:6], ids=lambda r: type(r).__name__)

@@ -190,3 +190,20 @@ def test_all_default_intervals_get_every_trade() -> None:
     candles = [c for c in final(b.take_published() + closing(b)).values() if c.closed]
     for interval in ("1s", "1m", "5m", "15m", "1h", "4h", "1d"):
         assert sum(c.trades for c in candles if c.interval == interval) == 1000, interval
+
+
+def test_latest_only_gives_each_candles_last_version_of_the_take() -> None:
+    rng = random.Random(5)
+    trades = [(rng.uniform(0, 300), rng.uniform(90, 110), rng.uniform(0.1, 2), "buy") for _ in range(3000)]
+    trades.sort(key=lambda t: t[0] + rng.uniform(-3, 0))  # roughly ordered, with late ones
+    every, latest = builder(("1s", "1m", "5m")), builder(("1s", "1m", "5m"))
+    superseded = 0
+    for start in range(0, len(trades), 400):
+        feed(every, trades[start : start + 400], start)
+        feed(latest, trades[start : start + 400], start)
+        versions = every.take_published()
+        last_of_each = list({c.key(): c for c in versions}.values())  # first position, last version
+        assert latest.take_published(latest_only=True) == last_of_each
+        superseded += len(versions) - len(last_of_each)
+    assert superseded > 0
+    assert final(every.take_published() + closing(every)) == final(latest.take_published() + closing(latest))
