@@ -15,7 +15,9 @@ Rules (one market = one ``exchange:symbol``):
 * Intermediate versions are throttled in *event time*: a market publishes its changed open
   candles when a trade's ``ts`` reaches ``last publication + update interval``. So every
   output, version numbers included, is a pure function of the trade sequence: replaying the
-  same trades publishes the same records.
+  same trades publishes the same records. The stage takes only each candle's last version
+  of a batch (``take_published(latest_only=True)``), so which versions reach Kafka depends
+  on the batches, but each one that does is that same record, and the last one always does.
 * The ohlcv stage (streams/aggregations.py) keeps one builder per md.trades partition and the
   stream runtime checkpoints it whole with the committed offsets, so it passes no offsets.
   Callers that persist state themselves can: each market then keeps the last offset applied

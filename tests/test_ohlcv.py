@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import random
 
-from marketpipe.records import Candle
+from confluent_kafka import Message
+
+from marketpipe.codec import AvroCodec
+from marketpipe.config import StreamSettings
+from marketpipe.records import Candle, Trade
+from marketpipe.topics import Topology
+from streams.aggregations import OhlcvStage
+from streams.consolidate import SymbolMap
 from streams.ohlcv import CandleBuilder
 
 S = 1_000_000
@@ -207,3 +214,44 @@ def test_latest_only_gives_each_candles_last_version_of_the_take() -> None:
         superseded += len(versions) - len(last_of_each)
     assert superseded > 0
     assert final(every.take_published() + closing(every)) == final(latest.take_published() + closing(latest))
+
+
+def test_the_stage_publishes_each_candles_last_version_of_a_batch() -> None:
+    """A backlog batch spans many update intervals: md.ohlcv (and the consolidation topic) get
+    each candle once per batch, as the record the event-time rules give for its last version."""
+    codec, topology = AvroCodec(), Topology()
+    stage = OhlcvStage(topology, codec, StreamSettings(), SymbolMap())
+    state, reference = stage.new_state(topology.trades, 0), stage.new_state(topology.trades, 0)
+    emitted: dict[str, list[Candle]] = {topology.ohlcv: [], topology.consolidate: []}
+
+    def emit(topic: str, key: bytes, value: bytes) -> None:
+        emitted[topic].append(codec.decode(value, Candle))
+
+    expected: list[Candle] = []
+    versions = 0
+    for first in range(0, 4000, 1000):  # two markets, 10 trades per event-time second each
+        trades = [
+            Trade(
+                exchange="binance",
+                symbol=f"C{i % 2}-USDT",
+                exchange_symbol=f"C{i % 2}USDT",
+                trade_id=str(i),
+                price=100.0 + i % 7,
+                size=1.0,
+                side="buy",
+                ts=T0 + i * 50_000,
+                recv_ts=T0 + i * 50_000,
+                conn="c",
+                seq=i,
+            )
+            for i in range(first, first + 1000)
+        ]
+        messages = [Message(topic=topology.trades, offset=t.seq, value=codec.encode(t)) for t in trades]
+        stage.process(state, messages, emit)
+        for t in trades:
+            reference.add(t.exchange, t.symbol, t.ts, t.price, t.size, t.side)
+        every = reference.take_published()
+        versions += len(every)
+        expected += {c.key(): c for c in every}.values()
+    assert emitted[topology.ohlcv] == emitted[topology.consolidate] == expected
+    assert versions > 3 * len(expected)
