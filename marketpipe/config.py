@@ -241,6 +241,20 @@ class StreamSettings(_Section):
         description="transactions begin at least this far apart (a round gathers input meanwhile): "
         "fewer commits for the broker and the worker at low rates, at most this much more latency",
     )
+    commit_min_records: int = Field(
+        100,
+        ge=0,
+        description="a round holding fewer records keeps gathering, until commit_max_interval_ms after "
+        "the previous transaction began (a transaction's cost to the broker does not depend on its "
+        "size); 0: off",
+    )
+    commit_max_interval_ms: int = Field(
+        100,
+        ge=0,
+        le=10_000,
+        description="how long after the previous transaction a round short of commit_min_records "
+        "waits at most: the latency this adds at low rates",
+    )
     checkpoint_interval_s: float = Field(
         5.0, gt=0, description="state checkpoint cadence: bounds the input re-read after a restart"
     )
@@ -268,6 +282,15 @@ class StreamSettings(_Section):
         for interval in value:
             interval_to_us(interval)
         return value
+
+    @model_validator(mode="after")
+    def _commit_pacing(self) -> StreamSettings:
+        if self.commit_max_interval_ms < self.commit_interval_ms:
+            raise ValueError(
+                f"commit_max_interval_ms ({self.commit_max_interval_ms}) is below commit_interval_ms "
+                f"({self.commit_interval_ms}): raise it, or lower commit_interval_ms"
+            )
+        return self
 
 
 BybitCategory = Literal["spot", "linear", "inverse"]

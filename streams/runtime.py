@@ -201,8 +201,10 @@ class TransactionalLoop(Generic[S]):
         self.batch_size = streams.batch_size
         self.poll_s = streams.poll_interval_ms / 1000
         self.commit_every_s = streams.commit_interval_ms / 1000
-        self._next_commit_at = 0.0
-        """monotonic time before which no transaction begins (``commit_interval_ms``)"""
+        self.commit_min_records = streams.commit_min_records
+        self.commit_max_wait_s = streams.commit_max_interval_ms / 1000
+        self._began_at = 0.0
+        """monotonic time the last transaction began"""
         self.checkpoint_every_s = streams.checkpoint_interval_s
         self.stall_timeout_s = streams.stall_timeout_s
         self.checkpoint_topic = Topology.from_settings(settings).checkpoints
@@ -316,16 +318,23 @@ class TransactionalLoop(Generic[S]):
         ``poll_s`` for the first record). A batch does not wait to fill: records that come
         in while a round commits make the next round, so the batch grows with the load and
         the latency stays at about one commit (``consume`` would wait out its timeout
-        whenever fewer than ``batch_size`` records arrive in it). With ``commit_interval_ms``
-        it gathers until that long after the previous transaction began."""
+        whenever fewer than ``batch_size`` records arrive in it). It gathers until
+        ``commit_interval_ms`` after the previous transaction began, and while it holds fewer
+        than ``commit_min_records``, until ``commit_max_interval_ms`` after: as a producer
+        lingers to fill a batch, so that at low rates a transaction carries more than a few
+        records (its markers and requests cost the broker the same either way)."""
         first = self.consumer.poll(self.poll_s)
         if first is None or self.batch_size == 1:
             return [first] if first is not None else []
         self._assigned.clear()  # assigned during the poll: `first` comes after that
         batch = self._still_current([first], self.consumer.consume(self.batch_size - 1, 0))
-        gather = self._next_commit_at - time.monotonic()
-        if gather > 0 and len(batch) < self.batch_size:
-            batch = self._still_current(batch, self.consumer.consume(self.batch_size - len(batch), gather))
+        for until, enough in (
+            (self._began_at + self.commit_every_s, self.batch_size),
+            (self._began_at + self.commit_max_wait_s, min(self.commit_min_records, self.batch_size)),
+        ):
+            gather = until - time.monotonic()
+            if gather > 0 and len(batch) < enough:
+                batch = self._still_current(batch, self.consumer.consume(enough - len(batch), gather))
         return batch
 
     def _still_current(self, earlier: list[Message], consumed: list[Message]) -> list[Message]:
@@ -367,7 +376,7 @@ class TransactionalLoop(Generic[S]):
                     self.flush_requested.set()
                 return  # restored from the last commit: this round's input is read again
             self.producer.begin_transaction()
-            self._next_commit_at = time.monotonic() + self.commit_every_s
+            self._began_at = time.monotonic()
             # a partition's first commit carries its first checkpoint: committed input is never
             # without the state built from it
             first = [tp for tp in moved if not self.partitions[tp].pointer]

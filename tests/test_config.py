@@ -71,6 +71,7 @@ def test_toml_file_and_env_priority(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         ("MARKETPIPE_KAFKA__LOCAL__PORT", "99999", "MARKETPIPE_KAFKA__LOCAL__PORT"),
         ("MARKETPIPE_STREAMS__OHLCV_INTERVALS", '["1m", "7x"]', "1s, 5m, 1h or 1d"),
         ("MARKETPIPE_KAFKA__TOPIC_PREFIX", "bad prefix!", "topic_prefix"),
+        ("MARKETPIPE_STREAMS__COMMIT_INTERVAL_MS", "500", r"commit_max_interval_ms \(100\) is below"),
     ],
 )
 def test_bad_config_fails_with_a_message_that_says_what_to_fix(

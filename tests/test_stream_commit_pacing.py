@@ -1,7 +1,9 @@
-"""The stream loop's commit pacing (``streams.commit_interval_ms``), on a real broker.
+"""The stream loop's commit pacing (``streams.commit_interval_ms``, ``commit_min_records`` and
+``commit_max_interval_ms``), on a real broker.
 
 A trickle of input, one record every few milliseconds: without pacing every round commits as
 soon as the previous commit is done; with it, transactions begin at least the interval apart
+(or hold at least the minimum of records, or began the longest wait after the previous one)
 and a round gathers what arrives meanwhile, so the same input takes far fewer transactions and
 still comes out whole, in order, exactly once.
 """
@@ -24,6 +26,8 @@ from streams.runtime import Emit, TransactionalLoop
 RECORDS = 300
 SPACING_S = 0.005
 INTERVAL_MS = 500
+MIN_RECORDS = 150  # 750 ms of the trickle: more than a commit takes on a loaded machine
+LINGER_MS = 2000
 
 
 class _Echo:
@@ -49,18 +53,18 @@ class _Echo:
         pass
 
 
-def _run(bootstrap: str, topology: Topology, interval_ms: int) -> tuple[int, float, list[bytes]]:
+def _run(bootstrap: str, topology: Topology, name: str, **pacing: int) -> tuple[int, float, list[bytes]]:
     """(transactions committed, seconds the trickle lasted, values read back from md.trades)."""
     settings = Settings(
         exchanges=["binance"],
         kafka={"bootstrap_servers": bootstrap, "topic_prefix": topology.prefix},
-        streams={"commit_interval_ms": interval_ms, "poll_interval_ms": 5},
+        streams={"commit_min_records": 0, **pacing, "poll_interval_ms": 5},
     )
-    loop = TransactionalLoop(_Echo(topology), settings, f"pacing-{interval_ms}")
+    loop = TransactionalLoop(_Echo(topology), settings, f"pacing-{name}")
     runner = threading.Thread(target=loop.run, daemon=True)
     runner.start()
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
-    values = [f"{interval_ms}-{i}".encode() for i in range(RECORDS)]
+    values = [f"{name}-{i}".encode() for i in range(RECORDS)]
     try:
         deadline = time.monotonic() + 30
         while not loop.partitions and time.monotonic() < deadline:  # joined the group
@@ -77,7 +81,7 @@ def _run(bootstrap: str, topology: Topology, interval_ms: int) -> tuple[int, flo
         deadline = time.monotonic() + 30
         while loop.stats.received.get(topology.raw("binance"), 0) < RECORDS and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(interval_ms / 1000 + 0.5)  # the last round committed
+        time.sleep(pacing.get("commit_max_interval_ms", 100) / 1000 + 0.5)  # the last round committed
         transactions = loop.stats.transactions - before
     finally:
         loop.stopping.set()
@@ -91,15 +95,29 @@ def _run(bootstrap: str, topology: Topology, interval_ms: int) -> tuple[int, flo
 
 
 @pytest.mark.kafka
-def test_commit_interval_gathers_a_trickle_into_fewer_transactions(
-    kafka_bootstrap: str, topics: Topology
-) -> None:
-    unpaced, unpaced_s, unpaced_out = _run(kafka_bootstrap, topics, 0)
-    paced, paced_s, paced_out = _run(kafka_bootstrap, topics, INTERVAL_MS)
+def test_pacing_gathers_a_trickle_into_fewer_transactions(kafka_bootstrap: str, topics: Topology) -> None:
+    unpaced, unpaced_s, unpaced_out = _run(kafka_bootstrap, topics, "unpaced", commit_interval_ms=0)
+    paced, paced_s, paced_out = _run(
+        kafka_bootstrap, topics, "paced", commit_interval_ms=INTERVAL_MS, commit_max_interval_ms=INTERVAL_MS
+    )
+    # no minimum spacing, but a round short of MIN_RECORDS waits for more, up to LINGER_MS
+    # after the previous transaction began
+    lingered, lingered_s, lingered_out = _run(
+        kafka_bootstrap,
+        topics,
+        "lingered",
+        commit_interval_ms=0,
+        commit_min_records=MIN_RECORDS,
+        commit_max_interval_ms=LINGER_MS,
+    )
 
-    assert unpaced_out == [f"0-{i}".encode() for i in range(RECORDS)]
-    assert paced_out == [f"{INTERVAL_MS}-{i}".encode() for i in range(RECORDS)]
-    # at most one transaction per interval of input, plus the one at each edge; unpaced, an
-    # input as long takes more than that
-    assert paced <= paced_s / (INTERVAL_MS / 1000) + 2, (paced, paced_s)
-    assert unpaced > unpaced_s / (INTERVAL_MS / 1000) + 2, (unpaced, unpaced_s)
+    for name, out in (("unpaced", unpaced_out), ("paced", paced_out), ("lingered", lingered_out)):
+        assert out == [f"{name}-{i}".encode() for i in range(RECORDS)]
+    # paced: at most one transaction per interval of input, plus the one at each edge;
+    # lingered: each transaction holds MIN_RECORDS or began LINGER_MS after the one before
+    paced_bound = paced_s / (INTERVAL_MS / 1000) + 2
+    lingered_bound = RECORDS / MIN_RECORDS + lingered_s / (LINGER_MS / 1000) + 2
+    assert paced <= paced_bound, (paced, paced_s)
+    assert lingered <= lingered_bound, (lingered, lingered_s)
+    # unpaced, an input as long takes more than either
+    assert unpaced > max(paced_bound, lingered_bound), (unpaced, unpaced_s)
