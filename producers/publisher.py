@@ -399,10 +399,7 @@ class KafkaRawPublisher:
     async def close(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
-            try:
-                await self._poller
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait([self._poller])  # unlike awaiting it, lets a cancel of close() through
             self._poller = None
         self._producer.poll(0)
         self._emit_gap_markers()
