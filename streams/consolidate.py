@@ -191,7 +191,7 @@ class CandleMerger:
                 break  # a market gone for good leaves its last candle open
             del windows[open_time]
             del self.windows[key]
-            series.forgotten_through = open_time
+            series.forgotten_through = max(series.forgotten_through, open_time)
 
     def publish(self) -> list[Candle]:
         """Merged candles of every window changed since the last call (one version each)."""
