@@ -8,7 +8,7 @@ twice changes nothing the second time.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,6 +222,10 @@ class Topology:
         """md topic -> the ClickHouse table the sink writes it to (what the sink, drain checks
         and the live view all follow): the ``table`` of every catalogue row that has one."""
         return {self.name(row.topic): row.table for row in MD_STREAMS if row.table is not None}
+
+    def md_topics(self, exclude: Sequence[str] = ()) -> list[str]:
+        """Every md topic's name (``MD_STREAMS``), but those in ``exclude``."""
+        return [name for row in MD_STREAMS if (name := self.name(row.topic)) not in exclude]
 
     def md_topic(self, record_type: type[Record]) -> str:
         """The md topic records of ``record_type`` are published to (one per type)."""

@@ -68,7 +68,12 @@ class ControlListener:
         delay = 1.0
         while True:
             consumer = AIOKafkaConsumer(
-                group_id=None, auto_offset_reset="latest", enable_auto_commit=False, **self._consumer_options
+                group_id=None,
+                auto_offset_reset="latest",
+                enable_auto_commit=False,
+                # the normaliser writes requests in its transactions: an aborted one never happened
+                isolation_level="read_committed",
+                **self._consumer_options,
             )
             try:
                 await consumer.start()

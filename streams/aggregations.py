@@ -53,6 +53,7 @@ class OhlcvStage:
         self.symbols = symbols
         self.group = topology.ohlcv_group
         self.topics = [topology.trades]
+        self.outputs = [topology.ohlcv, topology.consolidate, topology.dlq]
         self.decode_errors = 0
         # only what a candle needs: no Trade struct, the other texts not decoded
         self._read_trade = codec.field_reader(Trade, ("exchange", "symbol", "ts", "price", "size", "side"))
@@ -138,6 +139,7 @@ class ConsolidateStage:
         self.bucket_interval_us = bucket_interval_us
         self.group = topology.consolidate_group
         self.topics = [topology.consolidate]
+        self.outputs = [topology.ohlcv, topology.book_buckets]
 
     def new_state(self, topic: str, partition: int) -> Consolidation:
         return Consolidation(CandleMerger(self.symbols), BucketMerger(self.symbols, self.bucket_interval_us))

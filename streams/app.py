@@ -52,6 +52,7 @@ class NormaliseStage:
         self.clock = clock
         self.group = topology.streams_group
         self.topics = [topology.raw(exchange) for exchange in exchanges]
+        self.outputs = [*topology.md_topics(exclude=(topology.ohlcv,)), topology.consolidate]
         self._exchange_of = {topology.raw(exchange): exchange for exchange in exchanges}
         self.dead_letters = 0
         self._out = FeedOutput()

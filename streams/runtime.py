@@ -107,6 +107,11 @@ class Stage(Protocol[S]):
     @property
     def topics(self) -> Sequence[str]: ...
 
+    @property
+    def outputs(self) -> Sequence[str]:
+        """Every topic the stage may write (besides the checkpoint topic)."""
+        ...
+
     def new_state(self, topic: str, partition: int) -> S: ...
 
     def process(self, state: S, messages: Sequence[Message], emit: Emit | None) -> None:
@@ -284,6 +289,7 @@ class TransactionalLoop(Generic[S]):
         except KafkaException as exc:
             raise StageFailed(f"{self.stage.name}: cannot start transactions: {exc.args[0].str()}") from None
         self._checkpoint_partitions = self._partition_count(self.checkpoint_topic)
+        self._abort_leftovers()
         self.consumer.subscribe(
             list(self.stage.topics),
             on_assign=self._on_assign,
@@ -298,6 +304,35 @@ class TransactionalLoop(Generic[S]):
             self._await_commit()
         finally:
             self._close()
+
+    def _abort_leftovers(self) -> None:
+        """Abort, on every partition the stage writes and on its group's offsets, whatever an
+        earlier producer of this transactional id may have left there without a marker.
+
+        ``init_transactions`` ends the transaction the coordinator knows of. But a broker shut
+        down (controlled) while it completed a commit can record the commit and skip the markers
+        of partitions it had just given up leading (Kafka 4.3: "Couldn't find leader endpoint
+        ... these partitions are likely deleted already and hence can be skipped"). That
+        transaction's outputs and its pending offsets then stay open, and the next marker of this
+        producer id on each partition decides them, each on its own: an abort reaching only the
+        offsets partition and a later commit reaching the outputs published them twice. One
+        transaction touching all of them, aborted, decides them together; nobody could read them
+        (they sat above the last stable offset), and their input is processed again.
+        """
+        self.producer.begin_transaction()
+        for topic in {*self.stage.outputs, self.checkpoint_topic}:
+            for partition in range(self._partition_count(topic)):
+                self.producer.produce(topic, b"", b"abort", partition=partition)
+        group = self.consumer.consumer_group_metadata()
+        offsets = [TopicPartition(self.stage.topics[0], 0, 0)]
+        try:  # registers the group's offsets partition, even when a group with members refuses the offsets
+            self.producer.send_offsets_to_transaction(offsets, group, 30)
+        except KafkaException as exc:
+            if exc.args[0].fatal():
+                raise StageFailed(
+                    f"{self.stage.name}: cannot start transactions: {exc.args[0].str()}"
+                ) from None
+        self._retrying("abort", lambda: self.producer.abort_transaction(30))
 
     def _close(self) -> None:
         if self._pending is not None:  # failing: let a running commit end before the clients go

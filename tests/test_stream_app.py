@@ -116,16 +116,14 @@ def test_an_unreadable_checkpoint_is_counted_and_fails_the_drain(
     partition's state fresh: the worker says so in its metrics and `run --exit-on-drain`'s
     check counts it, so the run cannot exit 0 as if nothing was lost."""
     produce_raw(kafka_bootstrap, topics, capture_records())
-    raw_topics = [topics.raw(e) for e in topics.exchanges]
     env = worker_env(kafka_bootstrap, topics, tmp_path)
     lag = KafkaLag({"bootstrap.servers": kafka_bootstrap})
     try:
         with marketpipe_process("stream", "--worker-id", "cp", env=env, log_path=tmp_path / "first.log"):
             stages = topics.stream_stages()
             _until(lambda: all(_lag(lag, group, inputs) == 0 for group, inputs in stages), "the first run")
-        # one checkpoint per input partition a stage read (normalise, ohlcv, consolidate)
-        inputs = [*raw_topics, topics.trades, topics.consolidate]
-        checkpointed = sum(tp.offset > 0 for topic in inputs for tp in _ends(kafka_bootstrap, topic))
+        # one checkpoint per input partition a stage committed state for (normalise, ohlcv, consolidate)
+        checkpointed = sum(_pointers(kafka_bootstrap, group, inputs) for group, inputs in stages)
         _delete_checkpoints(kafka_admin, kafka_bootstrap, topics)
         port = free_port()
         env |= {"MARKETPIPE_METRICS_PORT": str(port)}
@@ -171,6 +169,22 @@ def _lag(lag: KafkaLag, group: str, topics: list[str]) -> int | None:
         return sum(lag.lag(group, topics).values())
     except KafkaException:  # a young broker: the group coordinator is still loading
         return None
+
+
+def _pointers(bootstrap: str, group: str, topics: list[str]) -> int:
+    """Partitions whose committed offset names a checkpoint (the loop's offset metadata)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in _partition_ids(consumer, t)]
+        return sum(
+            (tp.metadata or "").startswith("cp1:") for tp in consumer.committed(partitions, timeout=30)
+        )
+    finally:
+        consumer.close()
+
+
+def _partition_ids(consumer: Consumer, topic: str) -> list[int]:
+    return list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
 
 
 def _ends(bootstrap: str, topic: str) -> list[TopicPartition]:

@@ -39,6 +39,7 @@ class _Echo:
         self.group = f"{topology.prefix}echo-{uuid.uuid4().hex[:6]}"
         self.topics = [topology.raw("binance")]
         self.output = topology.trades
+        self.outputs = [topology.trades]
 
     def new_state(self, topic: str, partition: int) -> list[int]:
         return [0]
