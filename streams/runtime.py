@@ -279,6 +279,8 @@ class TransactionalLoop(Generic[S]):
             }
         )
         self._checkpoint_partitions = 0
+        self._swept = False
+        """the start-up abort (``_abort_leftovers``) is done"""
 
     # ------------------------------------------------------------------------ lifecycle
 
@@ -289,7 +291,6 @@ class TransactionalLoop(Generic[S]):
         except KafkaException as exc:
             raise StageFailed(f"{self.stage.name}: cannot start transactions: {exc.args[0].str()}") from None
         self._checkpoint_partitions = self._partition_count(self.checkpoint_topic)
-        self._abort_leftovers()
         self.consumer.subscribe(
             list(self.stage.topics),
             on_assign=self._on_assign,
@@ -305,33 +306,40 @@ class TransactionalLoop(Generic[S]):
         finally:
             self._close()
 
-    def _abort_leftovers(self) -> None:
+    def _abort_leftovers(self, partitions: list[TopicPartition]) -> None:
         """Abort, on every partition the stage writes and on its group's offsets, whatever an
-        earlier producer of this transactional id may have left there without a marker.
+        earlier producer of this transactional id may have left there without a marker (once,
+        at the first assignment: its offsets need the group's generation, and nothing of this
+        loop is committed before it).
 
         ``init_transactions`` ends the transaction the coordinator knows of. But a broker shut
-        down (controlled) while it completed a commit can record the commit and skip the markers
-        of partitions it had just given up leading (Kafka 4.3: "Couldn't find leader endpoint
-        ... these partitions are likely deleted already and hence can be skipped"). That
-        transaction's outputs and its pending offsets then stay open, and the next marker of this
-        producer id on each partition decides them, each on its own: an abort reaching only the
-        offsets partition and a later commit reaching the outputs published them twice. One
-        transaction touching all of them, aborted, decides them together; nobody could read them
-        (they sat above the last stable offset), and their input is processed again.
+        down (controlled) while it completed a transaction can record it complete and skip the
+        markers of partitions it had just stopped leading (KAFKA-20734: "Couldn't find leader
+        endpoint ... these partitions are likely deleted already and hence can be skipped").
+        That transaction's outputs and its pending offsets then stay open, and the next marker
+        of this producer id on each partition decides them, each on its own: an abort reaching
+        only the offsets partition and a later commit reaching the outputs published them
+        twice. One transaction touching all of them, aborted, decides them together; nobody
+        could read them (they sat above the last stable offset), and their input is processed
+        again.
         """
+        self._swept = True
         self.producer.begin_transaction()
         for topic in {*self.stage.outputs, self.checkpoint_topic}:
             for partition in range(self._partition_count(topic)):
                 self.producer.produce(topic, b"", b"abort", partition=partition)
+        if self.producer.flush(30):  # an abort purges what was not sent: those partitions get no marker
+            raise StageFailed(f"{self.stage.name}: the start-up abort's records were not sent within 30 s")
+        offsets = [TopicPartition(partitions[0].topic, partitions[0].partition, 0)]
         group = self.consumer.consumer_group_metadata()
-        offsets = [TopicPartition(self.stage.topics[0], 0, 0)]
-        try:  # registers the group's offsets partition, even when a group with members refuses the offsets
-            self.producer.send_offsets_to_transaction(offsets, group, 30)
+        try:  # registers the group's offsets partition first: even refused, they are in the abort
+            self._retrying(
+                "send offsets", lambda: self.producer.send_offsets_to_transaction(offsets, group, 30)
+            )
         except KafkaException as exc:
-            if exc.args[0].fatal():
-                raise StageFailed(
-                    f"{self.stage.name}: cannot start transactions: {exc.args[0].str()}"
-                ) from None
+            error: KafkaError = exc.args[0]
+            if error.fatal():
+                raise StageFailed(f"{self.stage.name}: start-up abort failed: {error.str()}") from None
         self._retrying("abort", lambda: self.producer.abort_transaction(30))
 
     def _close(self) -> None:
@@ -691,6 +699,8 @@ class TransactionalLoop(Generic[S]):
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._settle_commit()
+        if partitions and not self._swept:
+            self._abort_leftovers(partitions)
         restored = self._restore(partitions)
         self._assigned.update((tp.topic, tp.partition) for tp in partitions)
         consumer.incremental_assign(restored)
