@@ -306,7 +306,7 @@ class TransactionalLoop(Generic[S]):
         finally:
             self._close()
 
-    def _abort_leftovers(self, partitions: list[TopicPartition]) -> None:
+    def _abort_leftovers(self, partitions: list[TopicPartition], group: object) -> None:
         """Abort, on every partition the stage writes and on its group's offsets, whatever an
         earlier producer of this transactional id may have left there without a marker (once,
         at the first assignment: its offsets need the group's generation, and nothing of this
@@ -325,13 +325,15 @@ class TransactionalLoop(Generic[S]):
         """
         self._swept = True
         self.producer.begin_transaction()
+        topics = self.producer.list_topics(timeout=30).topics
         for topic in {*self.stage.outputs, self.checkpoint_topic}:
-            for partition in range(self._partition_count(topic)):
+            if topic not in topics:
+                raise StageFailed(f"topic {topic} does not exist (run `marketpipe topics apply`)")
+            for partition in topics[topic].partitions:
                 self.producer.produce(topic, b"", b"abort", partition=partition)
         if self.producer.flush(30):  # an abort purges what was not sent: those partitions get no marker
             raise StageFailed(f"{self.stage.name}: the start-up abort's records were not sent within 30 s")
         offsets = [TopicPartition(partitions[0].topic, partitions[0].partition, 0)]
-        group = self.consumer.consumer_group_metadata()
         try:  # registers the group's offsets partition first: even refused, they are in the abort
             self._retrying(
                 "send offsets", lambda: self.producer.send_offsets_to_transaction(offsets, group, 30)
@@ -700,7 +702,10 @@ class TransactionalLoop(Generic[S]):
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._settle_commit()
         if partitions and not self._swept:
-            self._abort_leftovers(partitions)
+            # on the committer thread: a client's blocking call inside another's callback
+            # trips confluent-kafka's per-thread call state (the process aborts)
+            group = consumer.consumer_group_metadata()
+            self._committer.submit(self._abort_leftovers, partitions, group).result()
         restored = self._restore(partitions)
         self._assigned.update((tp.topic, tp.partition) for tp in partitions)
         consumer.incremental_assign(restored)
