@@ -42,6 +42,10 @@ goes on live from ``C``. Stages are pure functions of their input, so the rebuil
 the one a never-interrupted worker would hold. Without a pointer (first run) the stage gets
 a fresh state at the committed offset.
 
+At its first assignment, before restoring, a loop aborts one transaction that touched every
+partition its stage writes and its group's offsets (``_abort_leftovers``): that decides, all
+the same way, whatever an earlier producer of its transactional id left open without markers.
+
 Failure policy: retriable errors are retried; an abortable one aborts the transaction and
 restores every assigned partition from its last commit (nothing of the aborted round
 survives); anything else raises ``StageFailed`` (``Fenced`` when another process took the
