@@ -94,7 +94,9 @@ def lag(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
     return behind
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Message]:
+def read_topic(
+    bootstrap: str, topic: str, timeout_s: float = 60.0, isolation: str = "read_committed"
+) -> list[Message]:
     """Every record of `topic` up to its current end offsets, partition by partition in order."""
     partitions = partitions_of(bootstrap, [topic])
     consumer = Consumer(
@@ -102,7 +104,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Mess
             "bootstrap.servers": bootstrap,
             "group.id": f"read-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
-            "isolation.level": "read_committed",
+            "isolation.level": isolation,
             "enable.partition.eof": True,
         }
     )

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from pipeline_support import partitions_of, read_topic
 from test_stream_commit_pacing import _Echo
 
 from marketpipe.config import Settings
@@ -20,35 +19,10 @@ from streams.runtime import TransactionalLoop
 pytestmark = pytest.mark.kafka
 
 
-def _records(
-    bootstrap: str, topic: str, isolation: str
-) -> tuple[int, list[tuple[int, bytes | None, bytes | None]]]:
-    """`topic`'s partition count, and (partition, key, value) of every record a consumer with
-    `isolation` reads in it."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"read-{uuid.uuid4().hex}",
-            "isolation.level": isolation,
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        partitions = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        todo, found = set(partitions), []
-        deadline = time.monotonic() + 30
-        while todo and time.monotonic() < deadline:
-            for message in consumer.consume(100, 0.5):
-                error = message.error()
-                if error is not None and error.code() == KafkaError._PARTITION_EOF:
-                    todo.discard(message.partition())
-                elif error is None:
-                    found.append((message.partition() or 0, message.key(), message.value()))
-        assert not todo, f"{topic}: partitions {sorted(todo)} not read to their end"
-        return len(partitions), found
-    finally:
-        consumer.close()
+def _aborts(bootstrap: str, topic: str, isolation: str) -> set[int]:
+    """Partitions of `topic` holding a start-up abort record, as a consumer with `isolation` reads it."""
+    found = read_topic(bootstrap, topic, isolation=isolation)
+    return {m.partition() or 0 for m in found if m.key() == b"abort" and m.value() == b""}
 
 
 def test_a_starting_loop_aborts_a_write_to_every_partition_it_writes(
@@ -70,8 +44,6 @@ def test_a_starting_loop_aborts_a_write_to_every_partition_it_writes(
         runner.join(30)
 
     for topic in (topics.trades, topics.checkpoints):
-        partitions, written = _records(kafka_bootstrap, topic, "read_uncommitted")
-        aborts = {p for p, key, value in written if key == b"abort" and value == b""}
-        assert aborts == set(range(partitions)), (topic, sorted(aborts))
-        _, committed = _records(kafka_bootstrap, topic, "read_committed")
-        assert not [r for r in committed if r[1] == b"abort"], topic
+        partitions = {tp.partition for tp in partitions_of(kafka_bootstrap, [topic])}
+        assert _aborts(kafka_bootstrap, topic, "read_uncommitted") == partitions, topic
+        assert _aborts(kafka_bootstrap, topic, "read_committed") == set(), topic
