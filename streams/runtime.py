@@ -61,8 +61,9 @@ import pickle
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -92,6 +93,13 @@ MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024
 _POINTER_PREFIX = "cp1:"
 RETRY_FOR_S = 120.0
 """how long retriable transaction errors (a broker restart) are retried before the worker gives up"""
+CALL_TIMEOUT_S = 10.0
+"""the timeout given to each transactional call (a retriable timeout is retried, see ``RETRY_FOR_S``)"""
+CALL_GRACE_S = 5.0
+"""a client call still running this long after its own timeout is stuck for good (the worker's
+watchdog then exits for a restart): librdkafka 2.16's ``send_offsets_to_transaction`` ignores its
+timeout and, when a broker restart made it drop the group coordinator, waits for that coordinator
+forever (confluentinc/librdkafka#5456, #5511; fixes proposed in #5457, #5512)"""
 
 
 BACKLOG_FETCH = {
@@ -228,6 +236,9 @@ class TransactionalLoop(Generic[S]):
         self._last_lag_check = 0.0
         self.heartbeat = time.monotonic()
         """when the loop last came back from the broker (a watchdog on another thread reads it)"""
+        self._calls: dict[int, tuple[str, float]] = {}
+        """blocking client calls under way, by thread: what, and when it is past its timeout and
+        grace (the watchdog reads it)"""
         self._delivered: dict[bytes, tuple[int, int]] = {}
         self._failures: list[str] = []
         self._outputs: list[tuple[str, bytes, bytes]] = []
@@ -291,7 +302,8 @@ class TransactionalLoop(Generic[S]):
     def run(self) -> None:
         """Process until ``stopping`` is set. Raises StageFailed when output could be lost."""
         try:
-            self.producer.init_transactions(60)
+            with self._calling("init transactions", 60):
+                self.producer.init_transactions(60)
         except KafkaException as exc:
             raise StageFailed(f"{self.stage.name}: cannot start transactions: {exc.args[0].str()}") from None
         self._checkpoint_partitions = self._partition_count(self.checkpoint_topic)
@@ -329,24 +341,28 @@ class TransactionalLoop(Generic[S]):
         """
         self._swept = True
         self.producer.begin_transaction()
-        topics = self.producer.list_topics(timeout=30).topics
+        with self._calling("list topics", 30):
+            topics = self.producer.list_topics(timeout=30).topics
         for topic in {*self.stage.outputs, self.checkpoint_topic}:
             if topic not in topics:
                 raise StageFailed(f"topic {topic} does not exist (run `marketpipe topics apply`)")
             for partition in topics[topic].partitions:
                 self.producer.produce(topic, b"", b"abort", partition=partition)
-        if self.producer.flush(30):  # an abort purges what was not sent: those partitions get no marker
+        with self._calling("flush", 30):
+            unsent = self.producer.flush(30)
+        if unsent:  # an abort purges what was not sent: those partitions get no marker
             raise StageFailed(f"{self.stage.name}: the start-up abort's records were not sent within 30 s")
         offsets = [TopicPartition(partitions[0].topic, partitions[0].partition, 0)]
         try:  # registers the group's offsets partition first: even refused, they are in the abort
             self._retrying(
-                "send offsets", lambda: self.producer.send_offsets_to_transaction(offsets, group, 30)
+                "send offsets",
+                lambda timeout: self.producer.send_offsets_to_transaction(offsets, group, timeout),
             )
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.fatal():
                 raise StageFailed(f"{self.stage.name}: start-up abort failed: {error.str()}") from None
-        self._retrying("abort", lambda: self.producer.abort_transaction(30))
+        self._retrying("abort", self.producer.abort_transaction)
 
     def _close(self) -> None:
         if self._pending is not None:  # failing: let a running commit end before the clients go
@@ -550,13 +566,14 @@ class TransactionalLoop(Generic[S]):
         else:  # offsets first, see the module docstring
             self._send_offsets(committing, group)
             self._produce(outputs)
-        self._retrying("commit", lambda: self.producer.commit_transaction(30))
+        self._retrying("commit", self.producer.commit_transaction)
 
     def _send_offsets(self, committing: list[tuple[TP, PartitionState[S]]], group: object) -> None:
         offsets = [TopicPartition(*tp, part.committed, metadata=part.pointer) for tp, part in committing]
         if offsets:
             self._retrying(
-                "send offsets", lambda: self.producer.send_offsets_to_transaction(offsets, group, 30)
+                "send offsets",
+                lambda timeout: self.producer.send_offsets_to_transaction(offsets, group, timeout),
             )
 
     def _await_commit(self) -> bool:
@@ -578,13 +595,15 @@ class TransactionalLoop(Generic[S]):
         self._last_progress = time.monotonic()
         return True
 
-    def _retrying(self, what: str, call: Callable[[], object]) -> None:
-        """Retry a transactional call while its error is retriable (a broker restart, a coordinator
-        moving) for up to ``RETRY_FOR_S``; abortable and fatal errors go to the caller."""
+    def _retrying(self, what: str, call: Callable[[float], object]) -> None:
+        """Retry a transactional call (given ``CALL_TIMEOUT_S``) while its error is retriable (a
+        broker restart, a coordinator moving) for up to ``RETRY_FOR_S``; abortable and fatal
+        errors go to the caller."""
         deadline = time.monotonic() + RETRY_FOR_S
         while True:
             try:
-                call()
+                with self._calling(what, CALL_TIMEOUT_S):
+                    call(CALL_TIMEOUT_S)
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
@@ -604,6 +623,25 @@ class TransactionalLoop(Generic[S]):
                 )
                 time.sleep(0.5)
 
+    @contextmanager
+    def _calling(self, what: str, timeout_s: float) -> Iterator[None]:
+        """Around a blocking client call given ``timeout_s``: the watchdog sees it if the call
+        outlives its timeout (``stuck_call``)."""
+        thread = threading.get_ident()
+        self._calls[thread] = (what, time.monotonic() + timeout_s + CALL_GRACE_S)
+        try:
+            yield
+        finally:
+            del self._calls[thread]
+
+    def stuck_call(self, now: float) -> str | None:
+        """A client call of this loop still running ``CALL_GRACE_S`` after its own timeout
+        (librdkafka is stuck in it: only new clients, a new process, get past it)."""
+        for what, stuck_after in list(self._calls.values()):
+            if now > stuck_after:
+                return what
+        return None
+
     def _transaction_failed(self, exc: KafkaException) -> None:
         error: KafkaError = exc.args[0]
         if error.code() in _FENCING_CODES:
@@ -619,7 +657,7 @@ class TransactionalLoop(Generic[S]):
             stage=self.stage.name,
             error=error.str(),
         )
-        self._retrying("abort", lambda: self.producer.abort_transaction(30))
+        self._retrying("abort", self.producer.abort_transaction)
         self._failures.clear()
         self._outputs.clear()
         self.stats.aborts += 1
@@ -666,7 +704,9 @@ class TransactionalLoop(Generic[S]):
             )
             written.append((snapshot, key))
             self.stats.checkpoint_bytes += len(value)
-        if self.producer.flush(60):
+        with self._calling("flush", 60):
+            unsent = self.producer.flush(60)
+        if unsent:
             raise StageFailed(f"{self.stage.name}: checkpoints not delivered within 60 s")
         for snapshot, key in written:
             where = self._delivered.pop(key, None)
@@ -760,7 +800,8 @@ class TransactionalLoop(Generic[S]):
     def _committed(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         for attempt in range(60):
             try:
-                return self.consumer.committed(partitions, timeout=30)
+                with self._calling("read committed offsets", 30):
+                    return self.consumer.committed(partitions, timeout=30)
             except KafkaException as exc:
                 # UNSTABLE_OFFSET_COMMIT: a previous owner's transaction is still pending
                 log_event(
@@ -861,7 +902,8 @@ class TransactionalLoop(Generic[S]):
         return lag
 
     def _partition_count(self, topic: str) -> int:
-        metadata = self.consumer.list_topics(topic, timeout=30)
+        with self._calling("list topics", 30):
+            metadata = self.consumer.list_topics(topic, timeout=30)
         found = metadata.topics.get(topic)
         if found is None or found.error is not None or not found.partitions:
             raise StageFailed(f"topic {topic} does not exist (run `marketpipe topics apply`)")

@@ -10,9 +10,10 @@ stage to publish what waits for more input (the open candles' last trades) in it
 transaction: `marketpipe run --exit-on-drain` sends it once every input is consumed, and
 waits for ``marketpipe_stream_flushes_total``. A stage whose loop fails (a broker restart can
 leave a transactional producer unusable) or stalls starts again in place with fresh clients,
-from its last commit (``marketpipe_stream_restarts_total``). A stage stuck inside a client call,
-or fenced by another process with the same worker id, ends the worker with exit code 70 and
-nothing uncommitted; the supervisor starts it again.
+from its last commit (``marketpipe_stream_restarts_total``). A stage stuck inside a client call
+(past the call's own timeout, or for ``stall_timeout_s``), or fenced by another process with the
+same worker id, ends the worker with exit code 70 and nothing uncommitted; the supervisor starts
+it again.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from streams.app import NormaliseStage
 from streams.buckets import Bucketer
 from streams.consolidate import SymbolMap
 from streams.feed import ClockWindow
-from streams.runtime import Fenced, Stage, StageFailed, TransactionalLoop
+from streams.runtime import CALL_GRACE_S, Fenced, Stage, StageFailed, TransactionalLoop
 
 log = logging.getLogger(__name__)
 
@@ -153,23 +154,35 @@ class StreamWorker:
             self.loops[name] = successor
 
     def _watchdog(self) -> None:
-        """A stage stuck inside a client call (its loop no longer comes round) ends the process:
-        a thread cannot be unstuck in place; the supervisor starts the worker again."""
-        now = time.monotonic()
+        """A stage stuck inside a client call ends the process: a thread cannot be unstuck in
+        place; the supervisor starts the worker again."""
+        if self._stopping.is_set():
+            return
         for name, loop in self.loops.items():
-            stuck = now - loop.heartbeat
-            if stuck > self.stall_timeout_s and not self._stopping.is_set():
+            stuck = self._stuck(loop, time.monotonic())
+            if stuck is not None:
                 log_event(
                     log,
                     logging.CRITICAL,
                     "stage stuck; stacks follow, exiting",
                     stage=name,
-                    stuck_s=round(stuck),
+                    stuck=stuck,
                     exit_code=EXIT_STAGE_FAILED,
                 )
                 faulthandler.dump_traceback(all_threads=True)
                 logging.shutdown()
                 os._exit(EXIT_STAGE_FAILED)
+
+    def _stuck(self, loop: TransactionalLoop[Any], now: float) -> str | None:
+        """Why a loop is stuck: a client call past its own timeout, or a loop that has not come
+        round for ``stall_timeout_s``."""
+        call = loop.stuck_call(now)
+        if call is not None:
+            return f"{call} still running {CALL_GRACE_S:.0f} s after its timeout"
+        silent = now - loop.heartbeat
+        if silent > self.stall_timeout_s:
+            return f"the loop has not come round for {silent:.0f} s"
+        return None
 
     def _fail(self, reason: str) -> None:
         if self.failure is None:

@@ -154,8 +154,6 @@ def test_broker_restart_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> 
     broker.start()
     try:
         with pipeline(broker.bootstrap, tmp_path, EXCHANGES, SYMBOLS, prefix="b") as p:
-            # a stage stuck in a client call across the restart exits 70 after this long
-            p.env["MARKETPIPE_STREAMS__STALL_TIMEOUT_S"] = "15"
             p.start_sim(trade_rate=20, seed=13)
             p.start("stream", "stream", "--worker-id", "w1")
             p.start("produce", "produce")
@@ -163,6 +161,8 @@ def test_broker_restart_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> 
             broker.stop()
             time.sleep(3.0)
             broker.start()
+            # the default stall timeout (60 s) is longer than this: a stage stuck in a client call
+            # across the restart exits 70 in time only as that call outlives its own timeout
             _supervise(p, "stream", seconds=45.0)
             p.stop("produce")
             p.wait_drained(sink=False, timeout_s=120)
