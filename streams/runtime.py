@@ -372,7 +372,8 @@ class TransactionalLoop(Generic[S]):
         try:
             # a static member stays in the group: restarted with the same worker id it gets its
             # partitions back at once; gone for good, they move after the session timeout
-            self.consumer.close()
+            with self._calling("close the consumer", CALL_TIMEOUT_S):  # it takes no timeout
+                self.consumer.close()
         except KafkaException as exc:
             log_event(log, logging.WARNING, "closing the consumer failed", stage=self.stage.name, error=exc)
 
