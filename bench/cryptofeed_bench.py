@@ -405,6 +405,7 @@ class Snapshot:
     sim: dict[str, int]
     records: int
     system_cpu_s: float
+    process_cpu_s: dict[str, float]  # the system's, by process name
     broker_cpu_s: float | None
     sim_cpu_s: float
 
@@ -425,6 +426,7 @@ class Round:
     p50_first_ms: float | None = None
     p50_last_ms: float | None = None
     cpu_s_per_m: float | None = None
+    cpu_s_per_m_by_process: dict[str, float] = field(default_factory=dict)
     broker_cpu_s_per_m: float | None = None
     sim_cpu_pct: float | None = None
     slow_disconnects: int = 0
@@ -530,6 +532,7 @@ class Bench:
             sim=counters,
             records=reader.records,
             system_cpu_s=session_cpu_s([s.process.pid for s in system]),
+            process_cpu_s={s.name: session_cpu_s([s.process.pid]) for s in system},
             broker_cpu_s=process_cpu_s(self.broker_pid),
             sim_cpu_s=session_cpu_s([sim.process.pid]),
         )
@@ -547,6 +550,10 @@ def fill_round(result: Round, before: Snapshot, after: Snapshot, reader: OutputR
     if offered:
         per_m = 1e6 / offered
         result.cpu_s_per_m = (after.system_cpu_s - before.system_cpu_s) * per_m
+        result.cpu_s_per_m_by_process = {
+            name: (cpu - before.process_cpu_s.get(name, 0.0)) * per_m
+            for name, cpu in after.process_cpu_s.items()
+        }
         if before.broker_cpu_s is not None and after.broker_cpu_s is not None:
             result.broker_cpu_s_per_m = (after.broker_cpu_s - before.broker_cpu_s) * per_m
     result.sim_cpu_pct = 100 * (after.sim_cpu_s - before.sim_cpu_s) / elapsed
@@ -753,6 +760,7 @@ HEADER = (
 
 
 def format_round(r: Round) -> str:
+    """The round's line of the table; a second line splits cpu-s/M by process when it has several."""
     trend = f"{_num(r.p50_first_ms)}->{_num(r.p50_last_ms)}"
     sim = "-" if r.sim_cpu_pct is None else f"{r.sim_cpu_pct:.0f}%"
     verdict = "yes" if r.kept_up else "NO"
@@ -761,7 +769,14 @@ def format_round(r: Round) -> str:
         f"{r.system:<28} {r.target:>8,} {r.offered_per_s:>9,.0f} {r.out_per_s:>8,.0f} {r.ratio:>6.1%} "
         f"{_num(r.p50_ms):>7} {_num(r.p99_ms):>7} {trend:>14} {_num(r.cpu_s_per_m, 1):>8} "
         f"{_num(r.broker_cpu_s_per_m, 1):>8} {sim:>7} {_num(r.load_1m, 1):>5}  {verdict}{notes}"
-    )
+    ) + _by_process(r)
+
+
+def _by_process(r: Round) -> str:
+    if len(r.cpu_s_per_m_by_process) < 2:
+        return ""
+    split = ", ".join(f"{name} {cpu:,.1f}" for name, cpu in r.cpu_s_per_m_by_process.items())
+    return f"\n{'':<28} cpu-s/M by process: {split}"
 
 
 def summary(systems: list[System], rounds: list[Round]) -> list[str]:
