@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -22,14 +23,17 @@ import msgspec
 import pytest
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from kafka_helpers import marketpipe_process, worker_env
 from pipeline_support import end_offsets, lag, read_topic, sink_group
 from prometheus_client import REGISTRY
 from test_sink import _bbo, _buckets, _candle, _status, _trade
 
 from marketpipe.codec import AvroCodec
+from marketpipe.config import EXCHANGES, LocalBrokerSettings
+from marketpipe.kafka_local import LocalKafka, free_port
 from marketpipe.records import Record
-from marketpipe.topics import Topology
+from marketpipe.topics import Topology, apply_topology
 from sinks.clickhouse import connect, endpoint_client, parse_dsn
 from sinks.server import read_endpoint
 from sinks.tables import BatchDecoder, sink_tables
@@ -455,3 +459,51 @@ def test_sigkilled_sink_restarts_store_every_record_once(
         feed.stopped.set()  # a failed run must not leave it producing
     logs = "".join((tmp_path / f"sink-{run}.log").read_text() for run in range(kills + 1))
     assert "could not be read again" not in logs
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_a_broker_restart_under_a_running_sink_stores_every_record_once(
+    chdb_dsn: str, tmp_path: Path
+) -> None:
+    """Its own broker (the session's is shared): stopped and started again while the sink streams
+    a live feed; the sink rides it out in place and still stores each record once."""
+    broker = LocalKafka(
+        tmp_path / "kafka", LocalBrokerSettings(port=free_port(), controller_port=free_port())
+    )
+    broker.start()
+    topology = Topology(prefix=f"r{uuid.uuid4().hex[:10]}.", exchanges=EXCHANGES, partitions=3)
+    apply_topology(AdminClient({"bootstrap.servers": broker.bootstrap}), topology.specs())
+    db = parse_dsn(chdb_dsn).path
+    assert db is not None
+    feed = _LiveFeed(broker.bootstrap, topology)
+    try:
+        with _sink(broker.bootstrap, topology, chdb_dsn, tmp_path, 0) as sink:
+            _wait_until(lambda: read_endpoint(db) is not None, 60, "the sink to serve the database")
+            feed.thread.start()
+            _wait_until(_stored_at_least(db, 1200), 90, "the sink to store the feed")
+            broker.stop()
+            time.sleep(3.0)
+            broker.start()
+            _wait_until(_stored_at_least(db, feed.trades + 1200), 120, "the sink to store after the restart")
+            total_trades = feed.stop()
+            assert sum(end_offsets(broker.bootstrap, [topology.trades]).values()) == total_trades
+            _wait_until(
+                lambda: not lag(broker.bootstrap, sink_group(topology), [topology.trades, topology.bbo]),
+                90,
+                "the sink to commit every offset",
+            )
+            endpoint = read_endpoint(db)
+            assert endpoint is not None
+            client = endpoint_client(endpoint)
+            try:
+                assert _count(client, "SELECT uniqExact(exchange, trade_id) FROM trades") == total_trades
+                assert _count(client, "SELECT count() FROM trades") == total_trades  # no FINAL
+                assert _count(client, "SELECT count() FROM bbo") == total_trades // 4  # no FINAL
+            finally:
+                client.close()
+            os.killpg(sink.pid, signal.SIGTERM)
+            assert sink.wait(60) == 0
+    finally:
+        feed.stopped.set()
+        broker.stop()
