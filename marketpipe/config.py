@@ -233,7 +233,12 @@ class StreamSettings(_Section):
         description="stable name of this stream worker (its transactional ids); default: the host name",
     )
     batch_size: int = Field(5000, ge=1, description="records consumed per transaction at most")
-    poll_interval_ms: int = Field(30, ge=1, description="longest wait for a batch to fill")
+    poll_interval_ms: int = Field(
+        100,
+        ge=1,
+        description="longest wait for a first record (one arriving ends it at once): an idle "
+        "loop's cadence, so how soon it sees a stop, a flush request or a finished commit",
+    )
     commit_interval_ms: int = Field(
         25,
         ge=0,
