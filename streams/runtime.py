@@ -51,7 +51,9 @@ restores every assigned partition from its last commit (nothing of the aborted r
 survives); anything else raises ``StageFailed`` (``Fenced`` when another process took the
 transactional id), and the worker (streams/worker.py) starts the loop again with fresh
 clients, which restores the same way. A loop that holds partitions with unread records and
-makes no progress for ``stall_timeout_s`` raises ``StageFailed`` too.
+makes no progress for ``stall_timeout_s`` raises ``StageFailed`` too. Every blocking client
+call runs under ``_calling``: one still running ``CALL_GRACE_S`` past its own timeout
+(``stuck_call``) is stuck in librdkafka, and the worker's watchdog ends the process.
 """
 
 from __future__ import annotations
