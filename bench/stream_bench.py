@@ -57,7 +57,7 @@ from marketpipe.kafka_local import LocalKafka, free_port, port_open
 from marketpipe.raw import RawRecord, read_capture
 from marketpipe.records import Record, Trade
 from marketpipe.topics import Topology, apply_topology, watermarks
-from streams.app import NormaliseStage
+from streams.app import PUBLISH_EVERY, NormaliseStage
 from streams.buckets import Bucketer
 from streams.feed import FeedOutput, FeedProcessor
 from streams.parsers import processor_for
@@ -179,24 +179,24 @@ def _worker_gc() -> Iterator[None]:
         gc.set_threshold(*thresholds)
 
 
-def _parse_in_batches(records: list[RawRecord], batch: int, bucketer: Bucketer | None = None) -> None:
+def _parse_in_batches(records: list[RawRecord], bucketer: Bucketer | None = None) -> None:
     """The parsers and books over ``records`` the way the stage runs them: the outputs
-    dropped after every ``batch`` (``streams.batch_size``) records."""
+    dropped after every ``PUBLISH_EVERY`` records."""
     processor, out = processor_for(records[0].exchange), FeedOutput()
     processor.bucketer = bucketer
-    for first in range(0, len(records), batch):
-        for raw in records[first : first + batch]:
+    for first in range(0, len(records), PUBLISH_EVERY):
+        for raw in records[first : first + PUBLISH_EVERY]:
             processor.process(raw, out)
         out.clear()
 
 
-def _parsers_alone(records: list[RawRecord], batch: int) -> float:
+def _parsers_alone(records: list[RawRecord]) -> float:
     """Frames/s of the parsers and book logic alone (no Kafka, no Avro): the reference rate,
     under the worker's GC thresholds. (Keeping every output, as this reference once did, has
     the collector rescan them all and understated the reference by a third.)"""
     with _worker_gc():
         started = time.process_time()
-        _parse_in_batches(records, batch)
+        _parse_in_batches(records)
         return len(records) / max(time.process_time() - started, 1e-9)
 
 
@@ -422,8 +422,8 @@ def run_breakdown(records: list[RawRecord], rounds: int = 3) -> None:
             outputs.clear()
 
     steps: dict[str, Callable[[], None]] = {
-        "parsers and books": lambda: _parse_in_batches(records, batch),
-        "with price-bucket snapshots": lambda: _parse_in_batches(records, batch, normalise.bucketer),
+        "parsers and books": lambda: _parse_in_batches(records),
+        "with price-bucket snapshots": lambda: _parse_in_batches(records, normalise.bucketer),
         "raw records from Kafka values and headers": decode,
         "the whole stage": stage,
     }
@@ -445,10 +445,10 @@ def run_breakdown(records: list[RawRecord], rounds: int = 3) -> None:
         print(f"breakdown  {name:<44} {per_frame:6.2f} µs/frame", flush=True)
 
 
-def run_throughput(bootstrap: str, records: list[RawRecord], batch: int) -> None:
+def run_throughput(bootstrap: str, records: list[RawRecord]) -> None:
     topics = _fresh_topology(bootstrap)
     _produce(_producer(bootstrap), topics, records)
-    reference = _parsers_alone(records, batch)
+    reference = _parsers_alone(records)
     raw = topics.raw("binance")
     end = _end_offset(bootstrap, raw)
     with _stage_worker(bootstrap, topics, "normalise") as drained:
@@ -578,7 +578,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     try:  # the worker gets the caller's MARKETPIPE_* settings: a bad one stops the bench here
-        batch = load_settings().streams.batch_size
+        load_settings()
     except ConfigError as exc:
         parser.error(str(exc))
     phases = set(args.phases.split(","))
@@ -605,7 +605,7 @@ def main() -> None:
             if "breakdown" in phases:
                 run_breakdown(records)
             if "throughput" in phases:
-                run_throughput(bootstrap, records, batch)
+                run_throughput(bootstrap, records)
             if "latency" in phases:
                 run_latency(bootstrap, records, args.rate, args.latency_frames)
             for trade_rate in args.trade_rates.split(",") if "aggregation" in phases else ():

@@ -29,6 +29,10 @@ from streams.runtime import Emit
 
 log = logging.getLogger(__name__)
 
+PUBLISH_EVERY = 128
+"""frames of a batch processed before their outputs are encoded, emitted and dropped: a batch's
+records kept to its end (up to ``streams.batch_size`` frames) fall out of the CPU caches and
+age through the collector's generations before they are encoded"""
 MAX_DEAD_LETTER_PAYLOAD = 15 * 1024 * 1024
 """md.dlq takes 16 MiB records: a larger frame is dead-lettered cut to this, and the reason says so"""
 
@@ -64,6 +68,12 @@ class NormaliseStage:
         # not from the checkpoint: the configuration may have changed
         processor.bucketer = self.bucketer
         processor.set_clock(self.clock)
+        for first in range(0, len(messages), PUBLISH_EVERY):
+            self._process_chunk(processor, messages[first : first + PUBLISH_EVERY], emit)
+
+    def _process_chunk(
+        self, processor: FeedProcessor, messages: Sequence[Message], emit: Emit | None
+    ) -> None:
         out = self._out
         exchange = processor.exchange
         for message in messages:
