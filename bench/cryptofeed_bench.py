@@ -121,16 +121,15 @@ def _stat_fields(pid: str) -> list[str] | None:
     return text.rsplit(") ", 1)[1].split()  # fields from 3 (state) on; comm may hold spaces
 
 
-def session_cpu_s(session_ids: Sequence[int]) -> float:
-    """User + system CPU seconds of every live process in these sessions (from /proc)."""
-    wanted = {str(sid) for sid in session_ids}
-    total = 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            fields = _stat_fields(entry)
-            if fields is not None and fields[3] in wanted:  # field 6: session id
-                total += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
-    return total / CLK_TCK
+def sessions_cpu_s(session_ids: Sequence[int]) -> dict[int, float]:
+    """User + system CPU seconds of every live process of each of these sessions (one pass
+    over /proc)."""
+    ticks = dict.fromkeys(session_ids, 0)
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        fields = _stat_fields(entry)
+        if fields is not None and int(fields[3]) in ticks:  # field 6: session id
+            ticks[int(fields[3])] += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
+    return {session: count / CLK_TCK for session, count in ticks.items()}
 
 
 def process_cpu_s(pid: int | None) -> float | None:
@@ -404,7 +403,6 @@ class Snapshot:
     wall: float  # the simulator's clock when it counted (same machine, same clock as ours)
     sim: dict[str, int]
     records: int
-    system_cpu_s: float
     process_cpu_s: dict[str, float]  # the system's, by process name
     broker_cpu_s: float | None
     sim_cpu_s: float
@@ -527,14 +525,14 @@ class Bench:
 
     def snapshot(self, reader: OutputReader, port: int, sim: Spawned, system: list[Spawned]) -> Snapshot:
         wall, counters = simulator_stats(port)
+        cpu = sessions_cpu_s([p.process.pid for p in (sim, *system)])  # each started its own session
         return Snapshot(
             wall=wall,
             sim=counters,
             records=reader.records,
-            system_cpu_s=session_cpu_s([s.process.pid for s in system]),
-            process_cpu_s={s.name: session_cpu_s([s.process.pid]) for s in system},
+            process_cpu_s={s.name: cpu[s.process.pid] for s in system},
             broker_cpu_s=process_cpu_s(self.broker_pid),
-            sim_cpu_s=session_cpu_s([sim.process.pid]),
+            sim_cpu_s=cpu[sim.process.pid],
         )
 
 
@@ -549,11 +547,11 @@ def fill_round(result: Round, before: Snapshot, after: Snapshot, reader: OutputR
     result.slow_disconnects = after.sim.get("slow_disconnects", 0) - before.sim.get("slow_disconnects", 0)
     if offered:
         per_m = 1e6 / offered
-        result.cpu_s_per_m = (after.system_cpu_s - before.system_cpu_s) * per_m
         result.cpu_s_per_m_by_process = {
             name: (cpu - before.process_cpu_s.get(name, 0.0)) * per_m
             for name, cpu in after.process_cpu_s.items()
         }
+        result.cpu_s_per_m = sum(result.cpu_s_per_m_by_process.values())
         if before.broker_cpu_s is not None and after.broker_cpu_s is not None:
             result.broker_cpu_s_per_m = (after.broker_cpu_s - before.broker_cpu_s) * per_m
     result.sim_cpu_pct = 100 * (after.sim_cpu_s - before.sim_cpu_s) / elapsed

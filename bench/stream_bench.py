@@ -360,13 +360,19 @@ def _plain_loop(bootstrap: str, topics: Topology, end: int) -> tuple[float, floa
     return count / max(wall, 1e-9), count / max(cpu, 1e-9)
 
 
-class _Consumed:
-    """What the stage reads of a consumed message, for the in-process breakdown (no broker)."""
+class ConsumedFrame:
+    """What the normalise stage reads of a consumed message, built from a raw record (the
+    in-process breakdown here, in-process tests): no broker."""
 
-    __slots__ = ("_headers", "_topic", "_value")
+    __slots__ = ("_headers", "_offset", "_topic", "_value")
 
-    def __init__(self, raw: RawRecord, topic: str) -> None:
-        self._value, self._headers, self._topic = raw.payload, raw.kafka_headers(), topic
+    def __init__(self, raw: RawRecord, topic: str, offset: int = 0) -> None:
+        self._value, self._headers, self._topic, self._offset = (
+            raw.payload,
+            raw.kafka_headers(),
+            topic,
+            offset,
+        )
 
     def value(self) -> bytes:
         return self._value
@@ -381,7 +387,7 @@ class _Consumed:
         return 0
 
     def offset(self) -> int:
-        return 0
+        return self._offset
 
 
 @contextlib.contextmanager
@@ -404,7 +410,7 @@ def run_breakdown(records: list[RawRecord], rounds: int = 3) -> None:
     settings = load_settings(exchanges=[records[0].exchange])
     normalise = cast(NormaliseStage, stage_builders(settings)["normalise"]())
     topic = normalise.topics[0]
-    consumed = [_Consumed(raw, topic) for raw in records]
+    consumed = [ConsumedFrame(raw, topic) for raw in records]
     batch = settings.streams.batch_size
 
     def decode() -> None:

@@ -52,7 +52,7 @@ survives); anything else raises ``StageFailed`` (``Fenced`` when another process
 transactional id), and the worker (streams/worker.py) starts the loop again with fresh
 clients, which restores the same way. A loop that holds partitions with unread records and
 makes no progress for ``stall_timeout_s`` raises ``StageFailed`` too. Every blocking client
-call runs under ``_calling``: one still running ``CALL_GRACE_S`` past its own timeout
+call runs through ``_call``: one still running ``CALL_GRACE_S`` past its own timeout
 (``stuck_call``) is stuck in librdkafka, and the worker's watchdog ends the process.
 """
 
@@ -63,9 +63,8 @@ import pickle
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -88,6 +87,7 @@ from marketpipe.topics import Topology
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
+T = TypeVar("T")
 Emit = Callable[[str, bytes, bytes], None]
 TP = tuple[str, int]
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024
@@ -304,8 +304,7 @@ class TransactionalLoop(Generic[S]):
     def run(self) -> None:
         """Process until ``stopping`` is set. Raises StageFailed when output could be lost."""
         try:
-            with self._calling("init transactions", 60):
-                self.producer.init_transactions(60)
+            self._call("init transactions", 60, self.producer.init_transactions)
         except KafkaException as exc:
             raise StageFailed(f"{self.stage.name}: cannot start transactions: {exc.args[0].str()}") from None
         self._checkpoint_partitions = self._partition_count(self.checkpoint_topic)
@@ -343,16 +342,16 @@ class TransactionalLoop(Generic[S]):
         """
         self._swept = True
         self.producer.begin_transaction()
-        with self._calling("list topics", 30):
-            topics = self.producer.list_topics(timeout=30).topics
+        topics = self._call(
+            "list topics", 30, lambda timeout: self.producer.list_topics(timeout=timeout)
+        ).topics
         for topic in {*self.stage.outputs, self.checkpoint_topic}:
             if topic not in topics:
                 raise StageFailed(f"topic {topic} does not exist (run `marketpipe topics apply`)")
             for partition in topics[topic].partitions:
                 self.producer.produce(topic, b"", b"abort", partition=partition)
-        with self._calling("flush", 30):
-            unsent = self.producer.flush(30)
-        if unsent:  # an abort purges what was not sent: those partitions get no marker
+        # an abort purges what was not sent: those partitions would get no marker
+        if self._call("flush", 30, self.producer.flush):
             raise StageFailed(f"{self.stage.name}: the start-up abort's records were not sent within 30 s")
         offsets = [TopicPartition(partitions[0].topic, partitions[0].partition, 0)]
         try:  # registers the group's offsets partition first: even refused, they are in the abort
@@ -374,8 +373,8 @@ class TransactionalLoop(Generic[S]):
         try:
             # a static member stays in the group: restarted with the same worker id it gets its
             # partitions back at once; gone for good, they move after the session timeout
-            with self._calling("close the consumer", CALL_TIMEOUT_S):  # it takes no timeout
-                self.consumer.close()
+            # close takes no timeout: this one is only the watchdog's
+            self._call("close the consumer", CALL_TIMEOUT_S, lambda _: self.consumer.close())
         except KafkaException as exc:
             log_event(log, logging.WARNING, "closing the consumer failed", stage=self.stage.name, error=exc)
 
@@ -605,8 +604,7 @@ class TransactionalLoop(Generic[S]):
         deadline = time.monotonic() + RETRY_FOR_S
         while True:
             try:
-                with self._calling(what, CALL_TIMEOUT_S):
-                    call(CALL_TIMEOUT_S)
+                self._call(what, CALL_TIMEOUT_S, call)
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
@@ -626,14 +624,13 @@ class TransactionalLoop(Generic[S]):
                 )
                 time.sleep(0.5)
 
-    @contextmanager
-    def _calling(self, what: str, timeout_s: float) -> Iterator[None]:
-        """Around a blocking client call given ``timeout_s``: the watchdog sees it if the call
-        outlives its timeout (``stuck_call``)."""
+    def _call(self, what: str, timeout_s: float, call: Callable[[float], T]) -> T:
+        """``call(timeout_s)``, a blocking client call, where the watchdog sees it should it
+        outlive its timeout (``stuck_call``)."""
         thread = threading.get_ident()
         self._calls[thread] = (what, time.monotonic() + timeout_s + CALL_GRACE_S)
         try:
-            yield
+            return call(timeout_s)
         finally:
             del self._calls[thread]
 
@@ -707,9 +704,7 @@ class TransactionalLoop(Generic[S]):
             )
             written.append((snapshot, key))
             self.stats.checkpoint_bytes += len(value)
-        with self._calling("flush", 60):
-            unsent = self.producer.flush(60)
-        if unsent:
+        if self._call("flush", 60, self.producer.flush):
             raise StageFailed(f"{self.stage.name}: checkpoints not delivered within 60 s")
         for snapshot, key in written:
             where = self._delivered.pop(key, None)
@@ -803,8 +798,11 @@ class TransactionalLoop(Generic[S]):
     def _committed(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         for attempt in range(60):
             try:
-                with self._calling("read committed offsets", 30):
-                    return self.consumer.committed(partitions, timeout=30)
+                return self._call(
+                    "read committed offsets",
+                    30,
+                    lambda timeout: self.consumer.committed(partitions, timeout=timeout),
+                )
             except KafkaException as exc:
                 # UNSTABLE_OFFSET_COMMIT: a previous owner's transaction is still pending
                 log_event(
@@ -905,8 +903,9 @@ class TransactionalLoop(Generic[S]):
         return lag
 
     def _partition_count(self, topic: str) -> int:
-        with self._calling("list topics", 30):
-            metadata = self.consumer.list_topics(topic, timeout=30)
+        metadata = self._call(
+            "list topics", 30, lambda timeout: self.consumer.list_topics(topic, timeout=timeout)
+        )
         found = metadata.topics.get(topic)
         if found is None or found.error is not None or not found.partitions:
             raise StageFailed(f"topic {topic} does not exist (run `marketpipe topics apply`)")

@@ -10,36 +10,14 @@ from typing import cast
 from confluent_kafka import Message
 from feed_helpers import BINANCE_INFO_URL, SAMPLE_CLOCK, Feed, binance_info
 from samples import messages
+from test_normalize import BINANCE_AT
 
+from bench.stream_bench import ConsumedFrame
 from marketpipe.codec import AvroCodec
 from marketpipe.raw import RawRecord
 from marketpipe.topics import Topology
 from streams.app import PUBLISH_EVERY, NormaliseStage
 from streams.consolidate import SymbolMap
-
-BINANCE_AT = 1633998510000 * 1_000_000  # receive times near the samples' exchange times
-
-
-class _Consumed:
-    """What the stage reads of a consumed message."""
-
-    def __init__(self, raw: RawRecord, topic: str, offset: int) -> None:
-        self._raw, self._topic, self._offset = raw, topic, offset
-
-    def value(self) -> bytes:
-        return self._raw.payload
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        return self._raw.kafka_headers()
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
 
 
 def _connections(count: int) -> list[RawRecord]:
@@ -61,7 +39,7 @@ def _connections(count: int) -> list[RawRecord]:
     return records
 
 
-def _emitted(stage: NormaliseStage, batches: list[list[_Consumed]], topic: str) -> dict[str, list[bytes]]:
+def _emitted(stage: NormaliseStage, batches: list[list[ConsumedFrame]], topic: str) -> dict[str, list[bytes]]:
     state = stage.new_state(topic, 0)
     by_topic: dict[str, list[bytes]] = defaultdict(list)
     for batch in batches:
@@ -75,7 +53,7 @@ def test_a_batch_read_whole_emits_what_its_frames_emit_one_at_a_time() -> None:
     topology = Topology(prefix="t.", exchanges=("binance",))
     stage = NormaliseStage(topology, AvroCodec(), ["binance"], None, SymbolMap(), SAMPLE_CLOCK)
     topic = stage.topics[0]
-    consumed = [_Consumed(raw, topic, offset) for offset, raw in enumerate(_connections(30))]
+    consumed = [ConsumedFrame(raw, topic, offset) for offset, raw in enumerate(_connections(30))]
     assert len(consumed) > 3 * PUBLISH_EVERY
 
     whole = _emitted(stage, [consumed], topic)

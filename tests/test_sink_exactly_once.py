@@ -362,6 +362,31 @@ class _LiveFeed:
         return self.trades
 
 
+def _assert_each_record_stored_once(
+    bootstrap: str, topology: Topology, db: Path, feed: _LiveFeed, sink: subprocess.Popen[bytes]
+) -> None:
+    """Stop the feed; the running sink commits every offset, stores every record it sent once
+    (``count()`` without FINAL) and stops cleanly on SIGTERM."""
+    total_trades = feed.stop()
+    assert sum(end_offsets(bootstrap, [topology.trades]).values()) == total_trades
+    _wait_until(
+        lambda: not lag(bootstrap, sink_group(topology), [topology.trades, topology.bbo]),
+        90,
+        "the sink to commit every offset",
+    )
+    endpoint = read_endpoint(db)
+    assert endpoint is not None
+    client = endpoint_client(endpoint)
+    try:
+        assert _count(client, "SELECT uniqExact(exchange, trade_id) FROM trades") == total_trades
+        assert _count(client, "SELECT count() FROM trades") == total_trades  # no FINAL
+        assert _count(client, "SELECT count() FROM bbo") == total_trades // 4  # no FINAL
+    finally:
+        client.close()
+    os.killpg(sink.pid, signal.SIGTERM)
+    assert sink.wait(60) == 0
+
+
 def _stored_at_least(db: Path, rows: int) -> Callable[[], bool]:
     return lambda: _stored(db, "trades") >= rows
 
@@ -436,25 +461,7 @@ def test_sigkilled_sink_restarts_store_every_record_once(
 
         with _sink(kafka_bootstrap, topics, chdb_dsn, tmp_path, kills) as sink:
             _wait_until(lambda: read_endpoint(db) is not None, 60, "the last sink to serve the database")
-            total_trades = feed.stop()
-            ends = end_offsets(kafka_bootstrap, [topics.trades])
-            assert sum(ends.values()) == total_trades
-            _wait_until(
-                lambda: not lag(kafka_bootstrap, sink_group(topics), [topics.trades, topics.bbo]),
-                90,
-                "the restarted sink to commit every offset",
-            )
-            endpoint = read_endpoint(db)
-            assert endpoint is not None
-            client = endpoint_client(endpoint)
-            try:
-                assert _count(client, "SELECT uniqExact(exchange, trade_id) FROM trades") == total_trades
-                assert _count(client, "SELECT count() FROM trades") == total_trades  # no FINAL
-                assert _count(client, "SELECT count() FROM bbo") == total_trades // 4  # no FINAL
-            finally:
-                client.close()
-            os.killpg(sink.pid, signal.SIGTERM)
-            assert sink.wait(60) == 0
+            _assert_each_record_stored_once(kafka_bootstrap, topics, db, feed, sink)
     finally:
         feed.stopped.set()  # a failed run must not leave it producing
     logs = "".join((tmp_path / f"sink-{run}.log").read_text() for run in range(kills + 1))
@@ -486,24 +493,7 @@ def test_a_broker_restart_under_a_running_sink_stores_every_record_once(
             time.sleep(3.0)
             broker.start()
             _wait_until(_stored_at_least(db, feed.trades + 1200), 120, "the sink to store after the restart")
-            total_trades = feed.stop()
-            assert sum(end_offsets(broker.bootstrap, [topology.trades]).values()) == total_trades
-            _wait_until(
-                lambda: not lag(broker.bootstrap, sink_group(topology), [topology.trades, topology.bbo]),
-                90,
-                "the sink to commit every offset",
-            )
-            endpoint = read_endpoint(db)
-            assert endpoint is not None
-            client = endpoint_client(endpoint)
-            try:
-                assert _count(client, "SELECT uniqExact(exchange, trade_id) FROM trades") == total_trades
-                assert _count(client, "SELECT count() FROM trades") == total_trades  # no FINAL
-                assert _count(client, "SELECT count() FROM bbo") == total_trades // 4  # no FINAL
-            finally:
-                client.close()
-            os.killpg(sink.pid, signal.SIGTERM)
-            assert sink.wait(60) == 0
+            _assert_each_record_stored_once(broker.bootstrap, topology, db, feed, sink)
     finally:
         feed.stopped.set()
         broker.stop()
