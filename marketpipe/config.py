@@ -375,6 +375,11 @@ class ProducerOptions(_Section):
     buffer_max_kbytes: int = Field(default=512 * 1024, ge=1)
     message_timeout_ms: int = Field(default=120_000, ge=1000)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    ws_compression: bool = Field(
+        default=True,
+        description="offer permessage-deflate on every websocket (exchanges that take it send book "
+        "frames several times smaller); false saves the connector the inflating (6-9 µs a frame)",
+    )
 
     @model_validator(mode="after")
     def _streams_are_binance_only(self) -> ProducerOptions:

@@ -278,6 +278,24 @@ async def test_planned_reconnect_opens_the_successor_before_closing(exchange, si
     assert new_frames and new_frames[0].recv_ns < closes[old].recv_ns, "and it was already streaming"
 
 
+@pytest.mark.parametrize("exchange", ["binance"])
+@pytest.mark.parametrize("compression", [True, False])
+async def test_websocket_compression_is_offered_as_configured(exchange, compression, sim, tmp_path):
+    publisher = CaptureRawPublisher(tmp_path / "deflate.jsonl")
+    options = ProducerSettings(ws_compression=compression)
+    connector = connector_class(exchange)(
+        [SYMBOL[exchange]], publisher, sim_settings(sim.urls(), exchange), options
+    )
+    async with Running(connector):
+        shard = connector.shards[0]
+        await wait_until(lambda: shard.stats.frames >= 5, 20, "first frames")
+        assert shard.current is not None and shard.current.compressed is compression
+    from marketpipe.raw import read_capture
+
+    frames = [r for r in read_capture(tmp_path / "deflate.jsonl") if r.kind == "recv"]
+    assert all(orjson.loads(r.payload) for r in frames), "every frame published inflated"
+
+
 @pytest.mark.parametrize("exchange", ["coinbase", "okx"])
 async def test_silent_connection_is_replaced_by_the_watchdog(exchange, sim, tmp_path):
     publisher = CaptureRawPublisher(tmp_path / "silent.jsonl")

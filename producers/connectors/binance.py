@@ -35,7 +35,7 @@ class BinanceConnector(RestSnapshotConnector):
     send_interval_s = 0.25  # 5 incoming messages/s per connection, pings and pongs included
     connect_interval_s = 1.0  # 300 connection attempts per 5 minutes per IP
     rest_min_interval_s = 0.6  # depth limit=1000 weighs 50 of the 6000/minute budget
-    silence_timeout_s = 60.0  # the server pings every 20 s (answered by websockets itself)
+    silence_timeout_s = 60.0  # the server pings every 20 s (answered by the websocket client itself)
     max_connection_age_s = 23.5 * 3600  # connections are cut at 24 h: hand over before that
 
     _ids = itertools.count(1)
