@@ -221,7 +221,7 @@ class Connection:
         self, ws: aiohttp.ClientWebSocketResponse[Literal[False]], message: WSMessageNoDecodeText
     ) -> None:
         if message.type is WSMsgType.CLOSE:  # the server's close frame: its code and reason
-            self._end(message.data, message.extra or "")
+            self._end(message.data or 1005, message.extra or "")
         elif message.type is WSMsgType.ERROR:
             self._end(ws.close_code or 1006, f"{type(message.data).__name__}: {message.data}")
         else:
