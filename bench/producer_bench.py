@@ -11,6 +11,9 @@ runs the connector process against it for --seconds, then counts what reached Ka
 producer falls behind when Kafka holds clearly less than was offered, or when the simulator
 drops it as a slow client. "frames/cpu-s" (records published per CPU second of the producer
 process, startup included) estimates the producer's own ceiling when the simulator is the limit.
+"sim cpu" is the simulator's: one that uses a whole core cannot send faster, its send queue fills
+and it drops its client as slow however fast that client reads; the verdict then names the
+simulator, not the producer.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from bench.cryptofeed_bench import process_cpu_s
 from marketpipe.config import LocalBrokerSettings
 from marketpipe.kafka_local import LocalKafka, free_port
 from marketpipe.topics import Topology, apply_topology, watermarks
@@ -38,6 +42,9 @@ BIN = Path(sys.executable).parent
 SYMBOL_BASES = ["BTC", "ETH", "SOL", "XRP", "DOGE", "LTC", "ADA", "DOT", "AVAX", "LINK", "ATOM", "UNI"]
 QUOTE = {"binance": "USDT", "bybit": "USDT", "okx": "USDT", "coinbase": "USD", "kraken": "USD"}
 FALLING_BEHIND = 0.95
+SIM_SATURATED = 85.0
+"""% of a core: a simulator this busy cannot send faster, and drops its clients as slow when its
+send queue fills, however fast they read"""
 
 
 def _sim_stats(port: int, exchange: str) -> dict[str, int]:
@@ -102,6 +109,7 @@ def run_round(bootstrap: str, exchange: str, rate: int, symbols: int, seconds: f
         base = f"127.0.0.1:{port}/{exchange}"
         before = _sim_stats(port, exchange)
         cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        sim_cpu_before = process_cpu_s(sim.pid) or 0.0
         started = time.monotonic()
         produce = subprocess.run(
             [
@@ -125,6 +133,7 @@ def run_round(bootstrap: str, exchange: str, rate: int, symbols: int, seconds: f
         )
         elapsed = time.monotonic() - started
         cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the producer only: sim still runs
+        sim_cpu_s = (process_cpu_s(sim.pid) or 0.0) - sim_cpu_before
         after = _sim_stats(port, exchange)
     finally:
         sim.terminate()
@@ -136,6 +145,7 @@ def run_round(bootstrap: str, exchange: str, rate: int, symbols: int, seconds: f
     cpu_s = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     return {
         "cpu_pct": 100 * cpu_s / elapsed,
+        "sim_cpu_pct": 100 * sim_cpu_s / elapsed,
         "max_per_s": in_kafka / cpu_s if cpu_s else 0.0,
         "target": rate,
         "offered_per_s": offered / elapsed,
@@ -167,21 +177,28 @@ def main() -> None:
         print(f"{args.exchange}: {args.symbols} symbols, {args.seconds:g} s per round, Kafka {bootstrap}")
         print(
             f"{'target/s':>9} {'offered/s':>10} {'kafka/s':>9} {'kafka/offered':>14} {'slow drops':>10} "
-            f"{'producer cpu':>12} {'frames/cpu-s':>12}"
+            f"{'producer cpu':>12} {'frames/cpu-s':>12} {'sim cpu':>8}"
         )
         behind_at: float | None = None
+        sim_bound = False
         for rate in rates:
             row = run_round(bootstrap, args.exchange, rate, args.symbols, args.seconds)
             print(
                 f"{row['target']:>9.0f} {row['offered_per_s']:>10.0f} {row['kafka_per_s']:>9.0f} "
                 f"{row['ratio']:>14.3f} {row['slow_disconnects']:>10.0f} {row['cpu_pct']:>11.0f}% "
-                f"{row['max_per_s']:>12.0f}",
+                f"{row['max_per_s']:>12.0f} {row['sim_cpu_pct']:>7.0f}%",
                 flush=True,
             )
             if behind_at is None and (row["ratio"] < FALLING_BEHIND or row["slow_disconnects"]):
                 behind_at = row["offered_per_s"]
+                sim_bound = row["sim_cpu_pct"] >= SIM_SATURATED
         if behind_at is None:
             print("the producer kept up at every offered rate (the simulator may be the limit)")
+        elif sim_bound:
+            print(
+                f"the simulator is the limit at about {behind_at:.0f} frames/s: it used a whole core "
+                "and dropped its client when it could not send its frames in time"
+            )
         else:
             print(f"the producer starts to fall behind at about {behind_at:.0f} frames/s")
     finally:
