@@ -30,7 +30,9 @@ After a warm-up, a --seconds window is measured by a read_committed consumer on 
   (broker and simulator CPU shown apart).
 A system keeps up when trades >= 97 %, the median latency of the window's last fifth is within
 250 ms of its first fifth, the simulator never dropped it as a slow client and it reported no
-dropped records. Each system stops rising after the first rate it cannot keep up with.
+dropped records. Each system stops rising after the first rate it cannot keep up with. A drop
+by a simulator that used a whole core may be the simulator's own limit (it drops a client whose
+frames it could not send in time, however fast that client reads): the round and the summary say so.
 Kafka: KAFKA_BOOTSTRAP_SERVERS when set, else a throwaway local broker under .marketpipe/bench.
 """
 
@@ -72,6 +74,9 @@ CRYPTOFEED_VERSION = "3.0.1"  # needs Python 3.13+
 AIOKAFKA_VERSION = "0.14.0"
 SYMBOLS = ("BTC", "ETH", "SOL", "XRP", "DOGE", "LTC", "ADA", "DOT", "AVAX", "LINK", "ATOM", "UNI")
 KEEP_UP_RATIO = 0.97
+SIM_SATURATED = 85.0
+"""% of a core: a simulator this busy cannot send faster, and drops its clients as slow when its
+send queue fills, however fast they read"""
 LATENCY_GROWTH_S = 0.25
 SETTLED_LATENCY_S = 1.0  # warm-up ends once the last second's median latency is below this
 LATENCY_SAMPLES_PER_S = 1000  # book records decoded per second for latency (trades: all)
@@ -431,6 +436,7 @@ class Round:
     lost: int = 0  # records the system itself reported dropping
     load_1m: float | None = None  # the machine's load average at the window's end: others' work too
     kept_up: bool = False
+    simulator_bound: bool = False  # dropped as slow by a simulator that used a whole core
     notes: list[str] = field(default_factory=list)
 
 
@@ -567,7 +573,12 @@ def fill_round(result: Round, before: Snapshot, after: Snapshot, reader: OutputR
     if result.ratio < KEEP_UP_RATIO:
         result.notes.append(f"{100 * result.ratio:.0f}% of the window's trades in Kafka")
     if result.slow_disconnects:
-        result.notes.append("dropped as a slow client")
+        result.simulator_bound = result.sim_cpu_pct >= SIM_SATURATED
+        result.notes.append(
+            f"dropped as a slow client by a simulator at its own limit ({result.sim_cpu_pct:.0f}% of a core)"
+            if result.simulator_bound
+            else "dropped as a slow client"
+        )
     result.kept_up = not growing and result.ratio >= KEEP_UP_RATIO and not result.slow_disconnects
 
 
@@ -778,22 +789,28 @@ def _by_process(r: Round) -> str:
 
 
 def summary(systems: list[System], rounds: list[Round]) -> list[str]:
-    lines, best = [], {}
+    lines, best, bounded = [], {}, False
     for system in systems:
         kept = [r for r in rounds if r.system == system.label and r.kept_up]
         top = max(kept, key=lambda r: r.target, default=None)
         best[system.key] = top
+        stopped_by_simulator = any(
+            r.system == system.label and r.simulator_bound and not r.kept_up for r in rounds
+        )
+        limit = " (the next rate ended with the simulator at its own limit)" if stopped_by_simulator else ""
+        bounded |= stopped_by_simulator
         if top is None:
-            lines.append(f"{system.label}: kept up at none of the rates tried")
+            lines.append(f"{system.label}: kept up at none of the rates tried{limit}")
         else:
             lines.append(
                 f"{system.label}: highest rate kept up {top.target:,}/s "
                 f"(offered {top.offered_per_s:,.0f}/s), p50 {_num(top.p50_ms)} ms, "
-                f"p99 {_num(top.p99_ms)} ms, {_num(top.cpu_s_per_m, 1)} CPU-s per million frames"
+                f"p99 {_num(top.p99_ms)} ms, {_num(top.cpu_s_per_m, 1)} CPU-s per million frames{limit}"
             )
     mp, cf = best.get("marketpipe"), best.get("cryptofeed")
     if mp is not None and cf is not None:
-        lines.append(f"marketpipe / cryptofeed highest sustained rate: {mp.target / cf.target:.1f}x")
+        caveat = " (the simulator reached its own limit: a bound, not a measure)" if bounded else ""
+        lines.append(f"marketpipe / cryptofeed highest sustained rate: {mp.target / cf.target:.1f}x{caveat}")
     return lines
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from bench.cryptofeed_bench import process_cpu_s
+from bench.cryptofeed_bench import SIM_SATURATED, process_cpu_s
 from marketpipe.config import LocalBrokerSettings
 from marketpipe.kafka_local import LocalKafka, free_port
 from marketpipe.topics import Topology, apply_topology, watermarks
@@ -42,9 +42,6 @@ BIN = Path(sys.executable).parent
 SYMBOL_BASES = ["BTC", "ETH", "SOL", "XRP", "DOGE", "LTC", "ADA", "DOT", "AVAX", "LINK", "ATOM", "UNI"]
 QUOTE = {"binance": "USDT", "bybit": "USDT", "okx": "USDT", "coinbase": "USD", "kraken": "USD"}
 FALLING_BEHIND = 0.95
-SIM_SATURATED = 85.0
-"""% of a core: a simulator this busy cannot send faster, and drops its clients as slow when its
-send queue fills, however fast they read"""
 
 
 def _sim_stats(port: int, exchange: str) -> dict[str, int]:
@@ -196,8 +193,8 @@ def main() -> None:
             print("the producer kept up at every offered rate (the simulator may be the limit)")
         elif sim_bound:
             print(
-                f"the simulator is the limit at about {behind_at:.0f} frames/s: it used a whole core "
-                "and dropped its client when it could not send its frames in time"
+                f"the simulator reached its own limit at about {behind_at:.0f} frames/s: it used a whole "
+                "core and dropped its client when it could not send its frames in time"
             )
         else:
             print(f"the producer starts to fall behind at about {behind_at:.0f} frames/s")
