@@ -367,12 +367,8 @@ class ConsumedFrame:
     __slots__ = ("_headers", "_offset", "_topic", "_value")
 
     def __init__(self, raw: RawRecord, topic: str, offset: int = 0) -> None:
-        self._value, self._headers, self._topic, self._offset = (
-            raw.payload,
-            raw.kafka_headers(),
-            topic,
-            offset,
-        )
+        self._value, self._headers = raw.payload, raw.kafka_headers()
+        self._topic, self._offset = topic, offset
 
     def value(self) -> bytes:
         return self._value

@@ -20,6 +20,7 @@ from producers_support import Consumed, by_connection, read_topic, sim_settings,
 
 from marketpipe.codec import AvroCodec
 from marketpipe.config import ProducerSettings
+from marketpipe.raw import read_capture
 from marketpipe.records import ControlRequest
 from marketpipe.topics import Topology
 from producers.base import RUN_ID, Connector, SymbolError, shard_key
@@ -265,8 +266,6 @@ async def test_planned_reconnect_opens_the_successor_before_closing(exchange, si
     connector = connector_class(exchange)([SYMBOL[exchange]], publisher, settings, FAST)
     async with Running(connector):
         await wait_until(lambda: connector.shards[0].stats.connections >= 3, 20, "two planned reconnects")
-    from marketpipe.raw import read_capture
-
     records = list(read_capture(tmp_path / "planned.jsonl"))
     opens = {r.conn: r for r in records if r.kind == "open"}
     closes = {r.conn: r for r in records if r.kind == "close"}
@@ -290,8 +289,6 @@ async def test_websocket_compression_is_offered_as_configured(exchange, compress
         shard = connector.shards[0]
         await wait_until(lambda: shard.stats.frames >= 5, 20, "first frames")
         assert shard.current is not None and shard.current.compressed is compression
-    from marketpipe.raw import read_capture
-
     frames = [r for r in read_capture(tmp_path / "deflate.jsonl") if r.kind == "recv"]
     assert all(orjson.loads(r.payload) for r in frames), "every frame published inflated"
 
@@ -306,8 +303,6 @@ async def test_silent_connection_is_replaced_by_the_watchdog(exchange, sim, tmp_
         await wait_until(lambda: shard.stats.frames >= 2, 20, "first frames")
         sim.fault(exchange, "silent", seconds=30)
         await wait_until(lambda: shard.stats.connections >= 2, 20, "a replacement connection")
-    from marketpipe.raw import read_capture
-
     closes = [r for r in read_capture(tmp_path / "silent.jsonl") if r.kind == "close"]
     assert orjson.loads(closes[0].payload)["reason"].startswith("silent for")
 
