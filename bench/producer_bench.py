@@ -9,11 +9,11 @@ simulator process (`marketpipe sim`) whose symbols together offer about the targ
 runs the connector process against it for --seconds, then counts what reached Kafka.
 "offered" is what the simulator sent; "in kafka" is what the producer published. The
 producer falls behind when Kafka holds clearly less than was offered, or when the simulator
-drops it as a slow client. "frames/cpu-s" (records published per CPU second of the producer
-process, startup included) estimates the producer's own ceiling when the simulator is the limit.
-"sim cpu" is the simulator's: one that uses a whole core cannot send faster, its send queue fills
-and it drops its client as slow however fast that client reads; the verdict then names the
-simulator, not the producer.
+drops it as a slow client (its socket stopped taking frames). "frames/cpu-s" (records published
+per CPU second of the producer process, startup included) estimates the producer's own ceiling
+when the simulator is the limit. "sim overload" counts the connections the simulator closed
+because it could not send its own frames in time while the socket took everything (a simulator
+using a whole core, "sim cpu"); the verdict then names the simulator, not the producer.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from bench.cryptofeed_bench import SIM_SATURATED, process_cpu_s
+from bench.cryptofeed_bench import process_cpu_s
 from marketpipe.config import LocalBrokerSettings
 from marketpipe.kafka_local import LocalKafka, free_port
 from marketpipe.topics import Topology, apply_topology, watermarks
@@ -149,6 +149,7 @@ def run_round(bootstrap: str, exchange: str, rate: int, symbols: int, seconds: f
         "kafka_per_s": in_kafka / elapsed,
         "ratio": in_kafka / offered if offered else 0.0,
         "slow_disconnects": after.get("slow_disconnects", 0) - before.get("slow_disconnects", 0),
+        "overload_disconnects": after.get("overload_disconnects", 0) - before.get("overload_disconnects", 0),
     }
 
 
@@ -174,7 +175,7 @@ def main() -> None:
         print(f"{args.exchange}: {args.symbols} symbols, {args.seconds:g} s per round, Kafka {bootstrap}")
         print(
             f"{'target/s':>9} {'offered/s':>10} {'kafka/s':>9} {'kafka/offered':>14} {'slow drops':>10} "
-            f"{'producer cpu':>12} {'frames/cpu-s':>12} {'sim cpu':>8}"
+            f"{'sim overload':>12} {'producer cpu':>12} {'frames/cpu-s':>12} {'sim cpu':>8}"
         )
         behind_at: float | None = None
         sim_bound = False
@@ -182,19 +183,22 @@ def main() -> None:
             row = run_round(bootstrap, args.exchange, rate, args.symbols, args.seconds)
             print(
                 f"{row['target']:>9.0f} {row['offered_per_s']:>10.0f} {row['kafka_per_s']:>9.0f} "
-                f"{row['ratio']:>14.3f} {row['slow_disconnects']:>10.0f} {row['cpu_pct']:>11.0f}% "
+                f"{row['ratio']:>14.3f} {row['slow_disconnects']:>10.0f} "
+                f"{row['overload_disconnects']:>12.0f} {row['cpu_pct']:>11.0f}% "
                 f"{row['max_per_s']:>12.0f} {row['sim_cpu_pct']:>7.0f}%",
                 flush=True,
             )
-            if behind_at is None and (row["ratio"] < FALLING_BEHIND or row["slow_disconnects"]):
+            if behind_at is None and (
+                row["ratio"] < FALLING_BEHIND or row["slow_disconnects"] or row["overload_disconnects"]
+            ):
                 behind_at = row["offered_per_s"]
-                sim_bound = row["sim_cpu_pct"] >= SIM_SATURATED
+                sim_bound = bool(row["overload_disconnects"]) and not row["slow_disconnects"]
         if behind_at is None:
             print("the producer kept up at every offered rate (the simulator may be the limit)")
         elif sim_bound:
             print(
-                f"the simulator reached its own limit at about {behind_at:.0f} frames/s: it used a whole "
-                "core and dropped its client when it could not send its frames in time"
+                f"the simulator reached its own limit at about {behind_at:.0f} frames/s: it could not "
+                "send its frames in time while the producer took everything it sent"
             )
         else:
             print(f"the producer starts to fall behind at about {behind_at:.0f} frames/s")

@@ -213,9 +213,16 @@ _BACKGROUND: set[asyncio.Task[bool]] = set()  # strong references to fire-and-fo
 class Session:
     """One websocket connection: bounded send queue, subscriptions, pending faults."""
 
-    def __init__(self, dialect: Dialect, ws: web.WebSocketResponse, number: int) -> None:
+    def __init__(
+        self,
+        dialect: Dialect,
+        ws: web.WebSocketResponse,
+        number: int,
+        transport: asyncio.BaseTransport | None = None,
+    ) -> None:
         self.dialect = dialect
         self.ws = ws
+        self.transport = transport
         self.number = number
         self.conn_id = f"sim{number:05d}-{zlib.crc32(f'{dialect.name}{number}'.encode()):08x}"
         self.queue: asyncio.Queue[object] = asyncio.Queue(dialect.config.queue_size)
@@ -270,8 +277,7 @@ class Session:
         try:
             self.queue.put_nowait(wire)
         except asyncio.QueueFull:
-            self.dialect.stats["slow_disconnects"] += 1
-            self.abort(1008, "slow client: send queue full")
+            self.drop_when_full()
             return
         self.last_frame = text
 
@@ -280,6 +286,21 @@ class Session:
         try:
             self.queue.put_nowait(_Ping(payload))
         except asyncio.QueueFull:
+            self.drop_when_full()
+
+    def drop_when_full(self) -> None:
+        """Close a connection whose send queue is full, saying whose fault it is.
+
+        Bytes waiting in the socket's user-space buffer mean the kernel's send buffer is full:
+        the client does not read fast enough. An empty buffer means the socket takes everything
+        the write loop gives it: the simulator itself could not send its frames in time
+        (a whole core spent generating and compressing them), and the client is not to blame.
+        """
+        if isinstance(self.transport, asyncio.WriteTransport) and self.transport.get_write_buffer_size() == 0:
+            self.dialect.stats["overload_disconnects"] += 1
+            self.abort(1013, "simulator overloaded: send queue full while the client kept up")
+        else:
+            self.dialect.stats["slow_disconnects"] += 1
             self.abort(1008, "slow client: send queue full")
 
     def send_malformed(self) -> None:
@@ -468,7 +489,7 @@ class Dialect:
         ws = web.WebSocketResponse(autoping=False, timeout=5.0, max_msg_size=1 << 20)
         await ws.prepare(request)
         self.stats["connections_total"] += 1
-        session = Session(self, ws, self.stats["connections_total"])
+        session = Session(self, ws, self.stats["connections_total"], request.transport)
         self.sessions.add(session)
         writer = asyncio.create_task(session.write_loop())
         try:

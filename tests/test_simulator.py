@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socket
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -837,10 +839,13 @@ async def test_bad_fault_requests_are_refused(sim: Simulator) -> None:
 
 
 async def test_slow_client_is_disconnected_not_buffered() -> None:
-    async with Simulator(exchanges=("coinbase",), queue_size=4, book_rate=100) as sim:
-        ws = await websockets.connect(
-            sim.urls()["coinbase"][0], max_size=None, max_queue=1, close_timeout=0.2
-        )
+    async with Simulator(exchanges=("coinbase",), queue_size=64, book_rate=100) as sim:
+        url = sim.urls()["coinbase"][0]
+        # a client that stops reading (a queue of one message) behind a small receive buffer
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((urlsplit(url).hostname, urlsplit(url).port))
+        ws = await websockets.connect(url, sock=sock, max_size=None, max_queue=1, close_timeout=0.2)
         await send(ws, {"type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channel": "level2"})
         for _ in range(400):
             sim.fault("coinbase", "snapshot")
@@ -849,6 +854,21 @@ async def test_slow_client_is_disconnected_not_buffered() -> None:
             await asyncio.sleep(0.01)
         assert sim.stats()["exchanges"]["coinbase"]["slow_disconnects"] == 1
         await ws.close()
+
+
+async def test_a_burst_beyond_the_queue_is_the_simulators_overload_not_a_slow_client() -> None:
+    """Frames queued faster than the simulator's own write loop runs, while the client reads
+    everything: the drop says the simulator was overloaded (1013), not that the client was slow."""
+    async with Simulator(exchanges=("coinbase",), queue_size=2, book_rate=1) as sim:
+        ws = await websockets.connect(sim.urls()["coinbase"][0], max_size=None, close_timeout=0.2)
+        # the answer to a subscription (an ack and two snapshots) is queued in one synchronous call
+        await send(ws, {"type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channel": "level2"})
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await ws.recv()
+        stats = sim.stats()["exchanges"]["coinbase"]
+        assert (stats.get("overload_disconnects"), stats.get("slow_disconnects", 0)) == (1, 0)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
 
 
 # -- REST, stats, CLI ------------------------------------------------------------------------------------
