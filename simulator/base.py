@@ -83,29 +83,30 @@ class SimConfig:
 # -- wire formatting helpers ---------------------------------------------------------
 
 
-class Decimals:
+class Decimals(dict[int, str]):
     """Integer units (scaled by 10**scale) -> decimal text with ``places`` decimals, cached.
 
     ``trim`` drops trailing zeros and a bare point ("65140.50" -> "65140.5", "65140.0" -> "65140").
+    Call it, or index it on hot paths: a dict lookup of a cached text runs no Python code.
     """
 
-    __slots__ = ("_cache", "_pad", "_pow", "places", "scale", "trim")
+    __slots__ = ("_pad", "_pow", "places", "scale", "trim")
 
     def __init__(self, scale: int, places: int, trim: bool = False) -> None:
+        super().__init__()
         if places < scale:
             raise ValueError(f"cannot show {scale} decimals with {places} places")
         self.scale, self.places, self.trim = scale, places, trim
         self._pow = 10**scale
         self._pad = "0" * (places - scale)
-        self._cache: dict[int, str] = {}
 
-    def __call__(self, units: int) -> str:
-        text = self._cache.get(units)
-        if text is None:
-            if len(self._cache) > 200_000:
-                self._cache.clear()
-            text = self._cache[units] = self._render(units)
+    def __missing__(self, units: int) -> str:
+        if len(self) > 200_000:
+            self.clear()
+        text = self[units] = self._render(units)
         return text
+
+    __call__ = dict.__getitem__
 
     def _render(self, units: int) -> str:
         whole, frac = divmod(units, self._pow)

@@ -213,7 +213,7 @@ class BinanceDialect(Dialect):
 
     def _levels(self, symbol: str, levels: list[tuple[int, int]]) -> list[list[str]]:
         price, qty = self.price[symbol], self.qty[symbol]
-        return [[price(p), qty(q)] for p, q in levels]
+        return [[price[p], qty[q]] for p, q in levels]
 
     def _publish_depth(self, market: SymbolMarket, step: Step, ms: int, keys: dict[str, SubKey]) -> None:
         symbol = market.spec.symbol
