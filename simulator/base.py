@@ -219,7 +219,7 @@ class Session:
         dialect: Dialect,
         ws: web.WebSocketResponse,
         number: int,
-        transport: asyncio.BaseTransport | None = None,
+        transport: asyncio.BaseTransport | None,
     ) -> None:
         self.dialect = dialect
         self.ws = ws
@@ -294,8 +294,8 @@ class Session:
 
         Bytes waiting in the socket's user-space buffer mean the kernel's send buffer is full:
         the client does not read fast enough. An empty buffer means the socket takes everything
-        the write loop gives it: the simulator itself could not send its frames in time
-        (a whole core spent generating and compressing them), and the client is not to blame.
+        the write loop gives it: the simulator itself could not generate and send its frames in
+        time (its one core spent), and the client is not to blame.
         """
         if isinstance(self.transport, asyncio.WriteTransport) and self.transport.get_write_buffer_size() == 0:
             self.dialect.stats["overload_disconnects"] += 1
