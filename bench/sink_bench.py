@@ -172,6 +172,7 @@ def bench_worker(table_name: str, values: list[bytes], dsn: str, bootstrap: str,
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,  # a retried batch is neither reordered nor written twice
             "linger.ms": 20,
             "compression.type": "zstd",
             "batch.size": 1_000_000,
