@@ -62,7 +62,11 @@ class ControlListener:
         finally:
             await consumer.stop()
             if self._dlq is not None:
-                await asyncio.to_thread(self._dlq.flush, 10)
+                undelivered = await asyncio.to_thread(self._dlq.flush, 10)
+                if undelivered:
+                    log_event(
+                        log, logging.ERROR, "control dead letters not delivered", undelivered=undelivered
+                    )
 
     async def _started_consumer(self) -> AIOKafkaConsumer:
         delay = 1.0
@@ -141,7 +145,7 @@ class ControlListener:
             log, logging.ERROR, "control request rejected", partition=partition, offset=offset, reason=reason
         )
         if self._dlq is None:
-            self._dlq = Producer(self.client_config)
+            self._dlq = Producer({**self.client_config, "enable.idempotence": True})
         letter = DeadLetter(
             stage="producer-control",
             source_topic=self.topology.control,

@@ -4,6 +4,7 @@ contract, heartbeats, a forced disconnect, a resync request, planned reconnects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import importlib.util
 import re
@@ -16,12 +17,13 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 from confluent_kafka import Producer
+from pipeline_support import read_topic as read_messages
 from producers_support import Consumed, by_connection, read_topic, sim_settings, wait_until
 
 from marketpipe.codec import AvroCodec
 from marketpipe.config import ProducerSettings
 from marketpipe.raw import read_capture
-from marketpipe.records import ControlRequest
+from marketpipe.records import ControlRequest, DeadLetter
 from marketpipe.topics import Topology
 from producers.base import RUN_ID, Connector, SymbolError, shard_key
 from producers.connectors import EXCHANGES, connector_class
@@ -257,6 +259,31 @@ async def test_connector_contract_heartbeats_resync_and_reconnect(
     assert conns[second][-1].record.kind == "close"  # closed cleanly when the producer stopped
     _check_heartbeats(exchange, first_records)
     _check_resync(exchange, first_records)
+
+
+@pytest.mark.kafka
+async def test_an_undecodable_control_request_is_dead_lettered_with_its_reason(kafka_bootstrap, topics):
+    listener = ControlListener({}, {"bootstrap.servers": kafka_bootstrap}, topics, AvroCodec())
+    task = asyncio.create_task(listener.run())
+    try:
+        await wait_until(listener.ready.is_set, 20, "control listener")
+        producer = Producer({"bootstrap.servers": kafka_bootstrap})
+        producer.produce(topics.control, b"not an avro record", partition=0)
+        producer.flush(10)
+        await wait_until(lambda: listener.rejected >= 1, 20, "the request rejected")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task  # stopping flushes the dead letter
+    (message,) = read_messages(kafka_bootstrap, topics.dlq)
+    letter = AvroCodec().decode(message.value() or b"", DeadLetter)
+    assert (letter.stage, letter.source_topic, letter.partition, letter.offset) == (
+        "producer-control",
+        topics.control,
+        0,
+        0,
+    )
+    assert letter.reason.startswith("undecodable control request") and letter.payload == b"not an avro record"
 
 
 @pytest.mark.parametrize("exchange", ["binance"])
