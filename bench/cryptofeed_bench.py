@@ -3,7 +3,7 @@ with its Kafka backend and into marketpipe (connector + stream worker), through 
 
     python -m bench cryptofeed [--rates 500,1000,2500,5000,10000,20000] [--seconds 15]
                                [--systems cryptofeed,marketpipe] [--label NAME] [--json OUT]
-                               [--marketpipe-tree DIR --marketpipe-python PYTHON]
+                               [--marketpipe-tree DIR --marketpipe-python PYTHON] [--refine N]
     make bench ARGS="cryptofeed --rates 500,1000"
 
 docs/benchmarks.md explains the setup and holds the latest numbers.
@@ -30,7 +30,8 @@ After a warm-up, a --seconds window is measured by a read_committed consumer on 
   (broker and simulator CPU shown apart).
 A system keeps up when trades >= 97 %, the median latency of the window's last fifth is within
 250 ms of its first fifth, the simulator never dropped it and it reported no dropped records.
-Each system stops rising after the first rate it cannot keep up with. The simulator says why it
+Each system stops rising after the first rate it cannot keep up with; with --refine N, N more
+rounds halve the gap between that rate and the last one it kept up with. The simulator says why it
 dropped a connection: a slow client (its socket stopped taking frames) counts against the system;
 its own overload (its send queue full while the socket took everything: the simulator could not
 generate and send frames in time) is the simulator's limit, and the round and the summary say so.
@@ -76,6 +77,7 @@ AIOKAFKA_VERSION = "0.14.0"
 SYMBOLS = ("BTC", "ETH", "SOL", "XRP", "DOGE", "LTC", "ADA", "DOT", "AVAX", "LINK", "ATOM", "UNI")
 KEEP_UP_RATIO = 0.97
 LATENCY_GROWTH_S = 0.25
+REFINE_STEP = 500  # frames/s: --refine stops when the ceiling is known this closely
 SETTLED_LATENCY_S = 1.0  # warm-up ends once the last second's median latency is below this
 LATENCY_SAMPLES_PER_S = 1000  # book records decoded per second for latency (trades: all)
 GRACE_S = 5.0  # after the window, how long its last records may take to arrive
@@ -861,6 +863,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="seconds cryptofeed's Kafka backend waits to fill a batch (default: its own, 0.5)",
     )
+    parser.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        help=f"after a system's first failed rate, this many more rounds halving the gap to the last "
+        f"rate it kept up with (to {REFINE_STEP:,} frames/s): its ceiling, not only the step below it",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rounds here")
     args = parser.parse_args(argv)
     if not 1 <= args.symbols <= len(SYMBOLS):
@@ -882,6 +891,14 @@ def build_systems(args: argparse.Namespace, bench_dir: Path) -> list[System]:
         else:
             raise SystemExit(f"unknown system {name!r}: choose from cryptofeed, marketpipe")
     return systems
+
+
+def bench_round(bench: Bench, system: System, rate: int, rounds: list[Round]) -> bool:
+    """One round, recorded and printed; whether the system kept up."""
+    result = bench.run_round(system, rate)
+    rounds.append(result)
+    print(format_round(result), flush=True)
+    return result.kept_up
 
 
 def _stop_on_signal(signum: int, frame: object) -> None:
@@ -926,12 +943,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         print(HEADER, flush=True)
         for system in systems:
+            kept, failed = None, None
             for rate in rates:
-                result = bench.run_round(system, rate)
-                rounds.append(result)
-                print(format_round(result), flush=True)
-                if not result.kept_up:
+                if not bench_round(bench, system, rate, rounds):
+                    failed = rate
                     break
+                kept = rate
+            for _ in range(args.refine):
+                if kept is None or failed is None or failed - kept <= REFINE_STEP:
+                    break
+                rate = kept + max(REFINE_STEP, round((failed - kept) / 2 / REFINE_STEP) * REFINE_STEP)
+                if bench_round(bench, system, rate, rounds):
+                    kept = rate
+                else:
+                    failed = rate
         print()
         print("\n".join(summary(systems, rounds)))
     finally:
