@@ -416,6 +416,10 @@ class Snapshot:
         queued = sum(v for k, v in self.sim.items() if k.startswith("queued_"))
         return queued or self.sim.get("frames_sent", 0)  # queued_*: simulators since this benchmark
 
+    def counted_since(self, before: Snapshot, counter: str) -> int:
+        """How much the simulator's ``counter`` grew since ``before``."""
+        return self.sim.get(counter, 0) - before.sim.get(counter, 0)
+
 
 @dataclass
 class Round:
@@ -549,15 +553,13 @@ class Bench:
 def fill_round(result: Round, before: Snapshot, after: Snapshot, reader: OutputReader) -> None:
     elapsed = after.wall - before.wall
     offered = after.offered() - before.offered()
-    offered_trades = after.sim.get("queued_trade", 0) - before.sim.get("queued_trade", 0)
+    offered_trades = after.counted_since(before, "queued_trade")
     stamped, trades = reader.generated_between(before.wall, after.wall)
     result.offered_per_s = offered / elapsed
     result.out_per_s = (after.records - before.records) / elapsed
     result.ratio = len(trades) / offered_trades if offered_trades else 0.0
-    result.slow_disconnects = after.sim.get("slow_disconnects", 0) - before.sim.get("slow_disconnects", 0)
-    result.overload_disconnects = after.sim.get("overload_disconnects", 0) - before.sim.get(
-        "overload_disconnects", 0
-    )
+    result.slow_disconnects = after.counted_since(before, "slow_disconnects")
+    result.overload_disconnects = after.counted_since(before, "overload_disconnects")
     if offered:
         per_m = 1e6 / offered
         result.cpu_s_per_m_by_process = {

@@ -137,7 +137,11 @@ def run_round(bootstrap: str, exchange: str, rate: int, symbols: int, seconds: f
         sim.wait(10)
     if produce.returncode != 0:
         raise RuntimeError(f"producer failed: {produce.stderr.decode()[-2000:]}")
-    offered = after.get("frames_sent", 0) - before.get("frames_sent", 0)
+
+    def counted(counter: str) -> int:
+        return after.get(counter, 0) - before.get(counter, 0)
+
+    offered = counted("frames_sent")
     in_kafka = _topic_count(bootstrap, topology.raw(exchange))
     cpu_s = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     return {
@@ -148,8 +152,8 @@ def run_round(bootstrap: str, exchange: str, rate: int, symbols: int, seconds: f
         "offered_per_s": offered / elapsed,
         "kafka_per_s": in_kafka / elapsed,
         "ratio": in_kafka / offered if offered else 0.0,
-        "slow_disconnects": after.get("slow_disconnects", 0) - before.get("slow_disconnects", 0),
-        "overload_disconnects": after.get("overload_disconnects", 0) - before.get("overload_disconnects", 0),
+        "slow_disconnects": counted("slow_disconnects"),
+        "overload_disconnects": counted("overload_disconnects"),
     }
 
 

@@ -844,7 +844,8 @@ async def test_slow_client_is_disconnected_not_buffered() -> None:
         # a client that stops reading (a queue of one message) behind a small receive buffer
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect((urlsplit(url).hostname, urlsplit(url).port))
+        address = urlsplit(url)
+        sock.connect((address.hostname, address.port))
         ws = await websockets.connect(url, sock=sock, max_size=None, max_queue=1, close_timeout=0.2)
         await send(ws, {"type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channel": "level2"})
         for _ in range(400):
