@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from kafka_helpers import replay_book
 from pipeline_support import Pipeline, pipeline, read_topic
 from test_e2e import GRACE_US, STREAMS, _assert_candle, _by_market, _candle_of, _windows
 
@@ -27,7 +28,7 @@ from marketpipe.config import LocalBrokerSettings, interval_to_us
 from marketpipe.exchanges import subset
 from marketpipe.kafka_local import LocalKafka, free_port
 from marketpipe.raw import RawRecord
-from marketpipe.records import Candle, Trade
+from marketpipe.records import BookChange, Candle, Trade
 from streams.feed import FeedOutput, FeedProcessor
 from streams.parsers import processor_for
 
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.slow
 EXCHANGES = subset("binance", "bybit", "okx", "coinbase")
 SYMBOLS = "BTC-USDT,ETH-USDT,BTC-USD"
 KILLS = 5
+CONNECTOR_KILLS = 3
 CODEC = AvroCodec()
 
 
@@ -48,12 +50,19 @@ def _offline(p: Pipeline) -> tuple[list[Trade], int]:
     out = FeedOutput()
     processors: dict[tuple[str, int], FeedProcessor] = {}
     for exchange in EXCHANGES:
-        for message in read_topic(p.bootstrap, p.topics.raw(exchange)):
-            raw = RawRecord.from_kafka(message.value(), message.headers())  # type: ignore[arg-type]
-            key = (exchange, message.partition() or 0)
+        for partition, raw in _raw_records(p, exchange):
+            key = (exchange, partition)
             processor = processors.get(key) or processors.setdefault(key, processor_for(exchange))
             processor.process(raw, out)
     return out.trades, sum(processor.counters.duplicates_dropped for processor in processors.values())
+
+
+def _raw_records(p: Pipeline, exchange: str) -> list[tuple[int, RawRecord]]:
+    """The exchange's raw log: (partition, record), in order per partition."""
+    return [
+        (message.partition() or 0, RawRecord.from_kafka(message.value(), message.headers()))  # type: ignore[arg-type]
+        for message in read_topic(p.bootstrap, p.topics.raw(exchange))
+    ]
 
 
 def _identity(trade: Trade) -> tuple[object, ...]:
@@ -95,6 +104,45 @@ def test_two_workers_one_killed_hands_over_without_loss(kafka_bootstrap: str, tm
         p.wait_drained(sink=False, timeout_s=120)
         _assert_exactly_once(p)
         p.check_alive("stream-b")
+
+
+def test_connector_killed_repeatedly_publishes_each_trade_once_and_valid_books(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The connector process SIGKILLed mid-stream and started again: what reached raw is each
+    frame once, and md.* holds each of its trades once, exact candles and books that are never
+    crossed (frames in flight when a process dies are gone with it: the count is against raw)."""
+    rng = random.Random(20261207)
+    with pipeline(kafka_bootstrap, tmp_path, EXCHANGES, SYMBOLS, prefix="c") as p:
+        p.start_sim(trade_rate=20, seed=21)
+        p.start("stream", "stream", "--worker-id", "w1")
+        p.start("produce", "produce")
+        for _ in range(CONNECTOR_KILLS):
+            time.sleep(rng.uniform(3.0, 6.0))
+            _kill(p, "produce")
+            p.start("produce", "produce")
+        time.sleep(6.0)
+        p.stop("produce")
+        p.wait_drained(sink=False, timeout_s=120)
+        _assert_exactly_once(p)
+        for exchange in EXCHANGES:
+            raw = [record for _, record in _raw_records(p, exchange)]
+            frames = Counter((r.conn, r.seq) for r in raw)
+            assert [frame for frame, n in frames.items() if n > 1] == [], exchange
+            runs = {r.conn.split(".")[1] for r in raw if r.kind == "open"}
+            assert len(runs) == CONNECTOR_KILLS + 1, f"{exchange}: a connection from every process run"
+        for message_key, changes in _books_by_key(p).items():
+            for change, bids, asks in replay_book(changes):
+                if bids and asks:
+                    assert max(bids) < min(asks), (message_key, change.conn, change.seq)
+        p.check_alive("stream")
+
+
+def _books_by_key(p: Pipeline) -> dict[bytes, list[BookChange]]:
+    books: dict[bytes, list[BookChange]] = {}
+    for message in read_topic(p.bootstrap, p.topics.book):
+        books.setdefault(message.key() or b"", []).append(CODEC.decode(message.value() or b"", BookChange))
+    return books
 
 
 def _supervise(p: Pipeline, name: str, seconds: float) -> None:
