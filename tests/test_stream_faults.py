@@ -77,11 +77,7 @@ def test_stream_worker_killed_repeatedly_loses_and_duplicates_nothing(
         p.start_sim(trade_rate=20, seed=5)
         p.start("stream", "stream", "--worker-id", "w1")
         p.start("produce", "produce")
-        for _ in range(KILLS):
-            time.sleep(rng.uniform(2.0, 6.0))
-            p.check_alive("sim", "produce")
-            _kill(p, "stream")
-            p.start("stream", "stream", "--worker-id", "w1")
+        _kill_repeatedly(p, rng, KILLS, (2.0, 6.0), "stream", "stream", "--worker-id", "w1")
         time.sleep(6.0)  # the last worker runs past a checkpoint too
         p.stop("produce")
         p.wait_drained(sink=False, timeout_s=120)
@@ -117,10 +113,7 @@ def test_connector_killed_repeatedly_publishes_each_trade_once_and_valid_books(
         p.start_sim(trade_rate=20, seed=21)
         p.start("stream", "stream", "--worker-id", "w1")
         p.start("produce", "produce")
-        for _ in range(CONNECTOR_KILLS):
-            time.sleep(rng.uniform(3.0, 6.0))
-            _kill(p, "produce")
-            p.start("produce", "produce")
+        _kill_repeatedly(p, rng, CONNECTOR_KILLS, (3.0, 6.0), "produce", "produce")
         time.sleep(6.0)
         p.stop("produce")
         p.wait_drained(sink=False, timeout_s=120)
@@ -152,6 +145,18 @@ def _supervise(p: Pipeline, name: str, seconds: float) -> None:
         if p.processes[name].poll() == 70:
             p.start(name, "stream", "--worker-id", "w1")
         time.sleep(0.5)
+
+
+def _kill_repeatedly(
+    p: Pipeline, rng: random.Random, times: int, between_s: tuple[float, float], name: str, *command: str
+) -> None:
+    """SIGKILL process ``name`` ``times`` times at random moments, each time started again at once
+    (as the supervisor does), every other process checked alive first."""
+    for _ in range(times):
+        time.sleep(rng.uniform(*between_s))
+        p.check_alive()
+        _kill(p, name)
+        p.start(name, *command)
 
 
 def _kill(p: Pipeline, name: str) -> None:
