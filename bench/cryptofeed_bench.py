@@ -59,13 +59,13 @@ from pathlib import Path
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from bench import caller_settings
 from marketpipe.codec import AvroCodec
 from marketpipe.config import LocalBrokerSettings
 from marketpipe.kafka_local import LocalKafka, free_port
-from marketpipe.topics import Topology
+from marketpipe.topics import TopicSpec, Topology, apply_topology
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from kafka_helpers import stop_process
@@ -227,11 +227,10 @@ class Cryptofeed:
         return trades, books
 
     def prepare(self, at: Endpoints) -> None:
-        """Create cryptofeed's topics: the broker does not auto-create topics."""
-        admin = AdminClient(admin_config(at.bootstrap))
+        """Create cryptofeed's topics (the broker does not auto-create them), served before it writes."""
         trades, books = self.output_topics(at)
-        for future in admin.create_topics([NewTopic(t, 1, 1) for t in trades + books]).values():
-            future.result(30)
+        specs = [TopicSpec(topic, 1, key="none", value="cryptofeed JSON") for topic in trades + books]
+        apply_topology(AdminClient(admin_config(at.bootstrap)), specs)
 
     def start(self, at: Endpoints) -> list[Spawned]:
         args = [str(self.python), str(self.runner), "--ws", at.ws, "--rest", at.rest]

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -20,6 +20,7 @@ from confluent_kafka.admin import (
     ConfigResource,
     NewPartitions,
     NewTopic,
+    OffsetSpec,
 )
 
 from marketpipe.config import Settings
@@ -316,7 +317,7 @@ def apply_topology(
                 # a broker's metadata can lag a topic created moments ago: reconcile it below
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
-        existing = _wait_until_visible(admin, [s.name for s in missing], timeout)
+        existing = _wait_until_served(admin, [s.name for s in missing], timeout)
 
     present = [spec for spec in specs if spec.name in existing and spec.name not in report.created]
     grow = {s.name: s.partitions for s in present if len(existing[s.name].partitions) < s.partitions}
@@ -341,23 +342,33 @@ def apply_topology(
     return report
 
 
-def _wait_until_visible(admin: AdminClient, names: list[str], timeout: float) -> dict[str, Any]:
-    """Topic metadata once every named topic has its partitions on the broker.
+def _wait_until_served(admin: AdminClient, names: list[str], timeout: float) -> dict[str, Any]:
+    """Topic metadata once every partition of the named topics is served by its leader.
 
-    KRaft brokers learn about new topics asynchronously; waiting here means a caller can
-    produce or alter configs right after `apply` returns.
+    KRaft brokers learn about new topics asynchronously, and a broker lists itself as a
+    partition's leader a while before it serves the partition: a produce in that window fails
+    retriably, and an idempotent producer's later batch can then be accepted first (a producer
+    new to a partition may start at any sequence), reordering a connection's first records.
+    So each partition is asked for its end offset, which only the serving leader answers.
     """
     deadline = time.monotonic() + timeout
+    waiting: set[str] = set(names)
     while True:
         topics = admin.list_topics(timeout=timeout).topics
-        ready = all(name in topics and _served(topics[name]) for name in names)
-        if ready or time.monotonic() > deadline:
+        visible = [name for name in waiting if name in topics and _led(topics[name])]
+        waiting.difference_update(_answering(admin, topics, visible, timeout))
+        if not waiting:
             return topics
+        if time.monotonic() > deadline:
+            raise TopicsNotServed(
+                f"{len(waiting)} new topic(s) still not served by their leaders after {timeout:.0f} s: "
+                f"{', '.join(sorted(waiting)[:5])}; check the brokers' health (kafka logs)"
+            )
         time.sleep(0.1)
 
 
-def _served(topic: Any) -> bool:
-    """Every partition of ``topic`` has a leader that answers for it."""
+def _led(topic: Any) -> bool:
+    """Every partition of ``topic`` has a leader in the metadata."""
     partitions = topic.partitions.values()
     return (
         topic.error is None
@@ -366,11 +377,33 @@ def _served(topic: Any) -> bool:
     )
 
 
+def _answering(admin: AdminClient, topics: dict[str, Any], names: list[str], timeout: float) -> set[str]:
+    """The named topics whose every partition answers a ListOffsets request."""
+    if not names:
+        return set()
+    request = {TopicPartition(n, p): OffsetSpec.latest() for n in names for p in topics[n].partitions}
+    unserved: set[str] = set()
+    for tp, future in admin.list_offsets(request, request_timeout=timeout).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() not in _ELECTING:
+                raise
+            unserved.add(tp.topic)
+    return set(names) - unserved
+
+
+class TopicsNotServed(RuntimeError):
+    """New topics whose partitions no leader serves within the timeout."""
+
+
 _ELECTING = {
     KafkaError.NOT_LEADER_FOR_PARTITION,
     KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
     KafkaError._UNKNOWN_PARTITION,
+    KafkaError.UNKNOWN_LEADER_EPOCH,  # the broker has yet to apply the leadership it was given
+    KafkaError.FENCED_LEADER_EPOCH,
 }
 
 

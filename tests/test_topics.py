@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, OffsetSpec
 
 from marketpipe.codec import AvroCodec
+from marketpipe.config import EXCHANGES
 from marketpipe.topics import Topology, apply_topology, describe_configs
 from sinks.tables import sink_tables
 
@@ -45,6 +47,22 @@ def test_apply_twice_then_configs_match(kafka_admin: AdminClient) -> None:
             assert configs[spec.name][key] == value, (spec.name, key)
         if expected_policy == "compact":
             assert int(configs[spec.name]["min.compaction.lag.ms"]) > 0
+
+
+def test_apply_returns_when_every_new_partition_is_served(kafka_admin: AdminClient) -> None:
+    """A broker names itself leader before it serves a new partition; writes in that window can
+    reorder an idempotent producer's first batches, so apply waits until each partition answers."""
+    topology = Topology(prefix=f"served{uuid.uuid4().hex[:8]}.", exchanges=EXCHANGES, partitions=3)
+    specs = topology.specs()
+    apply_topology(kafka_admin, specs)
+    request = {TopicPartition(s.name, p): OffsetSpec.latest() for s in specs for p in range(s.partitions)}
+    unserved = []
+    for tp, future in kafka_admin.list_offsets(request).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            unserved.append((tp.topic, tp.partition, exc.args[0].name()))
+    assert not unserved
 
 
 def test_apply_reconciles_drifted_config(kafka_admin: AdminClient) -> None:
