@@ -33,7 +33,7 @@ from marketpipe.kafka_local import LocalKafka, LocalKafkaError, free_port, port_
 from marketpipe.kafka_security import KafkaAccessError, aiokafka_options, require_kafka_of
 from marketpipe.logs import log_event
 from marketpipe.supervisor import Child, Supervisor, signal_child
-from marketpipe.topics import Topology, apply_topology
+from marketpipe.topics import TopicsNotServed, Topology, apply_topology
 from marketpipe.view import (
     VIEWS,
     Endpoint,
@@ -363,7 +363,7 @@ def run(
         )
     except KeyboardInterrupt:
         code = 0
-    except KafkaAccessError as exc:
+    except (KafkaAccessError, TopicsNotServed) as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         say("event=stopping")
