@@ -200,6 +200,15 @@ def _same_endpoint(conns: dict[str, list[Consumed]], first: str) -> dict[str, li
     return {c: items for c, items in conns.items() if urlsplit(items[0].record.url or "").path == path}
 
 
+def _outline(conns: dict[str, list[Consumed]]) -> str:
+    """Each connection's partitions and first records, for a failure message."""
+    return "; ".join(
+        f"{conn}: {len(items)} records in partitions {sorted({i.partition for i in items})}, first "
+        + ", ".join(f"{i.partition}/{i.offset} seq {i.record.seq} {i.record.kind}" for i in items[:4])
+        for conn, items in conns.items()
+    )
+
+
 VARIANTS = [
     *((exchange, {}) for exchange in EXCHANGES),
     ("kraken", {"protocol": "v1"}),
@@ -247,8 +256,10 @@ async def test_connector_contract_heartbeats_resync_and_reconnect(
         frames = shard.stats.frames
         await wait_until(lambda: shard.stats.frames > frames + 2, 20, "frames on the new connection")
 
-    conns = _same_endpoint(by_connection(read_topic(kafka_bootstrap, topics.raw(exchange))), first)
-    assert len(conns) == 2 and first in conns
+    assert publisher.stats.dropped == publisher.stats.delivery_errors == 0, publisher.stats
+    every = by_connection(read_topic(kafka_bootstrap, topics.raw(exchange)))
+    conns = _same_endpoint(every, first)
+    assert len(conns) == 2 and first in conns, _outline(every)
     for items in conns.values():
         _check_connection_contract(exchange, connector, items)
     first_records = conns[first]
