@@ -346,10 +346,8 @@ def _wait_until_served(admin: AdminClient, names: list[str], timeout: float) -> 
     """Topic metadata once every partition of the named topics is served by its leader.
 
     KRaft brokers learn about new topics asynchronously, and a broker lists itself as a
-    partition's leader a while before it serves the partition: a produce in that window fails
-    retriably, and an idempotent producer's later batch can then be accepted first (a producer
-    new to a partition may start at any sequence), reordering a connection's first records.
-    So each partition is asked for its end offset, which only the serving leader answers.
+    partition's leader a while before it serves the partition, refusing writes meanwhile. So
+    each partition is asked for its end offset, which only the serving leader answers.
     """
     deadline = time.monotonic() + timeout
     waiting: set[str] = set(names)
