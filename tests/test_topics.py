@@ -50,8 +50,8 @@ def test_apply_twice_then_configs_match(kafka_admin: AdminClient) -> None:
 
 
 def test_apply_returns_when_every_new_partition_is_served(kafka_admin: AdminClient) -> None:
-    """A broker names itself leader before it serves a new partition; writes in that window can
-    reorder an idempotent producer's first batches, so apply waits until each partition answers."""
+    """A broker names itself leader of a new partition before it serves it, refusing writes
+    meanwhile: apply waits until each partition answers (without the wait this fails at once)."""
     topology = Topology(prefix=f"served{uuid.uuid4().hex[:8]}.", exchanges=EXCHANGES, partitions=3)
     specs = topology.specs()
     apply_topology(kafka_admin, specs)
