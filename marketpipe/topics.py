@@ -317,13 +317,14 @@ def apply_topology(
                 # a broker's metadata can lag a topic created moments ago: reconcile it below
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
-        existing = _wait_until_served(admin, [s.name for s in missing], timeout)
+        existing = _wait_until_served(admin, {s.name: s.partitions for s in missing}, timeout)
 
     present = [spec for spec in specs if spec.name in existing and spec.name not in report.created]
     grow = {s.name: s.partitions for s in present if len(existing[s.name].partitions) < s.partitions}
     if grow:
         for future in admin.create_partitions([NewPartitions(t, n) for t, n in grow.items()]).values():
             future.result()
+        _wait_until_served(admin, grow, timeout)
         report.repartitioned = grow
 
     current = describe_configs(admin, [s.name for s in present], timeout)
@@ -342,35 +343,35 @@ def apply_topology(
     return report
 
 
-def _wait_until_served(admin: AdminClient, names: list[str], timeout: float) -> dict[str, Any]:
-    """Topic metadata once every partition of the named topics is served by its leader.
+def _wait_until_served(admin: AdminClient, partitions: dict[str, int], timeout: float) -> dict[str, Any]:
+    """Topic metadata once the named topics have their number of partitions, each served by its leader.
 
     KRaft brokers learn about new topics asynchronously, and a broker lists itself as a
     partition's leader a while before it serves the partition, refusing writes meanwhile. So
     each partition is asked for its end offset, which only the serving leader answers.
     """
     deadline = time.monotonic() + timeout
-    waiting: set[str] = set(names)
+    waiting = set(partitions)
     while True:
         topics = admin.list_topics(timeout=timeout).topics
-        visible = [name for name in waiting if name in topics and _led(topics[name])]
+        visible = [n for n in waiting if n in topics and _led(topics[n], partitions[n])]
         waiting.difference_update(_answering(admin, topics, visible, timeout))
         if not waiting:
             return topics
         if time.monotonic() > deadline:
             raise TopicsNotServed(
-                f"{len(waiting)} new topic(s) still not served by their leaders after {timeout:.0f} s: "
+                f"{len(waiting)} topic(s) with new partitions no leader serves after {timeout:.0f} s: "
                 f"{', '.join(sorted(waiting)[:5])}; check the brokers' health (kafka logs)"
             )
         time.sleep(0.1)
 
 
-def _led(topic: Any) -> bool:
-    """Every partition of ``topic`` has a leader in the metadata."""
+def _led(topic: Any, count: int) -> bool:
+    """``topic`` has ``count`` partitions in the metadata, each with a leader."""
     partitions = topic.partitions.values()
     return (
         topic.error is None
-        and bool(partitions)
+        and len(partitions) >= count
         and all(p.leader >= 0 and p.error is None for p in partitions)
     )
 
@@ -392,7 +393,7 @@ def _answering(admin: AdminClient, topics: dict[str, Any], names: list[str], tim
 
 
 class TopicsNotServed(RuntimeError):
-    """New topics whose partitions no leader serves within the timeout."""
+    """Topics whose new partitions no leader serves within the timeout."""
 
 
 _ELECTING = {

@@ -10,7 +10,7 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 
 from marketpipe.codec import AvroCodec
 from marketpipe.config import EXCHANGES
-from marketpipe.topics import Topology, apply_topology, describe_configs
+from marketpipe.topics import TopicSpec, Topology, apply_topology, describe_configs
 from sinks.tables import sink_tables
 
 COMPACTED = {
@@ -52,12 +52,21 @@ def test_apply_twice_then_configs_match(kafka_admin: AdminClient) -> None:
 def test_apply_returns_when_every_new_partition_is_served(kafka_admin: AdminClient) -> None:
     """A broker names itself leader of a new partition before it serves it, refusing writes
     meanwhile: apply waits until each partition answers (without the wait this fails at once)."""
-    topology = Topology(prefix=f"served{uuid.uuid4().hex[:8]}.", exchanges=EXCHANGES, partitions=3)
-    specs = topology.specs()
-    apply_topology(kafka_admin, specs)
+    prefix = f"served{uuid.uuid4().hex[:8]}."
+    specs = Topology(prefix=prefix, exchanges=EXCHANGES, partitions=3).specs()
+    assert sorted(apply_topology(kafka_admin, specs).created) == sorted(s.name for s in specs)
+    _assert_served(kafka_admin, specs)
+
+    grown = Topology(prefix=prefix, exchanges=EXCHANGES, partitions=5).specs()
+    report = apply_topology(kafka_admin, grown)
+    assert report.repartitioned == {s.name: s.partitions for s in grown if s.partitions == 5}
+    _assert_served(kafka_admin, grown)
+
+
+def _assert_served(admin: AdminClient, specs: list[TopicSpec]) -> None:
     request = {TopicPartition(s.name, p): OffsetSpec.latest() for s in specs for p in range(s.partitions)}
     unserved = []
-    for tp, future in kafka_admin.list_offsets(request).items():
+    for tp, future in admin.list_offsets(request).items():
         try:
             future.result()
         except KafkaException as exc:
