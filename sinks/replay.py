@@ -197,24 +197,6 @@ class OffsetResetter:
         for group, changes in replay.groups:
             self.apply(group, changes, force=force, wait_s=wait_s)
 
-    def delete_topics(self, topics: list[str]) -> None:
-        """Delete topics and wait until the broker no longer lists them (so they can be recreated)."""
-        if not topics:
-            return
-        futures = self.admin.delete_topics(topics, operation_timeout=self.timeout)
-        for topic, future in futures.items():
-            try:
-                future.result()
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if not (isinstance(error, KafkaError) and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
-                    raise ReplayError(f"cannot delete {topic}: {exc}") from None
-        deadline = time.monotonic() + self.timeout
-        while remaining := set(topics) & set(self.admin.list_topics(timeout=self.timeout).topics):
-            if time.monotonic() > deadline:
-                raise ReplayError(f"topics still listed after deletion: {sorted(remaining)}")
-            time.sleep(0.2)
-
     def _partitions(self, topics: list[str]) -> list[TopicPartition]:
         metadata = self.admin.list_topics(timeout=self.timeout).topics
         missing = [topic for topic in topics if topic not in metadata]
