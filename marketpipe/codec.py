@@ -104,10 +104,6 @@ class AvroCodec:
             for rt in RECORD_TYPES
         }
 
-    @property
-    def uses_registry(self) -> bool:
-        return self._registry is not None
-
     def schema_for(self, record_type: type[Record]) -> AvroSchema:
         return self._schemas[record_type.schema_name]
 

@@ -71,10 +71,6 @@ class CircuitBreaker:
         self._trips = 0
         self._open_until = 0.0
 
-    @property
-    def is_open(self) -> bool:
-        return time.monotonic() < self._open_until
-
     async def allow(self) -> None:
         delay = self._open_until - time.monotonic()
         if delay > 0:  # re-opened meanwhile? the next failure will tell

@@ -577,7 +577,3 @@ class CandleBuilder:
                 m.open[i][bar.open_time] = bar
                 next_close = min(next_close, bar.open_time + self.lengths[i])
         m.next_close = next_close
-
-
-def is_market_key(key: bytes) -> bool:
-    return key.startswith(_MARKET_PREFIX)
