@@ -296,9 +296,9 @@ def _fresh_topology(bootstrap: str) -> Topology:
 
 
 def _producer(bootstrap: str) -> Producer:
-    """Writes the capture in its order: idempotence keeps a retried first batch (a topic just
-    created may have no leader yet) from landing after the later ones, where the stage would
-    dead-letter every frame before the instrument metadata it came after."""
+    """Writes the capture in its order: idempotence keeps a retried batch from landing after the
+    later ones, where the stage would dead-letter every frame before the instrument metadata it
+    came after."""
     config = {"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 500_000}
     return Producer({**config, "compression.type": "zstd", "enable.idempotence": True})
 

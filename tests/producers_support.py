@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from pipeline_support import read_topic as read_messages
 
 from marketpipe.config import ConnectorSettings, ProducerSettings
 from marketpipe.raw import RawRecord
-from marketpipe.topics import watermarks
 from producers.connectors import connector_class
 from producers.publisher import CaptureRawPublisher
 
@@ -31,38 +29,12 @@ class Consumed:
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[Consumed]:
     """Everything currently in ``topic`` (all partitions, from the start), in offset order per partition."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=10)
-        partitions = list(metadata.topics[topic].partitions)
-        ends = {p: watermarks(consumer, TopicPartition(topic, p))[1] for p in partitions}
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        found: list[Consumed] = []
-        remaining = {p for p, end in ends.items() if end > 0}
-        deadline = time.monotonic() + timeout_s
-        while remaining and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None or message.error():
-                continue
-            headers = list(message.headers() or ())
-            record = RawRecord.from_kafka(message.value(), headers, message.key())
-            found.append(
-                Consumed(message.partition(), message.offset(), message.key(), dict(headers), record)  # type: ignore[arg-type]
-            )
-            if message.offset() + 1 >= ends[message.partition()]:
-                remaining.discard(message.partition())
-        if remaining:
-            raise AssertionError(f"timed out reading {topic}: partitions {remaining} incomplete")
-        return found
-    finally:
-        consumer.close()
+    found: list[Consumed] = []
+    for message in read_messages(bootstrap, topic, timeout_s):
+        headers = list(message.headers() or ())
+        record = RawRecord.from_kafka(message.value(), headers, message.key())  # type: ignore[arg-type]
+        found.append(Consumed(message.partition(), message.offset(), message.key(), dict(headers), record))  # type: ignore[arg-type]
+    return found
 
 
 def by_connection(consumed: list[Consumed]) -> dict[str, list[Consumed]]:
