@@ -6,11 +6,13 @@ declare only what differs: paths, frame shapes, subscribe grammar, heartbeats.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import time
 import zlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
@@ -211,6 +213,31 @@ class _Ping(bytes):
 _BACKGROUND: set[asyncio.Task[bool]] = set()  # strong references to fire-and-forget closes
 
 
+class SocketCork:
+    """``with cork(on):`` holds a TCP socket's partial segments back (TCP_CORK) within the block
+    when ``on``; a no-op where the option or the socket is not there."""
+
+    def __init__(self, transport: asyncio.BaseTransport | None) -> None:
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        self.sock = sock if sock is not None and hasattr(socket, "TCP_CORK") else None
+
+    @contextlib.contextmanager
+    def __call__(self, on: bool) -> Iterator[None]:
+        if not on or self.sock is None:
+            yield
+            return
+        self._set(1)
+        try:
+            yield
+        finally:
+            self._set(0)
+
+    def _set(self, value: int) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):  # the connection went away meanwhile
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, value)
+
+
 class Session:
     """One websocket connection: bounded send queue, subscriptions, pending faults."""
 
@@ -338,23 +365,41 @@ class Session:
         task.add_done_callback(_BACKGROUND.discard)
 
     async def write_loop(self) -> None:
-        ws, queue, stats = self.ws, self.queue, self.dialect.stats
+        """Send what is queued, a burst at a time (a frame and those queued behind it when it is
+        taken): the socket corked while a burst is written, so the kernel sends it in full
+        segments instead of one small segment per frame, and uncorked after it."""
+        queue = self.queue
+        cork = SocketCork(self.transport)
         while True:
-            item = await queue.get()
-            try:
-                if isinstance(item, str):
-                    await ws.send_str(item)
-                elif isinstance(item, _Ping):
-                    await ws.ping(item)
-                    continue
-                elif isinstance(item, bytes):
-                    await ws.send_bytes(item)
-                else:  # _CLOSE
+            first = await queue.get()
+            burst = queue.qsize()
+            with cork(burst > 0):
+                if not await self._write(first):
                     return
-            except (ConnectionError, RuntimeError):
-                return
-            stats["frames_sent"] += 1
-            stats["bytes_sent"] += len(item)
+                for _ in range(burst):
+                    if queue.empty():  # aborted meanwhile: the close comes next
+                        break
+                    if not await self._write(queue.get_nowait()):
+                        return
+
+    async def _write(self, item: object) -> bool:
+        """Send one queued item; False when the connection is done (closed or failed)."""
+        ws, stats = self.ws, self.dialect.stats
+        try:
+            if isinstance(item, str):
+                await ws.send_str(item)
+            elif isinstance(item, _Ping):
+                await ws.ping(item)
+                return True
+            elif isinstance(item, bytes):
+                await ws.send_bytes(item)
+            else:  # _CLOSE
+                return False
+        except (ConnectionError, RuntimeError):
+            return False
+        stats["frames_sent"] += 1
+        stats["bytes_sent"] += len(item)
+        return True
 
     def subscribed_to(self, symbol: str) -> bool:
         return any(key[1] == symbol for key in self.subs)

@@ -21,7 +21,7 @@ import websockets
 from click.testing import CliRunner
 
 from simulator import FaultError, Simulator, urls
-from simulator.base import EXCHANGES
+from simulator.base import EXCHANGES, SocketCork
 from simulator.market import MarketParams, SymbolMarket, SymbolSpec
 from tests.samples import load_sample
 
@@ -870,6 +870,33 @@ async def test_a_burst_beyond_the_queue_is_the_simulators_overload_not_a_slow_cl
         stats = sim.stats()["exchanges"]["coinbase"]
         assert (stats.get("overload_disconnects"), stats.get("slow_disconnects", 0)) == (1, 0)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+
+
+async def test_a_burst_is_written_corked_and_the_cork_is_always_released() -> None:
+    """The write loop corks the socket while it writes a burst (full segments, not one per
+    frame) and uncorks it after, so the burst's last partial segment goes out at once."""
+    server = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    sock = writer.transport.get_extra_info("socket")
+
+    def corked() -> int:
+        return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))
+
+    cork = SocketCork(writer.transport)
+    with cork(False):
+        assert corked() == 0
+    with cork(True):
+        assert corked() == 1
+    assert corked() == 0
+    with pytest.raises(RuntimeError), cork(True):
+        raise RuntimeError("a write failed")
+    assert corked() == 0
+    assert SocketCork(None).sock is None  # no transport (a test double): a no-op
+    with SocketCork(None)(True):
+        pass
+    writer.close()
+    server.close()
 
 
 # -- REST, stats, CLI ------------------------------------------------------------------------------------
