@@ -872,9 +872,7 @@ async def test_a_burst_beyond_the_queue_is_the_simulators_overload_not_a_slow_cl
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
 
 
-async def test_a_burst_is_written_corked_and_the_cork_is_always_released() -> None:
-    """The write loop corks the socket while it writes a burst (full segments, not one per
-    frame) and uncorks it after, so the burst's last partial segment goes out at once."""
+async def test_the_cork_holds_segments_within_its_block_and_is_always_released() -> None:
     server = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -897,6 +895,27 @@ async def test_a_burst_is_written_corked_and_the_cork_is_always_released() -> No
         pass
     writer.close()
     server.close()
+
+
+async def test_a_burst_is_written_corked_then_uncorked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer to a subscription (an ack and two snapshots, queued in one call) leaves as one
+    corked burst, and the socket is uncorked after it: the client gets all of it at once."""
+    settings: list[int] = []
+    set_cork = SocketCork._set
+
+    def recording(cork: SocketCork, value: int) -> None:
+        settings.append(value)
+        set_cork(cork, value)
+
+    monkeypatch.setattr(SocketCork, "_set", recording)
+    async with Simulator(exchanges=("coinbase",), book_rate=1) as sim:
+        ws = await websockets.connect(sim.urls()["coinbase"][0], max_size=None, close_timeout=0.2)
+        await send(ws, {"type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channel": "level2"})
+        snapshots = 0
+        while snapshots < 2:
+            snapshots += loads(await recv(ws))["events"][0]["type"] == "snapshot"
+        await ws.close()
+    assert settings[:2] == [1, 0]
 
 
 # -- REST, stats, CLI ------------------------------------------------------------------------------------
