@@ -223,19 +223,20 @@ class SocketCork:
 
     @contextlib.contextmanager
     def __call__(self, on: bool) -> Iterator[None]:
-        if not on or self.sock is None:
+        sock = self.sock if on else None
+        if sock is None:
             yield
             return
-        self._set(1)
+        self._set(sock, 1)
         try:
             yield
         finally:
-            self._set(0)
+            self._set(sock, 0)
 
-    def _set(self, value: int) -> None:
-        if self.sock is not None:
-            with contextlib.suppress(OSError):  # the connection went away meanwhile
-                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, value)
+    @staticmethod
+    def _set(sock: socket.socket, value: int) -> None:
+        with contextlib.suppress(OSError):  # the connection went away meanwhile
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, value)
 
 
 class Session:

@@ -903,11 +903,11 @@ async def test_a_burst_is_written_corked_then_uncorked(monkeypatch: pytest.Monke
     settings: list[int] = []
     set_cork = SocketCork._set
 
-    def recording(cork: SocketCork, value: int) -> None:
+    def recording(sock: socket.socket, value: int) -> None:
         settings.append(value)
-        set_cork(cork, value)
+        set_cork(sock, value)
 
-    monkeypatch.setattr(SocketCork, "_set", recording)
+    monkeypatch.setattr(SocketCork, "_set", staticmethod(recording))
     async with Simulator(exchanges=("coinbase",), book_rate=1) as sim:
         ws = await websockets.connect(sim.urls()["coinbase"][0], max_size=None, close_timeout=0.2)
         await send(ws, {"type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channel": "level2"})
