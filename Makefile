@@ -19,7 +19,7 @@ bootstrap: $(VENV)/.synced kafka-jars
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet uv==$(UV_VERSION)
 
-$(VENV)/.synced: requirements.lock pyproject.toml | $(UV)
+$(VENV)/.synced: requirements.lock pyproject.toml marketpipe/_avro_writer.c | $(UV)
 	test -x $(BIN)/python || $(UV) venv --quiet --python $(PYTHON) $(VENV)
 	$(UV) pip sync --quiet --python $(BIN)/python requirements.lock
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps -e .

@@ -42,6 +42,11 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from marketpipe.records import RECORD_TYPES, Record
 from schemas import SCHEMA_DIR
 
+try:  # built from _avro_writer.c at install; without it the generated Python writers encode
+    from marketpipe import _avro_writer as _native
+except ImportError:  # pragma: no cover - every install made by `make` builds it
+    _native = None  # type: ignore[assignment]
+
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
 R = TypeVar("R", bound=Record)
@@ -85,7 +90,11 @@ def load_schemas(schema_dir: Path = SCHEMA_DIR) -> dict[str, AvroSchema]:
 
 
 class AvroCodec:
-    def __init__(self, schema_registry_url: str | None = None, schema_dir: Path = SCHEMA_DIR) -> None:
+    def __init__(
+        self, schema_registry_url: str | None = None, schema_dir: Path = SCHEMA_DIR, native: bool = True
+    ) -> None:
+        """``native=False`` encodes with the generated Python writers even where the C writer
+        is built (to compare the two)."""
         self._schemas = load_schemas(schema_dir)
         self._type_by_name = {self._schemas[rt.schema_name].name: rt for rt in RECORD_TYPES}
         # writer schemas this codec can decode, by fingerprint (current + registered older versions)
@@ -94,6 +103,10 @@ class AvroCodec:
         self._encoders: dict[tuple[str, str | None], Callable[[Any], bytes]] = {}
         # None where the schema uses a type compile_writer does not handle (fastavro writes those)
         self._body_writers = {name: compile_writer(s.parsed) for name, s in self._schemas.items()}
+        # programs of the C writer, where it is built (None where the schema needs fastavro)
+        self._native_programs = {name: native_program(s.parsed) for name, s in self._schemas.items()}
+        if not native:
+            self._native_programs.clear()
         # readers of records written with today's schema, by fingerprint; the target type is
         # the one the schema maps to (None where compile_reader does not handle the schema)
         self._body_readers = {
@@ -131,7 +144,10 @@ class AvroCodec:
         schema = self._schemas[record_type.schema_name]
         header = self._header(schema, topic)
         write_body = self._body_writers[record_type.schema_name]
-        if write_body is None:
+        program = self._native_programs.get(record_type.schema_name)
+        if program is not None:
+            encode: Callable[[Any], bytes] = _native.Writer(program, header)
+        elif write_body is None:
 
             def encode(record: Any) -> bytes:
                 return header + _write(schema, msgspec.to_builtins(record, builtin_types=(bytes,)))
@@ -270,6 +286,61 @@ def compile_writer(parsed: dict[str, Any]) -> BodyWriter | None:
         return _compile(parsed, parsed.get("__named_schemas", {}), frozenset())
     except UnsupportedSchema:
         return None
+
+
+def native_program(parsed: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The program of the C writer (``marketpipe._avro_writer``) for a fastavro-parsed record
+    schema, or None when it needs fastavro or the C writer is not built. It handles the same
+    types as ``compile_writer``."""
+    if _native is None:
+        return None
+    try:
+        return _program(parsed, parsed.get("__named_schemas", {}), frozenset())
+    except UnsupportedSchema:
+        return None
+
+
+def _program(schema: Any, named: dict[str, Any], enclosing: frozenset[str]) -> tuple[Any, ...]:
+    if isinstance(schema, list):
+        if len(schema) != 2 or schema.count("null") != 1:
+            raise UnsupportedSchema(f"union {schema}")
+        null_index = schema.index("null")
+        return (_native.NULLABLE, null_index, _program(schema[1 - null_index], named, enclosing))
+    if isinstance(schema, str):
+        if schema in named:
+            if schema in enclosing:
+                raise UnsupportedSchema(f"recursive type {schema}")
+            return _program(named[schema], named, enclosing)
+        schema = {"type": schema}
+    kind = schema["type"]
+    if "logicalType" in schema:
+        raise UnsupportedSchema(f"logical type {schema['logicalType']}")
+    if kind in _NATIVE_PRIMITIVES:
+        return (_NATIVE_PRIMITIVES[kind],)
+    if kind == "enum":
+        return (_native.ENUM, {symbol: i for i, symbol in enumerate(schema["symbols"])}, schema["name"])
+    if kind == "array":
+        return (_native.ARRAY, _program(schema["items"], named, enclosing))
+    if kind == "record":
+        inner = enclosing | {schema["name"]}
+        fields = tuple((f["name"], _program(f["type"], named, inner)) for f in schema["fields"])
+        return (_native.RECORD, fields)
+    raise UnsupportedSchema(f"type {kind}")
+
+
+_NATIVE_PRIMITIVES = (
+    {
+        "int": _native.LONG,
+        "long": _native.LONG,
+        "double": _native.DOUBLE,
+        "float": _native.FLOAT,
+        "boolean": _native.BOOLEAN,
+        "string": _native.STRING,
+        "bytes": _native.BYTES,
+    }
+    if _native
+    else {}
+)
 
 
 def long_bytes(value: int) -> bytes:

@@ -6,6 +6,7 @@ import io
 import json
 import struct
 import typing
+from collections.abc import Callable
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from feed_helpers import BINANCE_INFO_URL, Feed, binance_info
 from samples import messages
 
+from marketpipe import _avro_writer
 from marketpipe.codec import (
     CONFLUENT_MAGIC,
     SINGLE_OBJECT_MAGIC,
@@ -25,6 +27,7 @@ from marketpipe.codec import (
     compile_reader,
     compile_writer,
     long_bytes,
+    native_program,
     read_long,
 )
 from marketpipe.records import (
@@ -510,28 +513,45 @@ def _assert_encodes_like_fastavro(codec: AvroCodec, record: Record) -> None:
     assert codec.decode(data) == record
 
 
+# the two compiled writers: C (marketpipe/_avro_writer.c, built by every install `make` does)
+# and the generated Python writers it falls back to
+WRITERS = pytest.mark.parametrize("native", [True, False], ids=["c-writer", "python-writer"])
+
+
+def test_the_c_writer_is_built() -> None:
+    """`make bootstrap` compiles it: without it every record would take the slower path."""
+    from marketpipe import _avro_writer
+
+    assert callable(_avro_writer.Writer)
+
+
 @pytest.mark.parametrize("record_type", RECORD_TYPES, ids=lambda t: t.__name__)
 def test_every_schema_compiles_to_a_writer(record_type: type[Record]) -> None:
     """No schema of ours falls back to fastavro for encoding."""
-    assert compile_writer(AvroCodec().schema_for(record_type).parsed) is not None
+    parsed = AvroCodec().schema_for(record_type).parsed
+    assert compile_writer(parsed) is not None
+    assert native_program(parsed) is not None
 
 
 def test_edge_values_cover_every_record_type() -> None:
     assert {type(r) for r in EDGE_VALUES} == set(RECORD_TYPES)
 
 
+@WRITERS
 @pytest.mark.parametrize("record", SAMPLES + EDGE_VALUES, ids=lambda r: type(r).__name__)
-def test_compiled_writer_is_byte_identical_to_fastavro(record: Record) -> None:
-    _assert_encodes_like_fastavro(AvroCodec(), record)
+def test_compiled_writer_is_byte_identical_to_fastavro(record: Record, native: bool) -> None:
+    _assert_encodes_like_fastavro(AvroCodec(native=native), record)
 
 
-def test_confluent_framing_wraps_the_same_body() -> None:
+@WRITERS
+def test_confluent_framing_wraps_the_same_body(native: bool) -> None:
     record = EDGE_VALUES[4]
-    data = AvroCodec("mock://marketpipe-tests").encode(record, topic="md.books")
+    data = AvroCodec("mock://marketpipe-tests", native=native).encode(record, topic="md.books")
     assert data[:1] == CONFLUENT_MAGIC and data[5:] == AvroCodec().encode(record)[10:]
 
 
-def test_records_from_the_binance_parser_encode_like_fastavro() -> None:
+@WRITERS
+def test_records_from_the_binance_parser_encode_like_fastavro(native: bool) -> None:
     """Trades, snapshot and diff book changes, BBOs and status events parsed from real frames."""
     feed = Feed("binance")
     feed.open("wss://stream.binance.com:9443/stream", ["NKNUSDT", "LRCBTC"])
@@ -545,7 +565,7 @@ def test_records_from_the_binance_parser_encode_like_fastavro() -> None:
     records: list[Record] = [r for out in outputs for r in (*out.trades, *out.books, *out.bbos, *out.status)]
     assert {type(r) for r in records} == {Trade, BookChange, BBO, StatusEvent}
     assert any(isinstance(r, BookChange) and len(r.bids) > 100 for r in records)
-    codec = AvroCodec()
+    codec = AvroCodec(native=native)
     for record in records:
         _assert_encodes_like_fastavro(codec, record)
 
@@ -567,16 +587,58 @@ ITEM_SCHEMA: dict[str, Any] = {
 }
 
 
+def _item_writers(schema: AvroSchema) -> list[Callable[[Any], bytes]]:
+    """The generated Python writer and the C writer of one schema, each returning the body."""
+    write, program = compile_writer(schema.parsed), native_program(schema.parsed)
+    assert write is not None and program is not None
+
+    def python_writer(value: Any) -> bytes:
+        out = bytearray()
+        write(out, value)
+        return bytes(out)
+
+    return [python_writer, _avro_writer.Writer(program)]
+
+
 @pytest.mark.parametrize("item", [_Item(5, True, 0.5), _Item(None, False, -3.25), _Item(-BIG, True, 1e30)])
 def test_union_with_null_last_and_float_match_fastavro(item: _Item) -> None:
     schema = AvroSchema.from_dict(ITEM_SCHEMA)
-    write = compile_writer(schema.parsed)
-    assert write is not None
-    out = bytearray()
-    write(out, item)
     expected = io.BytesIO()
     fastavro.schemaless_writer(expected, schema.parsed, msgspec.to_builtins(item))
-    assert bytes(out) == expected.getvalue()
+    for write in _item_writers(schema):
+        assert write(item) == expected.getvalue(), write
+
+
+@pytest.mark.parametrize(
+    ("item", "error"),
+    [
+        (_Item(2**63, True, 0.5), OverflowError),  # outside an Avro long
+        (_Item(5, True, 1e39), OverflowError),  # outside a float
+        (_Item(5, True, "0.5"), (TypeError, struct.error)),  # type: ignore[arg-type]
+        (_Item(1.5, True, 0.5), TypeError),  # type: ignore[arg-type]
+    ],
+    ids=["long-overflow", "float-overflow", "str-for-float", "float-for-long"],
+)
+def test_values_that_do_not_fit_their_schema_are_errors_in_both_writers(
+    item: _Item, error: type[Exception] | tuple[type[Exception], ...]
+) -> None:
+    for write in _item_writers(AvroSchema.from_dict(ITEM_SCHEMA)):
+        with pytest.raises(error):
+            write(item)
+
+
+@WRITERS
+def test_a_wrong_type_in_a_record_is_an_error_not_a_record(native: bool) -> None:
+    codec = AvroCodec(native=native)
+    book = next(r for r in SAMPLES if isinstance(r, BookChange))
+    for bad in (
+        msgspec.structs.replace(TRADE, symbol=None),
+        msgspec.structs.replace(TRADE, ts="now"),
+        msgspec.structs.replace(book, bids=[(1.0, 2.0)]),
+        msgspec.structs.replace(book, asks=5),
+    ):
+        with pytest.raises((TypeError, AttributeError, struct.error)):
+            codec.encode(bad)
 
 
 @pytest.mark.parametrize(
@@ -618,10 +680,20 @@ def test_longs_outside_64_bits_are_rejected_like_fastavro() -> None:
             long_bytes(value)
 
 
-def test_bad_enum_symbol_is_a_clear_error() -> None:
+@WRITERS
+def test_longs_outside_64_bits_in_a_record_are_rejected(native: bool) -> None:
+    codec = AvroCodec(native=native)
+    assert codec.decode(codec.encode(msgspec.structs.replace(TRADE, seq=2**63 - 1))).seq == 2**63 - 1
+    for value in (2**63, -(2**63) - 1):
+        with pytest.raises(OverflowError):
+            codec.encode(msgspec.structs.replace(TRADE, seq=value))
+
+
+@WRITERS
+def test_bad_enum_symbol_is_a_clear_error(native: bool) -> None:
     bad = msgspec.structs.replace(TRADE, side="sideways")
     with pytest.raises(ValueError, match=r"'sideways' is not a symbol of enum io\.marketpipe\.Side"):
-        AvroCodec().encode(bad)
+        AvroCodec(native=native).encode(bad)
 
 
 # -- compiled readers: the same records as fastavro + msgspec.convert ----------------------
