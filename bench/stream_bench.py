@@ -217,6 +217,13 @@ def _cpu_seconds(pid: int) -> tuple[float, float]:
     return python, kafka
 
 
+def _machine_cpu_seconds() -> float:
+    """Busy CPU time of the whole machine so far, all cores (Linux /proc/stat: everything but
+    idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def _committed(consumer: Consumer, topic: str) -> int:
     try:
         found = consumer.committed([TopicPartition(topic, 0)], timeout=10)
@@ -235,10 +242,20 @@ class Drain:
     """CPU seconds of the worker's Python threads (the stage loop and its committer)"""
     kafka_cpu: float
     """CPU seconds of librdkafka's threads"""
+    machine_cpu: float
+    """busy CPU seconds of the whole machine (the worker, the broker, this bench)"""
 
     @property
     def cpu(self) -> float:
         return self.python_cpu + self.kafka_cpu
+
+    def machine(self) -> str:
+        cores = os.cpu_count() or 1
+        busy = self.machine_cpu / max(self.seconds, 1e-9)
+        return (
+            f"the machine was {busy:.2f} of {cores} cores busy; everything but the worker "
+            f"(the broker, this bench) {(self.machine_cpu - self.cpu) * 1e6 / self.count:.1f} µs/frame"
+        )
 
     def per_item(self, unit: str) -> str:
         return (
@@ -266,17 +283,21 @@ def _watch_drain(
         }
     )
     deadline = time.monotonic() + 600
-    first: tuple[float, tuple[float, float], int] | None = None
+    first: tuple[float, tuple[float, float], float, int] | None = None
     try:
         while time.monotonic() < deadline:
             done = _committed(consumer, topic)
             now = time.monotonic()
             if first is None and (done > 0 or done >= end):
-                first = (now, _cpu_seconds(pid), done)
+                first = (now, _cpu_seconds(pid), _machine_cpu_seconds(), done)
             if done >= end and first is not None:
                 python, kafka = _cpu_seconds(pid)
                 return Drain(
-                    now - first[0], max(done - first[2], 1), python - first[1][0], kafka - first[1][1]
+                    now - first[0],
+                    max(done - first[3], 1),
+                    python - first[1][0],
+                    kafka - first[1][1],
+                    _machine_cpu_seconds() - first[2],
                 )
             if worker.poll() is not None:
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
@@ -463,6 +484,7 @@ def run_throughput(bootstrap: str, records: list[RawRecord]) -> None:
     print(
         f"normalise  {drain.count:,} frames in {drain.seconds:.2f} s = {rate:,.0f} frames/s per worker; "
         f"{drain.per_item('frame')} = {per_cpu_s:,.0f} frames/CPU-s\n"
+        f"           {drain.machine()}\n"
         f"           parsers alone in this run: {reference:,.0f} frames/s "
         f"(worker = {rate / reference:.0%} of it by wall time, {per_cpu_s / reference:.0%} by CPU)\n"
         f"           the stage in a plain batch loop (no transactions, no state kept): "
