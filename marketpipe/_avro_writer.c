@@ -17,7 +17,7 @@ enum Kind { LONG, DOUBLE, FLOAT, BOOLEAN, STRING, BYTES, ENUM, NULLABLE, ARRAY, 
 typedef struct Op {
     int kind;
     PyObject *name;    /* a record field: the attribute read (owned), else NULL */
-    PyObject *symbols; /* ENUM: dict symbol -> index (owned); NULLABLE: unused */
+    PyObject *symbols; /* ENUM: dict symbol -> index (owned: a copy of the program's) */
     PyObject *label;   /* ENUM: the enum's name, for the error (owned) */
     int null_index;    /* NULLABLE: the branch index of null in the schema */
     Py_ssize_t count;  /* RECORD: fields; NULLABLE and ARRAY: 1 */
@@ -230,9 +230,9 @@ static int build_op(Op *op, PyObject *spec) {
     }
     op->kind = (int)kind;
     if (kind == ENUM && size == 3 && PyDict_Check(PyTuple_GET_ITEM(spec, 1))) {
-        op->symbols = Py_NewRef(PyTuple_GET_ITEM(spec, 1));
+        op->symbols = PyDict_Copy(PyTuple_GET_ITEM(spec, 1));
         op->label = PyObject_Str(PyTuple_GET_ITEM(spec, 2));
-        return op->label == NULL ? -1 : 0;
+        return op->symbols == NULL || op->label == NULL ? -1 : 0;
     }
     if (kind == NULLABLE && size == 3) {
         op->null_index = PyObject_IsTrue(PyTuple_GET_ITEM(spec, 1)) ? 1 : 0;

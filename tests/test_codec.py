@@ -525,6 +525,23 @@ def test_the_c_writer_is_built() -> None:
     assert callable(_avro_writer.Writer)
 
 
+@pytest.mark.parametrize(
+    ("program", "error"),
+    [
+        ("record", TypeError),
+        ((), TypeError),
+        ((99,), ValueError),
+        ((_avro_writer.ARRAY,), ValueError),
+        ((_avro_writer.RECORD, (("price", "double"),)), TypeError),
+        ((_avro_writer.RECORD, ((1, (_avro_writer.LONG,)),)), TypeError),
+    ],
+    ids=["not-a-tuple", "empty", "unknown-step", "array-without-items", "bad-field-step", "bad-field-name"],
+)
+def test_a_malformed_c_writer_program_is_a_clear_error(program: Any, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        _avro_writer.Writer(program)
+
+
 @pytest.mark.parametrize("record_type", RECORD_TYPES, ids=lambda t: t.__name__)
 def test_every_schema_compiles_to_a_writer(record_type: type[Record]) -> None:
     """No schema of ours falls back to fastavro for encoding."""
