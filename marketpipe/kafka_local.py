@@ -21,6 +21,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,9 +109,43 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port free now, for a server that binds it later (a broker, a child's metrics endpoint).
+
+    It is picked below the kernel's ephemeral range: a port the kernel picked (``bind`` to 0)
+    could be handed out again, to an outgoing connection or another ``bind`` to 0 (the
+    sink's ClickHouse endpoint, say), before the server binds it. Ports this process handed
+    out lately are not handed out again.
+    """
+    low = min(_ephemeral_low(), 32768)
+    for _ in range(200 if low - _PICKED_FROM >= 1000 else 0):
+        port = secrets.randbelow(low - _PICKED_FROM) + _PICKED_FROM
+        if port not in _handed_out and port_free(port):
+            _handed_out.append(port)
+            return port
+    with socket.socket() as sock:  # below the ephemeral range is full: the kernel's pick
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+_PICKED_FROM = 20000
+_handed_out: deque[int] = deque(maxlen=256)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; macOS and Windows start higher
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens on (or holds) ``port`` on the loopback interface now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from confluent_kafka import KafkaException
 
 from marketpipe.cli_support import settings_from
 from marketpipe.config import ConfigError, Settings
-from marketpipe.kafka_local import LocalKafka, LocalKafkaError, free_port, port_open
+from marketpipe.kafka_local import LocalKafka, LocalKafkaError, free_port, port_free, port_open
 from marketpipe.kafka_security import KafkaAccessError, aiokafka_options, require_kafka_of
 from marketpipe.logs import log_event
 from marketpipe.supervisor import Child, Supervisor, signal_child
@@ -56,15 +55,6 @@ def _marketpipe(settings: Settings, *args: str) -> list[str]:
     return [sys.executable, "-m", "marketpipe.cli", "--data-dir", str(settings.data_dir), *args]
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 class PortPlan:
     """Metrics ports: settings.metrics_port for the sink, the next ones for the other children.
 
@@ -79,7 +69,7 @@ class PortPlan:
         port = self.next
         if port:
             self.next += 1
-            if port < 65536 and _port_free(port):
+            if port < 65536 and port_free(port):
                 return port
         return free_port()
 

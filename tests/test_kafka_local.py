@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from marketpipe.kafka_local import free_port, new_cluster_id, port_open
+from marketpipe.kafka_local import free_port, new_cluster_id, port_free, port_open
+
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 def _marketpipe(data_dir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -34,6 +36,20 @@ def _broker_pids(data_dir: Path) -> list[int]:
             except OSError:
                 continue
     return pids
+
+
+@pytest.mark.skipif(
+    not EPHEMERAL_RANGE.exists(), reason="needs Linux's /proc/sys/net/ipv4/ip_local_port_range"
+)
+def test_free_ports_cannot_be_taken_by_the_kernels_own_picks() -> None:
+    """A port chosen now and bound later by a server (a broker, a child's metrics endpoint of
+    `marketpipe run`) must not be one the kernel can hand to an outgoing connection or to a
+    bind to port 0 meanwhile (seen: a metrics port answered by the sink's ClickHouse endpoint)."""
+    ephemeral_low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    ports = [free_port() for _ in range(100)]
+    assert len(set(ports)) == len(ports), "a port handed out twice"
+    assert all(p < ephemeral_low for p in ports), [p for p in ports if p >= ephemeral_low]
+    assert all(port_free(p) for p in ports)
 
 
 @pytest.mark.slow
