@@ -240,7 +240,7 @@ class StreamSettings(_Section):
         "loop's cadence, so how soon it sees a stop, a flush request or a finished commit",
     )
     commit_interval_ms: int = Field(
-        25,
+        40,
         ge=0,
         le=10_000,
         description="transactions begin at least this far apart (a round gathers input meanwhile): "
