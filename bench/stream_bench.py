@@ -265,6 +265,24 @@ class Drain:
         )
 
 
+class _Sample:
+    """The drain's progress and the CPU used so far, now (read at its start and end only)."""
+
+    def __init__(self, done: int, pid: int) -> None:
+        self.at, self.done = time.monotonic(), done
+        self.python_cpu, self.kafka_cpu = _cpu_seconds(pid)
+        self.machine_cpu = _machine_cpu_seconds()
+
+    def since(self, first: _Sample) -> Drain:
+        return Drain(
+            self.at - first.at,
+            max(self.done - first.done, 1),
+            self.python_cpu - first.python_cpu,
+            self.kafka_cpu - first.kafka_cpu,
+            self.machine_cpu - first.machine_cpu,
+        )
+
+
 def _watch_drain(
     bootstrap: str, group: str, topic: str, end: int, worker: subprocess.Popen[bytes], log: Path
 ) -> Drain:
@@ -283,22 +301,14 @@ def _watch_drain(
         }
     )
     deadline = time.monotonic() + 600
-    first: tuple[float, tuple[float, float], float, int] | None = None
+    first: _Sample | None = None
     try:
         while time.monotonic() < deadline:
             done = _committed(consumer, topic)
-            now = time.monotonic()
             if first is None and (done > 0 or done >= end):
-                first = (now, _cpu_seconds(pid), _machine_cpu_seconds(), done)
+                first = _Sample(done, pid)
             if done >= end and first is not None:
-                python, kafka = _cpu_seconds(pid)
-                return Drain(
-                    now - first[0],
-                    max(done - first[3], 1),
-                    python - first[1][0],
-                    kafka - first[1][1],
-                    _machine_cpu_seconds() - first[2],
-                )
+                return _Sample(done, pid).since(first)
             if worker.poll() is not None:
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
                 raise SystemExit(

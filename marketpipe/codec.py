@@ -103,12 +103,7 @@ class AvroCodec:
         self._writers: dict[bytes, AvroSchema] = {s.fingerprint: s for s in self._schemas.values()}
         self._registry = _Registry(schema_registry_url) if schema_registry_url else None
         self._encoders: dict[tuple[str, str | None], Callable[[Any], bytes]] = {}
-        # None where the schema uses a type compile_writer does not handle (fastavro writes those)
-        self._body_writers = {name: compile_writer(s.parsed) for name, s in self._schemas.items()}
-        # programs of the C writer, where it is built (None where the schema needs fastavro)
-        self._native_programs = (
-            {name: native_program(s.parsed) for name, s in self._schemas.items()} if native else {}
-        )
+        self._native = native
         # readers of records written with today's schema, by fingerprint; the target type is
         # the one the schema maps to (None where compile_reader does not handle the schema)
         self._body_readers = {
@@ -145,22 +140,8 @@ class AvroCodec:
             return found
         schema = self._schemas[record_type.schema_name]
         header = self._header(schema, topic)
-        write_body = self._body_writers[record_type.schema_name]
-        program = self._native_programs.get(record_type.schema_name)
-        if program is not None:
-            encode: Callable[[Any], bytes] = _native.Writer(program, header)
-        elif write_body is None:
-
-            def encode(record: Any) -> bytes:
-                return header + _write(schema, msgspec.to_builtins(record, builtin_types=(bytes,)))
-
-        else:
-
-            def encode(record: Any) -> bytes:
-                out = bytearray(header)
-                write_body(out, record)
-                return bytes(out)
-
+        program = native_program(schema.parsed) if self._native else None
+        encode = _native.Writer(program, header) if program is not None else _python_encoder(schema, header)
         self._encoders[key] = encode
         return encode
 
@@ -258,6 +239,24 @@ class AvroCodec:
             (schema_id,) = struct.unpack(">I", data[1:5])
             return self._registry.schema_by_id(schema_id), bytes(data[5:])
         raise DecodeError(f"not an Avro record: leading bytes {bytes(data[:4]).hex() or '(empty)'}")
+
+
+def _python_encoder(schema: AvroSchema, header: bytes) -> Callable[[Any], bytes]:
+    """``encode`` without the C writer: the generated Python writer, else fastavro."""
+    write_body = compile_writer(schema.parsed)
+    if write_body is None:
+
+        def encode(record: Any) -> bytes:
+            return header + _write(schema, msgspec.to_builtins(record, builtin_types=(bytes,)))
+
+    else:
+
+        def encode(record: Any) -> bytes:
+            out = bytearray(header)
+            write_body(out, record)
+            return bytes(out)
+
+    return encode
 
 
 def _write(schema: AvroSchema, value: dict[str, Any]) -> bytes:

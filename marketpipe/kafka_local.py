@@ -116,13 +116,13 @@ def free_port() -> int:
     sink's ClickHouse endpoint, say), before the server binds it. Ports this process handed
     out lately are not handed out again.
     """
-    low = min(_ephemeral_low(), 32768)
-    for _ in range(200 if low - _PICKED_FROM >= 1000 else 0):
-        port = secrets.randbelow(low - _PICKED_FROM) + _PICKED_FROM
+    span = min(_ephemeral_low(), 32768) - _PICKED_FROM
+    for _ in range(200 if span >= 1000 else 0):
+        port = _PICKED_FROM + secrets.randbelow(span)
         if port not in _handed_out and port_free(port):
             _handed_out.append(port)
             return port
-    with socket.socket() as sock:  # below the ephemeral range is full: the kernel's pick
+    with socket.socket() as sock:  # no room, or none free, below the ephemeral range
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
