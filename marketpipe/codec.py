@@ -9,8 +9,8 @@ Two wire encodings, chosen by configuration and both accepted when decoding:
   big-endian schema id + the Avro body; schemas are registered under
   ``<topic>-value`` (TopicNameStrategy).
 
-Encoding does not go through fastavro: each schema is compiled once, at codec
-construction, into a program for the C writer (``_avro_writer.c``), which reads the msgspec
+Encoding does not go through fastavro: each schema is compiled once, when its first
+encoder is asked for, into a program for the C writer (``_avro_writer.c``), which reads the msgspec
 struct's attributes and returns header + Avro body (byte-identical to
 ``fastavro.schemaless_writer``). Where the extension is not built, a Python function
 generated per schema does the same, 3-4 times slower. A schema using a type the compilers do
