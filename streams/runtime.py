@@ -9,7 +9,9 @@ consumer group. Each round:
 2. hand each input partition's messages, in order, to the stage with that partition's
    state object; its outputs are collected in memory;
 3. wait for the previous round's commit (it ran on the committer thread while 1 and 2 ran
-   here) and begin a transaction;
+   here) and begin a transaction; while a backlog drains (a full batch) and that commit still
+   runs, the round's work is carried instead: the next round is read and processed, and both
+   go into the next transaction (``_carry``, up to ``CARRY_BATCHES`` batches);
 4. when a checkpoint is due, pickle the state of every partition changed since its last
    checkpoint;
 5. on the committer thread: ``send_offsets_to_transaction`` (KIP-447: fenced by the group
@@ -29,7 +31,9 @@ consumers read with ``isolation.level=read_committed``. Only one transaction is 
 time: round N+1 is consumed and processed while round N commits, but its outputs reach the
 producer only once that commit succeeded. If it failed, every assigned partition is restored
 from its last commit (below) and round N+1's messages are read again; rebalance callbacks
-wait for a running commit before they hand partitions over or take new ones.
+wait for a running commit before they hand partitions over or take new ones. Carried work
+that a revoke reaches is dropped the same way (it cannot be committed without the revoked
+partitions' offsets): every partition goes back to its last commit.
 
 Outputs are produced without a delivery callback: a transactional producer fails the
 commit (abortable) when any of the transaction's messages could not be delivered.
@@ -93,6 +97,8 @@ TP = tuple[str, int]
 MAX_OUTPUT_BYTES = 16 * 1024 * 1024
 MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024
 _POINTER_PREFIX = "cp1:"
+CARRY_BATCHES = 4
+"""at most this many batches are processed while one commit runs (``_carry``)"""
 RETRY_FOR_S = 120.0
 """how long retriable transaction errors (a broker restart) are retried before the worker gives up"""
 CALL_TIMEOUT_S = 10.0
@@ -245,6 +251,10 @@ class TransactionalLoop(Generic[S]):
         self._failures: list[str] = []
         self._outputs: list[tuple[str, bytes, bytes]] = []
         """the current round's outputs, produced once its transaction begins"""
+        self._carried = 0
+        """records processed since the last transaction began (``_carry``)"""
+        self._carry_lost = False
+        """partitions were revoked while the carried work held outputs of theirs"""
         self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"commit-{stage.name}")
         self._pending: _Commit | None = None
         """the previous round's transaction, committing on the committer thread"""
@@ -420,6 +430,12 @@ class TransactionalLoop(Generic[S]):
             failure, self._commit_failure = self._commit_failure, None
             self._transaction_failed(failure)
             return
+        if self._carry_lost:
+            # revoked while carried work held outputs of theirs: that work cannot be committed
+            # without them, so every partition goes back to its last commit
+            log_event(log, logging.INFO, "carried work dropped on a revoke", stage=self.stage.name)
+            self._rewind()
+            return
         moved = self._positions()
         if batches:
             self._refresh_lag()
@@ -438,6 +454,8 @@ class TransactionalLoop(Generic[S]):
                 for part in self.partitions.values():
                     self.stage.flush(part.state, self._emit)
                     part.dirty = True
+            elif self._carry(len(messages)):
+                return
             if not self._await_commit():
                 if flush:
                     self.flush_requested.set()
@@ -451,14 +469,25 @@ class TransactionalLoop(Generic[S]):
             if checkpoint or flush or first:
                 snapshots = self._snapshots(everything=checkpoint or flush, also=first)
                 moved = sorted({*moved, *(snapshot.tp for snapshot in snapshots)})
-            self._outputs = []  # handed over to the committer thread
+            self._outputs, self._carried = [], 0  # handed over to the committer thread
             self._commit(moved, flush, snapshots, outputs)
         except KafkaException as exc:
             if flush:
                 self.flush_requested.set()
             self._transaction_failed(exc)
-        finally:
-            self._outputs.clear()
+
+    def _carry(self, consumed: int) -> bool:
+        """Whether this round's work waits for the next transaction instead of for the previous
+        commit: while a backlog drains (full batches) the loop goes on processing, up to
+        ``CARRY_BATCHES`` batches, rather than idle until the committer is done."""
+        pending = self._pending
+        self._carried += consumed
+        return (
+            pending is not None
+            and not pending.future.done()
+            and consumed >= self.batch_size
+            and self._carried < CARRY_BATCHES * self.batch_size
+        )
 
     def _refresh_lag(self) -> None:
         now = time.monotonic()
@@ -659,11 +688,16 @@ class TransactionalLoop(Generic[S]):
         )
         self._retrying("abort", self.producer.abort_transaction)
         self._failures.clear()
-        self._outputs.clear()
         self.stats.aborts += 1
+        self._rewind()
+
+    def _rewind(self) -> None:
+        """Drop what is not committed: every assigned partition restored from its last commit
+        and repositioned there."""
+        self._outputs.clear()
+        self._carried, self._carry_lost = 0, False
         assigned = [TopicPartition(topic, partition) for topic, partition in self.partitions]
-        restored = self._restore(assigned)
-        for tp in restored:
+        for tp in self._restore(assigned):
             self.consumer.seek(tp)
 
     # ----------------------------------------------------------------------- checkpoints
@@ -755,6 +789,8 @@ class TransactionalLoop(Generic[S]):
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._settle_commit()
+        if partitions and self._carried:
+            self._carry_lost = True
         for tp in partitions:
             self.partitions.pop((tp.topic, tp.partition), None)
         consumer.incremental_unassign(partitions)

@@ -12,46 +12,21 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Sequence
 
 import pytest
-from confluent_kafka import Message, Producer
+from confluent_kafka import Producer
+from echo_stage import EchoStage
 from pipeline_support import read_topic
 
 from marketpipe.config import Settings
 from marketpipe.topics import Topology
-from streams.runtime import Emit, TransactionalLoop
+from streams.runtime import TransactionalLoop
 
 RECORDS = 300
 SPACING_S = 0.005
 INTERVAL_MS = 500
 MIN_RECORDS = 150  # 750 ms of the trickle: more than a commit takes on a loaded machine
 LINGER_MS = 2000
-
-
-class _Echo:
-    """Copies each input record to md.trades; the state counts records."""
-
-    name = "echo"
-
-    def __init__(self, topology: Topology) -> None:
-        self.group = f"{topology.prefix}echo-{uuid.uuid4().hex[:6]}"
-        self.topics = [topology.raw("binance")]
-        self.output = topology.trades
-        self.outputs = [topology.trades]
-
-    def new_state(self, topic: str, partition: int) -> list[int]:
-        return [0]
-
-    def process(self, state: list[int], messages: Sequence[Message], emit: Emit | None) -> None:
-        for message in messages:
-            state[0] += 1
-            if emit is not None:
-                emit(self.output, message.key() or b"", message.value() or b"")
-
-    def flush(self, state: list[int], emit: Emit) -> None:
-        pass
 
 
 def _run(bootstrap: str, topology: Topology, name: str, **pacing: int) -> tuple[int, float, list[bytes]]:
@@ -61,7 +36,7 @@ def _run(bootstrap: str, topology: Topology, name: str, **pacing: int) -> tuple[
         kafka={"bootstrap_servers": bootstrap, "topic_prefix": topology.prefix},
         streams={"commit_min_records": 0, **pacing, "poll_interval_ms": 5},
     )
-    loop = TransactionalLoop(_Echo(topology), settings, f"pacing-{name}")
+    loop = TransactionalLoop(EchoStage(topology), settings, f"pacing-{name}")
     runner = threading.Thread(target=loop.run, daemon=True)
     runner.start()
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
