@@ -9,8 +9,8 @@ import threading
 import time
 
 import pytest
+from echo_stage import EchoStage
 from pipeline_support import partitions_of, read_topic
-from test_stream_commit_pacing import _Echo
 
 from marketpipe.config import Settings
 from marketpipe.topics import Topology
@@ -31,7 +31,7 @@ def test_a_starting_loop_aborts_a_write_to_every_partition_it_writes(
     settings = Settings(
         exchanges=["binance"], kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": topics.prefix}
     )
-    loop = TransactionalLoop(_Echo(topics), settings, "start-abort")
+    loop = TransactionalLoop(EchoStage(topics), settings, "start-abort")
     runner = threading.Thread(target=loop.run, daemon=True)
     runner.start()
     try:
