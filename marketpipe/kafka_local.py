@@ -10,6 +10,7 @@ anything but the jar cache.
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 import os
@@ -131,6 +132,7 @@ _PICKED_FROM = 20000
 _handed_out: deque[int] = deque(maxlen=256)
 
 
+@functools.cache
 def _ephemeral_low() -> int:
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])

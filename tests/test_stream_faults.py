@@ -74,6 +74,9 @@ def test_stream_worker_killed_repeatedly_loses_and_duplicates_nothing(
 ) -> None:
     rng = random.Random(20261206)
     with pipeline(kafka_bootstrap, tmp_path, EXCHANGES, SYMBOLS, prefix="k") as p:
+        # small batches: the backlog each restart leaves fills them, so the worker carries
+        # rounds over running commits (TransactionalLoop._carry) while it is being killed
+        p.env["MARKETPIPE_STREAMS__BATCH_SIZE"] = "50"
         p.start_sim(trade_rate=20, seed=5)
         p.start("stream", "stream", "--worker-id", "w1")
         p.start("produce", "produce")
