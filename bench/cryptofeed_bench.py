@@ -4,6 +4,7 @@ with its Kafka backend and into marketpipe (connector + stream worker), through 
     python -m bench cryptofeed [--rates 500,1000,2500,5000,10000,20000] [--seconds 15]
                                [--systems cryptofeed,marketpipe] [--label NAME] [--json OUT]
                                [--marketpipe-tree DIR --marketpipe-python PYTHON] [--refine N]
+                               [--broker-warmup 60]
     make bench ARGS="cryptofeed --rates 500,1000"
 
 docs/benchmarks.md explains the setup and holds the latest numbers.
@@ -15,7 +16,9 @@ five book updates by default) offering about the target frame rate, then the sys
   its own virtualenv (.marketpipe/bench/cryptofeed-venv, created here with pip);
 - marketpipe: `marketpipe produce --exchange binance` pointed at the simulator plus `marketpipe
   stream`, the CLI commands a deployment runs (so this measures whichever stream worker is there).
-After a warm-up, a --seconds window is measured by a read_committed consumer on the outputs
+First each system runs --broker-warmup seconds at the highest rate, not recorded, so that the
+broker has compiled the request paths of both. Then, in each round, after a warm-up, a --seconds
+window is measured by a read_committed consumer on the outputs
 (cryptofeed's trades-* and book-* topics, marketpipe's md.trades and md.book):
 - offered/s: frames the simulator queued for the system's connection (what it generated);
 - out/s: normalised trade and book records that became visible in the window (marketpipe's
@@ -458,7 +461,7 @@ class Bench:
     trade_ratio: float
     work_dir: Path
 
-    def run_round(self, system: System, rate: int) -> Round:
+    def run_round(self, system: System, rate: int, seconds: float | None = None) -> Round:
         prefix = f"cfb{uuid.uuid4().hex[:6]}."
         work = Path(tempfile.mkdtemp(prefix=f"{system.key}-{rate}-", dir=self.work_dir))
         port = free_port()
@@ -475,7 +478,7 @@ class Bench:
                 self.bootstrap, trade_topics, book_topics, system.source_ts_s, book_sample_every
             )
             processes += system.start(at)
-            result = self.measure(system.label, rate, reader, port, processes)
+            result = self.measure(system.label, rate, reader, port, processes, seconds or self.seconds)
         finally:
             for spawned in reversed(processes):
                 stop(spawned)
@@ -489,14 +492,14 @@ class Bench:
         return result
 
     def measure(
-        self, label: str, rate: int, reader: OutputReader, port: int, processes: list[Spawned]
+        self, label: str, rate: int, reader: OutputReader, port: int, processes: list[Spawned], seconds: float
     ) -> Round:
         result = Round(label, rate)
         sim, system = processes[0], processes[1:]
         failure = self.warm_up(reader, processes)
         if failure is None:
             before = self.snapshot(reader, port, sim, system)
-            failure = self.read_watching(reader, processes, self.seconds)
+            failure = self.read_watching(reader, processes, seconds)
         if failure is not None:
             result.notes.append(failure)
             return result
@@ -835,6 +838,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=15.0, help="measured window per round")
     parser.add_argument("--warmup", type=float, default=8.0, help="minimum warm-up after the first output")
     parser.add_argument("--warmup-max", type=float, default=30.0, help="longest warm-up before measuring")
+    parser.add_argument(
+        "--broker-warmup",
+        type=float,
+        default=60.0,
+        help="seconds each system runs at the highest rate before the measured rounds, not "
+        "recorded, so that the broker's CPU is that of a warm JVM (0: none)",
+    )
     parser.add_argument("--symbols", type=int, default=10)
     parser.add_argument("--trade-ratio", type=float, default=0.2, help="trades per book update")
     parser.add_argument("--systems", default="cryptofeed,marketpipe")
@@ -902,6 +912,19 @@ def bench_round(bench: Bench, system: System, rate: int, rounds: list[Round]) ->
     return result.kept_up
 
 
+def warm_broker(bench: Bench, systems: list[System], rate: int, seconds: float) -> None:
+    """Each system once for ``seconds`` at ``rate``, not recorded. A fresh broker runs the request
+    paths a system uses slowly until its JIT has compiled them: at 5,000 frames/s marketpipe's
+    broker took 0.83 of a core in the first 10 s, 0.23 after two minutes at that rate, and 0.13
+    after a minute at 20,000 (docs/benchmarks.md). A high rate warms it fastest."""
+    if seconds <= 0:
+        return
+    names = " and ".join(system.label for system in systems)
+    print(f"warming the broker up: {names}, {seconds:g} s each at {rate:,}/s, not recorded", flush=True)
+    for system in systems:
+        bench.run_round(system, rate, seconds)
+
+
 def _stop_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally blocks: processes and broker stop
 
@@ -942,6 +965,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{args.seconds:g} s per round, Kafka {bootstrap}, {os.cpu_count()} CPUs",
             flush=True,
         )
+        warm_broker(bench, systems, max(rates), args.broker_warmup)
         print(HEADER, flush=True)
         for system in systems:
             kept, failed = None, None

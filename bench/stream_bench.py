@@ -1,6 +1,6 @@
 """Throughput, CPU and latency of one stream worker (transactional loops), through a real broker.
 
-    python -m bench.stream_bench [--capture FILE] [--rate 5000] [--trades 200000]
+    python -m bench.stream_bench [--capture FILE] [--drains 2] [--rate 5000] [--trades 200000]
                                  [--phases breakdown,throughput,latency,aggregation]
 
 Input: a capture file (`marketpipe capture`); without --capture the bench records one
@@ -16,6 +16,8 @@ the normalise stage is started; the rate is measured from the group's committed 
 span. Two references measured in the same run, in this process: the same records through
 the parsers alone (parsers and books; no Kafka, no Avro, no bucket snapshots), and the same
 normalise stage in a plain confluent-kafka batch loop (no transactions, no state kept).
+--drains times, each into fresh topics: the first drains of a fresh broker run while its JIT
+compiles the request paths (the broker then takes several times the CPU it takes warm).
 Phase 2 (latency): a warm worker fed the capture at a steady --rate with recv_ns = the
 real send time; latency is the wall time a read-committed consumer receives each output
 minus the recv_ts it carries (what a downstream user sees).
@@ -481,7 +483,7 @@ def run_breakdown(records: list[RawRecord], rounds: int = 3) -> None:
         print(f"breakdown  {name:<44} {per_frame:6.2f} µs/frame", flush=True)
 
 
-def run_throughput(bootstrap: str, records: list[RawRecord]) -> None:
+def run_throughput(bootstrap: str, records: list[RawRecord], label: str = "normalise") -> None:
     topics = _fresh_topology(bootstrap)
     _produce(_producer(bootstrap), topics, records)
     reference = _parsers_alone(records)
@@ -492,7 +494,7 @@ def run_throughput(bootstrap: str, records: list[RawRecord]) -> None:
     plain_rate, plain_per_cpu_s = _plain_loop(bootstrap, topics, end)
     rate, per_cpu_s = drain.count / max(drain.seconds, 1e-3), drain.count / max(drain.cpu, 1e-9)
     print(
-        f"normalise  {drain.count:,} frames in {drain.seconds:.2f} s = {rate:,.0f} frames/s per worker; "
+        f"{label:<10} {drain.count:,} frames in {drain.seconds:.2f} s = {rate:,.0f} frames/s per worker; "
         f"{drain.per_item('frame')} = {per_cpu_s:,.0f} frames/CPU-s\n"
         f"           {drain.machine()}\n"
         f"           parsers alone in this run: {reference:,.0f} frames/s "
@@ -600,6 +602,13 @@ def main() -> None:
     )
     parser.add_argument("--capture", type=Path, help="capture file to replay (default: record one)")
     parser.add_argument("--record-s", type=float, default=25.0, help="length of the recorded capture")
+    parser.add_argument(
+        "--drains",
+        type=int,
+        default=2,
+        help="throughput drains, each of the whole capture into fresh topics: a fresh broker's JIT "
+        "compiles its request paths during the first, at up to four times a warm broker's CPU",
+    )
     parser.add_argument("--rate", type=float, default=5000, help="frames/s offered in the latency phase")
     parser.add_argument("--latency-frames", type=int, default=30_000)
     parser.add_argument("--trades", type=int, default=200_000, help="trades for the aggregation phase")
@@ -641,8 +650,8 @@ def main() -> None:
             print(f"input      {len(records):,} binance records from {capture}", flush=True)
             if "breakdown" in phases:
                 run_breakdown(records)
-            if "throughput" in phases:
-                run_throughput(bootstrap, records)
+            for number in range(1, args.drains + 1) if "throughput" in phases else ():
+                run_throughput(bootstrap, records, f"drain {number}" if args.drains > 1 else "normalise")
             if "latency" in phases:
                 run_latency(bootstrap, records, args.rate, args.latency_frames)
             for trade_rate in args.trade_rates.split(",") if "aggregation" in phases else ():
