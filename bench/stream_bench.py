@@ -607,7 +607,7 @@ def main() -> None:
         type=int,
         default=2,
         help="throughput drains, each of the whole capture into fresh topics: a fresh broker's JIT "
-        "compiles its request paths during the first, at up to four times a warm broker's CPU",
+        "compiles its request paths during the first, at several times a warm broker's CPU",
     )
     parser.add_argument("--rate", type=float, default=5000, help="frames/s offered in the latency phase")
     parser.add_argument("--latency-frames", type=int, default=30_000)
@@ -627,6 +627,8 @@ def main() -> None:
         load_settings()
     except ConfigError as exc:
         parser.error(str(exc))
+    if args.drains < 1:
+        parser.error("--drains must be at least 1")
     phases = set(args.phases.split(","))
     unknown = phases - {"breakdown", "throughput", "latency", "aggregation"}
     if unknown:
