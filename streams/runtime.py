@@ -450,6 +450,7 @@ class TransactionalLoop(Generic[S]):
         try:
             for tp, batch in batches.items():
                 self._process(tp, batch)
+            self._carried += len(messages)
             if flush:
                 for part in self.partitions.values():
                     self.stage.flush(part.state, self._emit)
@@ -481,7 +482,6 @@ class TransactionalLoop(Generic[S]):
         commit: while a backlog drains (full batches) the loop goes on processing, up to
         ``CARRY_BATCHES`` batches, rather than idle until the committer is done."""
         pending = self._pending
-        self._carried += consumed
         return (
             pending is not None
             and not pending.future.done()

@@ -1,16 +1,18 @@
-"""A minimal stream stage for the transactional loop's own tests: copies raw.binance to
-md.trades."""
+"""A minimal stream stage for the transactional loop's own tests (copies raw.binance to
+md.trades), and how those tests run a loop."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from confluent_kafka import Message
 
 from marketpipe.topics import Topology
-from streams.runtime import Emit
+from streams.runtime import Emit, TransactionalLoop
 
 
 class EchoStage:
@@ -39,3 +41,18 @@ class EchoStage:
 
     def flush(self, state: list[int], emit: Emit) -> None:
         pass
+
+
+def start_loop(loop: TransactionalLoop[Any]) -> threading.Thread:
+    """``loop.run`` on a thread of its own (the caller sets ``loop.stopping`` and joins it)."""
+    runner = threading.Thread(target=loop.run, daemon=True)
+    runner.start()
+    return runner
+
+
+def wait_assigned(loop: TransactionalLoop[Any], timeout_s: float = 30) -> bool:
+    """Whether the loop was assigned partitions within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not loop.partitions and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return bool(loop.partitions)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from echo_stage import EchoStage
+from echo_stage import EchoStage, start_loop, wait_assigned
 from pipeline_support import read_topic
 
 import streams.runtime
@@ -62,12 +62,6 @@ class _HeldCommitLoop(TransactionalLoop[list[int]]):
         super()._on_revoke(consumer, partitions)
 
 
-def _start(loop: TransactionalLoop[Any]) -> threading.Thread:
-    runner = threading.Thread(target=loop.run, daemon=True)
-    runner.start()
-    return runner
-
-
 def _start_producing(bootstrap: str, topic: str, values: list[bytes]) -> threading.Thread:
     """``values`` at about ``PRODUCE_RATE`` a second, keyed over ``KEYS`` connections."""
 
@@ -101,16 +95,14 @@ def test_a_revoke_while_work_is_carried_loses_and_duplicates_nothing(
     first = _HeldCommitLoop(EchoStage(topics, group, PER_RECORD_S), settings, "carry-a")
     second = TransactionalLoop(EchoStage(topics, group, PER_RECORD_S), settings, "carry-b")
     values = [f"carry-{i}".encode() for i in range(RECORDS)]
-    runners = [_start(first)]
+    runners = [start_loop(first)]
     try:
-        deadline = time.monotonic() + 30
-        while not first.partitions and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_assigned(first)
         # records keep coming, faster than the stage takes them, into every partition: the
         # worker's batches are full and hold records of every partition
         runners.append(_start_producing(kafka_bootstrap, topics.raw("binance"), values))
         assert first.carrying.wait(60), "the first worker never carried a round"
-        runners.append(_start(second))
+        runners.append(start_loop(second))
         assert first.revoked.wait(60), "the second worker's join revoked nothing"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -10,12 +10,11 @@ still comes out whole, in order, exactly once.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 from confluent_kafka import Producer
-from echo_stage import EchoStage
+from echo_stage import EchoStage, start_loop, wait_assigned
 from pipeline_support import read_topic
 
 from marketpipe.config import Settings
@@ -37,15 +36,11 @@ def _run(bootstrap: str, topology: Topology, name: str, **pacing: int) -> tuple[
         streams={"commit_min_records": 0, **pacing, "poll_interval_ms": 5},
     )
     loop = TransactionalLoop(EchoStage(topology), settings, f"pacing-{name}")
-    runner = threading.Thread(target=loop.run, daemon=True)
-    runner.start()
+    runner = start_loop(loop)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
     values = [f"{name}-{i}".encode() for i in range(RECORDS)]
     try:
-        deadline = time.monotonic() + 30
-        while not loop.partitions and time.monotonic() < deadline:  # joined the group
-            time.sleep(0.05)
-        assert loop.partitions, "the loop was assigned no partition in 30 s"
+        assert wait_assigned(loop), "the loop was assigned no partition in 30 s"
         before = loop.stats.transactions
         started = time.monotonic()
         for value in values:

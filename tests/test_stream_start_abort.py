@@ -5,11 +5,8 @@ is decided, as aborted, on all of them at once."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
-from echo_stage import EchoStage
+from echo_stage import EchoStage, start_loop, wait_assigned
 from pipeline_support import partitions_of, read_topic
 
 from marketpipe.config import Settings
@@ -32,13 +29,9 @@ def test_a_starting_loop_aborts_a_write_to_every_partition_it_writes(
         exchanges=["binance"], kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": topics.prefix}
     )
     loop = TransactionalLoop(EchoStage(topics), settings, "start-abort")
-    runner = threading.Thread(target=loop.run, daemon=True)
-    runner.start()
+    runner = start_loop(loop)
     try:
-        deadline = time.monotonic() + 30
-        while not loop.partitions and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert loop.partitions, "the loop was assigned no partition in 30 s"
+        assert wait_assigned(loop), "the loop was assigned no partition in 30 s"
     finally:
         loop.stopping.set()
         runner.join(30)
